@@ -1,0 +1,146 @@
+"""Broker operations on one service's keys: the only code that runs the Lua scripts.
+
+Workers fetch, ack, return and heartbeat here; the supervisor requeues a dead worker's
+messages here; clients publish here. Each method is one round trip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from . import scripts
+from .keys import SERVICES, ServiceKeys
+
+__all__ = ["Broker", "Fetched"]
+
+_WAKE_CAP = 16
+_DEATHS_TTL = 24 * 3600
+
+Fetched = tuple[int, bytes, int]
+"""One fetched message: inflight id, raw envelope, worker deaths it was part of."""
+
+
+class Broker:
+    """Scripted operations on the broker Redis for service ``keys.name``."""
+
+    def __init__(self, client: redis.Redis, keys: ServiceKeys) -> None:
+        self.client = client
+        self.keys = keys
+        self._fetch = client.register_script(scripts.FETCH)
+        self._return = client.register_script(scripts.RETURN)
+        self._requeue = client.register_script(scripts.REQUEUE_DEAD)
+        self._sweep = client.register_script(scripts.SWEEP)
+        self._publish = client.register_script(scripts.PUBLISH)
+
+    # Worker side ---------------------------------------------------------------------------
+
+    def fetch(self, worker_id: str, count: int) -> list[Fetched]:
+        """Move up to ``count`` messages into this worker's inflight hash, oldest first.
+
+        A message held by a worker that died comes alone, with its death count.
+        """
+        k = self.keys
+        flat = self._fetch(
+            keys=[k.inflight(worker_id), k.seq, k.wake, k.suspect, k.deaths, *k.queues],
+            args=[count, _WAKE_CAP],
+        )
+        return [(int(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until a wake token arrives or ``timeout`` passes (whole seconds, at least 1)."""
+        return self.client.brpop([self.keys.wake], timeout=max(1, math.ceil(timeout))) is not None
+
+    def ack(self, worker_id: str, ids: Sequence[int], suspects: Sequence[bytes] = ()) -> None:
+        """Forget messages whose results are stored."""
+        if not ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self.keys.inflight(worker_id), *ids)
+        if suspects:
+            pipe.hdel(self.keys.deaths, *suspects)
+        pipe.execute()
+
+    def give_back(self, worker_id: str, ids: Sequence[int]) -> int:
+        """Put unprocessed messages back at the head of their lists (graceful stop)."""
+        if not ids:
+            return 0
+        k = self.keys
+        return int(self._return(
+            keys=[k.inflight(worker_id), k.wake, k.suspect, *k.queues],
+            args=sorted(ids, reverse=True),
+        ))
+
+    def requeue_dead(self, worker_id: str, blamed: Sequence[int] | None = None) -> int:
+        """Requeue everything a dead worker held; ``blamed`` (default: all) count a death."""
+        k = self.keys
+        blame = ["*"] if blamed is None else [str(i) for i in blamed]
+        return int(self._requeue(
+            keys=[k.inflight(worker_id), k.suspect, k.deaths, k.wake, k.workers,
+                  k.heartbeat(worker_id), *k.queues],
+            args=[worker_id, _DEATHS_TTL, *blame],
+        ))
+
+    def sweep(self) -> dict[str, int]:
+        """Requeue the messages of every registered worker whose heartbeat has expired."""
+        k = self.keys
+        flat = self._sweep(
+            keys=[k.workers, k.suspect, k.deaths, k.wake, *k.queues],
+            args=[k.heartbeat_prefix, k.inflight_prefix, _DEATHS_TTL],
+        )
+        return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def heartbeat(self, worker_id: str, status: bytes, ttl: float) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.heartbeat(worker_id), status, px=int(ttl * 1000))
+        pipe.sadd(self.keys.workers, worker_id)
+        pipe.sadd(SERVICES, self.keys.name)
+        pipe.execute()
+
+    def unregister(self, worker_id: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(self.keys.heartbeat(worker_id))
+        pipe.srem(self.keys.workers, worker_id)
+        pipe.execute()
+
+    def write_info(self, info: Mapping[str, Any]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.info, mapping={k: str(v) for k, v in info.items()})
+        pipe.sadd(SERVICES, self.keys.name)
+        pipe.execute()
+
+    # Shared --------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.client.hgetall(self.keys.info).items()}
+
+    def live_workers(self) -> dict[str, bytes]:
+        """Heartbeat payloads of workers alive now, by worker id."""
+        ids = sorted(_text(w) for w in self.client.smembers(self.keys.workers))
+        if not ids:
+            return {}
+        beats = self.client.mget([self.keys.heartbeat(w) for w in ids])
+        return {w: b for w, b in zip(ids, beats) if b is not None}
+
+    def queue_length(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for name in (*self.keys.queues, self.keys.suspect):
+            pipe.llen(name)
+        return int(sum(pipe.execute()))
+
+    # Client side ---------------------------------------------------------------------------
+
+    def publish(self, items: Sequence[tuple[int, str]], *, cap: int, wake: int) -> int:
+        """Push ``(list index, envelope)`` items in order; returns how many fit under ``cap``."""
+        args: list[Any] = [cap, wake, _WAKE_CAP]
+        for index, message in items:
+            args.append(index)
+            args.append(message)
+        return int(self._publish(keys=[self.keys.wake, *self.keys.queues], args=args))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

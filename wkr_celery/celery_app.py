@@ -1,0 +1,145 @@
+"""The Celery app, configured from :class:`Settings`, with the batching consumer as a bootstep.
+
+``celery -A wkr_celery worker`` finds the app as ``wkr_celery.app``; it is built on first access
+from the ``WKR_*`` environment (the wrapped CLI sets it for each worker process), never at
+import. Each worker runs Celery's own consumer for remote control, so ``celery inspect`` and
+Flower see it, while the service queue is drained by :class:`ServingStep`'s batching loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+from celery import Celery, bootsteps, signals
+
+from .codec import SERIALIZER, register_serializer
+from .config import Settings
+from .errors import ConfigError
+from .keys import ServiceKeys
+from .logs import configure_stderr
+from .messages import TASK_NAME
+
+__all__ = ["make_app", "get_app", "load_worker_class", "ServingStep"]
+
+log = logging.getLogger("wkr_celery.app")
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app whose broker, backend, serializers and routes follow ``settings``."""
+    register_serializer()
+    keys = ServiceKeys(settings.name)
+    accept = [SERIALIZER, "json"] + (["pickle"] if settings.allow_pickle else [])
+    app = Celery("wkr_celery", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.broker,
+        result_backend=settings.backend,
+        task_serializer=SERIALIZER,
+        result_serializer=SERIALIZER,
+        accept_content=accept,
+        result_accept_content=accept,
+        result_expires=int(settings.result_expires),
+        task_default_queue=keys.control_queue,
+        task_routes={TASK_NAME: {"queue": keys.queue}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=settings.task_events,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    app.wkr_settings = settings  # type: ignore[attr-defined]
+
+    @app.task(name=TASK_NAME, bind=True)
+    def predict(self: Any, input: Any) -> Any:  # pragma: no cover - routed to the batch loop
+        """Registered so ``inspect registered`` lists it; the batching consumer serves it."""
+        raise RuntimeError(f"{TASK_NAME} is served by the batching consumer of {keys.queue!r}")
+
+    app.steps["worker"].add(ServingStep)
+    return app
+
+
+_app: Celery | None = None
+
+
+def get_app() -> Celery:
+    """The process's app, built once from the environment (what ``celery -A`` needs)."""
+    global _app
+    if _app is None:
+        _app = make_app(Settings.from_env())
+    return _app
+
+
+def load_worker_class(path: str) -> type:
+    """Import ``module.Class``; the current directory is importable, as the seed expects."""
+    from .server.hardworker import WKRHardWorker
+
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"worker class {path!r} must be module.Class, e.g. server.Worker")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module {module_name!r} of {path!r}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, WKRHardWorker)):
+        raise ConfigError(f"{path!r} is not a WKRHardWorker subclass")
+    return cls
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: Any = logging.INFO, **_: Any) -> None:
+    """Plain level-first lines on stderr: the supervisor routes them to .log and .err."""
+    level = loglevel if isinstance(loglevel, int) else logging.getLevelName(str(loglevel).upper())
+    configure_stderr(level if isinstance(level, int) else logging.INFO)
+
+
+class ServingStep(bootsteps.StartStopStep):
+    """Runs the batching loop inside a Celery worker; stops it gracefully on warm shutdown."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.loop: Any = None
+
+    def start(self, worker: Any) -> None:
+        from .server.serving import ServingLoop
+
+        settings: Settings = worker.app.wkr_settings
+        if not settings.worker_class:
+            raise ConfigError(
+                "set WKR_WORKER_CLASS=module.Class (wkr-serving-start does) to serve a model"
+            )
+        index = int(os.environ.get("WKR_WORKER_INDEX", "0"))
+        device_id = int(os.environ.get("WKR_DEVICE_ID", settings.device_for(index)))
+        if "CUDA_VISIBLE_DEVICES" not in os.environ:
+            os.environ["CUDA_VISIBLE_DEVICES"] = "" if device_id < 0 else str(device_id)
+        worker_id = os.environ.get("WKR_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
+        cls = load_worker_class(settings.worker_class)
+        self.loop = ServingLoop(
+            settings, cls(name=settings.name), worker_id=worker_id, device_id=device_id,
+            running_file=os.environ.get("WKR_RUNNING_FILE") or None,
+        )
+        self.loop.start()
+        self.loop.ready.wait()
+        if self.loop.failed is not None:
+            # Exit non-zero so the supervisor restarts us; the traceback is already logged.
+            os._exit(3)
+
+    def stop(self, worker: Any) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+            self.loop = None
+
+    def shutdown(self, worker: Any) -> None:
+        self.stop(worker)

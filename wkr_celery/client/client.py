@@ -1,0 +1,412 @@
+"""``WKRClient``: ``encode(x)`` returns a future; thousands can be in flight from one client.
+
+Two threads do the I/O so callers never wait on Redis: a publisher sends every request queued
+since its last round trip in one scripted call (which also enforces the service's queue cap),
+and a listener pops this client's reply list in bulk and resolves futures by task id. A result
+that arrives twice (a worker paused past the visibility timeout, then resumed) finds no pending
+future the second time and is dropped, so no caller is answered twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+import numpy as np
+
+from ..broker import Broker
+from ..codec import loads
+from ..connections import REDIS_ERRORS, connect, redacted
+from ..errors import (
+    DeadlineExceeded,
+    InputError,
+    PayloadTooLarge,
+    RequestFailed,
+    ServiceOverloaded,
+    ServiceUnavailable,
+    VersionMismatch,
+    WKRError,
+    remote_error,
+)
+from ..keys import PRIORITY_STEPS, SERVICES, ServiceKeys, priority_step, reply_key
+from ..messages import build_request, encode_body
+from ..version import __version__
+
+__all__ = ["WKRClient"]
+
+log = logging.getLogger("wkr_celery.client")
+
+_LISTEN_SECONDS = 1.0
+_DRAIN = 1000
+_CLOSE_TOKEN = b"__wkr_close__"
+
+
+class WKRClient:
+    """Client of one service. ``name`` may be left out when the broker serves only one."""
+
+    def __init__(
+        self,
+        ip: str = "127.0.0.1",
+        port: int = 8996,
+        port_out: int = 8998,
+        *,
+        name: str | None = None,
+        broker_url: str | None = None,
+        result_url: str | None = None,
+        check_version: bool = True,
+        ignore_all_checks: bool = False,
+        timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        priority: int | str = "normal",
+        show_server_config: bool = False,
+    ) -> None:
+        self.broker_url = broker_url or f"redis://{ip}:{port}/0"
+        self.result_url = result_url or (broker_url if broker_url and port_out == port
+                                         else f"redis://{ip}:{port_out}/0")
+        self.timeout = timeout
+        self.priority = priority_step(priority)
+        self.client_id = uuid.uuid4().hex
+        self._reply_key = reply_key(self.client_id)
+        self._broker_redis = connect(self.broker_url)
+        self._result_redis = connect(self.result_url, blocking_timeout=_LISTEN_SECONDS)
+        self.name = self._resolve_name(name, ignore_all_checks, connect_timeout)
+        self.keys = ServiceKeys(self.name)
+        self._broker = Broker(self._broker_redis, self.keys)
+        self.server_config = self._read_info(ignore_all_checks)
+        if not ignore_all_checks:
+            self._check(check_version, connect_timeout)
+        if show_server_config:
+            log.info("service %r: %s", self.name, self.server_config)
+        cfg = self.server_config
+        self.protocol = cfg.get("protocol", "obj")
+        self.max_payload = int(cfg.get("max_payload") or 5 * 1024 * 1024)
+        self.max_queue = int(cfg.get("max_queue") or 0)
+        self.batch_size = int(cfg.get("batch_size") or 32)
+        self.input_shape = _parse_shape(cfg.get("input_shape", ""))
+        self.input_dtype = np.dtype(cfg["input_dtype"]) if cfg.get("input_dtype") else None
+        self._connect_timeout = connect_timeout
+
+        self._pending: dict[str, Future[Any]] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._deadline_lock = threading.Lock()
+        self._outbox: list[tuple[str, int, str]] = []
+        self._outbox_cond = threading.Condition()
+        self._closed = False
+        self._publisher = threading.Thread(target=self._publish_loop, daemon=True,
+                                           name="wkr-client-publish")
+        self._listener = threading.Thread(target=self._listen_loop, daemon=True,
+                                          name="wkr-client-listen")
+        self._publisher.start()
+        self._listener.start()
+
+    # Connection checks --------------------------------------------------------------------
+
+    def _resolve_name(self, name: str | None, ignore: bool, timeout: float) -> str:
+        if name is not None or ignore:
+            return name or "default"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                names = sorted(n.decode() for n in self._broker_redis.smembers(SERVICES))
+            except REDIS_ERRORS as exc:
+                if time.monotonic() >= deadline:
+                    raise ServiceUnavailable(f"broker {redacted(self.broker_url)} is not "
+                                             f"reachable after {timeout:.0f}s: {exc}") from exc
+                time.sleep(0.1)
+                continue
+            if len(names) == 1:
+                return names[0]
+            if len(names) > 1:
+                raise ServiceUnavailable(
+                    f"broker {redacted(self.broker_url)} serves {names}; pass name=... to choose")
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(
+                    f"no wkr-celery service on {redacted(self.broker_url)} after {timeout:.0f}s; "
+                    "start one with wkr-serving-start")
+            time.sleep(0.05)
+
+    def _read_info(self, ignore: bool) -> dict[str, str]:
+        try:
+            return self._broker.info()
+        except REDIS_ERRORS as exc:
+            if ignore:
+                return {}
+            raise ServiceUnavailable(
+                f"broker {redacted(self.broker_url)} is not reachable: {exc}") from exc
+
+    def _check(self, check_version: bool, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                live = self._broker.live_workers()
+                self._result_redis.ping()
+            except REDIS_ERRORS as exc:
+                raise ServiceUnavailable(f"Redis not reachable: {exc}") from exc
+            if live:
+                break
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(
+                    f"no worker of service {self.name!r} is alive on "
+                    f"{redacted(self.broker_url)} after {timeout:.0f}s; start one with "
+                    f"`wkr-serving-start module.Worker -name {self.name}`")
+            time.sleep(0.05)
+        self.server_config = self._broker.info()
+        theirs = self.server_config.get("version", "")
+        if check_version and theirs.split(".")[:2] != __version__.split(".")[:2]:
+            raise VersionMismatch(
+                f"service {self.name!r} runs wkr-celery {theirs or '(unknown)'}, this client "
+                f"{__version__}; upgrade one, or pass check_version=False")
+
+    # Sending ------------------------------------------------------------------------------
+
+    def encode(
+        self, x: Any, *, timeout: float | None = None, priority: int | str | None = None
+    ) -> Future[Any]:
+        """Send one input; the future resolves to its result or raises a ``RequestFailed``.
+
+        Input problems the client can see (type, shape, dtype, size) raise ``InputError`` here,
+        before anything is sent. ``timeout`` (seconds) travels as the request's deadline.
+        """
+        if self._closed:
+            raise WKRError("client is closed")
+        body = self._encode_input(x)
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.time() + timeout
+        step = self.priority if priority is None else priority_step(priority)
+        task_id = uuid.uuid4().hex
+        message = build_request(
+            task_id, body, queue=self.keys.queue, priority=step, client_id=self.client_id,
+            deadline=deadline, argsrepr=_argsrepr(x),
+        )
+        future: Future[Any] = Future()
+        self._pending[task_id] = future
+        if deadline is not None:
+            with self._deadline_lock:
+                heapq.heappush(self._deadlines, (time.monotonic() + timeout, task_id))
+        with self._outbox_cond:
+            self._outbox.append((task_id, PRIORITY_STEPS.index(step), message))
+            if len(self._outbox) == 1:
+                self._outbox_cond.notify()
+        return future
+
+    def encode_many(
+        self,
+        inputs: Iterable[Any],
+        *,
+        max_inflight: int = 256,
+        timeout: float | None = None,
+        priority: int | str | None = None,
+    ) -> Iterator[Any]:
+        """Stream results in input order, keeping at most ``max_inflight`` requests out."""
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
+        window: deque[Future[Any]] = deque()
+        for x in inputs:
+            window.append(self.encode(x, timeout=timeout, priority=priority))
+            if len(window) >= max_inflight:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    def _encode_input(self, x: Any) -> bytes:
+        if self.protocol == "npy":
+            if not isinstance(x, np.ndarray):
+                raise InputError(
+                    f"input is {type(x).__name__}; service {self.name!r} (protocol npy) takes "
+                    "numpy arrays")
+            shape = self.input_shape
+            if shape is not None and (len(shape) != x.ndim or any(
+                    w is not None and w != g for w, g in zip(shape, x.shape))):
+                raise InputError(
+                    f"input has shape {x.shape}; service {self.name!r} takes {_show(shape)}")
+            if self.input_dtype is not None and x.dtype != self.input_dtype:
+                raise InputError(
+                    f"input has dtype {x.dtype}; service {self.name!r} takes {self.input_dtype}")
+        try:
+            body = encode_body(x)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"input of type {type(x).__name__} cannot be encoded: {exc}") from exc
+        if len(body) > self.max_payload:
+            raise PayloadTooLarge(
+                f"encoded input is {len(body)} bytes; service {self.name!r} takes at most "
+                f"{self.max_payload} bytes (-max_payload)")
+        return body
+
+    def _publish_loop(self) -> None:
+        while True:
+            with self._outbox_cond:
+                while not self._outbox and not self._closed:
+                    self._outbox_cond.wait()
+                if not self._outbox:
+                    return
+                items, self._outbox = self._outbox, []
+            self._publish(items)
+
+    def _publish(self, items: list[tuple[str, int, str]]) -> None:
+        wake = min(len(items), max(1, math.ceil(len(items) / self.batch_size)), 8)
+        give_up = time.monotonic() + self._connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                accepted = self._broker.publish(
+                    [(index, message) for _, index, message in items],
+                    cap=self.max_queue, wake=wake)
+                break
+            except REDIS_ERRORS as exc:
+                if self._closed or time.monotonic() >= give_up:
+                    error = ServiceUnavailable(
+                        f"could not publish to {redacted(self.broker_url)}: {exc}")
+                    for task_id, _, _ in items:
+                        self._fail(task_id, error)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        if accepted < len(items):
+            error = ServiceOverloaded(
+                f"service {self.name!r} has {self.max_queue} requests queued (-max_queue); "
+                "retry later")
+            for task_id, _, _ in items[accepted:]:
+                self._fail(task_id, error)
+
+    # Receiving ----------------------------------------------------------------------------
+
+    def _listen_loop(self) -> None:
+        client = self._result_redis
+        key = self._reply_key
+        delay = 0.05
+        while not self._closed:
+            wait = self._expire_deadlines()
+            try:
+                first = client.blpop([key], timeout=wait)
+                if first is None:
+                    continue
+                rest = client.lpop(key, _DRAIN) or []
+            except REDIS_ERRORS as exc:
+                if self._closed:
+                    return
+                log.warning("result Redis unreachable (%s); retrying", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            for data in (first[1], *rest):
+                self._resolve(data)
+
+    def _resolve(self, data: bytes) -> None:
+        if data == _CLOSE_TOKEN:
+            return
+        try:
+            meta = loads(data)
+            task_id = meta["task_id"]
+        except Exception:  # a reply we cannot read answers nobody; say so and go on
+            log.error("dropped an unreadable reply of %d bytes", len(data))
+            return
+        future = self._pending.pop(task_id, None)
+        if future is None:
+            return  # answered already (duplicate delivery) or given up on
+        status = meta.get("status")
+        if status == "SUCCESS":
+            _settle(future, result=meta.get("result"))
+            return
+        exc = meta.get("result") or {}
+        message = exc.get("exc_message") if isinstance(exc, dict) else exc
+        if isinstance(message, (list, tuple)):
+            message = " ".join(str(m) for m in message)
+        error = remote_error(
+            exc.get("exc_type", status) if isinstance(exc, dict) else str(status),
+            str(message), meta.get("traceback"))
+        _settle(future, error=error)
+
+    def _expire_deadlines(self) -> float:
+        """Fail requests past their deadline; returns how long the listener may block."""
+        now = time.monotonic()
+        with self._deadline_lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, task_id = heapq.heappop(self._deadlines)
+                self._fail(task_id, DeadlineExceeded("no result before the request's timeout"))
+            if self._deadlines:
+                return max(0.01, min(_LISTEN_SECONDS, self._deadlines[0][0] - now))
+        return _LISTEN_SECONDS
+
+    def _fail(self, task_id: str, error: RequestFailed) -> None:
+        future = self._pending.pop(task_id, None)
+        if future is not None:
+            _settle(future, error=error)
+
+    # Status and shutdown ------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._pending)
+
+    def server_status(self) -> dict[str, Any]:
+        """Service config, live workers (their heartbeat figures) and queue length."""
+        workers = {wid: loads(beat) for wid, beat in self._broker.live_workers().items()}
+        return {"name": self.name, "config": self._broker.info(), "workers": workers,
+                "queue_length": self._broker.queue_length()}
+
+    def close(self) -> None:
+        """Stop the I/O threads; requests still pending are cancelled."""
+        if self._closed:
+            return
+        with self._outbox_cond:
+            self._closed = True
+            self._outbox_cond.notify_all()
+        self._publisher.join(self._connect_timeout + 5)
+        try:
+            self._result_redis.rpush(self._reply_key, _CLOSE_TOKEN)
+        except REDIS_ERRORS:
+            pass
+        self._listener.join(_LISTEN_SECONDS + 11)
+        for task_id in list(self._pending):
+            future = self._pending.pop(task_id, None)
+            if future is not None:
+                future.cancel()
+        try:
+            self._result_redis.delete(self._reply_key)
+        except REDIS_ERRORS:
+            pass
+        self._broker_redis.close()
+        self._result_redis.close()
+
+    def __enter__(self) -> WKRClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
+    try:
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass  # the caller cancelled it
+
+
+def _argsrepr(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"[<ndarray {x.shape} {x.dtype}>]"
+    return f"[<{type(x).__name__}>]"
+
+
+def _parse_shape(text: str) -> tuple[int | None, ...] | None:
+    if not text:
+        return None
+    return tuple(None if part == "*" else int(part) for part in text.split(","))
+
+
+def _show(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("*" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+

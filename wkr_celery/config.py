@@ -1,0 +1,250 @@
+"""Service settings: one frozen object, read from flags or ``WKR_*`` environment variables here only.
+
+The wrapped CLI parses flags into :class:`Settings`, then hands them to each worker process as
+environment variables (:meth:`Settings.to_env`); ``celery -A wkr_celery worker`` reads the same
+variables back (:meth:`Settings.from_env`). Flag names follow the seed (``-num_worker``,
+``-batch_size``…); each field's environment variable is ``WKR_`` plus its name in capitals.
+Durations are converted to seconds here, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device_map"]
+
+#: ``-protocol`` values; ``numpy`` is the original code's spelling of ``npy``.
+PROTOCOLS = {"npy": "npy", "numpy": "npy", "obj": "obj"}
+
+#: Variables the supervisor sets per worker process; they are not settings.
+RUNTIME_ENV = frozenset(
+    {"WKR_WORKER_ID", "WKR_WORKER_INDEX", "WKR_DEVICE_ID", "WKR_RUNNING_FILE"}
+)
+
+_ENV_PREFIX = "WKR_"
+
+
+def _opt(default: Any, help: str, *, flag: bool = True, ms: bool = False) -> Any:
+    """A settings field; ``ms`` marks a duration given in milliseconds on the command line."""
+    return field(default=default, metadata={"help": help, "flag": flag, "ms": ms})
+
+
+def parse_device_map(value: Any) -> tuple[int, ...]:
+    """Accept ``-1``, ``0 1 2``, ``0,1``, ``[0, 1]`` or a sequence of ints."""
+    if isinstance(value, str):
+        text = value.strip().strip("[]")
+        parts = [p for p in text.replace(",", " ").split() if p]
+    elif isinstance(value, Sequence):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        ids = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"device_map {value!r} is not a list of device ids; use -1 for CPU or GPU ids like 0 1"
+        ) from None
+    if not ids:
+        raise ConfigError("device_map is empty; use -1 for CPU or GPU ids like 0 1")
+    if any(i < -1 for i in ids):
+        raise ConfigError(f"device_map {ids} has an id below -1; -1 means CPU")
+    return ids
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a service needs to run; validated on construction."""
+
+    worker_class: str = _opt("", "module.Class of your WKRHardWorker subclass", flag=False)
+    name: str = _opt("default", "service name: its queue; services on one Redis differ by name")
+    model_dir: str = _opt("", "directory of the model, passed to get_model")
+    model_name: str = _opt("", "model file name, passed to get_model")
+    port_in: int = _opt(8996, "broker Redis port (embedded Redis when no -broker_url)")
+    port_out: int = _opt(8998, "result Redis port (same as port_in: one Redis for both)")
+    broker_url: str = _opt("", "redis:// or rediss:// URL of an existing broker Redis")
+    result_url: str = _opt("", "redis:// or rediss:// URL of an existing result Redis")
+    http_port: int = _opt(0, "port of the REST API and dashboard; 0 = none")
+    http_host: str = _opt("127.0.0.1", "address the REST API binds to")
+    http_api_key: str = _opt("", "API key the REST API requires in the X-API-Key header")
+    http_max_body: int = _opt(5 * 1024 * 1024, "largest REST request body in bytes")
+    flower_port: int = _opt(0, "also start Flower on this port; 0 = none")
+    flower_basic_auth: str = _opt("", "user:pass for Flower")
+    num_worker: int = _opt(1, "number of worker processes, each holding one model")
+    batch_size: int = _opt(32, "largest batch passed to predict")
+    batch_timeout: float = _opt(
+        0.002, "ms the oldest request may wait for a fuller batch while more arrive", ms=True
+    )
+    device_map: tuple[int, ...] = _opt((-1,), "device ids, -1 = CPU; cycled over workers")
+    gpu_memory_fraction: float = _opt(0.5, "fraction of GPU memory a worker may take")
+    log_dir: str = _opt("", "directory for <name>.log and <name>.err; empty = stderr")
+    protocol: str = _opt("obj", "npy (numpy arrays, batch stacked) or obj (msgpack objects)")
+    max_queue: int = _opt(100_000, "queued requests beyond which encode fails fast; 0 = no cap")
+    max_payload: int = _opt(5 * 1024 * 1024, "largest encoded input in bytes")
+    visibility_timeout: float = _opt(
+        10.0, "seconds without a heartbeat after which a worker's requests are requeued"
+    )
+    result_expires: float = _opt(3600.0, "seconds a stored result is kept")
+    prefetch: int = _opt(2, "batches each worker holds ahead of predict")
+    max_attempts: int = _opt(3, "worker deaths an input may cause before it fails as poison")
+    allow_pickle: bool = _opt(False, "accept pickle payloads (unsafe: runs code from the wire)")
+    redis_persist: str = _opt("auto", "embedded Redis AOF: on, off, auto (on with -data_dir)")
+    data_dir: str = _opt("", "data directory of the embedded Redis")
+    task_events: bool = _opt(False, "send Celery task events (Flower's task list) per batch")
+
+    def __post_init__(self) -> None:
+        protocol = PROTOCOLS.get(self.protocol)
+        if protocol is None:
+            raise ConfigError(f"protocol {self.protocol!r} is not one of {sorted(PROTOCOLS)}")
+        object.__setattr__(self, "protocol", protocol)
+        object.__setattr__(self, "device_map", parse_device_map(self.device_map))
+        for name in ("num_worker", "batch_size", "prefetch", "max_attempts", "max_payload"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_queue", "http_port", "flower_port", "port_in", "port_out"):
+            value = getattr(self, name)
+            if value < 0 or (name.endswith("port") and value > 65535):
+                raise ConfigError(f"{name} {value} is out of range")
+        for name in ("batch_timeout", "visibility_timeout", "result_expires"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.visibility_timeout < 2:
+            raise ConfigError("visibility_timeout must be at least 2 seconds")
+        if self.redis_persist not in ("on", "off", "auto"):
+            raise ConfigError(f"redis_persist {self.redis_persist!r} is not on, off or auto")
+        if not self.name or any(c in self.name for c in " :{}\n\t"):
+            raise ConfigError(f"name {self.name!r} must be non-empty without spaces, ':' or braces")
+        for name in ("broker_url", "result_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(f"{name} {url!r} must start with redis://, rediss:// or unix://")
+
+    # Derived values -------------------------------------------------------------------------
+
+    @property
+    def broker(self) -> str:
+        """The broker URL: the given one, or the embedded Redis on ``port_in``."""
+        return self.broker_url or f"redis://127.0.0.1:{self.port_in}/0"
+
+    @property
+    def backend(self) -> str:
+        """The result URL: the given one; else the given broker; else embedded on ``port_out``."""
+        if self.result_url or self.broker_url:
+            return self.result_url or self.broker_url
+        return f"redis://127.0.0.1:{self.port_out}/0"
+
+    def device_for(self, index: int) -> int:
+        """Device of worker ``index``: the map is cycled when there are more workers than ids."""
+        return self.device_map[index % len(self.device_map)]
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # Environment ----------------------------------------------------------------------------
+
+    def to_env(self) -> dict[str, str]:
+        """Every field as a ``WKR_*`` variable, the form worker processes read."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                text = "1" if value else "0"
+            elif isinstance(value, tuple):
+                text = ",".join(str(v) for v in value)
+            else:
+                text = str(value)
+            env[_ENV_PREFIX + f.name.upper()] = text
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``WKR_*`` variables; an unknown ``WKR_`` variable is an error, not ignored."""
+        environ = os.environ if environ is None else environ
+        by_env = {_ENV_PREFIX + f.name.upper(): f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, text in environ.items():
+            if not key.startswith(_ENV_PREFIX) or key in RUNTIME_ENV:
+                continue
+            f = by_env.get(key)
+            if f is None:
+                known = ", ".join(sorted(by_env))
+                raise ConfigError(f"unknown environment variable {key}; known: {known}")
+            values[f.name] = _convert(f, text, source=key)
+        values.update(overrides)
+        return cls(**values)
+
+    # Flags ----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_args(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Parse ``wkr-serving-start`` flags on top of the environment's settings."""
+        base = cls.from_env(environ)
+        namespace = build_parser(base).parse_args(argv)
+        values = {k: v for k, v in vars(namespace).items()}
+        if "batch_timeout" in values:
+            values["batch_timeout"] = values["batch_timeout"] / 1000.0
+        return base.replace(**values)
+
+
+def _convert(f: dataclasses.Field[Any], text: str, *, source: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+                raise ValueError(text)
+            return lowered in ("1", "true", "yes", "on")
+        if kind is tuple:
+            return parse_device_map(text)
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{source}={text!r} is not a valid {kind.__name__}") from None
+
+
+def build_parser(defaults: Settings | None = None) -> argparse.ArgumentParser:
+    """The ``wkr-serving-start`` parser, generated from the fields so flags and env never drift."""
+    defaults = defaults or Settings()
+    parser = argparse.ArgumentParser(
+        prog="wkr-serving-start",
+        description="Start a batching inference service from a WKRHardWorker subclass.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("worker_class", help="module.Class of your WKRHardWorker subclass")
+    for f in fields(Settings):
+        if not f.metadata.get("flag"):
+            continue
+        default = getattr(defaults, f.name)
+        flag = "-" + f.name
+        help_text = f"{f.metadata['help']} (default: {_show(default, f)})"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", default=default, help=help_text)
+        elif f.name == "redis_persist":
+            parser.add_argument(
+                flag, nargs="?", const="on", default=default, choices=("on", "off", "auto"),
+                help=help_text,
+            )
+        elif f.name == "device_map":
+            parser.add_argument(flag, nargs="+", type=int, default=default, help=help_text)
+        elif f.name == "protocol":
+            parser.add_argument(flag, choices=sorted(PROTOCOLS), default=default, help=help_text)
+        else:
+            default_arg = default * 1000.0 if f.metadata.get("ms") else default
+            parser.add_argument(flag, type=type(f.default), default=default_arg, help=help_text)
+    return parser
+
+
+def _show(value: Any, f: dataclasses.Field[Any]) -> str:
+    if f.metadata.get("ms"):
+        return f"{value * 1000:g} ms"
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value)
+    return json.dumps(value) if isinstance(value, str) else str(value)

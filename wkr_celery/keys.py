@@ -1,0 +1,132 @@
+"""Every Redis key and queue name wkr-celery touches, built here and nowhere else.
+
+Broker Redis (``-port_in`` / ``-broker_url``):
+
+=================================  ====================================================
+``wkr:services``                   set of service names on this Redis
+``<name>`` and ``<name>\\x06\\x16<p>``  the service's request lists, kombu's priority naming
+``wkr:<name>:info``                hash: version, protocol, batch_size, limits, input spec
+``wkr:<name>:workers``             set of registered worker ids
+``wkr:<name>:hb:<wid>``            heartbeat (expires after the visibility timeout)
+``wkr:<name>:inflight:<wid>``      hash: messages a worker holds, field = seq*8 + list index
+``wkr:<name>:seq``                 counter for inflight fields
+``wkr:<name>:wake``                list of wake-up tokens workers block on
+``wkr:<name>:suspect``             requests held by a worker that died, served one at a time
+``wkr:<name>:deaths``              hash: message -> number of worker deaths it was part of
+=================================  ====================================================
+
+Result Redis (``-port_out`` / ``-result_url``):
+
+=================================  ====================================================
+``celery-task-meta-<task id>``     the result in Celery's format (``AsyncResult`` reads it)
+``wkr:reply:<client id>``          list: results for one client, which pops them in bulk
+=================================  ====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "SERVICES",
+    "PRIORITY_STEPS",
+    "PRIORITIES",
+    "ServiceKeys",
+    "reply_key",
+    "task_meta_key",
+    "priority_step",
+]
+
+SERVICES = "wkr:services"
+
+#: kombu's Redis priority sub-queues, in the order they are served (0 first).
+PRIORITY_STEPS = (0, 3, 6, 9)
+#: Named levels for ``encode(priority=...)``.
+PRIORITIES = {"high": 0, "normal": 3, "low": 6}
+_KOMBU_SEP = "\x06\x16"
+TASK_META_PREFIX = "celery-task-meta-"
+
+
+def priority_step(priority: int | str) -> int:
+    """Map a level name or a 0..9 kombu priority to its sub-queue step (0 is served first)."""
+    if isinstance(priority, str):
+        try:
+            return PRIORITIES[priority]
+        except KeyError:
+            raise ValueError(
+                f"priority {priority!r} is not one of {sorted(PRIORITIES)} or 0..9"
+            ) from None
+    if not 0 <= int(priority) <= 9:
+        raise ValueError(f"priority {priority} is outside 0..9 (0 is served first)")
+    return max(step for step in PRIORITY_STEPS if step <= int(priority))
+
+
+@dataclass(frozen=True)
+class ServiceKeys:
+    """Broker keys of one service."""
+
+    name: str
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue name: requests routed here are served in batches."""
+        return self.name
+
+    @property
+    def control_queue(self) -> str:
+        """Queue the Celery consumer of each worker listens on for ordinary tasks."""
+        return f"{self.name}.celery"
+
+    def queue_for(self, step: int) -> str:
+        return self.name if step == 0 else f"{self.name}{_KOMBU_SEP}{step}"
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Request lists in the order they are served."""
+        return tuple(self.queue_for(step) for step in PRIORITY_STEPS)
+
+    @property
+    def info(self) -> str:
+        return f"wkr:{self.name}:info"
+
+    @property
+    def workers(self) -> str:
+        return f"wkr:{self.name}:workers"
+
+    def heartbeat(self, worker_id: str) -> str:
+        return f"wkr:{self.name}:hb:{worker_id}"
+
+    @property
+    def heartbeat_prefix(self) -> str:
+        return f"wkr:{self.name}:hb:"
+
+    def inflight(self, worker_id: str) -> str:
+        return f"wkr:{self.name}:inflight:{worker_id}"
+
+    @property
+    def inflight_prefix(self) -> str:
+        return f"wkr:{self.name}:inflight:"
+
+    @property
+    def seq(self) -> str:
+        return f"wkr:{self.name}:seq"
+
+    @property
+    def wake(self) -> str:
+        return f"wkr:{self.name}:wake"
+
+    @property
+    def suspect(self) -> str:
+        return f"wkr:{self.name}:suspect"
+
+    @property
+    def deaths(self) -> str:
+        return f"wkr:{self.name}:deaths"
+
+
+def reply_key(client_id: str) -> str:
+    return f"wkr:reply:{client_id}"
+
+
+def task_meta_key(task_id: str) -> str:
+    return f"{TASK_META_PREFIX}{task_id}"

@@ -1,0 +1,84 @@
+"""Logging: ``<log_dir>/<name>.log`` gets everything from INFO, ``<name>.err`` errors only.
+
+Worker processes write plain lines to stderr that start with the level name; with a log dir,
+the supervisor is the single writer of both files (so rotation never races between processes)
+and routes each line by that level. Continuation lines (tracebacks) follow the level of the
+line they continue.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from typing import IO
+
+__all__ = ["LINE_FORMAT", "configure_stderr", "LogRouter"]
+
+LINE_FORMAT = "%(levelname)s %(asctime)s %(processName)s[%(process)d] %(name)s: %(message)s"
+_LEVELS = {name: getattr(logging, name) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
+_MAX_BYTES = 50 * 1024 * 1024
+_BACKUPS = 5
+
+
+def configure_stderr(level: int = logging.INFO) -> None:
+    """Root logging to stderr in the line format the supervisor routes."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LINE_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+class LogRouter:
+    """Writes lines to the rotated ``.log`` / ``.err`` pair of one service."""
+
+    def __init__(self, log_dir: str, name: str) -> None:
+        os.makedirs(log_dir, exist_ok=True)
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self.err_path = os.path.join(log_dir, f"{name}.err")
+        fmt = logging.Formatter("%(message)s")
+        self._log = logging.handlers.RotatingFileHandler(
+            self.log_path, maxBytes=_MAX_BYTES, backupCount=_BACKUPS)
+        self._err = logging.handlers.RotatingFileHandler(
+            self.err_path, maxBytes=_MAX_BYTES, backupCount=_BACKUPS)
+        for handler in (self._log, self._err):
+            handler.setFormatter(fmt)
+        self._logger = logging.getLogger(f"wkr_celery.router.{name}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.DEBUG)
+        self._log.setLevel(logging.INFO)
+        self._err.setLevel(logging.ERROR)
+        self._logger.addHandler(self._log)
+        self._logger.addHandler(self._err)
+
+    def handler(self) -> logging.Handler:
+        """A handler for the supervisor's own records, routed like the workers' lines."""
+        router = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                router.write(logging.Formatter(LINE_FORMAT).format(record), record.levelno)
+
+        return _Handler()
+
+    def write(self, line: str, level: int) -> None:
+        self._logger.log(level, line)
+
+    def pump(self, stream: IO[bytes]) -> None:
+        """Copy a child's stderr until it closes; run in a thread per child."""
+        level = logging.INFO
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            first = line.split(" ", 1)[0]
+            if first in _LEVELS:
+                level = _LEVELS[first]
+            self.write(line, level)
+        stream.close()
+
+    def close(self) -> None:
+        self._log.close()
+        self._err.close()

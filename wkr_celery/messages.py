@@ -1,0 +1,201 @@
+"""Celery protocol-2 task messages in kombu's Redis envelope, and results in Celery's format.
+
+Requests are real Celery messages (task ``wkr_celery.predict``, args ``[input]``), so a plain
+``app.send_task("wkr_celery.predict", args=[x], queue=<name>)`` is served too, and results are
+stored where ``AsyncResult(task_id)`` finds them. Two headers are ours: ``x-wkr-deadline``
+(epoch seconds after which the worker drops the request) and ``x-wkr-client`` (the client whose
+reply list gets the result; absent for foreign producers, whose results are published the way
+Celery's Redis backend does).
+
+Building an envelope is on the hot path of every request, so it is assembled from a template
+rather than through ``json.dumps`` of nested dicts; every value put into the template is either
+JSON-encoded or made of characters that need no escaping (hex ids, base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from . import codec
+from .errors import DecodeError
+
+__all__ = [
+    "TASK_NAME",
+    "DecodedRequest",
+    "build_request",
+    "encode_body",
+    "now_iso",
+    "parse_request",
+    "success_meta",
+    "failure_meta",
+    "encode_meta",
+    "decode_meta",
+]
+
+TASK_NAME = "wkr_celery.predict"
+_ORIGIN = json.dumps(f"wkr-client@{socket.gethostname()}")
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_JSON_TYPES = ("application/json",)
+_PICKLE_TYPES = ("application/x-python-serialize",)
+
+
+def build_request(
+    task_id: str,
+    body: bytes,
+    *,
+    queue: str,
+    priority: int,
+    client_id: str | None,
+    deadline: float | None,
+    argsrepr: str,
+) -> str:
+    """One kombu Redis envelope around a protocol-2 message whose encoded body is ``body``.
+
+    ``body`` must be ``codec.dumps([[input], {}, embed])``; :func:`encode_body` makes it.
+    """
+    if deadline is None:
+        expires = "null"
+        deadline_text = "null"
+    else:
+        expires = '"' + datetime.fromtimestamp(deadline, timezone.utc).isoformat() + '"'
+        deadline_text = repr(float(deadline))
+    client = "null" if client_id is None else '"' + client_id + '"'
+    return (
+        '{"body":"' + base64.b64encode(body).decode("ascii") + '",'
+        '"content-encoding":"binary","content-type":"' + codec.CONTENT_TYPE + '",'
+        '"headers":{"lang":"py","task":"' + TASK_NAME + '","id":"' + task_id + '",'
+        '"shadow":null,"eta":null,"expires":' + expires + ',"group":null,"group_index":null,'
+        '"retries":0,"timelimit":[null,null],"root_id":"' + task_id + '","parent_id":null,'
+        '"argsrepr":' + json.dumps(argsrepr) + ',"kwargsrepr":"{}","origin":' + _ORIGIN + ','
+        '"ignore_result":false,"x-wkr-deadline":' + deadline_text + ','
+        '"x-wkr-client":' + client + '},'
+        '"properties":{"correlation_id":"' + task_id + '","reply_to":' + client + ','
+        '"delivery_mode":2,"delivery_info":{"exchange":"","routing_key":"' + queue + '"},'
+        '"priority":' + str(int(priority)) + ',"body_encoding":"base64",'
+        '"delivery_tag":"' + task_id + '"}}'
+    )
+
+
+def encode_body(payload: Any) -> bytes:
+    """The protocol-2 body ``[args, kwargs, embed]`` for one input."""
+    return codec.dumps([[payload], {}, _EMBED])
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """What a worker needs of one message; ``error`` is set when the input cannot be used."""
+
+    task_id: str | None
+    client_id: str | None
+    deadline: float | None
+    payload: Any
+    error: DecodeError | None
+
+
+def parse_request(raw: bytes | str, *, allow_pickle: bool = False) -> DecodedRequest:
+    """Decode one envelope. Never raises: a bad message comes back with ``error`` set."""
+    try:
+        envelope = json.loads(raw)
+        headers = envelope.get("headers") or {}
+        task_id = headers.get("id") or (envelope.get("properties") or {}).get("correlation_id")
+    except (ValueError, TypeError, AttributeError):
+        return DecodedRequest(None, None, None, None, DecodeError("message is not JSON"))
+    if not isinstance(task_id, str):
+        task_id = None
+    client_id = headers.get("x-wkr-client")
+    deadline = headers.get("x-wkr-deadline")
+    if deadline is None and headers.get("expires"):
+        deadline = _parse_expires(headers["expires"])
+    meta = (task_id, client_id if isinstance(client_id, str) else None,
+            float(deadline) if isinstance(deadline, (int, float)) else None)
+    task = headers.get("task")
+    if task != TASK_NAME:
+        return DecodedRequest(*meta, None, DecodeError(
+            f"task {task!r} is not served here; this queue serves {TASK_NAME!r}"))
+    try:
+        payload = _decode_payload(envelope, allow_pickle)
+    except DecodeError as exc:
+        return DecodedRequest(*meta, None, exc)
+    return DecodedRequest(*meta, payload, None)
+
+
+def _parse_expires(text: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(text)).timestamp()
+    except ValueError:
+        return None
+
+
+def _decode_payload(envelope: dict[str, Any], allow_pickle: bool) -> Any:
+    content_type = envelope.get("content-type")
+    body = envelope.get("body")
+    if not isinstance(body, str):
+        raise DecodeError("message has no body")
+    if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+        try:
+            data: bytes | str = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise DecodeError("message body is not valid base64") from None
+    else:
+        data = body
+    try:
+        if content_type == codec.CONTENT_TYPE:
+            decoded = codec.loads(data if isinstance(data, bytes) else data.encode())
+        elif content_type in _JSON_TYPES:
+            decoded = json.loads(data)
+        elif content_type in _PICKLE_TYPES:
+            if not allow_pickle:
+                raise DecodeError(
+                    "pickle payloads are refused; start the service with -allow_pickle to accept"
+                )
+            import pickle
+
+            decoded = pickle.loads(data if isinstance(data, bytes) else data.encode("latin-1"))
+        else:
+            raise DecodeError(f"content type {content_type!r} is not accepted")
+    except DecodeError:
+        raise
+    except Exception as exc:  # any decoder failure is this input's problem alone
+        raise DecodeError(f"cannot decode {content_type} body: {exc}") from None
+    try:
+        args = decoded[0]
+        (payload,) = args
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise DecodeError("task arguments must be exactly one input: args=[input]") from None
+    return payload
+
+
+def success_meta(task_id: str, result: Any, date_done: str) -> dict[str, Any]:
+    return {"status": "SUCCESS", "result": result, "traceback": None, "children": [],
+            "date_done": date_done, "task_id": task_id}
+
+
+def failure_meta(task_id: str, error: Exception, traceback: str | None,
+                 date_done: str) -> dict[str, Any]:
+    """Celery's serialised-exception form, so ``AsyncResult.get()`` rebuilds the error class."""
+    exc = {"exc_type": type(error).__name__, "exc_message": [str(error)],
+           "exc_module": type(error).__module__}
+    return {"status": "FAILURE", "result": exc, "traceback": traceback, "children": [],
+            "date_done": date_done, "task_id": task_id}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def encode_meta(meta: dict[str, Any]) -> bytes:
+    return codec.dumps(meta)
+
+
+def decode_meta(data: bytes) -> dict[str, Any]:
+    meta = codec.loads(data)
+    if not isinstance(meta, dict):
+        raise DecodeError("stored result is not a mapping")
+    return meta
+

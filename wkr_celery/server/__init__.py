@@ -1,0 +1,6 @@
+"""Server side: ``from wkr_celery.server import WKRServer, WKRHardWorker`` (the seed's path)."""
+
+from .hardworker import WKRHardWorker
+from .supervisor import WKRServer
+
+__all__ = ["WKRServer", "WKRHardWorker"]

@@ -1,0 +1,53 @@
+"""``wkr-serving-start module.Worker -flags…``: start a service and supervise it until stopped.
+
+SIGTERM or SIGINT stops gracefully (batches in predict finish, buffered requests go back to the
+queue); a second SIGINT kills the workers at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from ..config import Settings
+from ..errors import WKRError
+from .supervisor import WKRServer
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = Settings.from_args(argv)
+        server = WKRServer(settings.worker_class, settings)
+    except WKRError as exc:
+        print(f"wkr-serving-start: error: {exc}", file=sys.stderr)
+        return 2
+    signals = {"count": 0}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1 and signum == signal.SIGINT:
+            for slot in server.workers:
+                if slot.process is not None and slot.process.poll() is None:
+                    slot.process.kill()
+        server.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start()
+    except WKRError as exc:
+        print(f"wkr-serving-start: error: {exc}", file=sys.stderr)
+        server.stop(graceful=False)
+        return 1
+    print(f"wkr-serving-start: service {settings.name!r} starting {settings.num_worker} "
+          f"worker(s); broker {settings.broker}; Ctrl+C stops", file=sys.stderr, flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

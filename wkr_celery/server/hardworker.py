@@ -1,0 +1,82 @@
+"""``WKRHardWorker``: the one class a user subclasses to serve a model."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["WKRHardWorker", "Statistics"]
+
+
+class Statistics:
+    """Running count, sum, min and max per key passed to ``record_statistic``.
+
+    Kept per worker process and shipped with each heartbeat, so the REST layer can export them
+    without the worker doing any I/O on the request path.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, list[float]] = {}
+
+    def record(self, values: Mapping[str, float]) -> None:
+        with self._lock:
+            for key, value in values.items():
+                v = float(value)
+                slot = self._values.get(key)
+                if slot is None:
+                    self._values[key] = [1.0, v, v, v]
+                else:
+                    slot[0] += 1
+                    slot[1] += v
+                    slot[2] = min(slot[2], v)
+                    slot[3] = max(slot[3], v)
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return {
+                key: {"count": c, "sum": s, "min": lo, "max": hi}
+                for key, (c, s, lo, hi) in self._values.items()
+            }
+
+
+class WKRHardWorker:
+    """Subclass this and override ``get_env``, ``get_model`` and ``predict``.
+
+    Each worker process makes one instance and calls, from one thread, ``get_env`` then
+    ``get_model`` once, then ``predict`` for every batch. Import heavy frameworks inside
+    ``get_env``: it runs after the process is pinned to its device.
+
+    Optional class attributes let clients refuse bad input before it travels:
+    ``input_shape`` (shape of one input, ``None`` for any dimension) and ``input_dtype``.
+    """
+
+    input_shape: tuple[int | None, ...] | None = None
+    input_dtype: str | None = None
+
+    def __init__(self, name: str = "default", logger_name: str | None = None) -> None:
+        self.name = name
+        self._logger_name = logger_name or f"wkr_celery.worker.{name}"
+        self.statistics = Statistics()
+
+    def get_env(self, device_id: int, tmp_dir: str) -> Any:
+        """Import what the model needs; ``device_id`` is -1 for CPU or the GPU id."""
+        return []
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        """Load and return the model (anything ``predict`` needs)."""
+        raise NotImplementedError(f"{type(self).__name__} must override get_model")
+
+    def predict(self, model: Any, input: Any) -> Sequence[Any]:
+        """Return one result per element of ``input`` (a stacked array or a list)."""
+        raise NotImplementedError(f"{type(self).__name__} must override predict")
+
+    def record_statistic(self, stats: Mapping[str, float]) -> None:
+        """Record numbers (ms, sizes…) that the dashboard and ``/metrics`` show per key."""
+        self.statistics.record(stats)
+
+    def new_logger(self) -> logging.Logger:
+        """A logger whose records go to ``<log_dir>/<name>.log`` (errors also to ``.err``)."""
+        return logging.getLogger(self._logger_name)

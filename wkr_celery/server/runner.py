@@ -1,0 +1,140 @@
+"""The one place that calls the user's code, and owns its contract checks.
+
+``predict`` gets a batch and must return one result per input. When it raises, the batch is
+split in halves until the inputs that make it raise are found: only those fail, with the
+traceback; every other input still gets its result. A wrong number of results fails the whole
+batch with an error that says so, because nothing tells which result belongs to which input.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import Settings
+from ..errors import (
+    BatchContractError,
+    DeadlineExceeded,
+    InvalidInput,
+    PoisonInput,
+    PredictError,
+)
+from .hardworker import WKRHardWorker
+from .request import Outcome, Request
+
+__all__ = ["ModelRunner"]
+
+
+class ModelRunner:
+    """Holds one model and turns batches of requests into outcomes."""
+
+    def __init__(self, worker: WKRHardWorker, settings: Settings, device_id: int) -> None:
+        self.worker = worker
+        self.settings = settings
+        self.device_id = device_id
+        self.model: Any = None
+        self.predict_calls = 0
+
+    def load(self, tmp_dir: str) -> None:
+        envs = self.worker.get_env(self.device_id, tmp_dir)
+        self.model = self.worker.get_model(
+            envs, self.settings.model_dir, self.settings.model_name, tmp_dir
+        )
+
+    def run(self, batch: Sequence[Request]) -> list[Outcome]:
+        """One outcome per request, in order; never raises for a request's sake."""
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        now = time.time()
+        groups: dict[Any, list[int]] = {}
+        for i, request in enumerate(batch):
+            problem = self._refusal(request, now)
+            if problem is not None:
+                outcomes[i] = Outcome(error=problem)
+                continue
+            groups.setdefault(self._group_key(request.payload), []).append(i)
+        for indices in groups.values():
+            self._predict(batch, indices, outcomes)
+        return [o if o is not None else Outcome(error=PredictError("no outcome")) for o in outcomes]
+
+    # Checks -------------------------------------------------------------------------------
+
+    def _refusal(self, request: Request, now: float) -> Exception | None:
+        if request.error is not None:
+            return request.error
+        if request.deaths >= self.settings.max_attempts:
+            return PoisonInput(
+                f"this input was in predict each of the {request.deaths} times a worker process "
+                f"died (limit {self.settings.max_attempts}); it is not tried again"
+            )
+        if request.deadline is not None and request.deadline <= now:
+            late = (now - request.deadline) * 1000
+            return DeadlineExceeded(f"deadline passed {late:.0f} ms before predict; dropped")
+        if self.settings.protocol == "npy":
+            return self._check_array(request.payload)
+        return None
+
+    def _check_array(self, payload: Any) -> Exception | None:
+        if not isinstance(payload, np.ndarray):
+            return InvalidInput(
+                f"input is {type(payload).__name__}; this service (protocol npy) takes ndarrays"
+            )
+        shape = self.worker.input_shape
+        if shape is not None and (
+            len(shape) != payload.ndim
+            or any(want is not None and want != got for want, got in zip(shape, payload.shape))
+        ):
+            return InvalidInput(f"input has shape {payload.shape}; this service takes {shape}")
+        dtype = self.worker.input_dtype
+        if dtype is not None and payload.dtype != np.dtype(dtype):
+            return InvalidInput(f"input has dtype {payload.dtype}; this service takes {dtype}")
+        return None
+
+    def _group_key(self, payload: Any) -> Any:
+        if self.settings.protocol == "npy":
+            return (payload.shape, payload.dtype.str)
+        return None
+
+    # Predict ------------------------------------------------------------------------------
+
+    def _inputs(self, batch: Sequence[Request], indices: Sequence[int]) -> Any:
+        payloads = [batch[i].payload for i in indices]
+        if self.settings.protocol == "npy":
+            return np.stack(payloads)
+        return payloads
+
+    def _predict(
+        self, batch: Sequence[Request], indices: list[int], outcomes: list[Outcome | None]
+    ) -> None:
+        self.predict_calls += 1
+        try:
+            results = self.worker.predict(self.model, self._inputs(batch, indices))
+        except Exception as exc:
+            if len(indices) > 1:
+                half = len(indices) // 2
+                self._predict(batch, indices[:half], outcomes)
+                self._predict(batch, indices[half:], outcomes)
+                return
+            outcomes[indices[0]] = Outcome(
+                error=PredictError(f"predict raised {type(exc).__name__}: {exc}"),
+                traceback=traceback.format_exc(),
+            )
+            return
+        try:
+            count = len(results)
+        except TypeError:
+            count = None
+        if count != len(indices):
+            got = "a result without a length" if count is None else f"{count} results"
+            error = BatchContractError(
+                f"predict returned {got} for a batch of {len(indices)} inputs; "
+                "it must return one result per input"
+            )
+            for i in indices:
+                outcomes[i] = Outcome(error=error)
+            return
+        for i, result in zip(indices, results):
+            outcomes[i] = Outcome(value=result)

@@ -1,0 +1,342 @@
+"""The batching consumer of one worker process: fetch → predict → store, each in its own thread.
+
+Three stages overlap so ``predict`` never waits on Redis: the fetcher keeps up to
+``prefetch × batch_size`` decoded requests buffered (one scripted round trip moves a whole group
+into this worker's inflight hash), the predictor takes a batch whenever it is free, and the
+writer stores a batch's results (one pipeline) and only then acks its messages. A heartbeat
+thread proves the worker alive; when it stops, any worker's sweep requeues what it held.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..version import __version__
+from ..broker import Broker
+from ..codec import dumps
+from ..config import Settings
+from ..connections import REDIS_ERRORS, connect
+from ..errors import PredictError
+from ..keys import ServiceKeys, reply_key, task_meta_key
+from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
+from .buffer import RequestBuffer
+from .hardworker import WKRHardWorker
+from .request import Outcome, Request
+from .runner import ModelRunner
+
+__all__ = ["ServingLoop", "service_info"]
+
+log = logging.getLogger("wkr_celery.serving")
+
+_POLL_SECONDS = 1.0  # idle wait; also how soon messages from plain Celery producers are seen
+_BACKOFF_CAP = 2.0
+
+BatchListener = Callable[[Sequence[Request], Sequence[Outcome], float], None]
+
+
+def service_info(settings: Settings, worker: WKRHardWorker | type[WKRHardWorker]) -> dict[str, Any]:
+    """What clients read before sending: versions, protocol and limits."""
+    shape = worker.input_shape
+    return {
+        "version": __version__,
+        "protocol": settings.protocol,
+        "batch_size": settings.batch_size,
+        "max_queue": settings.max_queue,
+        "max_payload": settings.max_payload,
+        "visibility_timeout": settings.visibility_timeout,
+        "result_expires": settings.result_expires,
+        "num_worker": settings.num_worker,
+        "worker_class": settings.worker_class,
+        "input_shape": "" if shape is None else ",".join("*" if d is None else str(d) for d in shape),
+        "input_dtype": worker.input_dtype or "",
+    }
+
+
+class ServingStats:
+    """Counters shipped with every heartbeat; written by the writer thread only."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.requests = 0
+        self.failed = 0
+        self.batches = 0
+        self.predict_seconds = 0.0
+        self.batch_sizes: dict[int, int] = {}
+
+    def add_batch(self, size: int, failed: int, predict_seconds: float) -> None:
+        self.requests += size
+        self.failed += failed
+        self.batches += 1
+        self.predict_seconds += predict_seconds
+        self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
+
+
+class ServingLoop:
+    """Serves one service's queue with one model; ``start`` returns once threads run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        worker: WKRHardWorker,
+        *,
+        worker_id: str,
+        device_id: int,
+        running_file: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.worker_id = worker_id
+        self.device_id = device_id
+        self.keys = ServiceKeys(settings.name)
+        self.broker = Broker(connect(settings.broker, blocking_timeout=_POLL_SECONDS), self.keys)
+        same_redis = settings.backend == settings.broker
+        self.backend = self.broker.client if same_redis else connect(settings.backend)
+        self._same_redis = same_redis
+        self.runner = ModelRunner(worker, settings, device_id)
+        self.buffer = RequestBuffer(settings.prefetch * settings.batch_size)
+        self.stats = ServingStats()
+        self.listeners: list[BatchListener] = []
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self._stopping = threading.Event()
+        self._results: queue.Queue[tuple[list[Request], list[Outcome], float] | None] = (
+            queue.Queue(maxsize=2)
+        )
+        self._running_fd = (
+            os.open(running_file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            if running_file else None
+        )
+        self._threads: list[threading.Thread] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{settings.name}-")
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        predictor = threading.Thread(target=self._predict_loop, name="wkr-predict", daemon=True)
+        self._threads.append(predictor)
+        predictor.start()
+
+    def _start_io(self) -> None:
+        for target, name in (
+            (self._fetch_loop, "wkr-fetch"),
+            (self._write_loop, "wkr-write"),
+            (self._heartbeat_loop, "wkr-heartbeat"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful: finish the batch in predict, store it, give buffered requests back."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        fetcher = self._thread("wkr-fetch")
+        if fetcher is not None:
+            fetcher.join(_POLL_SECONDS + 11)
+        left = self.buffer.close()
+        if left:
+            self._retry(lambda: self.broker.give_back(self.worker_id, [r.id for r in left]),
+                        "give back buffered requests", deadline)
+            log.info("gave %d buffered requests back to the queue", len(left))
+        for name in ("wkr-predict", "wkr-write"):
+            thread = self._thread(name)
+            if thread is not None:
+                thread.join(max(0.1, deadline - time.monotonic()))
+        self._retry(lambda: self.broker.requeue_dead(self.worker_id, blamed=()),
+                    "unregister", deadline)
+        heart = self._thread("wkr-heartbeat")
+        if heart is not None:
+            heart.join(5)
+        if self._running_fd is not None:
+            os.close(self._running_fd)
+            self._running_fd = None
+        self._tmp.cleanup()
+
+    def _thread(self, name: str) -> threading.Thread | None:
+        return next((t for t in self._threads if t.name == name), None)
+
+    def _retry(self, action: Callable[[], Any], what: str, deadline: float) -> Any:
+        delay = 0.05
+        while True:
+            try:
+                return action()
+            except REDIS_ERRORS as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("could not %s before the stop deadline: %s", what, exc)
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_CAP)
+
+    # Predictor ----------------------------------------------------------------------------
+
+    def _predict_loop(self) -> None:
+        try:
+            self.runner.load(self._tmp.name)
+        except BaseException as exc:  # the supervisor restarts us; the log says why
+            log.exception("loading the model failed; this worker process will exit")
+            self.failed = exc
+            self.ready.set()
+            return
+        info = service_info(self.settings, self.worker)
+        self._retry(lambda: self.broker.write_info(info), "write service info",
+                    time.monotonic() + 60)
+        self._beat()
+        self._start_io()
+        self.ready.set()
+        log.info("worker %s serving %r on device %s (batch_size %d, protocol %s)",
+                 self.worker_id, self.settings.name, self.device_id,
+                 self.settings.batch_size, self.settings.protocol)
+        settings = self.settings
+        while True:
+            batch = self.buffer.take(settings.batch_size, settings.batch_timeout)
+            if batch is None:
+                break
+            self._mark_running(batch)
+            started = time.perf_counter()
+            outcomes = self.runner.run(batch)
+            elapsed = time.perf_counter() - started
+            self._mark_running(())
+            self._results.put((batch, outcomes, elapsed))
+        self._results.put(None)
+
+    def _mark_running(self, batch: Sequence[Request]) -> None:
+        """Tell the supervisor which requests are in predict, in case this process dies now."""
+        if self._running_fd is None:
+            return
+        os.ftruncate(self._running_fd, 0)
+        if batch:
+            os.pwrite(self._running_fd, ",".join(str(r.id) for r in batch).encode(), 0)
+
+    # Fetcher ------------------------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        backoff = 0.05
+        allow_pickle = self.settings.allow_pickle
+        while not self._stopping.is_set():
+            if not self.buffer.wait_for_room(_POLL_SECONDS):
+                continue
+            room = self.buffer.room()
+            try:
+                fetched = self.broker.fetch(self.worker_id, room)
+                if not fetched:
+                    self.buffer.set_more_waiting(False)
+                    self.broker.wait_for_work(_POLL_SECONDS)
+                    continue
+            except REDIS_ERRORS as exc:
+                log.warning("broker unreachable (%s); retrying in %.2fs", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_CAP)
+                continue
+            backoff = 0.05
+            now = time.monotonic()
+            requests = []
+            for inflight_id, raw, deaths in fetched:
+                msg = parse_request(raw, allow_pickle=allow_pickle)
+                if msg.error is not None:
+                    log.error("refused message %s: %s", msg.task_id or "(no task id)", msg.error)
+                requests.append(Request(inflight_id, raw, deaths, msg.task_id, msg.client_id,
+                                        msg.deadline, msg.payload, msg.error, now))
+            self.buffer.put_many(requests, more_waiting=len(fetched) >= room)
+
+    # Writer -------------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._results.get()
+            if item is None:
+                return
+            batch, outcomes, elapsed = item
+            self._store(batch, outcomes)
+            failed = sum(1 for o in outcomes if o.error is not None)
+            self.stats.add_batch(len(batch), failed, elapsed)
+            for listener in self.listeners:
+                try:
+                    listener(batch, outcomes, elapsed)
+                except Exception:
+                    log.exception("batch listener failed")
+
+    def _store(self, batch: Sequence[Request], outcomes: Sequence[Outcome]) -> None:
+        """Results in one pipeline, then the acks: a crash in between answers twice, never 0."""
+        date = now_iso()
+        expires = max(1, int(self.settings.result_expires))
+        pipe = self.backend.pipeline(transaction=False)
+        replies: dict[str, list[bytes]] = {}
+        for request, outcome in zip(batch, outcomes):
+            task_id = request.task_id
+            if task_id is None:
+                continue
+            data = _encode_outcome(task_id, outcome, date)
+            if outcome.error is not None:
+                log.error("request %s failed: %s%s", task_id, outcome.error,
+                          f"\n{outcome.traceback}" if outcome.traceback else "")
+            pipe.set(task_meta_key(task_id), data, ex=expires)
+            if request.client_id:
+                replies.setdefault(request.client_id, []).append(data)
+            else:
+                pipe.publish(task_meta_key(task_id), data)
+        for client_id, datas in replies.items():
+            pipe.rpush(reply_key(client_id), *datas)
+            pipe.expire(reply_key(client_id), expires)
+        ids = [r.id for r in batch]
+        suspects = [r.raw for r in batch if r.suspect]
+        if self._same_redis:
+            pipe.hdel(self.keys.inflight(self.worker_id), *ids)
+            if suspects:
+                pipe.hdel(self.keys.deaths, *suspects)
+            self._retry(pipe.execute, "store results", float("inf"))
+        else:
+            self._retry(pipe.execute, "store results", float("inf"))
+            self._retry(lambda: self.broker.ack(self.worker_id, ids, suspects), "ack",
+                        float("inf"))
+
+    # Heartbeat ----------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        stats = self.stats
+        status = dumps({
+            "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
+            "device_id": self.device_id,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "started": stats.started, "requests": stats.requests, "failed": stats.failed,
+            "batches": stats.batches, "predict_seconds": stats.predict_seconds,
+            "batch_sizes": dict(stats.batch_sizes), "buffered": len(self.buffer),
+            "statistics": self.worker.statistics.snapshot(), "version": __version__,
+        })
+        self.broker.heartbeat(self.worker_id, status, self.settings.visibility_timeout)
+
+    def _heartbeat_loop(self) -> None:
+        interval = min(1.0, self.settings.visibility_timeout / 5)
+        beats = 0
+        while not self._stopping.wait(interval):
+            beats += 1
+            try:
+                self._beat()
+                if beats % 2 == 0:
+                    for dead, count in self.broker.sweep().items():
+                        log.warning("worker %s missed its heartbeat; requeued its %d requests",
+                                    dead, count)
+            except REDIS_ERRORS as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+
+def _encode_outcome(task_id: str, outcome: Outcome, date: str) -> bytes:
+    if outcome.error is None:
+        try:
+            return encode_meta(success_meta(task_id, outcome.value, date))
+        except (TypeError, ValueError, OverflowError) as exc:
+            error = PredictError(
+                f"predict returned a {type(outcome.value).__name__} result that cannot be "
+                f"encoded: {exc}"
+            )
+            return encode_meta(failure_meta(task_id, error, None, date))
+    return encode_meta(failure_meta(task_id, outcome.error, outcome.traceback, date))

@@ -1,0 +1,319 @@
+"""``WKRServer``: starts Redis when embedded, one Celery worker process per model copy, and keeps
+them alive.
+
+Each worker is ``celery -A wkr_celery worker`` in its own process, given its settings and
+device through the environment (``CUDA_VISIBLE_DEVICES`` is set before anything is imported).
+When one dies, the supervisor requeues what it held at once (the requests that were in predict
+count a death against them, the rest go back untouched), then restarts it with a backoff that
+grows while it keeps dying young.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..broker import Broker
+from ..celery_app import load_worker_class
+from ..config import Settings
+from ..connections import REDIS_ERRORS, connect, redacted
+from ..errors import ConfigError, ServiceUnavailable
+from ..keys import ServiceKeys
+from ..logs import LogRouter, configure_stderr
+from ..redis_embedded import EmbeddedRedis
+from .hardworker import WKRHardWorker
+
+__all__ = ["WKRServer", "WorkerProcess"]
+
+log = logging.getLogger("wkr_celery.server")
+
+_CHECK_SECONDS = 0.1
+_RESTART_MIN, _RESTART_MAX, _HEALTHY_AFTER = 0.5, 30.0, 60.0
+
+
+@dataclass
+class WorkerProcess:
+    """One worker slot: its device, and the process currently filling it."""
+
+    index: int
+    device_id: int
+    worker_id: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    running_file: str = ""
+    started: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0
+    pump: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Children get SIGTERM if the supervisor dies, so none is left serving unsupervised."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class WKRServer:
+    """Runs a service: ``WKRServer(Worker, args).start()`` then ``serve_forever()`` or ``stop()``."""
+
+    def __init__(
+        self,
+        worker: type[WKRHardWorker] | str,
+        args: Settings | argparse.Namespace | None = None,
+        **overrides: Any,
+    ) -> None:
+        settings = _settings_from(args).replace(**overrides)
+        if not isinstance(worker, str):
+            worker = _import_path(worker)
+        self.settings = settings.replace(worker_class=worker)
+        self.worker_class = load_worker_class(worker)
+        self.keys = ServiceKeys(self.settings.name)
+        self.workers = [
+            WorkerProcess(index=i, device_id=self.settings.device_for(i))
+            for i in range(self.settings.num_worker)
+        ]
+        self.redis_servers: list[EmbeddedRedis] = []
+        self.extras: list[subprocess.Popen[bytes]] = []
+        self.router: LogRouter | None = None
+        self.broker: Broker | None = None
+        self._stop = threading.Event()
+        self._stopped = False
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{self.settings.name}-run-")
+
+    # Start --------------------------------------------------------------------------------
+
+    def start(self) -> WKRServer:
+        s = self.settings
+        if s.log_dir:
+            self.router = LogRouter(s.log_dir, s.name)
+            root = logging.getLogger()
+            root.addHandler(self.router.handler())
+            root.setLevel(logging.INFO)
+        elif not logging.getLogger().handlers:
+            configure_stderr()
+        self._start_redis()
+        self.broker = Broker(connect(s.broker), self.keys)
+        try:
+            self.broker.client.ping()
+        except REDIS_ERRORS as exc:
+            raise ServiceUnavailable(f"broker {redacted(s.broker)} is not reachable: {exc}") from exc
+        for slot in self.workers:
+            self._spawn(slot)
+        self._start_extras()
+        log.info("service %r: %d worker(s) on devices %s, broker %s, results %s",
+                 s.name, s.num_worker, [w.device_id for w in self.workers],
+                 redacted(s.broker), redacted(s.backend))
+        return self
+
+    def _start_redis(self) -> None:
+        s = self.settings
+        if s.broker_url:
+            return
+        persist = s.redis_persist == "on" or (s.redis_persist == "auto" and bool(s.data_dir))
+        ports = [s.port_in] if s.port_out == s.port_in or s.result_url else [s.port_in, s.port_out]
+        for port in ports:
+            server = EmbeddedRedis(port, data_dir=s.data_dir or None, persist=persist).start()
+            self.redis_servers.append(server)
+            log.info("%s Redis on 127.0.0.1:%d%s", "started" if server.owned else "reusing",
+                     port, " (AOF on)" if persist and server.owned else "")
+
+    def _start_extras(self) -> None:
+        """Processes beside the workers (REST API, Flower), when their ports are given."""
+
+    def _spawn(self, slot: WorkerProcess) -> None:
+        s = self.settings
+        slot.worker_id = f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}"
+        slot.running_file = os.path.join(self._tmp.name, f"{slot.worker_id}.running")
+        env = dict(os.environ)
+        env.update(s.to_env())
+        env.update({
+            "WKR_WORKER_ID": slot.worker_id,
+            "WKR_WORKER_INDEX": str(slot.index),
+            "WKR_DEVICE_ID": str(slot.device_id),
+            "WKR_RUNNING_FILE": slot.running_file,
+            "CUDA_VISIBLE_DEVICES": "" if slot.device_id < 0 else str(slot.device_id),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p
+            ),
+            "PYTHONUNBUFFERED": "1",
+        })
+        command = [
+            sys.executable, "-m", "celery", "-A", "wkr_celery", "--quiet", "worker",
+            "--pool", "solo", "--concurrency", "1", "-Q", self.keys.control_queue,
+            "-n", f"wkr.{s.name}.{slot.index}@%h", "--without-gossip", "--without-mingle",
+            "--loglevel", "INFO",
+        ]
+        piped = self.router is not None
+        slot.process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if piped else None,
+            stderr=subprocess.STDOUT if piped else None,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        slot.started = time.monotonic()
+        if piped and self.router is not None and slot.process.stdout is not None:
+            slot.pump = threading.Thread(target=self.router.pump, args=(slot.process.stdout,),
+                                         daemon=True, name=f"wkr-log-{slot.index}")
+            slot.pump.start()
+        log.info("worker %d (%s) started, pid %d, device %d", slot.index, slot.worker_id,
+                 slot.process.pid, slot.device_id)
+
+    # Run ----------------------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until every worker has loaded its model and sent a heartbeat."""
+        assert self.broker is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = self.broker.live_workers()
+            if all(w.worker_id in live for w in self.workers):
+                return
+            self._check_workers()
+            time.sleep(_CHECK_SECONDS)
+        raise ServiceUnavailable(
+            f"service {self.settings.name!r}: workers not ready after {timeout:.0f}s; see the log"
+        )
+
+    def serve_forever(self) -> None:
+        """Supervise until :meth:`request_stop` (the CLI's SIGTERM/SIGINT handler), then stop."""
+        while not self._stop.wait(_CHECK_SECONDS):
+            self._check_workers()
+        self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for slot in self.workers:
+            proc = slot.process
+            if proc is not None and proc.poll() is not None:
+                self._on_death(slot, proc.returncode)
+            if slot.process is None and now >= slot.next_start and not self._stop.is_set():
+                self._spawn(slot)
+
+    def _on_death(self, slot: WorkerProcess, code: int) -> None:
+        blamed = _read_running(slot.running_file)
+        lived = time.monotonic() - slot.started
+        slot.process = None
+        if slot.pump is not None:
+            slot.pump.join(1)
+        requeued = 0
+        if self.broker is not None:
+            try:
+                requeued = self.broker.requeue_dead(slot.worker_id, blamed)
+            except REDIS_ERRORS as exc:  # the sweep of a live worker requeues them later
+                log.error("could not requeue worker %s's requests now: %s", slot.worker_id, exc)
+        slot.restarts += 1
+        delay = _RESTART_MIN if lived > _HEALTHY_AFTER else min(
+            _RESTART_MAX, _RESTART_MIN * 2 ** min(slot.restarts, 6))
+        slot.next_start = time.monotonic() + (0 if lived > _HEALTHY_AFTER else delay)
+        log.error("worker %d (%s) exited with code %s after %.1fs; requeued %d request(s) "
+                  "(%d were in predict); restarting in %.1fs", slot.index, slot.worker_id, code,
+                  lived, requeued, len(blamed), max(0.0, slot.next_start - time.monotonic()))
+
+    # Stop ---------------------------------------------------------------------------------
+
+    def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
+        """Graceful: each worker finishes its batch and gives buffered requests back."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        live = [w for w in self.workers if w.process is not None]
+        for slot in live:
+            _signal(slot.process, signal.SIGTERM if graceful else signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        for slot in live:
+            assert slot.process is not None
+            try:
+                slot.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d did not stop in %.0fs; killing it", slot.index, timeout)
+                slot.process.kill()
+                slot.process.wait(10)
+            if slot.process.returncode != 0 or not graceful:
+                self._on_death(slot, slot.process.returncode)
+            slot.process = None
+            if slot.pump is not None:
+                slot.pump.join(2)
+        for proc in self.extras:
+            _signal(proc, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for server in self.redis_servers:
+            server.stop()
+        if self.router is not None:
+            self.router.close()
+        self._tmp.cleanup()
+        log.info("service %r stopped", self.settings.name)
+
+    def __enter__(self) -> WKRServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    if proc is not None and proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def _read_running(path: str) -> list[int]:
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode().strip()
+    except OSError:
+        return []
+    return [int(part) for part in text.split(",") if part.strip().isdigit()]
+
+
+def _settings_from(args: Settings | argparse.Namespace | None) -> Settings:
+    if args is None:
+        return Settings.from_env()
+    if isinstance(args, Settings):
+        return args
+    values = {k: v for k, v in vars(args).items() if k != "worker_class"}
+    if "batch_timeout" in values:
+        values["batch_timeout"] = values["batch_timeout"] / 1000.0
+    try:
+        return Settings.from_env().replace(**values)
+    except TypeError as exc:
+        raise ConfigError(f"unknown setting in args: {exc}") from None
+
+
+def _import_path(cls: type) -> str:
+    module = cls.__module__
+    if module == "__main__":
+        main_file = getattr(sys.modules["__main__"], "__file__", None)
+        if not main_file:
+            raise ConfigError("define the worker class in a module file to serve it")
+        module = os.path.splitext(os.path.basename(main_file))[0]
+        directory = os.path.dirname(os.path.abspath(main_file))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (directory, os.environ.get("PYTHONPATH", "")) if p)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    return f"{module}.{cls.__qualname__}"

@@ -1,0 +1,3 @@
+"""The package version, shared by client and workers for the version check."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Ready-to-serve worker definitions: ``wkr-serving-start workers.linear.Worker``."""
