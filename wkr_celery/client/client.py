@@ -172,6 +172,9 @@ class WKRClient:
     ) -> Future[Any]:
         """Send one input; the future resolves to its result or raises a ``RequestFailed``.
 
+        The future's ``task_id`` is the Celery task id: ``AsyncResult(task_id)`` finds the
+        result too, until it expires.
+
         Input problems the client can see (type, shape, dtype, size) raise ``InputError`` here,
         before anything is sent. ``timeout`` (seconds) travels as the request's deadline.
         """
@@ -187,6 +190,7 @@ class WKRClient:
             deadline=deadline, argsrepr=_argsrepr(x),
         )
         future: Future[Any] = Future()
+        future.task_id = task_id  # type: ignore[attr-defined]
         self._pending[task_id] = future
         if deadline is not None:
             with self._deadline_lock:

@@ -1,0 +1,117 @@
+"""Test support: free ports, deadline-bounded waits, and services run as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from wkr_celery.broker import Broker
+from wkr_celery.client import WKRClient
+from wkr_celery.keys import ServiceKeys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Service:
+    """A ``wkr-serving-start`` process serving ``name`` on ``broker_url``."""
+
+    name: str
+    broker_url: str
+    result_url: str
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    clients: list[WKRClient] = field(default_factory=list)
+
+    @property
+    def broker(self) -> Broker:
+        return Broker(redis.Redis.from_url(self.broker_url), ServiceKeys(self.name))
+
+    def live_workers(self) -> dict[str, dict[str, Any]]:
+        from wkr_celery.codec import loads
+
+        return {w: loads(b) for w, b in self.broker.live_workers().items()}
+
+    def wait_workers(self, count: int, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+        return wait_until(lambda: (lambda live: live if len(live) >= count else None)(
+            self.live_workers()), timeout, what=f"{count} live worker(s) of {self.name}"
+            + f"; log:\n{self.log()}")
+
+    def client(self, **kwargs: Any) -> WKRClient:
+        kwargs.setdefault("connect_timeout", 30.0)
+        client = WKRClient(name=self.name, broker_url=self.broker_url,
+                           result_url=self.result_url, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise AssertionError(f"service {self.name} did not stop in {timeout}s") from None
+        return int(self.proc.returncode)
+
+
+def start_service(
+    name: str, broker_url: str, result_url: str, log_dir: Path,
+    worker: str = "workers.linear.Worker", args: Sequence[str] = (),
+    env: dict[str, str] | None = None, wait: int | None = None,
+) -> Service:
+    """Start ``wkr-serving-start`` in a subprocess; ``wait`` = live workers to wait for."""
+    log_path = log_dir / f"{name}.stdout"
+    command = [sys.executable, "-m", "wkr_celery.server.cli", worker, "-name", name,
+               "-broker_url", broker_url, "-result_url", result_url, *args]
+    service = Service(name, broker_url, result_url, list(args), log_path)
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    with open(log_path, "wb") as out:
+        service.proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if wait:
+        service.wait_workers(wait)
+    return service
