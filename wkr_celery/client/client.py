@@ -10,6 +10,7 @@ future the second time and is dropped, so no caller is answered twice.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 import threading
@@ -74,6 +75,10 @@ class WKRClient:
         self.timeout = timeout
         self.priority = priority_step(priority)
         self.client_id = uuid.uuid4().hex
+        # Task ids: this client's random prefix plus a counter. Unique like uuid4 (64 random
+        # bits per client, never reused within one), at a tenth of the cost per request.
+        self._task_ids = (f"{self.client_id[:20]}{n:012x}" for n in itertools.count())
+        self._argsreprs: dict[tuple[Any, ...], str] = {}
         self._reply_key = reply_key(self.client_id)
         self._broker_redis = connect(self.broker_url)
         self._result_redis = connect(self.result_url, blocking_timeout=_LISTEN_SECONDS)
@@ -184,10 +189,10 @@ class WKRClient:
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.time() + timeout
         step = self.priority if priority is None else priority_step(priority)
-        task_id = uuid.uuid4().hex
+        task_id = next(self._task_ids)
         message = build_request(
             task_id, body, queue=self.keys.queue, priority=step, client_id=self.client_id,
-            deadline=deadline, argsrepr=_argsrepr(x),
+            deadline=deadline, argsrepr=self._argsrepr(x),
         )
         future: Future[Any] = Future()
         future.task_id = task_id  # type: ignore[attr-defined]
@@ -219,6 +224,16 @@ class WKRClient:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
+
+    def _argsrepr(self, x: Any) -> str:
+        """What Flower and ``inspect`` show for an input: its kind and shape, cached."""
+        key = (x.shape, x.dtype.num) if isinstance(x, np.ndarray) else (type(x),)
+        text = self._argsreprs.get(key)
+        if text is None:
+            text = _argsrepr(x)
+            if len(self._argsreprs) < 1024:
+                self._argsreprs[key] = text
+        return text
 
     def _encode_input(self, x: Any) -> bytes:
         if self.protocol == "npy":

@@ -39,6 +39,7 @@ __all__ = ["WKRServer", "WorkerProcess"]
 log = logging.getLogger("wkr_celery.server")
 
 _CHECK_SECONDS = 0.1
+_THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _RESTART_MIN, _RESTART_MAX, _HEALTHY_AFTER = 0.5, 30.0, 60.0
 
 
@@ -153,6 +154,10 @@ class WKRServer:
             ),
             "PYTHONUNBUFFERED": "1",
         })
+        for variable in _THREAD_POOL_VARIABLES:
+            # One math thread per worker unless the user says otherwise: several workers (plus
+            # Redis and clients) each spinning a core-sized BLAS pool oversubscribe the CPU.
+            env.setdefault(variable, "1")
         command = [
             sys.executable, "-m", "celery", "-A", "wkr_celery", "--quiet", "worker",
             "--pool", "solo", "--concurrency", "1", "-Q", self.keys.control_queue,
