@@ -74,3 +74,13 @@ class AlwaysFails(WKRWorker):
 
     def do_work(self, model: Any, logger: logging.Logger) -> None:
         raise RuntimeError("this unit always fails")
+
+
+class Idler(WKRWorker):
+    """Has no job source: each call just waits a little, so stop requests are seen at once."""
+
+    def get_model(self, ip: str, port: int, port_out: int) -> Any:
+        return None
+
+    def do_work(self, model: Any, logger: logging.Logger) -> None:
+        time.sleep(0.05)

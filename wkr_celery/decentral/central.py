@@ -6,8 +6,8 @@ units that died, answers commands whose change is done, and publishes the status
 answer when their effect is real (units stopped, new units past ``get_model``), not when they
 are received, so a script can chain them.
 
-A unit whose ``do_work`` raises exits (the traceback is in ``<name>.err``) and is restarted
-after 0.5 s, doubling while it keeps failing within a minute of starting, up to 30 s.
+The units themselves are a :class:`~wkr_celery.decentral.pool.UnitPool`, which restarts a
+unit whose ``do_work`` raised (the traceback is in ``<name>.err``) with a growing backoff.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from ..redis_embedded import EmbeddedRedis
 from .config import DecentralSettings, parse_remote_servers
 from .control import ControlServer
 from .http import StatusHTTPServer
-from .process import Unit, UnitProcess, spawn
+from .pool import UnitPool
 from .unit import load_worker_class
 from .worker import WKRWorker
 
@@ -45,7 +44,6 @@ log = logging.getLogger("wkr_celery.decentral")
 
 _TICK = 0.1
 _PUBLISH_EVERY = 1.0
-_RESTART_MIN, _RESTART_MAX, _HEALTHY_AFTER = 0.5, 30.0, 60.0
 COMMANDS = ("status", "switch", "idle", "restart", "terminate")
 
 
@@ -88,19 +86,16 @@ class WKRDecentralizeCentral:
         except ImportError as exc:
             raise ConfigError(f"cannot load worker class {path!r}: {exc}") from exc
         self.settings = settings
-        self.mode = "running"
-        self.units: list[Unit] = []
+        self.pool = UnitPool(settings.name, path, list(dict.fromkeys([os.getcwd(), *roots])))
         self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self.redis_servers: list[EmbeddedRedis] = []
         self.control: ControlServer | None = None
         self.http: StatusHTTPServer | None = None
         self.router: LogRouter | None = None
-        self._pythonpath = list(dict.fromkeys([os.getcwd(), *roots]))
         self._pending: list[_Pending] = []
         self._terminating: list[_Command] = []
         self._stop_flag: str | None = None  # set from signal handlers: a plain attribute only
         self._stopped = False
-        self._seq = 0
         self._started_at = time.time()
         self._snapshot: dict[str, Any] = {}
 
@@ -109,7 +104,7 @@ class WKRDecentralizeCentral:
     def start(self) -> WKRDecentralizeCentral:
         s = self.settings
         if s.log_dir:
-            self.router = LogRouter(s.log_dir, s.name)
+            self.router = self.pool.router = LogRouter(s.log_dir, s.name)
             root = logging.getLogger()
             root.addHandler(self.router.handler())
             root.setLevel(logging.INFO)
@@ -125,13 +120,16 @@ class WKRDecentralizeCentral:
         self.control.claim()
         self.control.start()
         if s.http_port:
-            self.http = StatusHTTPServer(s.http_host, s.http_port, lambda: self._snapshot)
+            try:
+                self.http = StatusHTTPServer(s.http_host, s.http_port, lambda: self._snapshot)
+            except OSError as exc:
+                raise ConfigError(f"-http_port {s.http_port} on {s.http_host}: {exc}") from exc
             self.http.start()
-        self._reconcile()
-        self._check_units()
+        self.pool.reconcile(s.remote_servers, s.num_client)
+        self.pool.check()
         self._publish()
         log.info("decentralize %r: %d unit(s) of %s on %s; control %s%s", s.name,
-                 len(self.units), s.worker_class, [str(r) for r in s.remote_servers],
+                 len(self.pool.units), s.worker_class, [str(r) for r in s.remote_servers],
                  redacted(s.control_url), f", status {self.http.url}" if self.http else "")
         return self
 
@@ -151,7 +149,7 @@ class WKRDecentralizeCentral:
                     message = self.inbox.get_nowait()
                 except queue.Empty:
                     message = None
-            self._check_units()
+            self.pool.check()
             self._answer_pending()
             self._snapshot = self.status()
             if time.monotonic() - last_publish >= _PUBLISH_EVERY:
@@ -179,8 +177,8 @@ class WKRDecentralizeCentral:
             print(f"wkr-decentral-start: error: {exc}", file=sys.stderr, flush=True)
             self.stop(force=True)
             return 1
-        print(f"wkr-decentral-start: {self.settings.name!r} running {len(self.units)} unit(s); "
-              f"control on {redacted(self.settings.control_url)}; Ctrl+C stops",
+        print(f"wkr-decentral-start: {self.settings.name!r} running {len(self.pool.units)} "
+              f"unit(s); control on {redacted(self.settings.control_url)}; Ctrl+C stops",
               file=sys.stderr, flush=True)
         self.serve_forever()
         return 0
@@ -197,77 +195,6 @@ class WKRDecentralizeCentral:
                         "future": future})
         return future
 
-    # Units --------------------------------------------------------------------------------
-
-    def _reconcile(self) -> None:
-        """Make the units match ``remote_servers`` × ``num_client``: retire extras, add missing."""
-        s = self.settings
-        wanted: list[tuple[Any, int]] = []
-        counts: dict[Any, int] = {}
-        for remote in s.remote_servers:
-            for _ in range(s.num_client):
-                wanted.append((remote, counts.get(remote, 0)))
-                counts[remote] = counts.get(remote, 0) + 1
-        have = {(u.remote, u.slot): u for u in self.units if not u.retiring}
-        for key, unit in have.items():
-            if key not in wanted:
-                unit.retiring = True
-                if unit.process is not None:
-                    unit.process.signal(signal.SIGTERM)
-        for remote, slot in wanted:
-            if (remote, slot) not in have:
-                self._seq += 1
-                self.units.append(Unit(f"{self.settings.name}-{self._seq}", remote, slot))
-
-    def _check_units(self) -> None:
-        now = time.monotonic()
-        for unit in list(self.units):
-            proc = unit.process
-            if proc is not None and proc.popen.poll() is not None:
-                self._on_exit(unit, proc)
-            if unit.process is not None:
-                continue
-            if unit.retiring:
-                self.units.remove(unit)
-            elif self.mode == "running" and now >= unit.next_start:
-                self._spawn(unit)
-
-    def _spawn(self, unit: Unit) -> None:
-        try:
-            unit.process = spawn(unit, self.settings.worker_class, self.router, self._pythonpath)
-        except OSError as exc:
-            log.error("could not start unit %s: %s", unit.id, exc)
-            unit.next_start = time.monotonic() + _RESTART_MAX
-            return
-        log.info("unit %s started, pid %d, remote %s", unit.id, unit.process.pid, unit.remote)
-
-    def _on_exit(self, unit: Unit, proc: UnitProcess) -> None:
-        proc.finish()
-        unit.process = None
-        unit.calls_before += proc.calls
-        code = proc.popen.returncode
-        if proc.error:
-            unit.last_error = proc.error
-        if unit.restart_now:
-            unit.restart_now = False
-            unit.next_start = 0.0
-        if proc.signalled or unit.retiring or self.mode != "running":
-            log.info("unit %s (pid %d) stopped with code %s", unit.id, proc.pid, code)
-            return
-        lived = time.monotonic() - proc.started
-        unit.failures = 1 if lived > _HEALTHY_AFTER else unit.failures + 1
-        unit.restarts += 1
-        delay = min(_RESTART_MAX, _RESTART_MIN * 2 ** (unit.failures - 1))
-        unit.last_delay = delay
-        unit.next_start = time.monotonic() + delay
-        log.error("unit %s (pid %d) exited with code %s after %.1fs (%s); restarting in %.1fs",
-                  unit.id, proc.pid, code, lived, proc.error or "no error reported", delay)
-
-    def _signal_all(self, sig: int) -> None:
-        for unit in self.units:
-            if unit.process is not None:
-                unit.process.signal(sig)
-
     # Commands -----------------------------------------------------------------------------
 
     def _handle(self, message: dict[str, Any]) -> None:
@@ -279,20 +206,24 @@ class WKRDecentralizeCentral:
             def respond(payload: dict[str, Any]) -> None:
                 assert self.control is not None
                 self.control.reply(command_id, payload)
-        wait = float(message.get("wait") or 30.0)
-        args = message.get("args") or {}
-        command = _Command(command_id, str(message.get("command")), dict(args), wait,
+        wait = _number(message.get("wait"), 30.0)
+        args = message.get("args")
+        command = _Command(command_id, str(message.get("command")),
+                           dict(args) if isinstance(args, dict) else {}, wait,
                            time.monotonic() + wait, respond)
-        handler = getattr(self, f"_cmd_{command.name}", None)
-        if command.name not in COMMANDS or handler is None:
+        if command.name not in COMMANDS:
             self._answer(command, False, error=f"unknown command {command.name!r}; "
                          f"known: {', '.join(COMMANDS)}")
             return
         log.info("command %s %s", command.name, command.args or "")
         try:
-            done = handler(command)
+            done = getattr(self, f"_cmd_{command.name}")(command)
         except (WKRError, ValueError, TypeError) as exc:
             self._answer(command, False, error=str(exc))
+            return
+        except Exception as exc:  # a command must never take the central down
+            log.exception("command %s failed", command.name)
+            self._answer(command, False, error=f"{type(exc).__name__}: {exc}")
             return
         if done is not None:
             self._pending.append(_Pending(command, done))
@@ -316,15 +247,6 @@ class WKRDecentralizeCentral:
                     f"{pending.command.name} not complete after {pending.command.wait:g}s; "
                     "see the units' states, and <name>.err"))
 
-    def _all_ready(self, old: frozenset[int] = frozenset()) -> Callable[[], bool]:
-        def done() -> bool:
-            return all(u.process is not None and id(u.process) not in old
-                       and u.process.ready.is_set() for u in self.units)
-        return done
-
-    def _none_running(self) -> bool:
-        return all(u.process is None for u in self.units)
-
     def _cmd_status(self, command: _Command) -> Callable[[], bool]:
         return lambda: True
 
@@ -337,32 +259,23 @@ class WKRDecentralizeCentral:
             changes["num_client"] = int(args["num_client"])
         if not changes:
             raise ConfigError("switch needs remote_servers, num_client or both")
-        self.settings = self.settings.replace(**changes)
-        self._reconcile()
-        if self.mode != "running":
-            return lambda: not any(u.retiring for u in self.units)
-        return lambda: (not any(u.retiring for u in self.units) and self._all_ready()())
+        self.settings = s = self.settings.replace(**changes)
+        pool = self.pool
+        pool.reconcile(s.remote_servers, s.num_client)
+        if pool.mode != "running":
+            return pool.none_retiring
+        ready = pool.all_ready()
+        return lambda: pool.none_retiring() and ready()
 
     def _cmd_idle(self, command: _Command) -> Callable[[], bool]:
         if command.args.get("off"):
-            self.mode = "running"
-            for unit in self.units:
-                unit.next_start, unit.failures = 0.0, 0
-            return self._all_ready()
-        self.mode = "idle"
-        self._signal_all(signal.SIGTERM)
-        return self._none_running
+            self.pool.resume()
+            return self.pool.all_ready()
+        self.pool.idle()
+        return self.pool.none_running
 
     def _cmd_restart(self, command: _Command) -> Callable[[], bool]:
-        force = bool(command.args.get("force"))
-        self.mode = "running"
-        old = frozenset(id(u.process) for u in self.units if u.process is not None)
-        for unit in self.units:
-            unit.failures, unit.next_start = 0, 0.0
-            if unit.process is not None:
-                unit.restart_now = True
-                unit.process.signal(signal.SIGKILL if force else signal.SIGTERM)
-        return self._all_ready(old)
+        return self.pool.all_ready(self.pool.restart(force=bool(command.args.get("force"))))
 
     def _cmd_terminate(self, command: _Command) -> None:
         self._terminating.append(command)
@@ -373,11 +286,10 @@ class WKRDecentralizeCentral:
     def status(self) -> dict[str, Any]:
         """What ``wkr-decentral-status`` prints and ``-http_port`` serves."""
         s = self.settings
-        now = time.monotonic()
-        units = [u.snapshot(now) for u in self.units]
+        units = self.pool.snapshot()
         return {
             "name": s.name, "pid": os.getpid(), "worker_class": s.worker_class,
-            "mode": self.mode, "started": self._started_at,
+            "mode": self.pool.mode, "started": self._started_at,
             "uptime": round(time.time() - self._started_at, 3), "updated": time.time(),
             "num_client": s.num_client,
             "remote_servers": [r.as_list() for r in s.remote_servers],
@@ -404,21 +316,7 @@ class WKRDecentralizeCentral:
         if self._stopped:
             return
         self._stopped = True
-        self.mode = "stopping"
-        self._signal_all(signal.SIGKILL if force else signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.stop_timeout
-        for unit in self.units:
-            proc = unit.process
-            if proc is None:
-                continue
-            try:
-                proc.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.error("unit %s did not stop in %.0fs; killing it", unit.id,
-                          self.settings.stop_timeout)
-                proc.popen.kill()
-                proc.popen.wait(10)
-            self._on_exit(unit, proc)
+        self.pool.stop_all(force, self.settings.stop_timeout)
         self._snapshot = self.status()
         for command in self._terminating:
             self._answer(command, True)
@@ -439,6 +337,13 @@ class WKRDecentralizeCentral:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _number(value: Any, default: float) -> float:
+    try:
+        return float(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
 
 
 def _settings_from(args: DecentralSettings | Sequence[str] | argparse.Namespace | None,
