@@ -221,6 +221,14 @@ def test_a_command_nobody_takes_times_out_with_a_non_zero_exit(
     assert redis_client.llen(f"wkr:decentral:{name}:control") == 0, "the command was retracted"
 
 
+def test_a_switch_without_a_change_or_with_a_bad_server_list_is_a_usage_error(
+        redis_url: str) -> None:
+    nothing = run_cli("switch_main", ["-broker_url", redis_url])
+    assert nothing.returncode == 2 and "-remote_servers, -num_client or both" in nothing.stderr
+    bad = run_cli("switch_main", ["-broker_url", redis_url, "-remote_servers", "[[10.0.0.1]]"])
+    assert bad.returncode == 2 and "[10.0.0.1] is not [ip, port_in, port_out]" in bad.stderr
+
+
 def test_idle_stops_every_unit_gracefully_and_idle_off_brings_them_back(
         services: dict[str, Service], central: Callable[..., Central], sink: Sink,
         jobs: RedisHandler) -> None:
