@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from wkr_celery.client.helper import RedisHandler
+from wkr_celery.decentral import ControlClient
 from wkr_celery.redis_embedded import EmbeddedRedis
 from workers.linear import IN_DIM, make_weights
 
@@ -125,6 +126,7 @@ def test_every_job_flows_through_the_units_and_its_result_arrives_exactly_once(
         served = json.loads(response.read())
     assert served["name"] == proc.name and served["totals"]["running"] == 3
     assert {u["remote"][3] for u in served["units"]} == {services["a"].name}
+    assert "Warning" not in proc.log() and not proc.err(), "a clean run logs no warning or error"
 
 
 def test_a_single_unit_serves_jobs_first_in_first_out(
@@ -190,15 +192,20 @@ def test_status_answers_through_an_embedded_redis_and_fails_when_no_central_answ
     proc = central("-remote_servers", servers(services["a"]), "-num_client", "2",
                    connection=connection)
 
-    def answered() -> dict[str, Any] | None:
-        done = proc.command("status_main", "-timeout", "5")
-        if done.returncode == 0:
-            status = json.loads(done.stdout)["status"]
-            if status["totals"]["running"] == 2:
-                return status
-        return None
+    url = f"redis://127.0.0.1:{port}/0"
 
-    status = wait_until(answered, 60, interval=0.3, what="status through the embedded Redis")
+    def two_running() -> bool:
+        try:
+            with ControlClient("embedded", url, url) as control:
+                status = control.cached_status()
+        except redis.ConnectionError:
+            return False  # the central has not started its Redis yet
+        return bool(status and status["totals"]["running"] == 2)
+
+    wait_until(two_running, 60, what="2 units behind the embedded Redis")
+    done = proc.command("status_main")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)["status"]
     assert status["name"] == "embedded" and status["mode"] == "running"
     assert [u["slot"] for u in status["units"]] == [0, 1]
     assert all(u["pid"] and u["state"] == "running" for u in status["units"])

@@ -144,7 +144,7 @@ def spawn(unit: Unit, worker_class: str, router: LogRouter | None,
     piped = router is not None
     try:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "wkr_celery.decentral.unit", json.dumps(spec)],
+            [sys.executable, "-m", "wkr_celery.decentral.unit_main", json.dumps(spec)],
             env=env, stdin=subprocess.DEVNULL, pass_fds=(write_fd,),
             stdout=subprocess.PIPE if piped else None,
             stderr=subprocess.STDOUT if piped else None,

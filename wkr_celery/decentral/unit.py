@@ -1,4 +1,4 @@
-"""One processing unit, run as ``python -m wkr_celery.decentral.unit '<spec json>'``.
+"""One processing unit, run as ``python -m wkr_celery.decentral.unit_main '<spec json>'``.
 
 The central starts one such process per unit. It calls the user's ``get_model`` once, then
 ``do_work`` until SIGTERM (or SIGINT) asks it to stop, and always ``off_model`` on the way out.
@@ -126,6 +126,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     return run_unit(worker, events)
 
-
-if __name__ == "__main__":  # pragma: no cover - run as a process
-    sys.exit(main())
