@@ -104,6 +104,7 @@ class WKRClient:
         self._deadline_lock = threading.Lock()
         self._outbox: list[tuple[str, int, str]] = []
         self._outbox_cond = threading.Condition()
+        self._publishing = False
         self._closed = False
         self._publisher = threading.Thread(target=self._publish_loop, daemon=True,
                                            name="wkr-client-publish")
@@ -200,9 +201,21 @@ class WKRClient:
         if deadline is not None:
             with self._deadline_lock:
                 heapq.heappush(self._deadlines, (time.monotonic() + timeout, task_id))
+        idle = len(self._pending) == 1  # nothing else in flight: no batch to gather
+        item = (task_id, PRIORITY_STEPS.index(step), message)
         with self._outbox_cond:
-            self._outbox.append((task_id, PRIORITY_STEPS.index(step), message))
-            if len(self._outbox) == 1:
+            if not (idle and not self._publishing and not self._outbox):
+                self._outbox.append(item)
+                if not self._publishing:
+                    self._outbox_cond.notify()
+                return future
+            self._publishing = True
+        # A lone request is published from the caller's thread: one thread hand-off less on
+        # the latency path. Under load the publisher thread gathers requests instead.
+        self._publish([item], inline=True)
+        with self._outbox_cond:
+            self._publishing = False
+            if self._outbox:
                 self._outbox_cond.notify()
         return future
 
@@ -262,14 +275,19 @@ class WKRClient:
     def _publish_loop(self) -> None:
         while True:
             with self._outbox_cond:
-                while not self._outbox and not self._closed:
+                while not self._closed and (not self._outbox or self._publishing):
                     self._outbox_cond.wait()
                 if not self._outbox:
                     return
                 items, self._outbox = self._outbox, []
+                self._publishing = True
             self._publish(items)
+            with self._outbox_cond:
+                self._publishing = False
 
-    def _publish(self, items: list[tuple[str, int, str]]) -> None:
+    def _publish(self, items: list[tuple[str, int, str]], inline: bool = False) -> None:
+        """Send ``items`` in one round trip; retried (by the publisher thread) while the broker
+        is away, up to ``connect_timeout``."""
         wake = min(len(items), max(1, math.ceil(len(items) / self.batch_size)), 8)
         give_up = time.monotonic() + self._connect_timeout
         delay = 0.05
@@ -280,6 +298,10 @@ class WKRClient:
                     cap=self.max_queue, wake=wake)
                 break
             except REDIS_ERRORS as exc:
+                if inline:  # never make the caller wait out an outage: hand it over
+                    with self._outbox_cond:
+                        self._outbox[:0] = items
+                    return
                 if self._closed or time.monotonic() >= give_up:
                     error = ServiceUnavailable(
                         f"could not publish to {redacted(self.broker_url)}: {exc}")
