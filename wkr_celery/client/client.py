@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ..broker import Broker
+from ..broker import Broker, as_str
 from ..codec import loads
 from ..connections import REDIS_ERRORS, connect, redacted
 from ..errors import (
     DeadlineExceeded,
     InputError,
     PayloadTooLarge,
-    RequestFailed,
     ServiceOverloaded,
     ServiceUnavailable,
     VersionMismatch,
@@ -121,7 +120,7 @@ class WKRClient:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                names = sorted(n.decode() for n in self._broker_redis.smembers(SERVICES))
+                names = sorted(as_str(n) for n in self._broker_redis.smembers(SERVICES))
             except REDIS_ERRORS as exc:
                 if time.monotonic() >= deadline:
                     raise ServiceUnavailable(f"broker {redacted(self.broker_url)} is not "
@@ -189,6 +188,7 @@ class WKRClient:
         body = self._encode_input(x)
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.time() + timeout
+        expiry = None if timeout is None else time.monotonic() + timeout
         step = self.priority if priority is None else priority_step(priority)
         task_id = next(self._task_ids)
         message = build_request(
@@ -198,9 +198,9 @@ class WKRClient:
         future: Future[Any] = Future()
         future.task_id = task_id  # type: ignore[attr-defined]
         self._pending[task_id] = future
-        if deadline is not None:
+        if expiry is not None:
             with self._deadline_lock:
-                heapq.heappush(self._deadlines, (time.monotonic() + timeout, task_id))
+                heapq.heappush(self._deadlines, (expiry, task_id))
         idle = len(self._pending) == 1  # nothing else in flight: no batch to gather
         item = (task_id, PRIORITY_STEPS.index(step), message)
         with self._outbox_cond:
@@ -311,11 +311,11 @@ class WKRClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         if accepted < len(items):
-            error = ServiceOverloaded(
+            overloaded = ServiceOverloaded(
                 f"service {self.name!r} has {self.max_queue} requests queued (-max_queue); "
                 "retry later")
             for task_id, _, _ in items[accepted:]:
-                self._fail(task_id, error)
+                self._fail(task_id, overloaded)
 
     # Receiving ----------------------------------------------------------------------------
 
@@ -377,7 +377,7 @@ class WKRClient:
                 return max(0.01, min(_LISTEN_SECONDS, self._deadlines[0][0] - now))
         return _LISTEN_SECONDS
 
-    def _fail(self, task_id: str, error: RequestFailed) -> None:
+    def _fail(self, task_id: str, error: WKRError) -> None:
         future = self._pending.pop(task_id, None)
         if future is not None:
             _settle(future, error=error)
@@ -449,5 +449,6 @@ def _parse_shape(text: str) -> tuple[int | None, ...] | None:
 
 
 def _show(shape: tuple[int | None, ...]) -> str:
-    return "(" + ", ".join("*" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    text = ", ".join("*" if d is None else str(d) for d in shape)
+    return f"({text},)" if len(shape) == 1 else f"({text})"
 

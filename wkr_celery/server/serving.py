@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..version import __version__
 from ..broker import Broker
 from ..codec import dumps
 from ..config import Settings
@@ -27,6 +26,7 @@ from ..connections import REDIS_ERRORS, connect
 from ..errors import PredictError
 from ..keys import ServiceKeys, reply_key, task_meta_key
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
+from ..version import __version__
 from .buffer import RequestBuffer
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
