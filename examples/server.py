@@ -37,7 +37,7 @@ class Worker(WKRHardWorker):
     def predict(self, model, input):
         model, np, logger = model
 
-        logger.info("Processing input: {}".format(len(input)))
+        logger.info(f"Processing input: {len(input)}")
 
         start_process = time.time()
         batch = np.stack([np.asarray(x, dtype=float) for x in input])  # preprocess
@@ -45,7 +45,7 @@ class Worker(WKRHardWorker):
         result = batch @ model  # predict
         done_predict = time.time()
 
-        logger.info("DONE input: {}".format(len(input)))
+        logger.info(f"DONE input: {len(input)}")
 
         # log statistic number
         self.record_statistic({

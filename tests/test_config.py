@@ -70,3 +70,13 @@ def test_invalid_values_name_the_setting(bad: dict) -> None:
 def test_seed_helper_parser_is_the_cli_parser() -> None:
     args = get_args_parser().parse_args(["server.Worker", "-num_worker", "2"])
     assert args.worker_class == "server.Worker" and args.num_worker == 2
+
+
+def test_pin_device_sets_the_cuda_mask_before_any_framework_import(monkeypatch) -> None:
+    from wkr_celery.server.helper import pin_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    pin_device(2)
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"
+    pin_device(-1)
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == ""

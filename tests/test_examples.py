@@ -99,3 +99,12 @@ def test_npy_file_client_encodes_every_row(quickstart: tuple[int, int], tmp_path
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.tanh(inputs @ make_weights()),
                                atol=1e-5)
     assert "300/300" in out.stderr
+
+
+def test_readme_documents_every_flag_of_wkr_serving_start() -> None:
+    from wkr_celery.config import build_parser
+
+    flags = [a.option_strings[0] for a in build_parser()._actions if a.option_strings
+             and a.option_strings[0] != "-h"]
+    missing = [f for f in flags if f"`{f}`" not in README]
+    assert not missing, f"flags missing from the README's table: {missing}"

@@ -26,7 +26,7 @@ from wkr_celery import (
 from wkr_celery.celery_app import make_app
 from wkr_celery.codec import loads
 from wkr_celery.keys import ServiceKeys, task_meta_key
-from wkr_celery.messages import build_request, encode_body
+from wkr_celery.messages import build_request
 from wkr_celery.redis_embedded import EmbeddedRedis
 from workers.linear import make_weights
 

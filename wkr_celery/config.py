@@ -196,7 +196,7 @@ class Settings:
 
 
 def _convert(f: dataclasses.Field[Any], text: str, *, source: str) -> Any:
-    kind = type(f.default)
+    kind: type[Any] = type(f.default)
     try:
         if kind is bool:
             lowered = text.strip().lower()
