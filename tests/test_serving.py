@@ -229,7 +229,7 @@ def test_log_dir_gets_info_in_log_and_errors_with_traceback_in_err(make_service,
         client.encode("poison").result(timeout=30)
     assert client.encode(1).result(timeout=30) == 2
     log_file, err_file = log_dir / f"{service.name}.log", log_dir / f"{service.name}.err"
-    wait_until(lambda: err_file.exists() and "cannot digest poison" in err_file.read_text(), 10,
+    wait_until(lambda: err_file.exists() and "cannot digest poison" in err_file.read_text(), 30,
                what="the error in .err")
     err = err_file.read_text()
     assert "Traceback" in err and "ValueError" in err
