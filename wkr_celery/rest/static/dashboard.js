@@ -3,10 +3,12 @@
 // the page's #key=... fragment (never sent in a URL) and passed as X-API-Key.
 "use strict";
 (function () {
-  const POLL_MS = 1000, POINTS = 120;
+  // Rates span at least WINDOW_S: workers report their counters once a second (heartbeats),
+  // so a shorter window would alternate between zero and double.
+  const POLL_MS = 1000, POINTS = 120, WINDOW_S = 3;
   const key = new URLSearchParams(location.hash.slice(1)).get("key");
   const series = { rps: [], resps: [], batch: [], ms: [], queue: [], err: [], http: [] };
-  let prev = null, first = null;
+  const history = [];
   const $ = (id) => document.getElementById(id);
   const COLORS = ["--c0", "--c1", "--c2", "--c3", "--c4", "--c5", "--c6"].map(
     (v) => getComputedStyle(document.documentElement).getPropertyValue(v).trim());
@@ -16,6 +18,10 @@
     if (Math.abs(x) >= 1e6) return (x / 1e6).toFixed(1) + "M";
     if (Math.abs(x) >= 1e4) return (x / 1e3).toFixed(1) + "k";
     return Number(x).toFixed(digits === undefined ? 0 : digits);
+  }
+  function tick(x) {  // two significant digits for small axes, whole numbers for large ones
+    if (x === 0) return "0";
+    return Math.abs(x) >= 100 ? fmt(x) : String(Number(x.toPrecision(2)));
   }
   function duration(s) {
     s = Math.floor(s);
@@ -52,7 +58,7 @@
       const y = T + (H - B - T) * i / 3;
       svg.appendChild(el("line", { x1: L, x2: W, y1: y, y2: y, class: "grid-line" }));
       svg.appendChild(el("text", { x: L - 4, y: y + 3, "text-anchor": "end" },
-        fmt(max * (3 - i) / 3, max < 3 ? 1 : 0)));
+        tick(max * (3 - i) / 3)));
     }
     svg.appendChild(el("text", { x: L, y: H - 3 }, (POINTS * POLL_MS / 1000) + " s ago"));
     svg.appendChild(el("text", { x: W, y: H - 3, "text-anchor": "end" }, "now"));
@@ -107,11 +113,11 @@
     svg.appendChild(el("text", { x: L, y: H - 4 }, "1"));
     svg.appendChild(el("text", { x: W, y: H - 4, "text-anchor": "end" }, String(top)));
   }
-  function workers(list, dt) {
+  function workers(list, base, dt) {
     const body = $("workers").tBodies[0];
     body.replaceChildren();
     for (const w of list) {
-      const before = prev && prev.workers.find((p) => p.id === w.id);
+      const before = base.workers.find((p) => p.id === w.id);
       const util = before && dt > 0 ? Math.min(1, Math.max(0,
         (w.predict_seconds - before.predict_seconds) / dt)) : null;
       const tr = document.createElement("tr");
@@ -144,13 +150,13 @@
   }
   function update(d) {
     const t = d.totals;
-    if (!first) first = d;
     $("service-name").textContent = d.name;
     $("service-meta").textContent = "protocol " + d.protocol + " · batch_size " + d.batch_size +
       (d.version ? " · v" + d.version : "");
     setValue("total-requests", t.requests);
     setValue("total-responses", t.responses);
     setValue("total-failed", t.failed);
+    $("total-failed").classList.toggle("bad", t.failed > 0);
     setValue("total-workers", d.workers.length);
     setValue("total-queue", d.queue_length);
     setValue("total-uptime", d.uptime_s, duration(d.uptime_s));
@@ -161,7 +167,8 @@
       a.hidden = false;
     }
     // Rates need two snapshots; the first poll shows lifetime means instead of blanks.
-    const base = prev || { t: d.t - Math.max(d.uptime_s, 1e-9),
+    while (history.length > 1 && d.t - history[1].t >= WINDOW_S) history.shift();
+    const base = history[0] || { t: d.t - Math.max(d.uptime_s, 1e-9),
       totals: { requests: 0, responses: 0, failed: 0, batches: 0, predict_seconds: 0 },
       http_errors: 0, workers: [] };
     const dt = Math.max(1e-3, d.t - base.t);
@@ -192,9 +199,9 @@
     $("now-err").textContent = fmt(last("err"), 1);
     $("now-http").textContent = fmt(last("http"), 1);
     histogram(d.batch_sizes, d.batch_size);
-    workers(d.workers, dt);
+    workers(d.workers, base, dt);
     statistics(d.statistics);
-    prev = d;
+    history.push(d);
   }
   async function poll() {
     const dot = $("live-dot"), line = $("status-line");
