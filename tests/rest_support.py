@@ -104,7 +104,7 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
     calc_service = start_service(
         calc_name, url, url, log_dir, "tests.rest_workers.Calc",
         ["-http_port", str(http_port), "-flower_port", str(flower_port), "-prefetch", "1",
-         "-batch_timeout", "1", *limits])
+         "-batch_timeout", "1", "-task_events", *limits])
     linear_service = start_service(linear_name, url, url, log_dir, "workers.linear.Worker",
                                    ["-protocol", "npy"])
     keyed = start_rest(linear_name, url, log_dir, env={"WKR_HTTP_API_KEY": API_KEY})

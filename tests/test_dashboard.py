@@ -143,3 +143,29 @@ def test_flower_lists_the_service_workers(stack: Stack) -> None:
     registered = workers[name].get("registered") or []
     assert "wkr_celery.predict" in registered
     assert workers[name]["stats"]["pool"]["max-concurrency"] == 1
+
+
+def test_flower_lists_served_requests_as_tasks_when_task_events_are_on(stack: Stack) -> None:
+    flower = f"http://127.0.0.1:{stack.flower_port}"
+    wait_until(lambda: _flower_up(flower), 60, interval=0.5, what="Flower to answer")
+    ok = stack.calc.http.post("/tasks", json={"data": {"op": "double", "x": 5}}).json()
+    bad = stack.calc.http.post("/tasks", json={"data": {"op": "raise"}}).json()
+
+    def seen() -> dict | None:
+        tasks = httpx.get(f"{flower}/api/tasks", timeout=10).json()
+        wanted = (tasks.get(ok["task_id"]), tasks.get(bad["task_id"]))
+        done = all(t and t.get("state") in ("SUCCESS", "FAILURE") for t in wanted)
+        return dict(zip(("ok", "bad"), wanted, strict=True)) if done else None
+
+    tasks = wait_until(seen, 30, interval=0.3, what="Flower to receive the task events")
+    assert tasks["ok"]["state"] == "SUCCESS" and tasks["ok"]["result"] == "10"
+    assert tasks["ok"]["name"] == "wkr_celery.predict"
+    assert tasks["ok"]["worker"].startswith(f"wkr.{stack.calc.name}.0@")
+    assert tasks["bad"]["state"] == "FAILURE" and "PredictError" in tasks["bad"]["exception"]
+
+
+def _flower_up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/api/workers", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
