@@ -323,3 +323,15 @@ def test_openapi_describes_every_route_with_request_and_response_schemas(stack: 
         assert "schema" in ok["content"]["application/json"], (path, method)
     docs = stack.calc.http.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+# The CLI ----------------------------------------------------------------------------------------
+
+def test_http_cli_takes_the_service_flags_with_or_without_a_worker_class() -> None:
+    from wkr_celery.rest.cli import main, settings_from_argv
+
+    alone = settings_from_argv(["-name", "svc", "-http_port", "8901", "-http_api_key", "k"])
+    assert (alone.name, alone.http_port, alone.http_api_key) == ("svc", 8901, "k")
+    same_as_start = settings_from_argv(["workers.echo.Worker", "-name", "svc", "-http_port", "9"])
+    assert same_as_start.http_port == 9 and same_as_start.worker_class == "workers.echo.Worker"
+    assert main(["-name", "svc"]) == 2  # no -http_port: nothing to serve on
