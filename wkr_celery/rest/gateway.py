@@ -132,6 +132,11 @@ class Gateway:
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
 
+    @property
+    def waiting_client(self) -> WKRClient | None:
+        """The client behind ``POST /encode``, if one has been built yet."""
+        return self._client
+
     def client(self) -> WKRClient:
         """The waiting client, built on first use once a worker is alive."""
         with self._lock:
@@ -215,7 +220,7 @@ class Gateway:
         if data is None:
             return None
         self.registry.pop(task_id)
-        return decode_meta(data)
+        return decode_meta(data if isinstance(data, bytes) else data.encode())
 
     def revoke(self, task_id: str) -> dict[str, Any]:
         """Remove a queued task's message; 409 when a worker has it, 404 when unknown here."""

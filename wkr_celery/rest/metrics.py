@@ -122,9 +122,9 @@ class ServiceCollector(Collector):
         yield predict
         for key, s in sorted(snap["statistics"].items()):
             name = _metric_name(key)
-            family = SummaryMetricFamily(name, f"record_statistic key {key!r}")
-            family.add_metric([], count_value=s["count"], sum_value=s["sum"])
-            yield family
+            summary = SummaryMetricFamily(name, f"record_statistic key {key!r}")
+            summary.add_metric([], count_value=s["count"], sum_value=s["sum"])
+            yield summary
             yield GaugeMetricFamily(name + "_min", f"smallest {key!r} recorded", value=s["min"])
             yield GaugeMetricFamily(name + "_max", f"largest {key!r} recorded", value=s["max"])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from typing import Any
 
@@ -45,9 +46,12 @@ _PRIORITY = Query("normal", description="queue priority: high, normal or low")
 
 
 def _where(exc: WKRError, index: int, many: bool) -> WKRError:
-    if many:
-        exc.where = f"item {index}"  # type: ignore[attr-defined]
-    return exc
+    """A copy of ``exc`` that names the list item (one error object may serve many inputs)."""
+    if not many:
+        return exc
+    named = copy.copy(exc)
+    named.where = f"item {index}"  # type: ignore[attr-defined]
+    return named
 
 
 async def _items(request: Request) -> tuple[list[dict[str, Any]], bool, bool]:

@@ -70,7 +70,7 @@ async def server_status(request: Request) -> Response:
 async def client_status(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     settings = gateway.settings
-    client = gateway._client
+    client = gateway.waiting_client
     counts: dict[str, float] = {}
     for metric in request.app.state.metrics.requests.collect():
         for sample in metric.samples:
