@@ -9,6 +9,7 @@ from pathlib import Path
 import msgpack_numpy  # noqa: F401  (msgpack-numpy is what clients use; codec wraps it)
 import numpy as np
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from wkr_celery import codec
@@ -92,9 +93,11 @@ def test_api_key_is_required_only_when_configured(stack: Stack) -> None:
         missing = anonymous.post("/encode", json={"data": [0.0] * 512})
         wrong = anonymous.get("/status/server", headers={"X-API-Key": "guess"})
         metrics = anonymous.get("/metrics")
+        data = anonymous.get("/dashboard/data")
+        assert anonymous.get("/dashboard").status_code == 200  # the page; it sends #key=...
         assert anonymous.get("/healthz").status_code == 200
         assert anonymous.get("/readyz").status_code == 200
-    for response in (missing, wrong, metrics):
+    for response in (missing, wrong, metrics, data):
         assert response.status_code == 401
         assert error_of(response)["type"] == "Unauthorized"
     assert "X-API-Key" in error_of(missing)["message"]
@@ -171,6 +174,19 @@ def test_no_worker_answers_503_with_retry_after(stack: Stack) -> None:
         assert response.headers["Retry-After"] == "1"
         error = error_of(response)
         assert error["type"] == "ServiceUnavailable" and "no worker" in error["message"]
+
+
+def test_unexpected_failure_answers_500_without_the_api_traceback(
+        stack: Stack, redis_client: redis.Redis) -> None:
+    task_id = uuid.uuid4().hex
+    redis_client.set(f"celery-task-meta-{task_id}", b"\xc1", ex=60)  # not msgpack at all
+    response = stack.calc.http.get(f"/tasks/{task_id}")
+    assert response.status_code == 500
+    error = error_of(response)  # also asserts no "Traceback" in the body
+    assert error["type"] == "InternalError" and "see its log" in error["message"]
+    assert "File \"" not in response.text
+    wait_until(lambda: f"GET /tasks/{task_id}" in stack.calc.log(), 10,
+               what="the failure in the API log")
 
 
 def test_unknown_routes_and_methods_answer_json_errors(stack: Stack) -> None:
