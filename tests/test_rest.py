@@ -185,6 +185,7 @@ def test_unexpected_failure_answers_500_without_the_api_traceback(
     error = error_of(response)  # also asserts no "Traceback" in the body
     assert error["type"] == "InternalError" and "see its log" in error["message"]
     assert "File \"" not in response.text
+    assert stack.calc.http.get("/healthz").status_code == 200  # the keep-alive connection lives
     wait_until(lambda: f"GET /tasks/{task_id}" in stack.calc.log(), 10,
                what="the failure in the API log")
 

@@ -13,7 +13,7 @@ from ..version import __version__
 from . import dashboard, routes, status
 from .gateway import Gateway
 from .metrics import ApiMetrics, outcome_of
-from .problems import install_handlers
+from .problems import install_handlers, internal_error
 
 __all__ = ["create_app"]
 
@@ -50,9 +50,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
                     ) -> Response:
         try:
             response = await call_next(request)
-        except Exception:
-            _count(request, 500)
-            raise
+        except Exception as exc:
+            # Answered here rather than by the server-error layer, which would re-raise and
+            # make uvicorn drop the keep-alive connection the client goes on to reuse.
+            response = internal_error(request, exc)
         _count(request, response.status_code)
         return response
 

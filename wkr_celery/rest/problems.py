@@ -33,7 +33,7 @@ from ..errors import (
 )
 from .encoding import render
 
-__all__ = ["ApiError", "status_for", "install_handlers", "RETRY_AFTER"]
+__all__ = ["ApiError", "status_for", "install_handlers", "internal_error", "RETRY_AFTER"]
 
 log = logging.getLogger("wkr_celery.rest")
 
@@ -115,6 +115,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(request, ApiError(
-            500, "InternalError", "the API process failed on this request; see its log"))
+        return internal_error(request, exc)
+
+
+def internal_error(request: Request, exc: BaseException) -> Response:
+    """Log the traceback here; the caller only learns that the API process failed."""
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(request, ApiError(
+        500, "InternalError", "the API process failed on this request; see its log"))
