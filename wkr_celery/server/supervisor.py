@@ -136,6 +136,22 @@ class WKRServer:
 
     def _start_extras(self) -> None:
         """Processes beside the workers (REST API, Flower), when their ports are given."""
+        from ..rest import extras
+
+        s = self.settings
+        wanted = []
+        if s.http_port:
+            wanted.append(("REST API", extras.rest_command(s), f"http://{s.http_host}:{s.http_port}"))
+        if s.flower_port:
+            wanted.append(("Flower", extras.flower_command(s), f"http://127.0.0.1:{s.flower_port}"))
+        for what, command, url in wanted:
+            proc = extras.start(command, s, piped=self.router is not None,
+                                 preexec_fn=_die_with_parent)
+            if self.router is not None and proc.stdout is not None:
+                threading.Thread(target=self.router.pump, args=(proc.stdout,), daemon=True,
+                                 name=f"wkr-log-{what}").start()
+            self.extras.append(proc)
+            log.info("%s on %s, pid %d", what, url, proc.pid)
 
     def _spawn(self, slot: WorkerProcess) -> None:
         s = self.settings
