@@ -69,8 +69,8 @@ class WKRClient:
         show_server_config: bool = False,
     ) -> None:
         self.broker_url = broker_url or f"redis://{ip}:{port}/0"
-        self.result_url = result_url or (broker_url if broker_url and port_out == port
-                                         else f"redis://{ip}:{port_out}/0")
+        # As on the server (Settings.backend): a broker URL alone serves for results too.
+        self.result_url = result_url or broker_url or f"redis://{ip}:{port_out}/0"
         self.timeout = timeout
         self.priority = priority_step(priority)
         self.client_id = uuid.uuid4().hex
