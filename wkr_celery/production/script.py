@@ -74,7 +74,8 @@ read_pid() {  # prints the pid in the pid file if that process is this service
 
 clear_stale() {
     if [ -f "$PIDFILE" ]; then
-        echo "removing stale pid file $PIDFILE (pid $(cat "$PIDFILE" 2>/dev/null) is not running $NAME)"
+        echo "removing stale pid file $PIDFILE:" \
+            "pid $(cat "$PIDFILE" 2>/dev/null) is not running $NAME"
         rm -f "$PIDFILE"
     fi
 }

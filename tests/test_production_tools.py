@@ -1,0 +1,249 @@
+"""``wkr-serving-check``, ``wkr-serving-terminate``, ``wkr-serving-make -format systemd`` and
+``wkr-decentral-make``, run as commands against real services."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from wkr_celery.production import procs
+from wkr_celery.production.command import decentral_command
+from wkr_celery.production.script import render_script
+
+from .helpers import ROOT, Service, free_port, wait_until
+from .test_production_script import sh
+
+GATED = "tests.production_workers.GatedDoubler"
+
+
+def tool(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+    """``python -m wkr_celery.production <command> …`` (what the console scripts call)."""
+    return subprocess.run([sys.executable, "-m", "wkr_celery.production", *args], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def where(service: Service) -> list[str]:
+    return ["-name", service.name, "-broker_url", service.broker_url]
+
+
+# wkr-serving-check ---------------------------------------------------------------------------
+
+
+def test_check_waits_for_a_starting_service_then_names_each_worker_that_answers(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service("workers.linear.Worker", "-num_worker", "2", "-protocol", "npy",
+                           wait=None)
+    checked = tool("check", *where(service), "-wait", "60", "-probe")
+    assert checked.returncode == 0, checked.stderr + service.log()
+    assert "2 of 2 worker(s) alive and answering" in checked.stdout
+    for index in (0, 1):
+        assert f"wkr.{service.name}.{index}@" in checked.stdout
+
+
+def test_check_fails_clearly_without_a_live_worker_or_without_a_broker(redis_url: str) -> None:
+    nobody = tool("check", "-name", f"n{uuid.uuid4().hex[:8]}", "-broker_url", redis_url)
+    assert nobody.returncode == 1 and "has a heartbeat" in nobody.stderr
+    port = free_port()
+    no_broker = tool("check", "-name", "x", "-broker_url", f"redis://127.0.0.1:{port}/0")
+    assert no_broker.returncode == 1 and "is not reachable" in no_broker.stderr
+    bad_flag = tool("check", "-name", "x", "-no_such_flag")
+    assert bad_flag.returncode == 2 and "-no_such_flag" in bad_flag.stderr
+
+
+def test_check_fails_while_the_worker_is_frozen_although_its_heartbeat_is_still_there(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service("workers.echo.Worker", "-visibility_timeout", "30")
+    (beat,) = service.live_workers().values()
+    os.kill(beat["pid"], signal.SIGSTOP)
+    try:
+        frozen = tool("check", *where(service), "-timeout", "1")
+        assert service.live_workers(), "the heartbeat key outlives the freeze"
+    finally:
+        os.kill(beat["pid"], signal.SIGCONT)
+    assert frozen.returncode == 1 and "none answered a ping" in frozen.stderr
+    assert tool("check", *where(service), "-wait", "30").returncode == 0
+
+
+# wkr-serving-terminate -----------------------------------------------------------------------
+
+
+def test_terminate_stops_a_service_by_name_gracefully(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service("workers.echo.Worker", "-num_worker", "2")
+    worker_pids = [w["pid"] for w in service.live_workers().values()]
+    stopped = tool("terminate", *where(service))
+    assert stopped.returncode == 0, stopped.stderr
+    assert service.proc is not None and service.proc.wait(30) == 0
+    assert not [pid for pid in worker_pids if procs.alive(pid)]
+    assert not service.live_workers(), "graceful workers unregister"
+
+
+def test_terminate_force_kills_at_once_and_requeues_the_request_in_predict(
+    make_service: Callable[..., Service], tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold").touch()
+    service = make_service(GATED, "-model_dir", str(gate), "-batch_size", "1")
+    client = service.client()
+    held = client.encode(21)
+    wait_until(lambda: list(gate.glob("predicting-*")), 30, what="the request in predict")
+    (beat,) = service.live_workers().values()
+
+    killed = tool("terminate", *where(service), "-force")
+    assert killed.returncode == 0, killed.stderr
+    assert "1 request(s) put back on the queue" in killed.stdout
+    assert service.proc is not None and service.proc.wait(10) == -signal.SIGKILL
+    assert not procs.alive(beat["pid"])
+    assert not service.live_workers() and service.broker.queue_length() == 1
+
+    (gate / "hold").unlink()
+    make_service(GATED, "-model_dir", str(gate), name=service.name)
+    assert held.result(30) == 42
+
+
+def test_terminate_finds_a_service_whose_workers_are_still_loading(
+    make_service: Callable[..., Service], tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold-load").touch()
+    service = make_service(GATED, "-model_dir", str(gate), wait=None)
+    wait_until(lambda: [p for p in procs.all_pids()
+                        if (procs.environ(p) or {}).get("WKR_NAME") == service.name],
+               30, what="the worker process to exist")
+    assert not service.live_workers()
+    killed = tool("terminate", *where(service), "-force")
+    assert killed.returncode == 0, killed.stderr
+    assert service.proc is not None and service.proc.wait(10) == -signal.SIGKILL
+
+
+def test_terminate_of_an_unknown_service_says_nothing_was_found(redis_url: str) -> None:
+    result = tool("terminate", "-name", f"n{uuid.uuid4().hex[:8]}", "-broker_url", redis_url)
+    assert result.returncode == 1 and "no process of service" in result.stderr
+
+
+# wkr-serving-make ----------------------------------------------------------------------------
+
+
+def test_make_refuses_what_wkr_serving_start_would_refuse() -> None:
+    typo = tool("make", "workers.linear.Worker", "-name", "svc", "-num_workers", "2")
+    assert typo.returncode == 2 and "-num_workers" in typo.stderr and not typo.stdout
+    fmt = tool("make", "workers.linear.Worker", "-name", "svc", "-format", "xml")
+    assert fmt.returncode == 2 and "sh, systemd" in fmt.stderr
+    path_name = tool("make", "workers.linear.Worker", "-name", "../svc")
+    assert path_name.returncode == 2 and "pid file" in path_name.stderr
+    helped = tool("make", "-h")
+    assert helped.returncode == 0 and "-format" in helped.stdout
+
+
+def test_make_systemd_prints_a_unit_running_the_same_command_with_a_graceful_stop() -> None:
+    flags = ["workers.linear.Worker", "-name", "svc", "-num_worker", "2",
+             "-http_api_key", "50% of $HOME"]
+    unit = tool("make", *flags, "-format", "systemd")
+    assert unit.returncode == 0, unit.stderr
+    text = unit.stdout
+    exec_start = re.search(r"^ExecStart=(.*)$", text, re.M)
+    assert exec_start is not None
+    assert exec_start.group(1) == (f"{sys.executable} -m wkr_celery.server.cli "
+                                   'workers.linear.Worker -name svc -num_worker 2 '
+                                   '-http_api_key "50%% of $$HOME"')
+    for line in ("KillSignal=SIGTERM", "KillMode=mixed", "TimeoutStopSec=60",
+                 "Restart=on-failure", f"WorkingDirectory={ROOT}"):
+        assert re.search(f"^{re.escape(line)}$", text, re.M), line
+    assert re.search(r"^ExecStartPost=\S+ -m wkr_celery.production check -wait 300 "
+                     r"workers.linear.Worker -name svc", text, re.M)
+
+
+def test_the_console_scripts_in_pyproject_point_at_these_commands() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    scripts = dict(re.findall(r'^([a-z-]+) = "([\w.:]+)"$', pyproject, re.M))
+    from wkr_celery.production import cli
+
+    for script in ("wkr-serving-make", "wkr-serving-terminate", "wkr-serving-check",
+                   "wkr-decentral-make"):
+        module, _, function = scripts[script].partition(":")
+        assert module == "wkr_celery.production.cli" and callable(getattr(cli, function))
+
+
+# wkr-decentral-make --------------------------------------------------------------------------
+
+SEED_DECENTRAL = """decentralize.ProcessingModel \\
+    -port 21324 \\
+    -port_out 21326 \\
+    -http_port 8900 \\
+    -num_client 24 \\
+    -remote_servers [[10.40.34.16, 8068, 8069], [10.40.34.14, 8068, 8069]] \\
+    -log_dir /tmp/log_dir \\
+    -name YOUR_DECENTRALIZE_SERVICE_NAME"""
+
+
+def test_decentral_make_passes_the_seeds_flags_to_wkr_decentral_start_untouched(
+    tmp_path: Path,
+) -> None:
+    argv = shlex.split(SEED_DECENTRAL)
+    made = tool("decentral-make", *argv, "-format", "sh")
+    assert made.returncode == 0, made.stderr
+    script = tmp_path / "run_script.sh"
+    script.write_text(made.stdout)
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    run_service = made.stdout.split("run_service() {")[1].split("\n}")[0]
+    words = shlex.split(run_service.replace("\\\n", " "))
+    assert words[4:6] == ["$PYTHON", "-c"]
+    assert "from wkr_celery.decentral.cli import start_main" in words[6]
+    assert words[7:] == argv, "every flag but -format, verbatim and in order"
+    health = made.stdout.split("health() {")[1].split("\n}")[0]
+    assert shlex.split(health.replace("\\\n", " "))[1:] == [
+        "-m", "wkr_celery.production", "http-check", "http://127.0.0.1:8900/"]
+    unit = tool("decentral-make", *argv, "-format", "systemd")
+    assert unit.returncode == 0 and "ExecStart=" in unit.stdout
+    assert "KillSignal=SIGTERM" in unit.stdout
+    nameless = tool("decentral-make", *argv[:-2])
+    assert nameless.returncode == 2 and "needs -name" in nameless.stderr
+
+
+def test_a_decentral_script_starts_reports_and_stops_a_stand_in_for_wkr_decentral_start(
+    tmp_path: Path,
+) -> None:
+    """The script's mechanics with a stand-in; the real ``wkr-decentral-start`` is on another
+    branch until merged."""
+    port = free_port()
+    argv = ["decentralize.ProcessingModel", "-port", "21324", "-http_port", str(port),
+            "-remote_servers", "[[127.0.0.1,", "8068,", "8069]]", "-name", "edge"]
+    spec = decentral_command(argv, name="edge", http_port=port, workdir=str(tmp_path),
+                             entry="tests.production_workers:decentral_standin")
+    script = tmp_path / "run_script.sh"
+    script.write_text(render_script(spec))
+    log = tmp_path / "logs" / "std.log"
+
+    started = sh(script, "start", tmp_path)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert sh(script, "status", tmp_path).returncode == 0
+    assert f'ARGV {__import__("json").dumps(argv)}' in log.read_text()
+    stopped = sh(script, "stop", tmp_path)
+    assert stopped.returncode == 0 and "stopped gracefully" in log.read_text()
+    assert sh(script, "status", tmp_path).returncode == 3
+
+    assert sh(script, "start", tmp_path).returncode == 0
+    pid = int((tmp_path / "edge.pid").read_text())
+    assert sh(script, "stopf", tmp_path).returncode == 0
+    assert not procs.alive(pid)
+
+
+@pytest.mark.parametrize("command", ["make", "check", "terminate", "decentral-make"])
+def test_every_command_prints_help(command: str) -> None:
+    helped = tool(command, "-h")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage:")
