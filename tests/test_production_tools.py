@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from wkr_celery.broker import Broker
+from wkr_celery.codec import dumps
+from wkr_celery.connections import connect
+from wkr_celery.keys import ServiceKeys
 from wkr_celery.production import procs
 from wkr_celery.production.command import decentral_command
 from wkr_celery.production.script import render_script
@@ -44,8 +48,10 @@ def test_check_waits_for_a_starting_service_then_names_each_worker_that_answers(
 ) -> None:
     service = make_service("workers.linear.Worker", "-num_worker", "2", "-protocol", "npy",
                            wait=None)
-    checked = tool("check", *where(service), "-wait", "60", "-probe")
-    assert checked.returncode == 0, checked.stderr + service.log()
+    waited = tool("check", *where(service), "-wait", "60", "-probe")
+    assert waited.returncode == 0, waited.stderr + service.log()
+    service.wait_workers(2)
+    checked = tool("check", *where(service))
     assert "2 of 2 worker(s) alive and answering" in checked.stdout
     for index in (0, 1):
         assert f"wkr.{service.name}.{index}@" in checked.stdout
@@ -74,6 +80,24 @@ def test_check_fails_while_the_worker_is_frozen_although_its_heartbeat_is_still_
         os.kill(beat["pid"], signal.SIGCONT)
     assert frozen.returncode == 1 and "none answered a ping" in frozen.stderr
     assert tool("check", *where(service), "-wait", "30").returncode == 0
+
+
+def test_a_worker_on_another_host_counts_by_heartbeat_but_not_for_a_local_probe(
+    redis_url: str,
+) -> None:
+    """A worker started without the supervisor has no node name to ping: its heartbeat is the
+    evidence. ``-local`` (a container's own probe) ignores workers on other hosts."""
+    name = f"n{uuid.uuid4().hex[:8]}"
+    broker = Broker(connect(redis_url), ServiceKeys(name))
+    beat = {"worker_id": "gpu-box-4242", "pid": 4242, "host": "gpu-box", "requests": 9}
+    broker.heartbeat("gpu-box-4242", dumps(beat), ttl=30)
+    try:
+        anywhere = tool("check", "-name", name, "-broker_url", redis_url)
+        assert anywhere.returncode == 0 and "gpu-box-4242 (pid 4242, 9 requests)" in anywhere.stdout
+        here = tool("check", "-name", name, "-broker_url", redis_url, "-local")
+        assert here.returncode == 1 and "runs on this host" in here.stderr
+    finally:
+        broker.unregister("gpu-box-4242")
 
 
 # wkr-serving-terminate -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import Settings, build_parser
 from ..errors import ConfigError
@@ -43,10 +44,10 @@ class Option:
 
 def take_options(
     argv: Sequence[str], options: Sequence[Option]
-) -> tuple[dict[str, object], list[str]]:
+) -> tuple[dict[str, Any], list[str]]:
     """Split ``argv`` into this command's own options and the rest, which keeps its order."""
     by_flag = {f"-{opt.name}": opt for opt in options}
-    values: dict[str, object] = {opt.name: opt.default for opt in options}
+    values: dict[str, Any] = {opt.name: opt.default for opt in options}
     rest: list[str] = []
     items = list(argv)
     i = 0
@@ -103,7 +104,8 @@ def usage(prog: str, summary: str, options: Sequence[Option], service_flags: str
     """Help text: this command's options, then which ``wkr-serving-start`` flags it reads."""
     lines = [f"usage: {prog} {summary}", ""]
     for opt in options:
-        value = "" if opt.kind is bool else f" {opt.kind.__name__.upper()}"
+        shown = "|".join(opt.choices) or opt.kind.__name__.upper()
+        value = "" if opt.kind is bool else f" {shown}"
         default = "" if opt.kind is bool else f" (default: {opt.default})"
         lines.append(f"  -{opt.name}{value}".ljust(24) + f"{opt.help}{default}")
     lines += ["", service_flags]

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ..errors import ConfigError
 from .args import Option, fail, parse_service_flags, take_options, usage
@@ -28,6 +29,7 @@ __all__ = [
     "main",
 ]
 
+T = TypeVar("T")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._@+-]+")
 _FORMAT = Option("format", str, "sh", "what to print", choices=("sh", "systemd"))
 _SERVICE_FLAGS = ("Every wkr-serving-start flag is accepted (see wkr-serving-start -h); "
@@ -97,12 +99,13 @@ _TIMEOUT = Option("timeout", float, 3.0, "seconds to wait for each answer")
 _WAIT = Option("wait", float, 0.0, "keep checking up to this many seconds until healthy")
 _PROBE = Option("probe", bool, False, "also send one real request (zeros of the input shape)")
 _QUIET = Option("quiet", bool, False, "print only problems")
+_LOCAL = Option("local", bool, False, "count only this host's workers (a container's own probe)")
 
 
 def serving_check_main(argv: Sequence[str] | None = None) -> int:
     """``wkr-serving-check -name NAME [-broker_url URL | -port_in N] [-timeout s] [-wait s]``."""
     prog, args = "wkr-serving-check", _argv(argv)
-    options = [_TIMEOUT, _WAIT, _PROBE, _QUIET]
+    options = [_TIMEOUT, _WAIT, _PROBE, _LOCAL, _QUIET]
     if _wants_help(args):
         print(usage(prog, "[module.Worker] -name NAME [-broker_url URL | -port_in PORT] "
                     "[options]", options, _SERVICE_FLAGS + " Only -name and the broker "
@@ -113,9 +116,9 @@ def serving_check_main(argv: Sequence[str] | None = None) -> int:
         settings = parse_service_flags(prog, rest)
     except ConfigError as exc:
         return fail(prog, exc)
-    timeout, probe = float(own["timeout"]), bool(own["probe"])  # type: ignore[arg-type]
-    report = _retry(lambda: check_service(settings, timeout=timeout, probe=probe),
-                    lambda r: r.healthy, float(own["wait"]))  # type: ignore[arg-type]
+    timeout, probe, local = float(own["timeout"]), bool(own["probe"]), bool(own["local"])
+    report = _retry(lambda: check_service(settings, timeout=timeout, probe=probe, local=local),
+                    lambda r: r.healthy, float(own["wait"]))
     if not report.healthy:
         print(f"{prog}: {report.summary()}", file=sys.stderr)
         return 1
@@ -133,8 +136,8 @@ def http_check_main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("give one URL")
     except ConfigError as exc:
         return fail(prog, exc)
-    problem = _retry(lambda: check_http(rest[0], float(own["timeout"])),  # type: ignore[arg-type]
-                     lambda p: not p, float(own["wait"]))  # type: ignore[arg-type]
+    problem = _retry(lambda: check_http(rest[0], float(own["timeout"])),
+                     lambda p: not p, float(own["wait"]))
     if problem:
         print(f"{prog}: {problem}", file=sys.stderr)
         return 1
@@ -161,7 +164,7 @@ def serving_terminate_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return fail(prog, exc)
     report = terminate_service(settings, force=bool(own["force"]),
-                               timeout=float(own["timeout"]))  # type: ignore[arg-type]
+                               timeout=float(own["timeout"]))
     for note in report.notes:
         print(f"{prog}: note: {note}", file=sys.stderr)
     if report.elsewhere and report.ok:
@@ -176,7 +179,7 @@ def serving_terminate_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _retry(check: Callable[[], object], good: Callable[[object], bool], wait: float) -> object:
+def _retry(check: Callable[[], T], good: Callable[[T], bool], wait: float) -> T:
     """Run ``check`` until ``good`` says so or ``wait`` seconds pass; the last result."""
     deadline = time.monotonic() + wait
     while True:

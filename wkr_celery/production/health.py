@@ -10,6 +10,7 @@ sends one real request, a zero input of the shape and dtype the service advertis
 from __future__ import annotations
 
 import dataclasses
+import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -72,8 +73,13 @@ def celery_node(service: str, worker_id: str, host: str) -> str | None:
     return f"wkr.{service}.{index}@{host}"
 
 
-def check_service(settings: Settings, *, timeout: float = 3.0, probe: bool = False) -> HealthReport:
-    """Healthy when at least one worker has a heartbeat and answers (and the probe, if asked)."""
+def check_service(
+    settings: Settings, *, timeout: float = 3.0, probe: bool = False, local: bool = False
+) -> HealthReport:
+    """Healthy when at least one worker has a heartbeat and answers (and the probe, if asked).
+
+    ``local`` counts only this host's workers: a container's or a pod's own probe.
+    """
     name, broker_url = settings.name, redacted(settings.broker)
     report = HealthReport(name, broker_url)
     client = connect(settings.broker)
@@ -88,6 +94,13 @@ def check_service(settings: Settings, *, timeout: float = 3.0, probe: bool = Fal
             f"no worker of {name!r} has a heartbeat on {broker_url} (none started, all still "
             f"loading, or dead for more than {settings.visibility_timeout:g}s)"))
     workers = [_worker(name, wid, loads(raw)) for wid, raw in sorted(beats.items())]
+    if local:
+        host = socket.gethostname()
+        here = [w for w in workers if w.host == host]
+        if not here:
+            return _with(report, problem=(
+                f"none of its {len(workers)} live worker(s) runs on this host ({host})"))
+        workers = here
     nodes = [w.node for w in workers if w.node]
     try:
         answers = _ping(settings, nodes, timeout) if nodes else set()
