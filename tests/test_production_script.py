@@ -5,7 +5,6 @@ predict, stopf, and stale pid files."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -25,7 +24,7 @@ from wkr_celery.production import procs
 from wkr_celery.production.command import serving_command
 from wkr_celery.production.script import render_script
 
-from .helpers import ROOT, wait_until
+from .helpers import ROOT, Service, wait_until
 
 WORKER = "tests.production_workers.GatedDoubler"
 
@@ -221,7 +220,7 @@ def test_stopf_kills_the_supervisor_and_its_workers_and_the_next_start_serves_wh
 
 
 def test_a_stale_pid_file_is_reported_replaced_and_never_used_to_signal_another_process(
-    deploy: Callable[..., Deployment],
+    deploy: Callable[..., Deployment], make_service: Callable[..., Service],
 ) -> None:
     svc = deploy()
     gone = subprocess.Popen(["true"])
@@ -232,53 +231,42 @@ def test_a_stale_pid_file_is_reported_replaced_and_never_used_to_signal_another_
     assert svc.run("stop").returncode == 0
     assert not svc.pid_file.exists()
 
-    bystander = subprocess.Popen(["sleep", "120"])
-    try:
-        svc.pid_file.write_text(f"{bystander.pid}\n")
-        assert svc.run("status").returncode == 3
-        assert svc.run("stopf").returncode == 0
-        assert svc.run("stop").returncode == 0
-        svc.pid_file.write_text(f"{bystander.pid}\n")
-        started = svc.run("start")
-        assert started.returncode == 0, started.stdout + svc.log
-        assert "stale pid file" in started.stdout
-        assert bystander.poll() is None, "the unrelated process was left alone"
-        assert svc.pid() != bystander.pid and svc.run("status").returncode == 0
-        assert svc.run("stop").returncode == 0
-    finally:
-        bystander.send_signal(signal.SIGKILL)
-        bystander.wait()
+    other = make_service("workers.echo.Worker")  # the same program, serving another name
+    assert other.proc is not None
+    svc.pid_file.write_text(f"{other.proc.pid}\n")
+    assert svc.run("status").returncode == 3
+    assert svc.run("stopf").returncode == 0
+    svc.pid_file.write_text(f"{other.proc.pid}\n")
+    assert svc.run("stop").returncode == 0
+    svc.pid_file.write_text(f"{other.proc.pid}\n")
+    started = svc.run("start")
+    assert started.returncode == 0, started.stdout + svc.log
+    assert "stale pid file" in started.stdout
+    assert other.proc.poll() is None and len(other.live_workers()) == 1, "left alone"
+    assert svc.pid() != other.proc.pid and svc.run("status").returncode == 0
+    assert svc.run("stop").returncode == 0
+    assert other.proc.poll() is None
 
 
-def test_every_argument_reaches_the_service_and_the_health_check_exactly_as_given(
-    tmp_path: Path,
+def test_every_argument_reaches_the_service_exactly_as_given(
+    redis_url: str, tmp_path: Path,
 ) -> None:
-    """A stand-in for Python records its arguments; as the service it stays up, as the health
-    check it fails, so ``start`` gives up after START_TIMEOUT and ``stopf`` cleans up."""
-    recorder, record = tmp_path / "python", tmp_path / "argv"
-    recorder.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" '--end--' >> '{record}'\n"
-                        "if [ \"$1\" = -c ]; then sleep 120; fi\nexit 1\n")
-    recorder.chmod(0o755)
-    tricky = [WORKER, "-name", "quoting", "-model_dir", "/tmp/it's a \"dir\" with $HOME `id`",
+    name = f"q{uuid.uuid4().hex[:8]}"
+    tricky = [WORKER, "-name", name, "-broker_url", redis_url, "-result_url", redis_url,
+              "-model_dir", "/nonexistent/it's a \"dir\" with $HOME `id`",
               "-model_name", "a;b&c|d>e *\nsecond line", "-http_api_key", "$(touch pwned)",
-              "-device_map", "-1"]
+              "-device_map", "-1", "-batch_timeout", "1.5"]
     script = tmp_path / "run_script.sh"
-    script.write_text(render_script(serving_command(tricky, python=str(recorder),
-                                                    workdir=str(tmp_path))))
+    script.write_text(render_script(serving_command(tricky, workdir=str(ROOT))))
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
-
-    started = sh(script, "start", tmp_path, START_TIMEOUT="1")
-    assert started.returncode == 1 and "not serving after 1s" in started.stderr
-    calls = [call.split("\0")[:-1] for call in record.read_text().split("--end--\0") if call]
-    launch, health = calls[0], calls[1]
-    assert launch[0] == "-c" and "os.setsid()" in launch[1]
-    assert launch[2:] == [str(recorder), "-m", "wkr_celery.server.cli", *tricky]
-    assert health == ["-m", "wkr_celery.production", "check", *tricky]
-    assert not (tmp_path / "pwned").exists()
-
-    assert sh(script, "status", tmp_path).returncode == 1, "running, but not serving"
-    pid = int((tmp_path / "quoting.pid").read_text())
-    family = [pid, *procs.descendants(pid)]
-    assert sh(script, "stopf", tmp_path).returncode == 0
-    assert not [p for p in family if procs.alive(p)]
-    assert sh(script, "status", tmp_path).returncode == 3
+    try:
+        started = sh(script, "start", tmp_path)
+        assert started.returncode == 0, started.stdout + started.stderr
+        pid = int((tmp_path / f"{name}.pid").read_text())
+        assert procs.cmdline(pid) == [sys.executable, "-m", "wkr_celery.server.cli", *tricky]
+        assert sh(script, "status", tmp_path).returncode == 0
+        assert not (tmp_path / "pwned").exists() and not (ROOT / "pwned").exists()
+        assert sh(script, "stop", tmp_path).returncode == 0
+    finally:
+        if (tmp_path / f"{name}.pid").exists():
+            sh(script, "stopf", tmp_path)

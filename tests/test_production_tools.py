@@ -224,11 +224,11 @@ def test_decentral_make_passes_the_seeds_flags_to_wkr_decentral_start_untouched(
     script = tmp_path / "run_script.sh"
     script.write_text(made.stdout)
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
-    run_service = made.stdout.split("run_service() {")[1].split("\n}")[0]
-    words = shlex.split(run_service.replace("\\\n", " "))
-    assert words[4:6] == ["$PYTHON", "-c"]
-    assert "from wkr_celery.decentral.cli import start_main" in words[6]
-    assert words[7:] == argv, "every flag but -format, verbatim and in order"
+    command = made.stdout.split("service_command() {")[1].split("\n}")[0]
+    words = shlex.split(command.replace("\\\n", " "))
+    assert words[:3] == ["$@", "$PYTHON", "-c"]
+    assert "from wkr_celery.decentral.cli import start_main" in words[3]
+    assert words[4:] == argv, "every flag but -format, verbatim and in order"
     health = made.stdout.split("health() {")[1].split("\n}")[0]
     assert shlex.split(health.replace("\\\n", " "))[1:] == [
         "-m", "wkr_celery.production", "http-check", "http://127.0.0.1:8900/"]

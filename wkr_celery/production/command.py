@@ -29,7 +29,6 @@ class ServiceCommand:
     name: str
     title: str
     command: tuple[str, ...]
-    marker: str  # an argument of ``command`` that identifies its process in /proc/<pid>/cmdline
     health: tuple[str, ...] | None  # exits 0 when serving; None: the process running suffices
     health_wait: tuple[str, ...] | None  # the same, retried until serving (systemd's start)
     workdir: str
@@ -47,7 +46,6 @@ def serving_command(
         name=settings.name,
         title=f"wkr-celery service {settings.name!r} ({settings.worker_class})",
         command=(python, "-m", "wkr_celery.server.cli", *argv),
-        marker="wkr_celery.server.cli",
         health=check,
         health_wait=(*check[:4], "-wait", "300", *argv),
         workdir=workdir or os.getcwd(),
@@ -74,7 +72,6 @@ def decentral_command(
         name=name,
         title=f"wkr-celery decentralize {name!r}",
         command=(python, "-c", code, *argv),
-        marker=code,
         health=health,
         health_wait=None if health is None else (*health, "-wait", "300"),
         workdir=workdir or os.getcwd(),

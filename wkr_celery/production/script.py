@@ -33,16 +33,18 @@ _TEMPLATE = r"""#!/bin/sh
 NAME=@NAME_Q@
 PYTHON=@PYTHON_Q@
 WORKDIR=@WORKDIR_Q@
-MARKER=@MARKER_Q@
 DIR=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd -P) || exit 1
 PIDFILE="$DIR/$NAME.pid"
 LOGFILE="$DIR/logs/std.log"
 START_TIMEOUT=${START_TIMEOUT:-120}
 STOP_TIMEOUT=${STOP_TIMEOUT:-60}
 
-run_service() {
-    exec "$PYTHON" -c @LAUNCH_Q@ \
-        @COMMAND@
+service_command() {  # runs "$@" followed by the service's command line
+    "$@" @COMMAND@
+}
+
+run_service() {  # becomes the service, in a new session
+    service_command exec "$PYTHON" -c @LAUNCH_Q@
 }
 
 health() {
@@ -58,10 +60,10 @@ alive() {  # the process exists and has not exited (a zombie has)
     return 0
 }
 
-is_ours() {  # alive, and its command line is this service's (pids get reused)
+is_ours() {  # alive, and running exactly this service's command line (pids get reused)
     alive "$1" || return 1
     [ -r "/proc/$1/cmdline" ] || return 0
-    tr '\000' '\n' < "/proc/$1/cmdline" 2>/dev/null | grep -qxF -e "$MARKER"
+    [ "$(tr '\000' '\n' < "/proc/$1/cmdline" 2>/dev/null)" = "$(service_command printf '%s\n')" ]
 }
 
 read_pid() {  # prints the pid in the pid file if that process is this service
@@ -246,7 +248,6 @@ def render_script(spec: ServiceCommand, script_name: str = "run_script.sh") -> s
         "@NAME_Q@": shlex.quote(spec.name),
         "@PYTHON_Q@": shlex.quote(spec.command[0]),
         "@WORKDIR_Q@": shlex.quote(spec.workdir),
-        "@MARKER_Q@": shlex.quote(spec.marker),
         "@LAUNCH_Q@": shlex.quote(_LAUNCH),
         "@COMMAND@": '"$PYTHON" ' + _words(spec.command[1:]),
         "@HEALTH@": health,
