@@ -224,7 +224,7 @@ def test_decentral_make_passes_the_seeds_flags_to_wkr_decentral_start_untouched(
     script = tmp_path / "run_script.sh"
     script.write_text(made.stdout)
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
-    command = made.stdout.split("service_command() {")[1].split("\n}")[0]
+    command = made.stdout.split("service_command() {")[1].split("\n}")[0].split("\n", 1)[1]
     words = shlex.split(command.replace("\\\n", " "))
     assert words[:3] == ["$@", "$PYTHON", "-c"]
     assert "from wkr_celery.decentral.cli import start_main" in words[3]

@@ -62,7 +62,7 @@ def decentral_command(
     if not module or not function.isidentifier():
         raise ConfigError(f"entry {entry!r} must be module:function")
     python = python or sys.executable
-    code = (f"import sys; sys.argv[0] = 'wkr-decentral-start'; "
+    code = (f'import sys; sys.argv[0] = "wkr-decentral-start"; '
             f"from {module} import {function}; sys.exit({function}())")
     health = None
     if http_port:
