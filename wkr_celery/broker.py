@@ -15,7 +15,7 @@ import redis
 from . import scripts
 from .keys import SERVICES, ServiceKeys
 
-__all__ = ["Broker", "Fetched"]
+__all__ = ["Broker", "Fetched", "as_str"]
 
 _WAKE_CAP = 16
 _DEATHS_TTL = 24 * 3600
@@ -91,7 +91,7 @@ class Broker:
             keys=[k.workers, k.suspect, k.deaths, k.wake, *k.queues],
             args=[k.heartbeat_prefix, k.inflight_prefix, _DEATHS_TTL],
         )
-        return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return {as_str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def heartbeat(self, worker_id: str, status: bytes, ttl: float) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -115,15 +115,15 @@ class Broker:
     # Shared --------------------------------------------------------------------------------
 
     def info(self) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in self.client.hgetall(self.keys.info).items()}
+        return {as_str(k): as_str(v) for k, v in self.client.hgetall(self.keys.info).items()}
 
     def live_workers(self) -> dict[str, bytes]:
         """Heartbeat payloads of workers alive now, by worker id."""
-        ids = sorted(_text(w) for w in self.client.smembers(self.keys.workers))
+        ids = sorted(as_str(w) for w in self.client.smembers(self.keys.workers))
         if not ids:
             return {}
         beats = self.client.mget([self.keys.heartbeat(w) for w in ids])
-        return {w: b for w, b in zip(ids, beats) if b is not None}
+        return {w: b for w, b in zip(ids, beats) if isinstance(b, bytes)}
 
     def queue_length(self) -> int:
         pipe = self.client.pipeline(transaction=False)
@@ -142,5 +142,5 @@ class Broker:
         return int(self._publish(keys=[self.keys.wake, *self.keys.queues], args=args))
 
 
-def _text(value: bytes | str) -> str:
+def as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -130,6 +130,10 @@ class ServingStep(bootsteps.StartStopStep):
             settings, cls(name=settings.name), worker_id=worker_id, device_id=device_id,
             running_file=os.environ.get("WKR_RUNNING_FILE") or None,
         )
+        if settings.task_events:  # Flower's task list; off by default (costs a publish a batch)
+            from .server.task_events import TaskEvents
+
+            self.loop.listeners.append(TaskEvents(worker.app, worker.hostname))
         self.loop.start()
         self.loop.ready.wait()
         if self.loop.failed is not None:

@@ -110,7 +110,7 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_queue", "http_port", "flower_port", "port_in", "port_out"):
             value = getattr(self, name)
-            if value < 0 or (name.endswith("port") and value > 65535):
+            if value < 0 or ("port" in name and value > 65535):
                 raise ConfigError(f"{name} {value} is out of range")
         for name in ("batch_timeout", "visibility_timeout", "result_expires"):
             if getattr(self, name) < 0:
@@ -196,7 +196,7 @@ class Settings:
 
 
 def _convert(f: dataclasses.Field[Any], text: str, *, source: str) -> Any:
-    kind = type(f.default)
+    kind: type[Any] = type(f.default)
     try:
         if kind is bool:
             lowered = text.strip().lower()

@@ -21,6 +21,19 @@ Result Redis (``-port_out`` / ``-result_url``):
 ``celery-task-meta-<task id>``     the result in Celery's format (``AsyncResult`` reads it)
 ``wkr:reply:<client id>``          list: results for one client, which pops them in bulk
 =================================  ====================================================
+
+Decentralize control (``wkr-decentral-start -port`` / ``-port_out`` / ``-broker_url``):
+
+=====================================  ================================================
+``wkr:decentral:<name>:control``       list: commands to the central (``-port``)
+``wkr:decentral:<name>:owner``         the running central's token (expires; one per name)
+``wkr:decentral:<name>:status``        JSON status the central rewrites every second
+``wkr:decentral:<name>:reply:<id>``    list: the central's answer to one command
+``<queue key>``                        a ``RedisHandler`` job list, named by the user as is
+=====================================  ================================================
+
+Commands go to the ``-port`` Redis; the owner, status and replies live on ``-port_out``
+(one Redis when the two are the same, or when ``-broker_url`` is given).
 """
 
 from __future__ import annotations
@@ -35,6 +48,8 @@ __all__ = [
     "reply_key",
     "task_meta_key",
     "priority_step",
+    "DecentralKeys",
+    "job_queue",
 ]
 
 SERVICES = "wkr:services"
@@ -130,3 +145,32 @@ def reply_key(client_id: str) -> str:
 
 def task_meta_key(task_id: str) -> str:
     return f"{TASK_META_PREFIX}{task_id}"
+
+
+@dataclass(frozen=True)
+class DecentralKeys:
+    """Control keys of one decentralize central (``-name``)."""
+
+    name: str
+
+    @property
+    def control(self) -> str:
+        return f"wkr:decentral:{self.name}:control"
+
+    @property
+    def owner(self) -> str:
+        return f"wkr:decentral:{self.name}:owner"
+
+    @property
+    def status(self) -> str:
+        return f"wkr:decentral:{self.name}:status"
+
+    def reply(self, command_id: str) -> str:
+        return f"wkr:decentral:{self.name}:reply:{command_id}"
+
+
+def job_queue(key: str) -> str:
+    """A ``RedisHandler`` list: the user's name, unprefixed, so any producer can ``LPUSH`` to it."""
+    if not key or any(c in key for c in " \n\t"):
+        raise ValueError(f"queue key {key!r} must be non-empty without whitespace")
+    return key

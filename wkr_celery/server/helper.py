@@ -10,7 +10,7 @@ import argparse
 import os
 from types import ModuleType
 
-from ..config import build_parser
+from ..config import Settings, build_parser
 
 __all__ = ["get_args_parser", "import_tf", "import_torch", "pin_device"]
 
@@ -25,12 +25,15 @@ def pin_device(device_id: int) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if device_id < 0 else str(device_id)
 
 
-def import_tf(device_id: int = -1, gpu_memory_fraction: float = 0.5) -> ModuleType:
+def import_tf(device_id: int = -1, gpu_memory_fraction: float | None = None) -> ModuleType:
     """Import TensorFlow pinned to ``device_id``.
 
     TF2 has no per-process memory fraction; the GPU's memory grows on demand instead, and the
-    fraction is kept on the module as ``tf.wkr_gpu_memory_fraction`` for code that sets a limit.
+    fraction (default: the service's ``-gpu_memory_fraction``) is kept on the module as
+    ``tf.wkr_gpu_memory_fraction`` for code that sets a limit.
     """
+    if gpu_memory_fraction is None:
+        gpu_memory_fraction = Settings.from_env().gpu_memory_fraction
     pin_device(device_id)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf  # type: ignore[import-not-found]
@@ -43,7 +46,13 @@ def import_tf(device_id: int = -1, gpu_memory_fraction: float = 0.5) -> ModuleTy
 
 
 def import_torch(device_id: int = -1, gpu_memory_fraction: float | None = None) -> ModuleType:
-    """Import PyTorch pinned to ``device_id``; inside the process that GPU is ``cuda:0``."""
+    """Import PyTorch pinned to ``device_id``; inside the process that GPU is ``cuda:0``.
+
+    ``gpu_memory_fraction`` (default: the service's ``-gpu_memory_fraction``) caps the caching
+    allocator on that GPU.
+    """
+    if gpu_memory_fraction is None:
+        gpu_memory_fraction = Settings.from_env().gpu_memory_fraction
     pin_device(device_id)
     import torch  # type: ignore[import-not-found]
 

@@ -22,6 +22,7 @@ from ..errors import (
     InvalidInput,
     PoisonInput,
     PredictError,
+    RequestFailed,
 )
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
@@ -62,7 +63,7 @@ class ModelRunner:
 
     # Checks -------------------------------------------------------------------------------
 
-    def _refusal(self, request: Request, now: float) -> Exception | None:
+    def _refusal(self, request: Request, now: float) -> RequestFailed | None:
         if request.error is not None:
             return request.error
         if request.deaths >= self.settings.max_attempts:
@@ -77,7 +78,7 @@ class ModelRunner:
             return self._check_array(request.payload)
         return None
 
-    def _check_array(self, payload: Any) -> Exception | None:
+    def _check_array(self, payload: Any) -> RequestFailed | None:
         if not isinstance(payload, np.ndarray):
             return InvalidInput(
                 f"input is {type(payload).__name__}; this service (protocol npy) takes ndarrays"

@@ -39,6 +39,7 @@ __all__ = ["WKRServer", "WorkerProcess"]
 log = logging.getLogger("wkr_celery.server")
 
 _CHECK_SECONDS = 0.1
+_THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _RESTART_MIN, _RESTART_MAX, _HEALTHY_AFTER = 0.5, 30.0, 60.0
 
 
@@ -135,6 +136,22 @@ class WKRServer:
 
     def _start_extras(self) -> None:
         """Processes beside the workers (REST API, Flower), when their ports are given."""
+        from ..rest import extras
+
+        s = self.settings
+        wanted = []
+        if s.http_port:
+            wanted.append(("REST API", extras.rest_command(s), f"http://{s.http_host}:{s.http_port}"))
+        if s.flower_port:
+            wanted.append(("Flower", extras.flower_command(s), f"http://127.0.0.1:{s.flower_port}"))
+        for what, command, url in wanted:
+            proc = extras.start(command, s, piped=self.router is not None,
+                                 preexec_fn=_die_with_parent)
+            if self.router is not None and proc.stdout is not None:
+                threading.Thread(target=self.router.pump, args=(proc.stdout,), daemon=True,
+                                 name=f"wkr-log-{what}").start()
+            self.extras.append(proc)
+            log.info("%s on %s, pid %d", what, url, proc.pid)
 
     def _spawn(self, slot: WorkerProcess) -> None:
         s = self.settings
@@ -153,6 +170,10 @@ class WKRServer:
             ),
             "PYTHONUNBUFFERED": "1",
         })
+        for variable in _THREAD_POOL_VARIABLES:
+            # One math thread per worker unless the user says otherwise: several workers (plus
+            # Redis and clients) each spinning a core-sized BLAS pool oversubscribe the CPU.
+            env.setdefault(variable, "1")
         command = [
             sys.executable, "-m", "celery", "-A", "wkr_celery", "--quiet", "worker",
             "--pool", "solo", "--concurrency", "1", "-Q", self.keys.control_queue,

@@ -1,0 +1,82 @@
+"""Settings: flags and environment read in one place, validated loudly."""
+
+from __future__ import annotations
+
+import pytest
+
+from wkr_celery import ConfigError, Settings
+from wkr_celery.server.helper import get_args_parser
+
+
+def test_seed_flags_parse_into_settings_with_durations_converted() -> None:
+    s = Settings.from_args(
+        ["server.Worker", "-model_dir", "/m", "-model_name", "model.hdf5", "-port_in", "8996",
+         "-port_out", "8998", "-http_port", "8900", "-num_worker", "2", "-batch_size", "1",
+         "-device_map", "-1", "-gpu_memory_fraction", "0.25", "-log_dir", "/tmp/log_dir",
+         "-batch_timeout", "7"], environ={})
+    assert (s.worker_class, s.model_dir, s.model_name) == ("server.Worker", "/m", "model.hdf5")
+    assert (s.port_in, s.port_out, s.http_port, s.num_worker, s.batch_size) == (
+        8996, 8998, 8900, 2, 1)
+    assert s.device_map == (-1,) and s.gpu_memory_fraction == 0.25
+    assert s.batch_timeout == pytest.approx(0.007)
+    assert s.broker == "redis://127.0.0.1:8996/0" and s.backend == "redis://127.0.0.1:8998/0"
+
+
+def test_numpy_is_the_same_protocol_as_npy() -> None:
+    assert Settings(protocol="numpy").protocol == "npy"
+    with pytest.raises(ConfigError, match="xml"):
+        Settings(protocol="xml")
+
+
+def test_device_map_is_cycled_over_more_workers_and_truncated_for_fewer() -> None:
+    s = Settings(num_worker=5, device_map=(0, 1))
+    assert [s.device_for(i) for i in range(5)] == [0, 1, 0, 1, 0]
+    s = Settings(num_worker=1, device_map=(2, 3, 4))
+    assert [s.device_for(i) for i in range(s.num_worker)] == [2]
+    assert Settings(device_map="[0, 1]").device_map == (0, 1)
+    with pytest.raises(ConfigError, match="device ids"):
+        Settings(device_map="gpu0")
+
+
+def test_environment_round_trips_and_unknown_variables_are_rejected() -> None:
+    s = Settings(name="svc", num_worker=3, device_map=(0, 1), allow_pickle=True,
+                 broker_url="rediss://:pw@127.0.0.1:6380/0", batch_timeout=0.004)
+    assert Settings.from_env(s.to_env()) == s
+    with pytest.raises(ConfigError, match="WKR_NUM_WORKERS"):
+        Settings.from_env({"WKR_NUM_WORKERS": "2"})
+    with pytest.raises(ConfigError, match="WKR_NUM_WORKER='two'"):
+        Settings.from_env({"WKR_NUM_WORKER": "two"})
+
+
+def test_flags_override_the_environment() -> None:
+    s = Settings.from_args(["w.W", "-num_worker", "4"], environ={"WKR_NUM_WORKER": "2",
+                                                                "WKR_NAME": "envname"})
+    assert (s.num_worker, s.name) == (4, "envname")
+
+
+def test_one_url_serves_as_both_broker_and_backend() -> None:
+    s = Settings(broker_url="redis://:secret@127.0.0.1:7000/1")
+    assert s.backend == s.broker == "redis://:secret@127.0.0.1:7000/1"
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"port_in": 70000}, {"name": "a b"},
+                                 {"visibility_timeout": 1}, {"broker_url": "http://x"},
+                                 {"redis_persist": "maybe"}])
+def test_invalid_values_name_the_setting(bad: dict) -> None:
+    with pytest.raises(ConfigError, match=next(iter(bad)).split("_")[0]):
+        Settings(**bad)
+
+
+def test_seed_helper_parser_is_the_cli_parser() -> None:
+    args = get_args_parser().parse_args(["server.Worker", "-num_worker", "2"])
+    assert args.worker_class == "server.Worker" and args.num_worker == 2
+
+
+def test_pin_device_sets_the_cuda_mask_before_any_framework_import(monkeypatch) -> None:
+    from wkr_celery.server.helper import pin_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    pin_device(2)
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"
+    pin_device(-1)
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == ""

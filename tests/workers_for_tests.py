@@ -1,0 +1,80 @@
+"""Worker classes the tests serve; each misbehaves in one deliberate way."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from wkr_celery.server import WKRHardWorker
+
+
+class EnvWorker(WKRHardWorker):
+    """Answers each input with what its process was given: device, CUDA mask, pid."""
+
+    def get_env(self, device_id: int, tmp_dir: str) -> Any:
+        return {"device_id": device_id, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return {**envs, "model_dir": model_dir, "model_name": model_name, "pid": os.getpid()}
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        return [{**model, "input": x, "batch": len(input)} for x in input]
+
+
+class BatchSizeWorker(WKRHardWorker):
+    """Answers each input with the size of the batch it was predicted in; predict is slow
+    enough (20 ms) that requests pile up behind it under concurrent load."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return None
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        time.sleep(0.02)
+        return [{"x": x, "batch": len(input)} for x in input]
+
+
+class PoisonWorker(WKRHardWorker):
+    """Raises whenever a batch contains the string "poison"; doubles numbers otherwise."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return None
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        if any(x == "poison" for x in input):
+            raise ValueError("cannot digest poison")
+        if any(x == "die" for x in input):
+            os._exit(13)
+        return [x * 2 for x in input]
+
+
+class WrongLengthWorker(WKRHardWorker):
+    """Returns one result too few for batches of more than one input."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return None
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        return list(input)[:-1] if len(input) > 1 else list(input)
+
+
+class GateWorker(WKRHardWorker):
+    """Blocks predict until a file named by the input exists: lets a test hold a batch in
+    predict (to stop or kill the worker mid-batch) and release it when it chooses."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return threading.Event()
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        for item in input:
+            gate = item.get("gate") if isinstance(item, dict) else None
+            if gate:
+                with open(gate + ".entered", "w") as marker:
+                    marker.write(str(os.getpid()))
+                deadline = time.monotonic() + 60
+                while not os.path.exists(gate) and time.monotonic() < deadline:
+                    model.wait(0.01)
+        return [np.asarray(item["value"]) * 2 if isinstance(item, dict) else item for item in input]

@@ -1,0 +1,270 @@
+"""The API process's link to one service: wait for results, submit, look up and revoke tasks.
+
+Waiting calls (``POST /encode``) go through a :class:`WKRClient`, built once a worker has
+written the service's info. Submissions (``POST /tasks``) are published here, one Celery
+message each, without a reply list: the worker stores the result under
+``celery-task-meta-<id>`` and publishes it, so ``GET /tasks/<id>`` and a plain Celery
+``AsyncResult`` both find it.
+
+Revoking: this process keeps the exact envelope of each task it queued (bounded, oldest
+forgotten first), so ``DELETE /tasks/<id>`` removes that one message from its list with
+``LREM``. That is atomic against workers' ``FETCH.lua``: either the message is removed before
+any worker saw it (revoked; a ``REVOKED`` result is stored in Celery's format), or a worker
+already holds it and it will finish (409). Workers need no revoked-set check on the hot path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from ..broker import Broker
+from ..client import WKRClient
+from ..codec import loads
+from ..config import Settings
+from ..connections import REDIS_ERRORS, connect, redacted
+from ..errors import InputError, PayloadTooLarge, ServiceOverloaded, ServiceUnavailable
+from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step, task_meta_key
+from ..messages import build_request, decode_meta, encode_body, encode_meta, now_iso
+from .problems import ApiError
+
+__all__ = ["Gateway", "TaskRegistry"]
+
+_LIVE_TTL = 0.5
+_ENVELOPE_BUDGET = 64 * 1024 * 1024
+
+
+class TaskRegistry:
+    """Envelopes of tasks this process queued, oldest forgotten first past a byte budget."""
+
+    def __init__(self, budget: int = _ENVELOPE_BUDGET) -> None:
+        self.budget = budget
+        self._items: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str, queue: str, message: str) -> None:
+        with self._lock:
+            self._items[task_id] = (queue, message)
+            self._bytes += len(message)
+            while self._bytes > self.budget and len(self._items) > 1:
+                _, (_, old) = self._items.popitem(last=False)
+                self._bytes -= len(old)
+
+    def pop(self, task_id: str) -> tuple[str, str] | None:
+        with self._lock:
+            entry = self._items.pop(task_id, None)
+            if entry is not None:
+                self._bytes -= len(entry[1])
+            return entry
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Gateway:
+    """Everything the routes do to Redis; every method blocks (routes run them in threads)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = ServiceKeys(settings.name)
+        self.redis = connect(settings.broker)
+        self.results = (self.redis if settings.backend == settings.broker
+                        else connect(settings.backend))
+        self.broker = Broker(self.redis, self.keys)
+        self.registry = TaskRegistry()
+        self.started = time.time()
+        self._client: WKRClient | None = None
+        self._lock = threading.Lock()
+        self._live: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self._info: tuple[float, dict[str, str]] = (0.0, {})
+
+    # Service state ------------------------------------------------------------------------
+
+    def live_workers(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        """Heartbeats of live workers, decoded; cached for half a second between requests."""
+        at, live = self._live
+        if fresh or time.monotonic() - at > _LIVE_TTL:
+            try:
+                live = {w: loads(b) for w, b in self.broker.live_workers().items()}
+            except REDIS_ERRORS as exc:
+                raise ServiceUnavailable(
+                    f"broker {redacted(self.settings.broker)} is not reachable: {exc}") from exc
+            self._live = (time.monotonic(), live)
+        return live
+
+    def require_worker(self) -> None:
+        if not self.live_workers():
+            raise ServiceUnavailable(
+                f"no worker of service {self.settings.name!r} is alive; start one with "
+                f"`wkr-serving-start module.Worker -name {self.settings.name}`")
+
+    def info(self) -> dict[str, str]:
+        """The service's info hash (protocol, limits, input spec); cached like heartbeats."""
+        at, info = self._info
+        if not info or time.monotonic() - at > _LIVE_TTL:
+            try:
+                info = self.broker.info()
+            except REDIS_ERRORS as exc:
+                raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
+            self._info = (time.monotonic(), info)
+        return info
+
+    def mean_batch_seconds(self) -> float:
+        """Mean predict time of a batch over the live workers' lifetimes (0 before any)."""
+        live = self._live[1]
+        batches = sum(int(b.get("batches", 0)) for b in live.values())
+        seconds = sum(float(b.get("predict_seconds", 0.0)) for b in live.values())
+        return seconds / batches if batches else 0.0
+
+    def queue_length(self) -> int:
+        try:
+            return self.broker.queue_length()
+        except REDIS_ERRORS as exc:
+            raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
+
+    @property
+    def waiting_client(self) -> WKRClient | None:
+        """The client behind ``POST /encode``, if one has been built yet."""
+        return self._client
+
+    def client(self) -> WKRClient:
+        """The waiting client, built on first use once a worker is alive."""
+        with self._lock:
+            if self._client is None:
+                self.require_worker()
+                s = self.settings
+                self._client = WKRClient(name=s.name, broker_url=s.broker, result_url=s.backend,
+                                         connect_timeout=5.0)
+            return self._client
+
+    # Inputs -------------------------------------------------------------------------------
+
+    def as_input(self, data: Any, from_json: bool) -> Any:
+        """JSON lists become arrays of the service's dtype when it speaks ``npy``."""
+        info = self.info()
+        if info.get("protocol") != "npy" or isinstance(data, np.ndarray):
+            return data
+        if not from_json:
+            raise InputError(f"input is {type(data).__name__}; this service (protocol npy) "
+                             "takes numpy arrays (msgpack-numpy)")
+        try:
+            return np.asarray(data, dtype=info.get("input_dtype") or None)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"input is not a numeric array: {exc}") from None
+
+    def encode(self, data: Any, timeout: float, priority: str) -> Future[Any]:
+        self.require_worker()
+        return self.client().encode(data, timeout=timeout, priority=priority)
+
+    # Tasks --------------------------------------------------------------------------------
+
+    def submit(self, data: Any, timeout: float | None, priority: str) -> str:
+        """Queue one input as a Celery task; returns its id. Refused at once when full."""
+        self.require_worker()
+        body = self._checked_body(data)
+        step = priority_step(priority)
+        task_id = uuid.uuid4().hex
+        deadline = None if timeout is None else time.time() + timeout
+        message = build_request(task_id, body, queue=self.keys.queue, priority=step,
+                                client_id=None, deadline=deadline, argsrepr=_argsrepr(data))
+        index = PRIORITY_STEPS.index(step)
+        cap = int(self.info().get("max_queue") or self.settings.max_queue)
+        try:
+            accepted = self.broker.publish([(index, message)], cap=cap, wake=1)
+        except REDIS_ERRORS as exc:
+            raise ServiceUnavailable(f"could not publish: {exc}") from exc
+        if not accepted:
+            raise ServiceOverloaded(f"service {self.settings.name!r} has {cap} requests queued "
+                                    "(-max_queue); retry later")
+        self.registry.add(task_id, self.keys.queues[index], message)
+        return task_id
+
+    def _checked_body(self, x: Any) -> bytes:
+        info = self.info()
+        if info.get("protocol") == "npy":
+            shape = tuple(None if p == "*" else int(p)
+                          for p in info.get("input_shape", "").split(",") if p)
+            if shape and (x.ndim != len(shape) or any(
+                    w is not None and w != g for w, g in zip(shape, x.shape, strict=True))):
+                raise InputError(f"input has shape {x.shape}; this service takes "
+                                 f"({', '.join('*' if w is None else str(w) for w in shape)},)")
+            dtype = info.get("input_dtype")
+            if dtype and x.dtype != np.dtype(dtype):
+                raise InputError(f"input has dtype {x.dtype}; this service takes {dtype}")
+        try:
+            body = encode_body(x)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"input cannot be encoded: {exc}") from None
+        limit = int(info.get("max_payload") or self.settings.max_payload)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"encoded input is {len(body)} bytes; this service takes at "
+                                  f"most {limit} bytes (-max_payload)")
+        return body
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        """The stored Celery result of ``task_id``, or ``None`` while there is none."""
+        try:
+            data = self.results.get(task_meta_key(task_id))
+        except REDIS_ERRORS as exc:
+            raise ServiceUnavailable(f"result Redis is not reachable: {exc}") from exc
+        if data is None:
+            return None
+        self.registry.pop(task_id)
+        return decode_meta(data if isinstance(data, bytes) else data.encode())
+
+    def revoke(self, task_id: str) -> dict[str, Any]:
+        """Remove a queued task's message; 409 when a worker has it, 404 when unknown here."""
+        meta = self.task(task_id)
+        if meta is not None:
+            raise ApiError(409, "TaskFinished",
+                           f"task {task_id} already finished ({meta.get('status')})")
+        entry = self.registry.pop(task_id)
+        if entry is None:
+            raise ApiError(404, "UnknownTask",
+                           f"task {task_id} was not queued by this API process; only tasks "
+                           "submitted here with POST /tasks can be revoked here")
+        queue, message = entry
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrem(queue, 1, message)
+        pipe.lrem(self.keys.suspect, 1, message)
+        removed = sum(pipe.execute())
+        if not removed:
+            raise ApiError(409, "TaskStarted",
+                           f"task {task_id} is already held by a worker and will finish")
+        meta = {"status": "REVOKED", "traceback": None, "children": [], "date_done": now_iso(),
+                "task_id": task_id,
+                "result": {"exc_type": "TaskRevokedError", "exc_message": ["revoked"],
+                           "exc_module": "celery.exceptions"}}
+        data = encode_meta(meta)
+        pipe = self.results.pipeline(transaction=False)
+        pipe.set(task_meta_key(task_id), data, ex=max(1, int(self.settings.result_expires)))
+        pipe.publish(task_meta_key(task_id), data)
+        pipe.execute()
+        return meta
+
+    # Shutdown -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+        self.redis.close()
+        if self.results is not self.redis:
+            self.results.close()
+
+
+def _argsrepr(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"[<ndarray {x.shape} {x.dtype}>]"
+    return f"[<{type(x).__name__}>]"

@@ -1,0 +1,144 @@
+"""Prometheus metrics: the API's own counters, plus the service's figures read at scrape time.
+
+Workers do no metrics I/O on the request path: each heartbeat carries cumulative counters
+(requests, failures, batches, predict seconds, batch sizes) and every ``record_statistic`` key
+as count/sum/min/max. :class:`ServiceCollector` turns the live workers' heartbeats into metric
+families on each scrape, so the figures are as fresh as the last heartbeat (about a second).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+__all__ = ["ApiMetrics", "ServiceCollector", "service_snapshot", "outcome_of"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_OUTCOMES = {200: "ok", 202: "ok", 400: "bad_input", 401: "unauthorized", 404: "not_found",
+             409: "conflict", 413: "too_large", 503: "unavailable", 504: "timeout"}
+
+
+def outcome_of(status: int) -> str:
+    return _OUTCOMES.get(status, "failed" if status >= 500 else "other")
+
+
+class ApiMetrics:
+    """Metrics this API process measures itself, in a registry of its own."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("wkr_http_requests", "HTTP requests by route and outcome",
+                                ["route", "outcome"], registry=self.registry)
+        self.latency = Histogram("wkr_request_latency_seconds",
+                                 "end-to-end latency of POST /encode inputs, as the API sees it",
+                                 buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram(
+            "wkr_queue_wait_seconds", "end-to-end latency of POST /encode inputs minus the mean "
+            "predict time of a batch at that moment: time spent queued and buffered (estimate)",
+            buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(ServiceCollector(snapshot))
+
+
+def service_snapshot(live: dict[str, dict[str, Any]], queue_length: int) -> dict[str, Any]:
+    """Totals over live workers: what the dashboard and the collector both show."""
+    totals = {"responses": 0, "failed": 0, "batches": 0, "predict_seconds": 0.0, "buffered": 0}
+    sizes: dict[int, int] = {}
+    stats: dict[str, dict[str, float]] = {}
+    for beat in live.values():
+        totals["responses"] += int(beat.get("requests", 0))
+        totals["failed"] += int(beat.get("failed", 0))
+        totals["batches"] += int(beat.get("batches", 0))
+        totals["predict_seconds"] += float(beat.get("predict_seconds", 0.0))
+        totals["buffered"] += int(beat.get("buffered", 0))
+        for size, count in (beat.get("batch_sizes") or {}).items():
+            sizes[int(size)] = sizes.get(int(size), 0) + int(count)
+        for key, s in (beat.get("statistics") or {}).items():
+            slot = stats.setdefault(str(key), {"count": 0.0, "sum": 0.0, "min": s["min"],
+                                               "max": s["max"]})
+            slot["count"] += s["count"]
+            slot["sum"] += s["sum"]
+            slot["min"] = min(slot["min"], s["min"])
+            slot["max"] = max(slot["max"], s["max"])
+    # Every request is answered, queued or buffered: arrivals = responses + what still waits.
+    totals["requests"] = totals["responses"] + queue_length + totals["buffered"]
+    return {"totals": totals, "batch_sizes": dict(sorted(sizes.items())), "statistics": stats,
+            "queue_length": queue_length, "workers": live}
+
+
+def _metric_name(key: str) -> str:
+    name = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+    return "wkr_stat_" + (name if not name[:1].isdigit() else "_" + name)
+
+
+class ServiceCollector(Collector):
+    """Builds the service's metric families from heartbeats on each scrape."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the workers alive at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        live = snap["workers"]
+        yield GaugeMetricFamily("wkr_workers_alive", "workers with a fresh heartbeat",
+                                value=len(live))
+        yield GaugeMetricFamily("wkr_queue_depth", "requests waiting in the broker lists",
+                                value=snap["queue_length"])
+        per_worker = (
+            ("wkr_worker_requests", "requests answered by this worker process", "requests"),
+            ("wkr_worker_failed", "requests this worker answered with an error", "failed"),
+            ("wkr_worker_batches", "batches this worker passed to predict", "batches"),
+            ("wkr_worker_predict_seconds", "seconds this worker spent in predict",
+             "predict_seconds"),
+        )
+        for name, doc, field in per_worker:
+            family = CounterMetricFamily(name, doc, labels=["worker", "device"])
+            for wid, beat in sorted(live.items()):
+                family.add_metric([wid, str(beat.get("device_id", ""))],
+                                  float(beat.get(field, 0)))
+            yield family
+        buffered = GaugeMetricFamily("wkr_worker_buffered", "requests fetched, not yet predicted",
+                                     labels=["worker"])
+        for wid, beat in sorted(live.items()):
+            buffered.add_metric([wid], float(beat.get("buffered", 0)))
+        yield buffered
+        yield _batch_histogram(snap["batch_sizes"])
+        totals = snap["totals"]
+        predict = SummaryMetricFamily("wkr_predict_seconds", "time in predict per batch")
+        predict.add_metric([], count_value=totals["batches"], sum_value=totals["predict_seconds"])
+        yield predict
+        for key, s in sorted(snap["statistics"].items()):
+            name = _metric_name(key)
+            summary = SummaryMetricFamily(name, f"record_statistic key {key!r}")
+            summary.add_metric([], count_value=s["count"], sum_value=s["sum"])
+            yield summary
+            yield GaugeMetricFamily(name + "_min", f"smallest {key!r} recorded", value=s["min"])
+            yield GaugeMetricFamily(name + "_max", f"largest {key!r} recorded", value=s["max"])
+
+
+def _batch_histogram(sizes: dict[int, int]) -> Metric:
+    top = max(sizes, default=1)
+    bounds = [1]
+    while bounds[-1] < top:
+        bounds.append(bounds[-1] * 2)
+    buckets = []
+    for bound in bounds:
+        buckets.append((str(bound), float(sum(c for s, c in sizes.items() if s <= bound))))
+    total = float(sum(sizes.values()))
+    buckets.append(("+Inf", total))
+    return HistogramMetricFamily("wkr_batch_size", "batch sizes passed to predict",
+                                 buckets=buckets,
+                                 sum_value=float(sum(s * c for s, c in sizes.items())))

@@ -1,0 +1,172 @@
+"""``POST /encode`` (wait for results) and ``/tasks`` (submit, look up, revoke)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from ..errors import DeadlineExceeded, WKRError, remote_error
+from .auth import require_key
+from .encoding import is_msgpack, parse_body, read_body, render, wants_msgpack
+from .gateway import Gateway
+from .problems import ApiError
+from .schemas import (
+    EncodeItem,
+    EncodeResult,
+    ErrorBody,
+    Priority,
+    Revoked,
+    TaskAccepted,
+    TaskState,
+    body_schema,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(dependencies=[Depends(require_key)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in {
+        400: "bad input (InputError, InvalidInput, DecodeError); the message names the problem",
+        401: "missing or wrong X-API-Key, when the API has one",
+        413: "body over -http_max_body, or an input over the service's -max_payload",
+        500: "predict failed for this input (PredictError, BatchContractError)",
+        503: "no worker alive, or the queue is at -max_queue; see Retry-After",
+        504: "no result before the timeout (DeadlineExceeded)",
+    }.items()}
+_TIMEOUT = Query(30.0, gt=0, le=3600, description="seconds to wait for the result; the request "
+                 "is dropped if not predicted by then")
+_PRIORITY = Query("normal", description="queue priority: high, normal or low")
+
+
+def _where(exc: WKRError, index: int, many: bool) -> WKRError:
+    """A copy of ``exc`` that names the list item (one error object may serve many inputs)."""
+    if not many:
+        return exc
+    named = copy.copy(exc)
+    named.where = f"item {index}"  # type: ignore[attr-defined]
+    return named
+
+
+async def _items(request: Request) -> tuple[list[dict[str, Any]], bool, bool]:
+    """The body's inputs, whether it was a list, and whether it was msgpack."""
+    msgpack = is_msgpack(request)
+    body = parse_body(await read_body(request, request.app.state.settings.http_max_body),
+                      msgpack)
+    many = isinstance(body, list)
+    items = body if many else [body]
+    if many and not items:
+        raise ApiError(400, "InvalidRequest", "the list of inputs is empty")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "data" not in item:
+            where = f"item {i}: " if many else ""
+            raise ApiError(400, "InvalidRequest", f'{where}expected {{"id": ..., "data": ...}}, '
+                           f"got {type(item).__name__}"
+                           + (f" with keys {sorted(map(str, item))}" if isinstance(item, dict)
+                              else ""))
+    return items, many, msgpack
+
+
+@router.post("/encode", summary="Predict one input or a list, and wait for the results",
+             response_model=EncodeResult | list[EncodeResult], responses=_ERRORS,
+             openapi_extra=body_schema(EncodeItem))
+async def encode(request: Request, timeout: float = _TIMEOUT,
+                 priority: Priority = _PRIORITY) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    metrics = request.app.state.metrics
+    items, many, msgpack = await _items(request)
+
+    def send() -> list[Any]:
+        futures = []
+        for i, item in enumerate(items):
+            try:
+                x = gateway.as_input(item["data"], from_json=not msgpack)
+                futures.append(gateway.encode(x, timeout, priority))
+            except WKRError as exc:
+                raise _where(exc, i, many) from None
+        return futures
+
+    started = time.perf_counter()
+    futures = await run_in_threadpool(send)
+    mean_predict = gateway.mean_batch_seconds()
+    answers = []
+    for i, (item, future) in enumerate(zip(items, futures, strict=True)):
+        try:
+            left = max(0.0, timeout - (time.perf_counter() - started)) + 1.0
+            value = await asyncio.wait_for(asyncio.wrap_future(future), left)
+        except asyncio.TimeoutError:
+            raise _where(DeadlineExceeded(f"no result within {timeout:g}s"), i, many) from None
+        except WKRError as exc:
+            raise _where(exc, i, many) from None
+        elapsed = time.perf_counter() - started
+        metrics.latency.observe(elapsed)
+        metrics.queue_wait.observe(max(0.0, elapsed - mean_predict))
+        answers.append({"id": item.get("id"), "result": value})
+    return render(answers if many else answers[0], msgpack=msgpack)
+
+
+@router.post("/tasks", status_code=202, summary="Queue one input or a list; do not wait",
+             response_model=TaskAccepted | list[TaskAccepted], responses=_ERRORS,
+             openapi_extra=body_schema(EncodeItem))
+async def submit(request: Request, timeout: float | None = Query(
+        None, gt=0, description="drop the task if not predicted within this many seconds"),
+        priority: Priority = _PRIORITY) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    items, many, msgpack = await _items(request)
+
+    def send() -> list[dict[str, Any]]:
+        accepted = []
+        for i, item in enumerate(items):
+            try:
+                x = gateway.as_input(item["data"], from_json=not msgpack)
+                accepted.append({"id": item.get("id"),
+                                 "task_id": gateway.submit(x, timeout, priority)})
+            except WKRError as exc:
+                raise _where(exc, i, many) from None
+        return accepted
+
+    accepted = await run_in_threadpool(send)
+    return render(accepted if many else accepted[0], 202, msgpack=msgpack)
+
+
+@router.get("/tasks/{task_id}", summary="A task's state, and its result when done",
+            response_model=TaskState, responses=_ERRORS)
+async def task_state(request: Request, task_id: str) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    meta = await run_in_threadpool(gateway.task, task_id)
+    msgpack = wants_msgpack(request)
+    if meta is None:
+        return render({"task_id": task_id, "status": "PENDING"}, msgpack=msgpack)
+    state: dict[str, Any] = {"task_id": task_id, "status": meta.get("status"),
+                             "date_done": meta.get("date_done")}
+    if meta.get("status") == "SUCCESS":
+        state["result"] = meta.get("result")
+    else:
+        exc = meta.get("result") or {}
+        message = exc.get("exc_message") if isinstance(exc, dict) else exc
+        if isinstance(message, (list, tuple)):
+            message = " ".join(str(m) for m in message)
+        kind = exc.get("exc_type", "RequestFailed") if isinstance(exc, dict) else "RequestFailed"
+        from .problems import status_for
+
+        state["error"] = {"type": kind, "message": str(message),
+                          "status": status_for(remote_error(kind, str(message)))}
+    return render(state, msgpack=msgpack)
+
+
+@router.delete("/tasks/{task_id}", summary="Revoke a task that is still queued",
+               response_model=Revoked, responses={
+                   **_ERRORS,
+                   404: {"model": ErrorBody, "description": "not queued by this API process"},
+                   409: {"model": ErrorBody, "description": "a worker has it already, or done"},
+               })
+async def revoke(request: Request, task_id: str) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    await run_in_threadpool(gateway.revoke, task_id)
+    return render({"task_id": task_id, "status": "REVOKED"}, msgpack=wants_msgpack(request))

@@ -1,0 +1,87 @@
+"""Celery task events for the batching loop, so Flower's task list shows served requests.
+
+Celery workers send ``task-received``/``task-started``/``task-succeeded`` per task; the batching
+loop runs no Celery task, so this listener sends the same three events for each request of a
+batch after its results are stored, buffered into **one** publish per batch (kombu's
+``task.multi`` routing key, which Flower and ``celery events`` read as a list). It is only
+registered with ``-task_events``, and it runs on the writer thread, never in predict's way.
+
+Times are reconstructed: received is when the worker fetched the request, started is when the
+batch entered predict, and every request of the batch reports the batch's predict time as its
+runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..messages import TASK_NAME
+from .request import Outcome, Request
+
+__all__ = ["TaskEvents"]
+
+log = logging.getLogger("wkr_celery.events")
+
+_REPR_LIMIT = 200
+
+
+class TaskEvents:
+    """A ``ServingLoop`` listener: ``(batch, outcomes, predict_seconds)`` → Celery task events."""
+
+    def __init__(self, app: Any, hostname: str) -> None:
+        self.app = app
+        self.hostname = hostname
+        self._connection: Any = None
+        self._dispatcher: Any = None
+
+    def _ensure(self) -> Any:
+        # Created on the writer thread, the only one that uses it (kombu connections are not
+        # thread-safe).
+        if self._dispatcher is None:
+            self._connection = self.app.connection_for_write()
+            self._dispatcher = self.app.events.Dispatcher(
+                self._connection, hostname=self.hostname, enabled=True,
+                buffer_group=["task"], buffer_limit=1 << 30)
+        return self._dispatcher
+
+    def __call__(self, batch: Sequence[Request], outcomes: Sequence[Outcome],
+                 predict_seconds: float) -> None:
+        dispatcher = self._ensure()
+        now, mono = time.time(), time.monotonic()
+        started = now - predict_seconds
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if request.task_id is None:
+                continue
+            uuid = request.task_id
+            dispatcher.send("task-received", uuid=uuid, name=TASK_NAME,
+                            args=_short(request.payload), kwargs="{}", retries=0, eta=None,
+                            root_id=uuid, parent_id=None,
+                            timestamp=min(started, now - (mono - request.received)))
+            dispatcher.send("task-started", uuid=uuid, timestamp=started)
+            if outcome.error is None:
+                dispatcher.send("task-succeeded", uuid=uuid, result=_short(outcome.value),
+                                runtime=predict_seconds, timestamp=now)
+            else:
+                dispatcher.send("task-failed", uuid=uuid, timestamp=now,
+                                exception=f"{type(outcome.error).__name__}({outcome.error!s})",
+                                traceback=outcome.traceback or "")
+        dispatcher.flush(errors=False)
+
+    def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.close()
+            self._connection.release()
+            self._dispatcher = self._connection = None
+
+
+def _short(value: Any) -> str:
+    """What Flower shows for an input or result: arrays by shape, the rest cut to 200 chars."""
+    if isinstance(value, np.ndarray):
+        return f"<ndarray {value.shape} {value.dtype}>"
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 1] + "…"
