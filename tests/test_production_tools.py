@@ -20,8 +20,6 @@ from wkr_celery.codec import dumps
 from wkr_celery.connections import connect
 from wkr_celery.keys import ServiceKeys
 from wkr_celery.production import procs
-from wkr_celery.production.command import decentral_command
-from wkr_celery.production.script import render_script
 
 from .helpers import ROOT, Service, free_port, wait_until
 from .test_production_script import sh
@@ -239,32 +237,39 @@ def test_decentral_make_passes_the_seeds_flags_to_wkr_decentral_start_untouched(
     assert nameless.returncode == 2 and "needs -name" in nameless.stderr
 
 
-def test_a_decentral_script_starts_reports_and_stops_a_stand_in_for_wkr_decentral_start(
-    tmp_path: Path,
+def test_a_decentral_script_starts_reports_and_stops_wkr_decentral_start(
+    redis_url: str, tmp_path: Path,
 ) -> None:
-    """The script's mechanics with a stand-in; the real ``wkr-decentral-start`` is on another
-    branch until merged."""
-    port = free_port()
-    argv = ["decentralize.ProcessingModel", "-port", "21324", "-http_port", str(port),
-            "-remote_servers", "[[127.0.0.1,", "8068,", "8069]]", "-name", "edge"]
-    spec = decentral_command(argv, name="edge", http_port=port, workdir=str(tmp_path),
-                             entry="tests.production_workers:decentral_standin")
+    name, port = f"dc{uuid.uuid4().hex[:8]}", free_port()
+    redis_port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    made = tool("decentral-make", "tests.decentral_units.Idler", "-name", name,
+                "-broker_url", redis_url, "-num_client", "2", "-http_port", str(port),
+                "-remote_servers", f"[[127.0.0.1, {redis_port}, {redis_port}, nobody]]")
+    assert made.returncode == 0, made.stderr
     script = tmp_path / "run_script.sh"
-    script.write_text(render_script(spec))
-    log = tmp_path / "logs" / "std.log"
+    script.write_text(made.stdout)
 
     started = sh(script, "start", tmp_path)
-    assert started.returncode == 0, started.stdout + started.stderr
+    assert started.returncode == 0, started.stdout + started.stderr + _log(tmp_path)
     assert sh(script, "status", tmp_path).returncode == 0
-    assert f'ARGV {__import__("json").dumps(argv)}' in log.read_text()
+    pid = int((tmp_path / f"{name}.pid").read_text())
+    family = [pid, *procs.descendants(pid)]
+    assert len(family) >= 3, "the central and its two units"
     stopped = sh(script, "stop", tmp_path)
-    assert stopped.returncode == 0 and "stopped gracefully" in log.read_text()
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not [p for p in family if procs.alive(p)]
     assert sh(script, "status", tmp_path).returncode == 3
 
-    assert sh(script, "start", tmp_path).returncode == 0
-    pid = int((tmp_path / "edge.pid").read_text())
+    assert sh(script, "start", tmp_path).returncode == 0, _log(tmp_path)
+    pid = int((tmp_path / f"{name}.pid").read_text())
+    family = [pid, *procs.descendants(pid)]
     assert sh(script, "stopf", tmp_path).returncode == 0
-    assert not procs.alive(pid)
+    assert not [p for p in family if procs.alive(p)]
+
+
+def _log(directory: Path) -> str:
+    path = directory / "logs" / "std.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 @pytest.mark.parametrize("command", ["make", "check", "terminate", "decentral-make"])
