@@ -1,0 +1,90 @@
+"""What a generated run script or systemd unit runs, and how it knows the process is serving.
+
+``wkr-serving-make`` validates the flags the way ``wkr-serving-start`` would (so a typo fails now,
+not at 3 a.m. when the script first runs) and keeps them verbatim; ``wkr-decentral-make`` passes
+its flags through untouched to ``wkr-decentral-start``. Commands run through the Python that ran
+the make command, so a script works without the virtual environment being activated.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .args import parse_service_flags
+
+__all__ = ["ServiceCommand", "serving_command", "decentral_command", "DECENTRAL_ENTRY"]
+
+#: The console script ``wkr-decentral-start`` (see pyproject.toml), as ``module:function``.
+DECENTRAL_ENTRY = "wkr_celery.decentral.cli:start_main"
+
+
+@dataclass(frozen=True)
+class ServiceCommand:
+    """A long-running command, how to recognise its process, and how to ask if it serves."""
+
+    name: str
+    title: str
+    command: tuple[str, ...]
+    health: tuple[str, ...] | None  # exits 0 when serving; None: the process running suffices
+    health_wait: tuple[str, ...] | None  # the same, retried until serving (systemd's start)
+    workdir: str
+    generator: str
+
+
+def serving_command(
+    argv: Sequence[str], *, python: str | None = None, workdir: str | None = None
+) -> ServiceCommand:
+    """``wkr-serving-start`` with ``argv``; the health check reads the same flags."""
+    settings = parse_service_flags("wkr-serving-make", argv, worker_class_optional=False)
+    python = python or sys.executable
+    check = (python, "-m", "wkr_celery.production", "check", *argv)
+    return ServiceCommand(
+        name=settings.name,
+        title=f"wkr-celery service {settings.name!r} ({settings.worker_class})",
+        command=(python, "-m", "wkr_celery.server.cli", *argv),
+        health=check,
+        health_wait=(*check[:4], "-wait", "300", *argv),
+        workdir=workdir or os.getcwd(),
+        generator="wkr-serving-make",
+    )
+
+
+def decentral_command(
+    argv: Sequence[str], *, name: str, http_port: int, python: str | None = None,
+    workdir: str | None = None, entry: str = DECENTRAL_ENTRY,
+) -> ServiceCommand:
+    """``wkr-decentral-start`` with ``argv`` verbatim; healthy when its ``-http_port`` answers."""
+    module, _, function = entry.partition(":")
+    if not module or not function.isidentifier():
+        raise ConfigError(f"entry {entry!r} must be module:function")
+    python = python or sys.executable
+    code = (f'import sys; sys.argv[0] = "wkr-decentral-start"; '
+            f"from {module} import {function}; sys.exit({function}())")
+    health = None
+    if http_port:
+        url = f"http://127.0.0.1:{http_port}/"
+        health = (python, "-m", "wkr_celery.production", "http-check", url)
+    return ServiceCommand(
+        name=name,
+        title=f"wkr-celery decentralize {name!r}",
+        command=(python, "-c", code, *argv),
+        health=health,
+        health_wait=None if health is None else (*health, "-wait", "300"),
+        workdir=workdir or os.getcwd(),
+        generator="wkr-decentral-make",
+    )
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value given to ``-flag`` in ``argv`` (``-flag v`` or ``-flag=v``), the last one wins."""
+    value = None
+    for i, item in enumerate(argv):
+        if item == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif item.startswith(flag + "="):
+            value = item[len(flag) + 1:]
+    return value

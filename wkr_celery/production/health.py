@@ -1,0 +1,178 @@
+"""Is a service serving? Its workers' heartbeats, then a Celery ``ping`` to each of them.
+
+A heartbeat key exists only while a worker's heartbeat thread writes it (it expires after the
+visibility timeout), so it proves the process lived a moment ago. The ``ping`` goes through
+Celery's remote control to the worker's consumer (``wkr.<name>.<index>@<host>``, the node name
+the supervisor gives it), so it proves the process answers now. ``probe=True`` goes further and
+sends one real request, a zero input of the shape and dtype the service advertises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..broker import Broker
+from ..codec import loads
+from ..config import Settings
+from ..connections import REDIS_ERRORS, connect, redacted
+from ..errors import WKRError
+from ..keys import ServiceKeys
+
+__all__ = ["WorkerHealth", "HealthReport", "check_service", "celery_node", "check_http"]
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """One live worker; ``answered`` is None when it has no node name to ping."""
+
+    worker_id: str
+    host: str
+    pid: int
+    requests: int
+    node: str | None
+    answered: bool | None
+
+    @property
+    def serving(self) -> bool:
+        return self.answered is not False
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    service: str
+    broker: str
+    workers: tuple[WorkerHealth, ...] = ()
+    problem: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problem
+
+    def summary(self) -> str:
+        if self.problem:
+            return f"service {self.service!r} is not serving: {self.problem}"
+        serving = [w for w in self.workers if w.serving]
+        parts = [f"{w.node or w.worker_id} (pid {w.pid}, {w.requests} requests)" for w in serving]
+        return (f"service {self.service!r} is serving: {len(serving)} of {len(self.workers)} "
+                f"worker(s) alive and answering: {', '.join(parts)}")
+
+
+def celery_node(service: str, worker_id: str, host: str) -> str | None:
+    """Celery node name of a worker the supervisor started (its id is ``<name>.<index>.<hex>``)."""
+    index, _, suffix = worker_id.removeprefix(f"{service}.").partition(".")
+    if not worker_id.startswith(f"{service}.") or not index.isdigit() or not suffix:
+        return None
+    return f"wkr.{service}.{index}@{host}"
+
+
+def check_service(
+    settings: Settings, *, timeout: float = 3.0, probe: bool = False, local: bool = False
+) -> HealthReport:
+    """Healthy when at least one worker has a heartbeat and answers (and the probe, if asked).
+
+    ``local`` counts only this host's workers: a container's or a pod's own probe.
+    """
+    name, broker_url = settings.name, redacted(settings.broker)
+    report = HealthReport(name, broker_url)
+    client = connect(settings.broker)
+    try:
+        beats = Broker(client, ServiceKeys(name)).live_workers()
+    except REDIS_ERRORS as exc:
+        return _with(report, problem=f"broker {broker_url} is not reachable: {exc}")
+    finally:
+        client.close()
+    if not beats:
+        return _with(report, problem=(
+            f"no worker of {name!r} has a heartbeat on {broker_url} (none started, all still "
+            f"loading, or dead for more than {settings.visibility_timeout:g}s)"))
+    workers = [_worker(name, wid, loads(raw)) for wid, raw in sorted(beats.items())]
+    if local:
+        host = socket.gethostname()
+        here = [w for w in workers if w.host == host]
+        if not here:
+            return _with(report, problem=(
+                f"none of its {len(workers)} live worker(s) runs on this host ({host})"))
+        workers = here
+    nodes = [w.node for w in workers if w.node]
+    try:
+        answers = _ping(settings, nodes, timeout) if nodes else set()
+    except Exception as exc:  # kombu raises transport-specific errors here
+        return _with(report, problem=f"ping through {broker_url} failed: {exc}")
+    workers = [_answered(w, answers) for w in workers]
+    report = _with(report, workers=tuple(workers))
+    if not any(w.serving for w in workers):
+        return _with(report, problem=(
+            f"{len(workers)} worker(s) have a heartbeat but none answered a ping within "
+            f"{timeout:g}s: {', '.join(nodes)} (stuck, paused, or their consumer is down)"))
+    if probe:
+        problem = _probe(settings, timeout)
+        if problem:
+            return _with(report, problem=problem)
+    return report
+
+
+def _worker(service: str, worker_id: str, beat: dict[str, Any]) -> WorkerHealth:
+    host = str(beat.get("host", ""))
+    return WorkerHealth(worker_id, host, int(beat.get("pid", 0)), int(beat.get("requests", 0)),
+                        celery_node(service, worker_id, host), None)
+
+
+def _answered(worker: WorkerHealth, answers: set[str]) -> WorkerHealth:
+    if worker.node is None:
+        return worker
+    return dataclasses.replace(worker, answered=worker.node in answers)
+
+
+def _with(report: HealthReport, **changes: Any) -> HealthReport:
+    return dataclasses.replace(report, **changes)
+
+
+def _ping(settings: Settings, nodes: list[str], timeout: float) -> set[str]:
+    from ..celery_app import make_app
+
+    app = make_app(settings)
+    try:
+        with app.connection_for_write() as connection:
+            replies = app.control.ping(destination=nodes, timeout=timeout, limit=len(nodes),
+                                       connection=connection)
+    finally:
+        app.close()
+    return {node for reply in replies or [] for node in reply}
+
+
+def _probe(settings: Settings, timeout: float) -> str:
+    """Send one zero input of the advertised shape; an error text, or "" when answered."""
+    from ..client import WKRClient
+
+    try:
+        with WKRClient(name=settings.name, broker_url=settings.broker,
+                       result_url=settings.backend, connect_timeout=timeout) as client:
+            shape = client.input_shape
+            if shape is None or any(d is None for d in shape):
+                return (f"-probe needs a fixed input shape, and {settings.name!r} advertises "
+                        f"{shape}; set input_shape on the worker class or drop -probe")
+            client.encode(np.zeros(shape, dtype=client.input_dtype or np.float32),
+                          timeout=timeout).result(timeout + 1)
+    except (WKRError, TimeoutError) as exc:
+        return f"a probe request was not answered within {timeout:g}s: {exc!r}"
+    return ""
+
+
+def check_http(url: str, timeout: float = 3.0) -> str:
+    """"" when something answers HTTP at ``url`` below status 500, else what went wrong."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            response.read(0)
+    except urllib.error.HTTPError as exc:
+        return "" if exc.code < 500 else f"{url} answered HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"nothing answers HTTP at {url}: {exc}"
+    return ""
