@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .model import WORKLOADS
+from .model import WORKLOADS, physical_limit
 from .report import aggregate, print_table, ratios, write_plots
 from .scenarios import Pool, Run, one_at_a_time, stream, sweep
 from .systems import CLASSES, LABELS, SYSTEMS
@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
                    help="comma list of " + ",".join(WORKLOADS))
     p.add_argument("--requests", type=int, default=None,
-                   help="requests in the stream (default 20000, quick 2000)")
+                   help="requests in the stream (default 20000, quick 1000)")
     p.add_argument("--latency-requests", type=int, default=None,
-                   help="requests one at a time (default 1000, quick 200; at most --requests)")
+                   help="requests one at a time (default 1000, quick 100; at most --requests)")
     p.add_argument("--inflight", type=int, default=256, help="requests in flight in the stream")
     p.add_argument("--sweep", default=None,
                    help="in-flight points, comma list (default 1,8,32,128,256; quick 1,32,256)")
@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     quick = args.quick
-    args.requests = args.requests or (2000 if quick else 20000)
-    args.latency_requests = min(args.latency_requests or (200 if quick else 1000), args.requests)
+    args.requests = args.requests or (1000 if quick else 20000)
+    args.latency_requests = min(args.latency_requests or (100 if quick else 1000), args.requests)
+    args.warmup = min(100 if quick else 300, args.requests)
     args.sweep = [int(v) for v in (args.sweep or ("1,32,256" if quick else "1,8,32,128,256"))
                   .split(",")]
     args.sweep_seconds = args.sweep_seconds or (0.7 if quick else 2.0)
@@ -89,10 +90,14 @@ def run_one(key: str, workload: str, args: argparse.Namespace, pool: Pool,
         system.start(timeout=90)
         client = system.client()
         run = Run(client, pool, args.timeout)
-        run.drive(min(args.inflight, 64), count=min(300, args.requests))  # warm every path
+        run.drive(min(args.inflight, 64), count=args.warmup)  # warm every path
         record["latency"] = one_at_a_time(run, args.latency_requests, warmup=20)
         record["stream"] = stream(run, args.requests, args.inflight, system.worker_pids(),
                                   system.stats_dir)
+        if workload == "gpu-sim":
+            limit = physical_limit(WORKERS[workload], args.batch_size)
+            record["stream"]["physical_limit"] = limit
+            record["stream"]["of_physical_limit"] = record["stream"]["throughput"] / limit
         record["sweep"] = sweep(run, args.sweep, args.sweep_seconds)
         bad = [record["latency"], record["stream"], *record["sweep"]]
         record["ok"] = all(s["wrong"] == 0 and s["missing"] == 0 for s in bad)

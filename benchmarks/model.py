@@ -24,7 +24,7 @@ from workers.linear import make_weights
 WORKLOADS = ("tiny", "gpu-sim")
 GPU_BASE_S, GPU_PER_INPUT_S = 0.003, 0.0001
 STATS_ENV = "BENCH_STATS_DIR"
-_RECORD = struct.Struct("<dddd")  # busy seconds, batches, inputs, wall clock of last write
+_RECORD = struct.Struct("<dddd")  # nominal busy s, batches, inputs, measured (slept) busy s
 
 
 def gpu_seconds(n: int) -> float:
@@ -40,7 +40,8 @@ class Model:
             raise ValueError(f"workload {workload!r} is not one of {WORKLOADS}")
         self.workload = workload
         self.weights = make_weights()
-        self.busy = 0.0
+        self.busy = 0.0  # nominal kernel seconds: what a GPU would have spent
+        self.slept = 0.0  # what time.sleep really took (more on a loaded machine)
         self.batches = 0
         self.inputs = 0
         self._fd: int | None = None
@@ -56,9 +57,11 @@ class Model:
         n = 1 if x.ndim == 1 else len(x)
         out = np.tanh(x @ self.weights)
         if self.workload == "gpu-sim":
+            kernel = gpu_seconds(n)
             start = time.perf_counter()
-            time.sleep(gpu_seconds(n))
-            self.busy += time.perf_counter() - start
+            time.sleep(kernel)
+            self.slept += time.perf_counter() - start
+            self.busy += kernel
         self.batches += 1
         self.inputs += n
         self._flush()
@@ -66,15 +69,19 @@ class Model:
 
     def _flush(self) -> None:
         if self._fd is not None:
-            os.pwrite(self._fd, _RECORD.pack(self.busy, self.batches, self.inputs, time.time()), 0)
+            os.pwrite(self._fd, _RECORD.pack(self.busy, self.batches, self.inputs, self.slept), 0)
 
 
-def read_stats(stats_dir: Path) -> dict[int, tuple[float, float, float]]:
-    """``{pid: (busy seconds, batches, inputs)}`` for every worker that wrote counters."""
-    found: dict[int, tuple[float, float, float]] = {}
+def physical_limit(workers: int, batch_size: int) -> float:
+    """Inputs/s if every worker's simulated GPU ran full batches back to back."""
+    return workers * batch_size / gpu_seconds(batch_size)
+
+
+def read_stats(stats_dir: Path) -> dict[int, tuple[float, float, float, float]]:
+    """``{pid: (nominal busy s, batches, inputs, slept s)}`` for every worker with counters."""
+    found: dict[int, tuple[float, float, float, float]] = {}
     for path in stats_dir.glob("*.stats"):
         data = path.read_bytes()
         if len(data) >= _RECORD.size:
-            busy, batches, inputs, _ = _RECORD.unpack(data[:_RECORD.size])
-            found[int(path.stem)] = (busy, batches, inputs)
+            found[int(path.stem)] = _RECORD.unpack(data[:_RECORD.size])
     return found

@@ -11,7 +11,7 @@ from typing import Any
 from .systems import LABELS
 
 _MEDIAN_KEYS = ("p50_ms", "p90_ms", "p99_ms", "throughput", "mean_batch", "gpu_busy_mean",
-                "elapsed_s")
+                "elapsed_s", "of_physical_limit")
 
 
 def aggregate(reps: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
@@ -117,6 +117,14 @@ def print_table(result: dict[str, Any]) -> None:
                   f"{_f(_get(rec, 'stream', 'mean_batch'), '.1f'):>6s} {busy_text:>9s} "
                   f"{_f(client[0], '.0f') + '>' + _f(client[1], '.0f'):>12s} {worker_text:>14s}"
                   f"  {status}")
+        limits = {LABELS[k]: r["stream"]["of_physical_limit"] for k, r in by_system.items()
+                  if "of_physical_limit" in r.get("stream", {})}
+        if limits:
+            limit = next(r["stream"]["physical_limit"] for r in by_system.values()
+                         if "physical_limit" in r.get("stream", {}))
+            print(f"share of the physical limit ({limit:.0f} inputs/s = {workers} workers x "
+                  f"full batches back to back): "
+                  + ", ".join(f"{k} {v * 100:.0f}%" for k, v in limits.items()))
         ratio = result["ratios"].get(workload)
         if ratio:
             print("wkr-celery advantage (x, > 1 = wkr-celery better; throughput wkr/peer, "

@@ -91,3 +91,16 @@ def test_no_worker_process_outlives_the_run(quick_run: Any) -> None:
     alive = [p for p in pids if psutil.pid_exists(p)
              and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive
+
+
+def test_the_answer_check_counts_wrong_misshapen_and_nan_answers() -> None:
+    from benchmarks.scenarios import Checker, Pool
+
+    pool = Pool.make(size=16)
+    checker = Checker(pool.expected, chunk=4)
+    for index in range(10):
+        checker.add(pool.expected[index], index)
+    checker.add(pool.expected[3] + 1e-3, 3)
+    checker.add(pool.expected[5][:64], 5)
+    checker.add(pool.expected[6] * float("nan"), 6)
+    assert checker.flush() == 3
