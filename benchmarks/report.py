@@ -182,3 +182,53 @@ def write_plots(runs: dict[str, dict[str, dict[str, Any]]], out: Path) -> list[P
         plt.close(fig)
         written.append(path)
     return written
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results as markdown tables, for docs: ``python -m benchmarks.report results.json``."""
+    lines = []
+    for workload, by_system in result["runs"].items():
+        lines += [f"**{workload}** ({result['meta']['workers'][workload]} worker process(es), "
+                  f"stream {result['meta']['requests']} requests, "
+                  f"{result['meta']['inflight']} in flight)", "",
+                  "| system | one at a time p50 / p90 / p99 ms | stream inputs/s | stream p50 / "
+                  "p99 ms | mean batch | simulated GPU busy | RSS client / worker MiB "
+                  "(start → end) | status |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for key, rec in by_system.items():
+            st = rec.get("stream", {})
+            single = " / ".join(_f(_get(rec, "latency", n), ".1f")
+                                for n in ("p50_ms", "p90_ms", "p99_ms"))
+            busy = st.get("gpu_busy_per_worker", {})
+            busy_text = ("–" if workload == "tiny" or not busy
+                         else " / ".join(f"{v * 100:.0f}%" for v in busy.values()))
+            client = st.get("rss_client_mib", [math.nan, math.nan])
+            workers = ", ".join(f"{a:.0f} → {b:.0f}" for a, b in
+                                st.get("rss_workers_mib", {}).values())
+            lines.append(
+                f"| {LABELS[key]} | {single} | {_f(_get(rec, 'stream', 'throughput'), ',.0f')} | "
+                f"{_f(_get(rec, 'stream', 'p50_ms'), '.1f')} / "
+                f"{_f(_get(rec, 'stream', 'p99_ms'), '.1f')} | "
+                f"{_f(_get(rec, 'stream', 'mean_batch'), '.1f')} | {busy_text} | "
+                f"{client[0]:.0f} → {client[1]:.0f} / {workers} | "
+                f"{'ok' if rec['ok'] else 'FAILED'} |")
+        ratio = result["ratios"].get(workload)
+        if ratio:
+            lines += ["", "wkr-celery's advantage, same run (× > 1 means wkr-celery is better; "
+                      "throughput wkr ÷ peer, latency peer ÷ wkr):", "",
+                      "| vs | stream inputs/s | stream p50 | stream p99 | one at a time p50 | "
+                      "one at a time p99 |", "| --- | --- | --- | --- | --- | --- |"]
+            for key, r in ratio.items():
+                lines.append(f"| {LABELS[key]} | " + " | ".join(
+                    f"{_f(r[n], '.1f')}×" for n in ("stream_throughput", "stream_p50",
+                                                   "stream_p99", "single_p50", "single_p99"))
+                    + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
