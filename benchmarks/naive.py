@@ -44,7 +44,7 @@ def serve(url: str, workload: str) -> None:
         item = r.brpop([REQUESTS], timeout=1)
         if item is None:
             continue
-        data = item[1]
+        data: bytes = item[1]  # type: ignore[assignment]  # no decode_responses
         client, rid = data[:_CLIENT_LEN], data[_CLIENT_LEN:_CLIENT_LEN + _ID.size]
         x = np.frombuffer(data, dtype=np.float32, offset=_CLIENT_LEN + _ID.size)
         r.lpush(reply_list(client), rid + model(x).tobytes())
@@ -73,7 +73,7 @@ class NaiveClient:
                 raise TimeoutError(f"no reply to naive request {rid} in {timeout}s")
             item = self.redis.brpop([self.reply], timeout=max(1, int(min(left, 5))))
             if item is not None:
-                data = item[1]
+                data: bytes = item[1]  # type: ignore[assignment]  # no decode_responses
                 (got,) = _ID.unpack(data[:_ID.size])
                 self._arrived[got] = np.frombuffer(data, dtype=np.float32, offset=_ID.size)
         return self._arrived.pop(rid)

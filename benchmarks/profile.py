@@ -73,8 +73,12 @@ def main() -> int:
                                                for pid in system.worker_pids()]
         done = threading.Event()
         result: dict[str, object] = {}
-        driver = threading.Thread(target=lambda: (result.update(
-            run.drive(args.inflight, count=args.requests)), done.set()), daemon=True)
+
+        def drive() -> None:
+            result.update(run.drive(args.inflight, count=args.requests))
+            done.set()
+
+        driver = threading.Thread(target=drive, daemon=True)
         driver.start()
         for name, pid in targets:
             path = args.out / f"{args.system}-{args.workload}-{name.split('-')[0]}-{pid}.txt"
