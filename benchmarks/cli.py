@@ -1,0 +1,187 @@
+"""``python -m benchmarks``: every system, every workload, every scenario, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .model import WORKLOADS, physical_limit
+from .report import aggregate, print_table, ratios, write_plots
+from .scenarios import Pool, Run, one_at_a_time, stream, sweep
+from .systems import CLASSES, LABELS, SYSTEMS
+
+WORKERS = {"tiny": 1, "gpu-sim": 2}
+
+
+def _csv(choices: tuple[str, ...]) -> Any:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{bad or text!r}: choose from {','.join(choices)}")
+        return items
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="fewer requests and sweep points (under 2 minutes on 2 cores)")
+    p.add_argument("--systems", type=_csv(SYSTEMS), default=list(SYSTEMS),
+                   help="comma list of " + ",".join(SYSTEMS))
+    p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
+                   help="comma list of " + ",".join(WORKLOADS))
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests in the stream (default 20000, quick 1000)")
+    p.add_argument("--latency-requests", type=int, default=None,
+                   help="requests one at a time (default 1000, quick 100; at most --requests)")
+    p.add_argument("--inflight", type=int, default=256, help="requests in flight in the stream")
+    p.add_argument("--sweep", default=None,
+                   help="in-flight points, comma list (default 1,8,32,128,256; quick 1,32,256)")
+    p.add_argument("--sweep-seconds", type=float, default=None,
+                   help="seconds per sweep point (default 2, quick 0.7)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeat", type=int, default=1, help="runs per system; figures are medians")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one result")
+    p.add_argument("--out", type=Path, default=Path("bench-results"),
+                   help="directory for results.json and the PNG plots")
+    p.add_argument("--keep-logs", action="store_true", help="keep worker logs (in --out/logs)")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    quick = args.quick
+    args.requests = args.requests or (1000 if quick else 20000)
+    args.latency_requests = min(args.latency_requests or (100 if quick else 1000), args.requests)
+    args.warmup = min(100 if quick else 300, args.requests)
+    args.sweep = [int(v) for v in (args.sweep or ("1,32,256" if quick else "1,8,32,128,256"))
+                  .split(",")]
+    args.sweep_seconds = args.sweep_seconds or (0.7 if quick else 2.0)
+    if args.requests < 1 or args.repeat < 1 or args.inflight < 1:
+        raise SystemExit("--requests, --repeat and --inflight must be at least 1")
+    return args
+
+
+def run_one(key: str, workload: str, args: argparse.Namespace, pool: Pool,
+            run_dir: Path) -> dict[str, Any]:
+    """Fresh Redis, fresh workers: warm up, then the three scenarios. Everything is stopped."""
+    from wkr_celery.redis_embedded import EmbeddedRedis
+
+    from .systems import free_port
+
+    record: dict[str, Any] = {"system": key, "label": LABELS[key], "workload": workload,
+                              "workers": WORKERS[workload], "ok": False, "error": None}
+    redis_server = EmbeddedRedis(free_port()).start()
+    system = CLASSES[key](workload, WORKERS[workload], args.batch_size, redis_server.url, run_dir)
+    client = None
+    started = time.monotonic()
+    try:
+        system.start(timeout=90)
+        client = system.client()
+        run = Run(client, pool, args.timeout)
+        run.drive(min(args.inflight, 64), count=args.warmup)  # warm every path
+        record["latency"] = one_at_a_time(run, args.latency_requests, warmup=20)
+        record["stream"] = stream(run, args.requests, args.inflight, system.worker_pids(),
+                                  system.stats_dir)
+        if workload == "gpu-sim":
+            limit = physical_limit(WORKERS[workload], args.batch_size)
+            record["stream"]["physical_limit"] = limit
+            record["stream"]["of_physical_limit"] = record["stream"]["throughput"] / limit
+        record["sweep"] = sweep(run, args.sweep, args.sweep_seconds)
+        bad = [record["latency"], record["stream"], *record["sweep"]]
+        record["ok"] = all(s["wrong"] == 0 and s["missing"] == 0 for s in bad)
+        if not record["ok"]:
+            record["error"] = "; ".join(e for s in bad for e in s["errors"])[:1000]
+    except Exception as exc:  # one system failing must not stop the others
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if client is not None:
+            try:
+                client.close()
+            except Exception as exc:
+                record.setdefault("close_error", str(exc))
+        system.stop()
+        redis_server.stop()
+    record["seconds"] = round(time.monotonic() - started, 1)
+    return record
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"host": socket.gethostname(), "python": platform.python_version(),
+                            "platform": platform.platform(), "cpus": os.cpu_count(),
+                            "processor": platform.processor() or platform.machine()}
+    try:
+        info["loadavg_at_start"] = [round(v, 2) for v in os.getloadavg()]
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            info["processor"] = names[0]
+    except OSError:
+        pass
+    return info
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # so every finally block stops its processes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = resolve(build_parser().parse_args(argv))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if importlib.util.find_spec("ray") is None:
+        print("ray not installed, skipped", flush=True)
+    else:
+        print("ray is installed, but this harness has no Ray Serve adapter yet; skipped",
+              flush=True)
+    pool = Pool.make()
+    work = Path(tempfile.mkdtemp(prefix="wkr-bench-"))
+    began = time.time()
+    reps: list[dict[str, dict[str, dict[str, Any]]]] = []
+    try:
+        for rep in range(args.repeat):
+            runs: dict[str, dict[str, dict[str, Any]]] = {}
+            for workload in args.workloads:
+                for key in args.systems:
+                    run_dir = work / f"{rep}-{workload}-{key}"
+                    run_dir.mkdir(parents=True)
+                    print(f"[{rep + 1}/{args.repeat}] {workload:7s} {LABELS[key]:15s} ...",
+                          end=" ", flush=True)
+                    record = run_one(key, workload, args, pool, run_dir)
+                    runs.setdefault(workload, {})[key] = record
+                    print("ok" if record["ok"] else f"FAILED: {record['error']}",
+                          f"({record['seconds']} s)", flush=True)
+            reps.append(runs)
+    finally:
+        if args.keep_logs:
+            shutil.copytree(work, args.out / "logs", dirs_exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    runs = aggregate(reps)
+    result = {"meta": {"machine": machine(), "argv": sys.argv[1:] if argv is None else argv,
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)),
+                       "seconds": round(time.time() - began, 1), "repeat": args.repeat,
+                       "requests": args.requests, "latency_requests": args.latency_requests,
+                       "inflight": args.inflight, "batch_size": args.batch_size,
+                       "sweep": args.sweep, "sweep_seconds": args.sweep_seconds,
+                       "workers": {w: WORKERS[w] for w in args.workloads}},
+              "runs": runs, "ratios": ratios(runs)}
+    (args.out / "results.json").write_text(json.dumps(result, indent=1, allow_nan=True))
+    print_table(result)
+    plots = write_plots(runs, args.out)
+    print(f"\nwrote {args.out / 'results.json'} and {', '.join(p.name for p in plots)}")
+    failed = [f"{w}/{LABELS[k]}" for w, by in runs.items() for k, r in by.items() if not r["ok"]]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
