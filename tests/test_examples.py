@@ -108,3 +108,15 @@ def test_readme_documents_every_flag_of_wkr_serving_start() -> None:
              and a.option_strings[0] != "-h"]
     missing = [f for f in flags if f"`{f}`" not in README]
     assert not missing, f"flags missing from the README's table: {missing}"
+
+
+def test_readme_shell_examples_are_the_tested_ones() -> None:
+    """Shell blocks past the quickstart are copies of blocks that docs/*.md tests run."""
+    docs = "".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    core = README.split("## REST API")[0]
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+        if block in core:
+            continue
+        lines = [line for line in block.splitlines() if line.strip()]
+        missing = [line for line in lines if line not in docs]
+        assert not missing, f"README shell lines not in any tested doc: {missing}"
