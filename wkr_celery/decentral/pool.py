@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..logs import LogRouter
+from ..processes import wait_or_kill
 from .config import RemoteServer
 from .process import Unit, UnitProcess, spawn
 
@@ -157,12 +157,7 @@ class UnitPool:
             proc = unit.process
             if proc is None:
                 continue
-            try:
-                proc.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.error("unit %s did not stop in %.0fs; killing it", unit.id, timeout)
-                proc.popen.kill()
-                proc.popen.wait(10)
+            wait_or_kill(proc.popen, deadline, f"unit {unit.id}")
             self._on_exit(unit, proc)
 
     def snapshot(self) -> list[dict[str, Any]]:

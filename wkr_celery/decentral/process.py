@@ -7,11 +7,9 @@ unit's event pipe, so ``ready`` and ``calls`` are known without polling the proc
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,19 +18,13 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ..logs import LogRouter
+from ..processes import die_with_parent
 from .config import RemoteServer
 
 __all__ = ["Unit", "UnitProcess", "spawn"]
 
 log = logging.getLogger("wkr_celery.decentral")
 
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Units get SIGTERM (a graceful stop) if the central dies, so none runs unsupervised."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class UnitProcess:
@@ -148,7 +140,7 @@ def spawn(unit: Unit, worker_class: str, router: LogRouter | None,
             env=env, stdin=subprocess.DEVNULL, pass_fds=(write_fd,),
             stdout=subprocess.PIPE if piped else None,
             stderr=subprocess.STDOUT if piped else None,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
     except BaseException:
         os.close(read_fd)

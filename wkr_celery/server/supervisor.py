@@ -11,7 +11,6 @@ grows while it keeps dying young.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ from ..connections import REDIS_ERRORS, connect, redacted
 from ..errors import ConfigError, ServiceUnavailable
 from ..keys import ServiceKeys
 from ..logs import LogRouter, configure_stderr
+from ..processes import die_with_parent, send, wait_or_kill
 from ..redis_embedded import EmbeddedRedis
 from .hardworker import WKRHardWorker
 
@@ -61,13 +61,6 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Children get SIGTERM if the supervisor dies, so none is left serving unsupervised."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class WKRServer:
@@ -146,7 +139,7 @@ class WKRServer:
             wanted.append(("Flower", extras.flower_command(s), f"http://127.0.0.1:{s.flower_port}"))
         for what, command, url in wanted:
             proc = extras.start(command, s, piped=self.router is not None,
-                                 preexec_fn=_die_with_parent)
+                                 preexec_fn=die_with_parent)
             if self.router is not None and proc.stdout is not None:
                 threading.Thread(target=self.router.pump, args=(proc.stdout,), daemon=True,
                                  name=f"wkr-log-{what}").start()
@@ -185,7 +178,7 @@ class WKRServer:
             command, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if piped else None,
             stderr=subprocess.STDOUT if piped else None,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         slot.started = time.monotonic()
         if piped and self.router is not None and slot.process.stdout is not None:
@@ -259,27 +252,20 @@ class WKRServer:
         self._stop.set()
         live = [w for w in self.workers if w.process is not None]
         for slot in live:
-            _signal(slot.process, signal.SIGTERM if graceful else signal.SIGKILL)
+            send(slot.process, signal.SIGTERM if graceful else signal.SIGKILL)
         deadline = time.monotonic() + timeout
         for slot in live:
             assert slot.process is not None
-            try:
-                slot.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.error("worker %d did not stop in %.0fs; killing it", slot.index, timeout)
-                slot.process.kill()
-                slot.process.wait(10)
+            wait_or_kill(slot.process, deadline, f"worker {slot.index}")
             if slot.process.returncode != 0 or not graceful:
                 self._on_death(slot, slot.process.returncode)
             slot.process = None
             if slot.pump is not None:
                 slot.pump.join(2)
         for proc in self.extras:
-            _signal(proc, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            send(proc, signal.SIGTERM)
+        for proc in self.extras:
+            wait_or_kill(proc, time.monotonic() + 10, f"process {proc.pid}")
         for server in self.redis_servers:
             server.stop()
         if self.router is not None:
@@ -293,13 +279,6 @@ class WKRServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def _signal(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
-    if proc is not None and proc.poll() is None:
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
 
 
 def _read_running(path: str) -> list[int]:
