@@ -18,17 +18,20 @@ import base64
 import binascii
 import json
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from . import codec
-from .errors import DecodeError
+from .errors import DecodeError, InputError
 
 __all__ = [
     "TASK_NAME",
     "DecodedRequest",
     "build_request",
+    "deadline_after",
+    "MAX_TIMEOUT",
     "encode_body",
     "now_iso",
     "parse_request",
@@ -80,6 +83,20 @@ def build_request(
         '"priority":' + str(int(priority)) + ',"body_encoding":"base64",'
         '"delivery_tag":"' + task_id + '"}}'
     )
+
+
+#: The longest request timeout accepted: a year. Past it, deadlines stop being dates.
+MAX_TIMEOUT = 365 * 24 * 3600.0
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The epoch deadline ``timeout`` seconds from now, for the ``x-wkr-deadline`` header."""
+    if timeout is None:
+        return None
+    if not 0 < timeout <= MAX_TIMEOUT:  # also refuses NaN
+        raise InputError(
+            f"timeout {timeout!r} must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
+    return time.time() + timeout
 
 
 def encode_body(payload: Any) -> bytes:

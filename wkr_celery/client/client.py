@@ -37,7 +37,7 @@ from ..errors import (
     remote_error,
 )
 from ..keys import PRIORITY_STEPS, SERVICES, ServiceKeys, priority_step, reply_key
-from ..messages import build_request, encode_body
+from ..messages import build_request, deadline_after, encode_body
 from ..version import __version__
 
 __all__ = ["WKRClient"]
@@ -187,7 +187,7 @@ class WKRClient:
             raise WKRError("client is closed")
         body = self._encode_input(x)
         timeout = self.timeout if timeout is None else timeout
-        deadline = None if timeout is None else time.time() + timeout
+        deadline = deadline_after(timeout)
         expiry = None if timeout is None else time.monotonic() + timeout
         step = self.priority if priority is None else priority_step(priority)
         task_id = next(self._task_ids)

@@ -31,7 +31,7 @@ from ..config import Settings
 from ..connections import REDIS_ERRORS, connect, redacted
 from ..errors import InputError, PayloadTooLarge, ServiceOverloaded, ServiceUnavailable
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step, task_meta_key
-from ..messages import build_request, decode_meta, encode_body, encode_meta, now_iso
+from ..messages import build_request, deadline_after, decode_meta, encode_body, encode_meta, now_iso
 from .problems import ApiError
 
 __all__ = ["Gateway", "TaskRegistry"]
@@ -174,7 +174,7 @@ class Gateway:
         body = self._checked_body(data)
         step = priority_step(priority)
         task_id = uuid.uuid4().hex
-        deadline = None if timeout is None else time.time() + timeout
+        deadline = deadline_after(timeout)
         message = build_request(task_id, body, queue=self.keys.queue, priority=step,
                                 client_id=None, deadline=deadline, argsrepr=_argsrepr(data))
         index = PRIORITY_STEPS.index(step)
