@@ -115,6 +115,7 @@ class ServingLoop:
             if running_file else None
         )
         self._threads: list[threading.Thread] = []
+        self._info: dict[str, Any] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{settings.name}-")
 
     # Lifecycle ----------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class ServingLoop:
             self.failed = exc
             self.ready.set()
             return
-        info = service_info(self.settings, self.worker)
+        info = self._info = service_info(self.settings, self.worker)
         self._retry(lambda: self.broker.write_info(info), "write service info",
                     time.monotonic() + 60)
         self._beat()
@@ -321,6 +322,8 @@ class ServingLoop:
             beats += 1
             try:
                 self._beat()
+                if not self.broker.client.exists(self.keys.info):  # Redis restarted empty
+                    self.broker.write_info(self._info)
                 if beats % 2 == 0:
                     for dead, count in self.broker.sweep().items():
                         log.warning("worker %s missed its heartbeat; requeued its %d requests",
