@@ -24,7 +24,7 @@ import numpy as np
 
 from ..broker import Broker
 from ..codec import loads
-from ..connections import REDIS_ERRORS, connect, redacted
+from ..connections import REDIS_ERRORS, connect, explain, redacted
 from ..errors import (
     DeadlineExceeded,
     InputError,
@@ -144,7 +144,7 @@ class WKRClient:
             if ignore:
                 return {}
             raise ServiceUnavailable(
-                f"broker {redacted(self.broker_url)} is not reachable: {exc}") from exc
+                f"broker {redacted(self.broker_url)}: {explain(exc)}") from exc
 
     def _check(self, check_version: bool, timeout: float) -> None:
         deadline = time.monotonic() + timeout
