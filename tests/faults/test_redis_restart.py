@@ -45,7 +45,11 @@ def test_redis_restart_with_aof_loses_no_queued_request(
     service = serve_on(redis.url, WORKER, "-batch_size", "4", "-num_worker", "2", wait=2)
     before, after, worker_ids = _restart_under_load(redis, service)
     finished, unfinished = wait(before + after, timeout=45)
-    assert not unfinished
+    broker = service.broker
+    assert not unfinished, (
+        f"{len(unfinished)} unanswered; queue {broker.queue_length()}; inflight "
+        f"{ {w: broker.client.hlen(broker.keys.inflight(w)) for w in worker_ids} }; "
+        f"workers {service.live_workers()}")
     assert [f.result() for f in before] == [2 * n for n in range(600)]
     assert [f.result() for f in after] == [2 * n for n in range(600, 700)]
     assert set(service.live_workers()) == worker_ids, "a worker was restarted, not reconnected"

@@ -1,7 +1,8 @@
 """Workers that misbehave on request, for the fault suite (``tests.faults.workers.<Class>``).
 
 Inputs are small ``obj`` payloads: an int ``n`` is answered with ``n * 2``; the strings
-``"raise"`` and ``"exit"`` make ``predict`` raise or kill its own process.
+``"raise"`` and ``"exit"`` make ``predict`` raise or kill its own process, and ``"sysexit"``
+raises ``SystemExit`` (which kills the predict thread, not the process).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from wkr_celery.server import WKRHardWorker
 
 
 class Doubler(WKRHardWorker):
-    """Doubles ints; raises on ``"raise"``; the process dies on ``"exit"``."""
+    """Doubles ints; raises on ``"raise"``; dies on ``"exit"`` and ``"sysexit"``."""
 
     #: Seconds each ``predict`` call takes, so a queue builds up under load.
     batch_seconds = 0.0
@@ -31,6 +32,8 @@ class Doubler(WKRHardWorker):
                 raise ValueError("this input is poison: predict raises on it")
             if x == "exit":
                 os._exit(17)
+            if x == "sysexit":
+                raise SystemExit(3)  # not an Exception: escapes the runner's bisection
             out.append(x * 2)
         return out
 
