@@ -37,7 +37,14 @@ from ..errors import (
     WKRError,
     remote_error,
 )
-from ..keys import PRIORITY_STEPS, SERVICES, ServiceKeys, priority_step, reply_key
+from ..keys import (
+    PRIORITY_STEPS,
+    SERVICES,
+    ServiceKeys,
+    priority_step,
+    reply_key,
+    task_meta_key,
+)
 from ..messages import build_request, encode_body
 from ..version import __version__
 from .restarts import RestartWatch
@@ -97,6 +104,7 @@ class WKRClient:
         self._connect_timeout = connect_timeout
         self._watches = self._watch_restarts()
         self._watch_due = 0.0
+        self._recover_due = False
 
         self._pending: dict[str, Future[Any]] = {}
         self._deadlines: list[tuple[float, str]] = []
@@ -304,6 +312,8 @@ class WKRClient:
             wait = self._expire_deadlines()
             try:
                 self._check_restarts()
+                if self._recover_due:
+                    self._recover()
                 first = client.blpop([key], timeout=wait)
                 if first is None:
                     continue
@@ -312,6 +322,7 @@ class WKRClient:
                 if self._closed:
                     return
                 log.warning("result Redis unreachable (%s); retrying", exc)
+                self._recover_due = True
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
@@ -351,7 +362,10 @@ class WKRClient:
             return
         self._watch_due = now + _LISTEN_SECONDS
         for url, watch in self._watches:
+            restarts = watch.restarts
             cutoff = watch.lost_before()
+            if watch.restarts != restarts:
+                self._recover_due = True
             if cutoff is None:
                 continue
             lost = [task_id for task_id, future in list(self._pending.items())
@@ -364,6 +378,20 @@ class WKRClient:
                 "-redis_persist on, to keep queued requests across restarts)")
             for task_id in lost:
                 self._fail(task_id, error)
+
+    def _recover(self) -> None:
+        """Resolve pending requests from their stored results (``celery-task-meta-<id>``).
+
+        A pop from the reply list whose reply was lost (the connection dropped, or Redis
+        restarted with AOF) took those answers off the list for good; the stored copies remain.
+        """
+        task_ids = list(self._pending)
+        for start in range(0, len(task_ids), _DRAIN):
+            chunk = task_ids[start:start + _DRAIN]
+            for data in self._result_redis.mget([task_meta_key(t) for t in chunk]):
+                if data is not None:
+                    self._resolve(data)
+        self._recover_due = False
 
     def _expire_deadlines(self) -> float:
         """Fail requests past their deadline; returns how long the listener may block."""

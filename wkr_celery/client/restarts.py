@@ -20,6 +20,7 @@ class RestartWatch:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        self.restarts = 0  # run_id changes seen, with or without persistence
         self.run_id: str | None = None
         try:
             self.run_id = self._server()[0]
@@ -44,6 +45,7 @@ class RestartWatch:
         first, self.run_id = self.run_id is None, run_id
         if first:
             return None
+        self.restarts += 1
         if int(self.client.info("persistence").get("aof_enabled", 0)) == 1:
             return None
         # Redis counts uptime in whole wall-clock seconds, so it may read one second long:
