@@ -59,12 +59,16 @@ def serve_on(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     """Start a service on a given Redis URL (the shared ``make_service`` uses the session one)."""
     services: list[Service] = []
 
-    def factory(url: str, worker: str, *args: str, wait: int | None = 1) -> Service:
-        service = start_service(f"f{uuid.uuid4().hex[:10]}", url, url, tmp_path, worker, args,
-                                wait=wait)
+    def factory(url: str, worker: str, *args: str, wait: int | None = 1,
+                result_url: str | None = None) -> Service:
+        service = start_service(f"f{uuid.uuid4().hex[:10]}", url, result_url or url, tmp_path,
+                                worker, args, wait=wait)
         services.append(service)
         return service
 
     yield factory
     for service in services:
-        service.stop()
+        try:
+            service.stop()
+        except AssertionError as exc:  # say why it hung: the service's own log
+            raise AssertionError(f"{exc}; log:\n{service.log()[-6000:]}") from None
