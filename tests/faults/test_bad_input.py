@@ -7,6 +7,7 @@ import pickle
 import uuid
 from collections.abc import Callable
 from concurrent.futures import wait
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -120,9 +121,8 @@ def test_garbage_in_the_queue_is_refused_and_logged_and_the_worker_keeps_serving
                 "pickle": "pickle payloads are refused", "args": "exactly one input",
                 "headers": "must be JSON objects"}
     for what, task_id in ids.items():
-        stored = wait_until(lambda task_id=task_id: redis_client.get(task_meta_key(task_id)),
-                            timeout=15, what=f"the answer to the {what} message;\n"
-                            + service.log()[-3000:])
+        stored = wait_until(partial(redis_client.get, task_meta_key(task_id)), timeout=15,
+                            what=f"the answer to the {what} message;\n" + service.log()[-3000:])
         meta = decode_meta(stored)
         assert meta["status"] == "FAILURE", (what, meta)
         assert meta["result"]["exc_type"] == "DecodeError", (what, meta)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import wait
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,14 +17,16 @@ from wkr_celery.keys import TASK_META_PREFIX, reply_key
 from .conftest import OwnRedis
 
 
-def _footprint(client: redis.Redis) -> tuple[frozenset[bytes], dict[bytes, int]]:
+def _footprint(client: redis.Redis) -> tuple[frozenset[Any], dict[Any, int]]:
     """Key names other than stored results, and subscribers per pub/sub channel."""
-    keys = frozenset(k for k in client.keys("*") if not k.startswith(TASK_META_PREFIX.encode()))
+    results = TASK_META_PREFIX.encode()
+    keys = frozenset(k for k in client.keys("*")
+                     if not (isinstance(k, bytes) and k.startswith(results)))
     channels = client.pubsub_channels()
     return keys, dict(client.pubsub_numsub(*channels)) if channels else {}
 
 
-def _idle(footprint: tuple[frozenset[bytes], dict[bytes, int]]) -> object:
+def _idle(footprint: tuple[frozenset[Any], dict[Any, int]]) -> object:
     """The footprint when nothing is in motion, else None."""
     moving = (b"wkr:reply:", b":inflight:", b":wake")
     return None if any(part in k for k in footprint[0] for part in moving) else footprint
