@@ -20,6 +20,7 @@ from wkr_celery.client import WKRClient
 from wkr_celery.keys import ServiceKeys
 
 ROOT = Path(__file__).resolve().parent.parent
+_SIGTERM = signal.SIGTERM  # the Service.signal method shadows the module in its class body
 
 
 def free_port() -> int:
@@ -81,7 +82,7 @@ class Service:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+    def stop(self, sig: int = _SIGTERM, timeout: float = 60.0) -> int:
         for client in self.clients:
             client.close()
         self.clients.clear()

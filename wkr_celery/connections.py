@@ -8,7 +8,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-__all__ = ["connect", "redacted", "REDIS_ERRORS"]
+__all__ = ["connect", "redacted", "explain", "REDIS_ERRORS"]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
@@ -44,3 +44,11 @@ def redacted(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def explain(exc: BaseException) -> str:
+    """``exc`` in words a user can act on: a refused password says so, not "unreachable"."""
+    if isinstance(exc, redis.AuthenticationError) or "authenticat" in str(exc).lower():
+        return (f"Redis refused the credentials ({exc}); put the password in the URL: "
+                "redis://:PASSWORD@host:port/0")
+    return f"not reachable: {exc}"

@@ -119,18 +119,38 @@ def parse_request(raw: bytes | str, *, allow_pickle: bool = False) -> DecodedReq
     """Decode one envelope. Never raises: a bad message comes back with ``error`` set."""
     try:
         envelope = json.loads(raw)
-        headers = envelope.get("headers") or {}
-        task_id = headers.get("id") or (envelope.get("properties") or {}).get("correlation_id")
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError):
         return DecodedRequest(None, None, None, None, DecodeError("message is not JSON"))
+    if not isinstance(envelope, dict):
+        return DecodedRequest(None, None, None, None, DecodeError(
+            f"message is JSON {type(envelope).__name__}, not a kombu envelope (an object)"))
+    headers = envelope.get("headers") or {}
+    properties = envelope.get("properties") or {}
+    task_id = (headers.get("id") if isinstance(headers, dict) else None) or (
+        properties.get("correlation_id") if isinstance(properties, dict) else None)
     if not isinstance(task_id, str):
         task_id = None
+    if not isinstance(headers, dict) or not isinstance(properties, dict):
+        return DecodedRequest(task_id, None, None, None, DecodeError(
+            "message headers and properties must be JSON objects"))
+    try:
+        return _parse_valid(envelope, headers, task_id, allow_pickle)
+    except Exception as exc:  # a shape no check above foresaw: still this message's problem
+        return DecodedRequest(task_id, None, None, None, DecodeError(
+            f"malformed message: {type(exc).__name__}: {exc}"))
+
+
+def _parse_valid(envelope: dict[str, Any], headers: dict[str, Any], task_id: str | None,
+                 allow_pickle: bool) -> DecodedRequest:
     client_id = headers.get("x-wkr-client")
     deadline = headers.get("x-wkr-deadline")
     if deadline is None and headers.get("expires"):
         deadline = _parse_expires(headers["expires"])
     meta = (task_id, client_id if isinstance(client_id, str) else None,
             float(deadline) if isinstance(deadline, (int, float)) else None)
+    if task_id is None:
+        return DecodedRequest(*meta, None, DecodeError(
+            "message has no task id (headers.id); nobody could receive its result"))
     task = headers.get("task")
     if task != TASK_NAME:
         return DecodedRequest(*meta, None, DecodeError(

@@ -25,20 +25,29 @@ import numpy as np
 
 from ..broker import Broker, as_str
 from ..codec import loads
-from ..connections import REDIS_ERRORS, connect, redacted
+from ..connections import REDIS_ERRORS, connect, explain, redacted
 from ..errors import (
     DeadlineExceeded,
     InputError,
     PayloadTooLarge,
+    RequestLost,
     ServiceOverloaded,
     ServiceUnavailable,
     VersionMismatch,
     WKRError,
     remote_error,
 )
-from ..keys import PRIORITY_STEPS, SERVICES, ServiceKeys, priority_step, reply_key
+from ..keys import (
+    PRIORITY_STEPS,
+    SERVICES,
+    ServiceKeys,
+    priority_step,
+    reply_key,
+    task_meta_key,
+)
 from ..messages import build_request, deadline_after, encode_body
 from ..version import __version__
+from .restarts import RestartWatch
 
 __all__ = ["WKRClient"]
 
@@ -97,6 +106,9 @@ class WKRClient:
         self.input_shape = _parse_shape(cfg.get("input_shape", ""))
         self.input_dtype = np.dtype(cfg["input_dtype"]) if cfg.get("input_dtype") else None
         self._connect_timeout = connect_timeout
+        self._watches = self._watch_restarts()
+        self._watch_due = 0.0
+        self._recover_due = False
 
         self._pending: dict[str, Future[Any]] = {}
         self._deadlines: list[tuple[float, str]] = []
@@ -145,17 +157,18 @@ class WKRClient:
             if ignore:
                 return {}
             raise ServiceUnavailable(
-                f"broker {redacted(self.broker_url)} is not reachable: {exc}") from exc
+                f"broker {redacted(self.broker_url)}: {explain(exc)}") from exc
 
     def _check(self, check_version: bool, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
                 live = self._broker.live_workers()
+                info = self._broker.info()
                 self._result_redis.ping()
             except REDIS_ERRORS as exc:
                 raise ServiceUnavailable(f"Redis not reachable: {exc}") from exc
-            if live:
+            if live and info:  # info is rewritten by the workers after Redis restarts empty
                 break
             if time.monotonic() >= deadline:
                 raise ServiceUnavailable(
@@ -169,6 +182,10 @@ class WKRClient:
             raise VersionMismatch(
                 f"service {self.name!r} runs wkr-celery {theirs or '(unknown)'}, this client "
                 f"{__version__}; upgrade one, or pass check_version=False")
+
+    def _watch_restarts(self) -> list[tuple[str, RestartWatch]]:
+        urls = {self.broker_url: self._broker_redis, self.result_url: self._result_redis}
+        return [(url, RestartWatch(client)) for url, client in urls.items()]
 
     # Sending ------------------------------------------------------------------------------
 
@@ -296,6 +313,7 @@ class WKRClient:
                 accepted = self._broker.publish(
                     [(index, message) for _, index, message in items],
                     cap=self.max_queue, wake=wake)
+                published = time.monotonic()
                 break
             except REDIS_ERRORS as exc:
                 if inline:  # never make the caller wait out an outage: hand it over
@@ -310,6 +328,10 @@ class WKRClient:
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+        for task_id, _, _ in items[:accepted]:
+            future = self._pending.get(task_id)
+            if future is not None:
+                future._wkr_published = published  # type: ignore[attr-defined]
         if accepted < len(items):
             overloaded = ServiceOverloaded(
                 f"service {self.name!r} has {self.max_queue} requests queued (-max_queue); "
@@ -326,6 +348,9 @@ class WKRClient:
         while not self._closed:
             wait = self._expire_deadlines()
             try:
+                self._check_restarts()
+                if self._recover_due:
+                    self._recover()
                 first = client.blpop([key], timeout=wait)
                 if first is None:
                     continue
@@ -334,6 +359,7 @@ class WKRClient:
                 if self._closed:
                     return
                 log.warning("result Redis unreachable (%s); retrying", exc)
+                self._recover_due = True
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
@@ -365,6 +391,44 @@ class WKRClient:
             exc.get("exc_type", status) if isinstance(exc, dict) else str(status),
             str(message), meta.get("traceback"))
         _settle(future, error=error)
+
+    def _check_restarts(self) -> None:
+        """Once a second: fail requests a Redis restarted without persistence has lost."""
+        now = time.monotonic()
+        if now < self._watch_due:
+            return
+        self._watch_due = now + _LISTEN_SECONDS
+        for url, watch in self._watches:
+            restarts = watch.restarts
+            cutoff = watch.lost_before()
+            if watch.restarts != restarts:
+                self._recover_due = True
+            if cutoff is None:
+                continue
+            lost = [task_id for task_id, future in list(self._pending.items())
+                    if getattr(future, "_wkr_published", cutoff + 1) <= cutoff]
+            log.error("Redis %s restarted without persistence; %d pending request(s) lost",
+                      redacted(url), len(lost))
+            error = RequestLost(
+                f"Redis {redacted(url)} restarted without persistence (AOF off) and lost this "
+                "request or its result; send it again (start Redis with AOF, e.g. "
+                "-redis_persist on, to keep queued requests across restarts)")
+            for task_id in lost:
+                self._fail(task_id, error)
+
+    def _recover(self) -> None:
+        """Resolve pending requests from their stored results (``celery-task-meta-<id>``).
+
+        A pop from the reply list whose reply was lost (the connection dropped, or Redis
+        restarted with AOF) took those answers off the list for good; the stored copies remain.
+        """
+        task_ids = list(self._pending)
+        for start in range(0, len(task_ids), _DRAIN):
+            chunk = task_ids[start:start + _DRAIN]
+            for data in self._result_redis.mget([task_meta_key(t) for t in chunk]):
+                if isinstance(data, bytes):
+                    self._resolve(data)
+        self._recover_due = False
 
     def _expire_deadlines(self) -> float:
         """Fail requests past their deadline; returns how long the listener may block."""

@@ -39,6 +39,7 @@ log = logging.getLogger("wkr_celery.serving")
 
 _POLL_SECONDS = 1.0  # idle wait; also how soon messages from plain Celery producers are seen
 _BACKOFF_CAP = 2.0
+_RECONCILE_SECONDS = 2.0  # how often a worker looks for messages it holds without knowing
 
 BatchListener = Callable[[Sequence[Request], Sequence[Outcome], float], None]
 
@@ -121,6 +122,9 @@ class ServingLoop:
             if running_file else None
         )
         self._threads: list[threading.Thread] = []
+        self._info: dict[str, Any] = {}
+        self._held: set[int] = set()  # inflight ids fetched and not yet acked
+        self._held_lock = threading.Lock()
         self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{settings.name}-")
 
     # Lifecycle ----------------------------------------------------------------------------
@@ -129,7 +133,8 @@ class ServingLoop:
         # Hand the GIL over within 0.5 ms instead of 5: when predict returns, the predictor
         # thread must not wait behind the fetcher decoding the next batch.
         sys.setswitchinterval(0.0005)
-        predictor = threading.Thread(target=self._predict_loop, name="wkr-predict", daemon=True)
+        predictor = threading.Thread(target=_exit_on_error(self._predict_loop),
+                                     name="wkr-predict", daemon=True)
         self._threads.append(predictor)
         predictor.start()
 
@@ -139,7 +144,7 @@ class ServingLoop:
             (self._write_loop, "wkr-write"),
             (self._heartbeat_loop, "wkr-heartbeat"),
         ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread = threading.Thread(target=_exit_on_error(target), name=name, daemon=True)
             self._threads.append(thread)
             thread.start()
 
@@ -196,7 +201,7 @@ class ServingLoop:
             self.failed = exc
             self.ready.set()
             return
-        info = service_info(self.settings, self.worker)
+        info = self._info = service_info(self.settings, self.worker)
         self._retry(lambda: self.broker.write_info(info), "write service info",
                     time.monotonic() + 60)
         self._beat()
@@ -233,10 +238,32 @@ class ServingLoop:
 
     # Fetcher ------------------------------------------------------------------------------
 
+    def _reconcile(self) -> None:
+        """Give back messages in our inflight hash that we never received.
+
+        A FETCH whose reply is lost (connection dropped, then retried by redis-py or by us)
+        has still moved its messages into our hash; nobody would requeue them while we live.
+        Runs on the fetcher thread, so no fetch is half-recorded while it looks.
+        """
+        ids = [int(i) for i in self.broker.client.hkeys(self.keys.inflight(self.worker_id))]
+        with self._held_lock:
+            orphans = [i for i in ids if i not in self._held]
+        if orphans:
+            count = self.broker.give_back(self.worker_id, orphans)
+            log.warning("gave back %d request(s) fetched without a reply (connection lost)",
+                        count)
+
     def _fetch_loop(self) -> None:
         backoff = 0.05
         allow_pickle = self.settings.allow_pickle
+        next_reconcile = time.monotonic() + _RECONCILE_SECONDS
         while not self._stopping.is_set():
+            if time.monotonic() >= next_reconcile:
+                try:
+                    self._reconcile()
+                    next_reconcile = time.monotonic() + _RECONCILE_SECONDS
+                except REDIS_ERRORS as exc:
+                    log.warning("broker unreachable (%s) while reconciling", exc)
             if not self.buffer.wait_for_room(_POLL_SECONDS):
                 continue
             room = self.buffer.room()
@@ -247,11 +274,14 @@ class ServingLoop:
                     self.broker.wait_for_work(_POLL_SECONDS)
                     continue
             except REDIS_ERRORS as exc:
+                next_reconcile = 0.0  # the lost reply may have moved messages to us
                 log.warning("broker unreachable (%s); retrying in %.2fs", exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_CAP)
                 continue
             backoff = 0.05
+            with self._held_lock:
+                self._held.update(inflight_id for inflight_id, _, _ in fetched)
             now = time.monotonic()
             requests = []
             for inflight_id, raw, deaths in fetched:
@@ -318,6 +348,8 @@ class ServingLoop:
             self._retry(pipe.execute, "store results", float("inf"))
             self._retry(lambda: self.broker.ack(self.worker_id, ids, suspects), "ack",
                         float("inf"))
+        with self._held_lock:  # after the ack, so _reconcile never sees an id in neither
+            self._held.difference_update(ids)
 
     # Heartbeat ----------------------------------------------------------------------------
 
@@ -341,12 +373,30 @@ class ServingLoop:
             beats += 1
             try:
                 self._beat()
+                if not self.broker.client.exists(self.keys.info):  # Redis restarted empty
+                    self.broker.write_info(self._info)
                 if beats % 2 == 0:
                     for dead, count in self.broker.sweep().items():
                         log.warning("worker %s missed its heartbeat; requeued its %d requests",
                                     dead, count)
             except REDIS_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+
+def _exit_on_error(target: Callable[[], None]) -> Callable[[], None]:
+    """A stage that dies would leave a worker heartbeating but serving nothing: exit instead,
+    so the supervisor requeues what this process held and starts a fresh one."""
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException:
+            log.critical("thread %s failed; exiting so the supervisor requeues this worker's "
+                         "requests and restarts it", threading.current_thread().name,
+                         exc_info=True)
+            os._exit(70)
+
+    return run
 
 
 def _encode_outcome(task_id: str, outcome: Outcome, date: str) -> bytes:

@@ -26,7 +26,7 @@ from typing import Any
 from ..broker import Broker
 from ..celery_app import load_worker_class
 from ..config import Settings
-from ..connections import REDIS_ERRORS, connect, redacted
+from ..connections import REDIS_ERRORS, connect, explain, redacted
 from ..errors import ConfigError, ServiceUnavailable
 from ..keys import ServiceKeys
 from ..logs import LogRouter, configure_stderr
@@ -106,7 +106,7 @@ class WKRServer:
         try:
             self.broker.client.ping()
         except REDIS_ERRORS as exc:
-            raise ServiceUnavailable(f"broker {redacted(s.broker)} is not reachable: {exc}") from exc
+            raise ServiceUnavailable(f"broker {redacted(s.broker)}: {explain(exc)}") from exc
         for slot in self.workers:
             self._spawn(slot)
         self._start_extras()

@@ -1,0 +1,147 @@
+"""Bad input hurts only itself: poison inputs, garbage broker messages, oversized payloads."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import uuid
+from collections.abc import Callable
+from concurrent.futures import wait
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from tests.helpers import Service, wait_until
+from wkr_celery import codec
+from wkr_celery.errors import PayloadTooLarge, PoisonInput, PredictError
+from wkr_celery.keys import task_meta_key
+from wkr_celery.messages import build_request, decode_meta, encode_body
+
+WORKER = "tests.faults.workers.Doubler"
+
+
+@pytest.mark.timeout(60)
+def test_input_that_makes_predict_raise_fails_alone_and_its_batch_is_answered(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service("tests.faults.workers.SlowDoubler", "-batch_size", "8")
+    client = service.client()
+    inputs: list[Any] = list(range(30))
+    inputs[10] = inputs[25] = "raise"
+    futures = [client.encode(x) for x in inputs]
+    wait(futures, timeout=20)
+    for x, future in zip(inputs, futures, strict=True):
+        if x == "raise":
+            error = future.exception()
+            assert isinstance(error, PredictError)
+            assert "predict raised ValueError: this input is poison" in str(error)
+            assert "ValueError" in (error.remote_traceback or "")
+        else:
+            assert future.result() == 2 * x
+    beat = wait_until(lambda: next(
+        (b for b in service.live_workers().values() if b["requests"] >= 30), None),
+        timeout=10, what="a heartbeat counting every request")
+    assert any(int(size) > 1 for size in beat["batch_sizes"]), "no batch held more than one"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("poison", "exit_code"), [("exit", 17), ("sysexit", 70)])
+def test_input_that_kills_its_worker_is_isolated_as_poison_and_the_rest_answered(
+    make_service: Callable[..., Service], poison: str, exit_code: int
+) -> None:
+    service = make_service(WORKER, "-batch_size", "8", "-num_worker", "2",
+                           "-max_attempts", "2", wait=2)
+    client = service.client()
+    inputs: list[Any] = list(range(40))
+    inputs[17] = poison
+    futures = [client.encode(x) for x in inputs]
+    finished, unfinished = wait(futures, timeout=60)
+    assert not unfinished
+    error = futures[17].exception()
+    assert isinstance(error, PoisonInput)
+    assert "times a worker process died (limit 2)" in str(error)
+    assert [f.result() for i, f in enumerate(futures) if i != 17] == [
+        2 * x for i, x in enumerate(inputs) if i != 17]
+    assert service.log().count(f"exited with code {exit_code}") == 2
+    service.wait_workers(2)
+    assert [client.encode(n).result(timeout=20) for n in range(3)] == [0, 2, 4]
+
+
+def _envelope(task_id: str | None, payload: Any = 5) -> dict[str, Any]:
+    message = json.loads(build_request(task_id or "x", encode_body(payload), queue="q",
+                                       priority=3, client_id=None, deadline=None,
+                                       argsrepr="[5]"))
+    if task_id is None:
+        del message["headers"]["id"]
+        del message["properties"]["correlation_id"]
+    return message
+
+
+def _with(task_id: str, change: Callable[[dict[str, Any]], None]) -> bytes:
+    message = _envelope(task_id)
+    change(message)
+    return json.dumps(message).encode()
+
+
+@pytest.mark.timeout(60)
+def test_garbage_in_the_queue_is_refused_and_logged_and_the_worker_keeps_serving(
+    make_service: Callable[..., Service], redis_client: redis.Redis
+) -> None:
+    service = make_service(WORKER)
+    keys = service.broker.keys
+    ids = {what: uuid.uuid4().hex for what in (
+        "content type", "unknown task", "properties", "base64", "pickle", "args", "headers")}
+    with_id = {
+        "content type": _with(ids["content type"],
+                              lambda m: m.update({"content-type": "text/plain"})),
+        "unknown task": _with(ids["unknown task"],
+                              lambda m: m["headers"].update({"task": "evil.task"})),
+        "properties": _with(ids["properties"], lambda m: m.update({"properties": "oops"})),
+        "base64": _with(ids["base64"], lambda m: m.update({"body": "!!not base64!!"})),
+        "pickle": _with(ids["pickle"], lambda m: m.update({
+            "content-type": "application/x-python-serialize", "content-encoding": "binary",
+            "body": __import__("base64").b64encode(pickle.dumps([[5], {}, {}])).decode()})),
+        "args": _with(ids["args"], lambda m: m.update({
+            "body": __import__("base64").b64encode(codec.dumps([[1, 2], {}, {}])).decode()})),
+        "headers": _with(ids["headers"], lambda m: m.update(
+            {"headers": ["not", "a", "mapping"]})),
+    }
+    without_id = [b"\xff\xfe\x00\x9c garbage bytes", b"hello, not json", b"[1, 2, 3]",
+                  b"null", json.dumps(_envelope(None)).encode(), b""]
+    first_workers = set(service.live_workers())
+    redis_client.lpush(keys.queue_for(3), *with_id.values(), *without_id)
+    redis_client.lpush(keys.wake, 1)
+
+    expected = {"content type": "content type 'text/plain' is not accepted",
+                "unknown task": "task 'evil.task' is not served here",
+                "properties": "must be JSON objects", "base64": "not valid base64",
+                "pickle": "pickle payloads are refused", "args": "exactly one input",
+                "headers": "must be JSON objects"}
+    for what, task_id in ids.items():
+        stored = wait_until(partial(redis_client.get, task_meta_key(task_id)), timeout=15,
+                            what=f"the answer to the {what} message;\n" + service.log()[-3000:])
+        meta = decode_meta(stored)
+        assert meta["status"] == "FAILURE", (what, meta)
+        assert meta["result"]["exc_type"] == "DecodeError", (what, meta)
+        assert expected[what] in meta["result"]["exc_message"][0], (what, meta)
+
+    client = service.client()
+    assert [client.encode(n).result(timeout=15) for n in range(5)] == [0, 2, 4, 6, 8]
+    assert set(service.live_workers()) == first_workers, "a worker crashed on garbage"
+    assert service.broker.queue_length() == 0
+    assert service.log().count("refused message") >= len(with_id) + len(without_id)
+
+
+@pytest.mark.timeout(60)
+def test_oversized_input_is_refused_at_the_client_naming_the_limit(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service("workers.linear.Worker", "-protocol", "npy", "-max_payload", "1000")
+    client = service.client()
+    with pytest.raises(PayloadTooLarge, match=r"takes at most 1000 bytes \(-max_payload\)"):
+        client.encode(np.zeros(512, dtype=np.float32))
+    assert client.pending == 0
+    assert service.broker.queue_length() == 0

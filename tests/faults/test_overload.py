@@ -1,0 +1,116 @@
+"""Deadlines, the queue cap and priorities: a busy service says no quickly and serves in order."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from functools import partial
+from typing import Any
+
+import pytest
+import redis
+
+from tests.helpers import Service, wait_until
+from wkr_celery.errors import DeadlineExceeded, ServiceOverloaded
+from wkr_celery.keys import task_meta_key
+from wkr_celery.messages import decode_meta
+
+
+@pytest.mark.timeout(60)
+def test_request_past_its_deadline_is_dropped_by_the_worker_and_the_caller_told(
+    make_service: Callable[..., Service], redis_client: redis.Redis
+) -> None:
+    service = make_service("tests.faults.workers.VerySlowDoubler", "-batch_size", "1")
+    client = service.client()
+    busy = client.encode(1)  # half a second in predict
+    late = client.encode(2, timeout=0.1)
+    with pytest.raises(DeadlineExceeded):
+        late.result(timeout=10)
+    assert busy.result(timeout=10) == 2
+    # The worker, too, refused it without predicting: its stored result says so.
+    task_id: str = late.task_id  # type: ignore[attr-defined]
+    stored = wait_until(lambda: redis_client.get(task_meta_key(task_id)), timeout=10,
+                        what="the worker's answer to the late request")
+    meta = decode_meta(stored)
+    assert meta["status"] == "FAILURE"
+    assert meta["result"]["exc_type"] == "DeadlineExceeded"
+    assert "before predict" in meta["result"]["exc_message"][0]
+    assert client.encode(3, timeout=10).result(timeout=10) == 6
+
+
+def _overloaded(futures: list[Future[Any]], at_least: int = 0) -> int:
+    """How many were refused with ServiceOverloaded, once at least ``at_least`` were (else 0)."""
+    count = sum(f.done() and isinstance(f.exception(), ServiceOverloaded) for f in futures)
+    return count if count >= at_least else 0
+
+
+@pytest.mark.timeout(60)
+def test_queue_at_its_cap_refuses_fast_with_service_overloaded_and_memory_stays_flat(
+    make_service: Callable[..., Service], redis_client: redis.Redis
+) -> None:
+    cap = 20
+    service = make_service("tests.faults.workers.VerySlowDoubler", "-batch_size", "4",
+                           "-max_queue", str(cap))
+    client = service.client()
+    broker = service.broker
+    memory: list[int] = []
+    queue_lengths: list[int] = []
+    everything: list[Future[Any]] = []
+    for _ in range(5):
+        futures = [client.encode(n) for n in range(2000)]
+        everything += futures
+        wait_until(partial(_overloaded, futures, 2000 - 3 * cap),
+                   timeout=20, what="the requests over the cap to be refused")
+        # Refused while the accepted ones still wait: nobody queued behind the cap.
+        assert broker.queue_length() > 0
+        queue_lengths.append(broker.queue_length())
+        memory.append(int(redis_client.info("memory")["used_memory"]))
+    overloaded = [f.exception() for f in everything
+                  if f.done() and isinstance(f.exception(), ServiceOverloaded)]
+    assert "-max_queue" in str(overloaded[0])
+    assert max(queue_lengths) <= cap
+    # 8000 more refused requests of ~700 bytes each left no trace in Redis.
+    assert memory[-1] - memory[0] < 1_000_000, memory
+    accepted = [f for f in everything if not (f.done() and f.exception() is not None)]
+    done, not_done = wait(accepted, timeout=40)
+    assert not not_done
+    assert all(f.exception() is None for f in accepted)
+    wait_until(lambda: client.pending == 0, timeout=5, what="no request left pending")
+
+
+@pytest.mark.timeout(60)
+def test_high_priority_requests_wait_less_than_low_priority_ones_under_load(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service("tests.faults.workers.SlowDoubler", "-batch_size", "4")
+    client = service.client()
+    order: list[str] = []
+    waits: dict[str, list[float]] = {"high": [], "low": []}
+    lock = threading.Lock()
+
+    def track(level: str, sent: float) -> Callable[[Future[Any]], None]:
+        def done(future: Future[Any]) -> None:
+            with lock:
+                order.append(level)
+                waits[level].append(time.monotonic() - sent)
+        return done
+
+    futures = []
+    for n in range(400):
+        level = "high" if n % 2 else "low"
+        future = client.encode(n, priority=level)
+        future.add_done_callback(track(level, time.monotonic()))
+        futures.append(future)
+    finished, unfinished = wait(futures, timeout=40)
+    assert not unfinished
+    assert [f.result() for f in futures] == [2 * n for n in range(400)]
+    rank = {level: statistics.mean(i for i, lv in enumerate(order) if lv == level)
+            for level in ("high", "low")}
+    assert rank["high"] < rank["low"], rank
+    assert statistics.median(waits["high"]) < statistics.median(waits["low"]), {
+        level: statistics.median(w) for level, w in waits.items()}
+    # Most high-priority requests are answered before the first half of the low ones.
+    assert order[:200].count("high") > 150, order[:200].count("high")

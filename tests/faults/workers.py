@@ -1,0 +1,50 @@
+"""Workers that misbehave on request, for the fault suite (``tests.faults.workers.<Class>``).
+
+Inputs are small ``obj`` payloads: an int ``n`` is answered with ``n * 2``; the strings
+``"raise"`` and ``"exit"`` make ``predict`` raise or kill its own process, and ``"sysexit"``
+raises ``SystemExit`` (which kills the predict thread, not the process).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from wkr_celery.server import WKRHardWorker
+
+
+class Doubler(WKRHardWorker):
+    """Doubles ints; raises on ``"raise"``; dies on ``"exit"`` and ``"sysexit"``."""
+
+    #: Seconds each ``predict`` call takes, so a queue builds up under load.
+    batch_seconds = 0.0
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return None
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        if self.batch_seconds:
+            time.sleep(self.batch_seconds)
+        out = []
+        for x in input:
+            if x == "raise":
+                raise ValueError("this input is poison: predict raises on it")
+            if x == "exit":
+                os._exit(17)
+            if x == "sysexit":
+                raise SystemExit(3)  # not an Exception: escapes the runner's bisection
+            out.append(x * 2)
+        return out
+
+
+class SlowDoubler(Doubler):
+    """Ten milliseconds a batch: requests queue up behind each other."""
+
+    batch_seconds = 0.01
+
+
+class VerySlowDoubler(Doubler):
+    """Half a second a batch: a request queued behind one batch misses a short deadline."""
+
+    batch_seconds = 0.5
