@@ -156,7 +156,10 @@ def test_a_unit_whose_do_work_raises_is_logged_and_restarted_and_the_others_go_o
     assert "ValueError: boom on job bad" in proc.err()
     assert "Traceback" in proc.err()
     assert [e["unit"] for e in sink.events("off")] == [failed_unit], "off_model ran once"
-    status = wait_until(proc.running_units(2), 30, what="both units running again")
+    # The cached status may predate the failure: wait for one that has seen the restart.
+    status = wait_until(lambda: (lambda s: s if s and any(
+        u["id"] == failed_unit and u["restarts"] for u in s["units"]) else None)(
+            proc.running_units(2)()), 30, what="both units running, the failed one restarted")
     after = {u["id"]: u for u in status["units"]}
     assert after[failed_unit]["restarts"] == 1
     assert "boom on job bad" in after[failed_unit]["last_error"]

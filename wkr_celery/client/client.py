@@ -29,7 +29,6 @@ from ..connections import REDIS_ERRORS, connect, explain, redacted
 from ..errors import (
     DeadlineExceeded,
     InputError,
-    PayloadTooLarge,
     RequestLost,
     ServiceOverloaded,
     ServiceUnavailable,
@@ -37,6 +36,7 @@ from ..errors import (
     WKRError,
     remote_error,
 )
+from ..inputs import InputSpec, argsrepr
 from ..keys import (
     PRIORITY_STEPS,
     SERVICES,
@@ -45,7 +45,7 @@ from ..keys import (
     reply_key,
     task_meta_key,
 )
-from ..messages import build_request, deadline_after, encode_body
+from ..messages import build_request, deadline_after
 from ..version import __version__
 from .restarts import RestartWatch
 
@@ -90,21 +90,23 @@ class WKRClient:
         self._reply_key = reply_key(self.client_id)
         self._broker_redis = connect(self.broker_url)
         self._result_redis = connect(self.result_url, blocking_timeout=_LISTEN_SECONDS)
-        self.name = self._resolve_name(name, ignore_all_checks, connect_timeout)
-        self.keys = ServiceKeys(self.name)
-        self._broker = Broker(self._broker_redis, self.keys)
-        self.server_config = self._read_info(ignore_all_checks)
-        if not ignore_all_checks:
-            self._check(check_version, connect_timeout)
+        try:
+            self.name = self._resolve_name(name, ignore_all_checks, connect_timeout)
+            self.keys = ServiceKeys(self.name)
+            self._broker = Broker(self._broker_redis, self.keys)
+            self.server_config = self._read_info(ignore_all_checks)
+            if not ignore_all_checks:
+                self._check(check_version, connect_timeout)
+        except BaseException:  # no half-made client keeps its connections open
+            self._broker_redis.close()
+            self._result_redis.close()
+            raise
         if show_server_config:
             log.info("service %r: %s", self.name, self.server_config)
         cfg = self.server_config
-        self.protocol = cfg.get("protocol", "obj")
-        self.max_payload = int(cfg.get("max_payload") or 5 * 1024 * 1024)
+        self.spec = InputSpec.from_info(cfg)
         self.max_queue = int(cfg.get("max_queue") or 0)
         self.batch_size = int(cfg.get("batch_size") or 32)
-        self.input_shape = _parse_shape(cfg.get("input_shape", ""))
-        self.input_dtype = np.dtype(cfg["input_dtype"]) if cfg.get("input_dtype") else None
         self._connect_timeout = connect_timeout
         self._watches = self._watch_restarts()
         self._watch_due = 0.0
@@ -260,34 +262,16 @@ class WKRClient:
         key = (x.shape, x.dtype.num) if isinstance(x, np.ndarray) else (type(x),)
         text = self._argsreprs.get(key)
         if text is None:
-            text = _argsrepr(x)
+            text = argsrepr(x)
             if len(self._argsreprs) < 1024:
                 self._argsreprs[key] = text
         return text
 
     def _encode_input(self, x: Any) -> bytes:
-        if self.protocol == "npy":
-            if not isinstance(x, np.ndarray):
-                raise InputError(
-                    f"input is {type(x).__name__}; service {self.name!r} (protocol npy) takes "
-                    "numpy arrays")
-            shape = self.input_shape
-            if shape is not None and (len(shape) != x.ndim or any(
-                    w is not None and w != g for w, g in zip(shape, x.shape))):
-                raise InputError(
-                    f"input has shape {x.shape}; service {self.name!r} takes {_show(shape)}")
-            if self.input_dtype is not None and x.dtype != self.input_dtype:
-                raise InputError(
-                    f"input has dtype {x.dtype}; service {self.name!r} takes {self.input_dtype}")
         try:
-            body = encode_body(x)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InputError(f"input of type {type(x).__name__} cannot be encoded: {exc}") from exc
-        if len(body) > self.max_payload:
-            raise PayloadTooLarge(
-                f"encoded input is {len(body)} bytes; service {self.name!r} takes at most "
-                f"{self.max_payload} bytes (-max_payload)")
-        return body
+            return self.spec.encode(x)
+        except InputError as exc:  # say which service, for callers talking to several
+            raise type(exc)(f"service {self.name!r}: {exc}") from None
 
     def _publish_loop(self) -> None:
         while True:
@@ -449,6 +433,22 @@ class WKRClient:
     # Status and shutdown ------------------------------------------------------------------
 
     @property
+    def protocol(self) -> str:
+        return self.spec.protocol
+
+    @property
+    def max_payload(self) -> int:
+        return self.spec.max_payload
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        return self.spec.shape
+
+    @property
+    def input_dtype(self) -> np.dtype[Any] | None:
+        return self.spec.dtype
+
+    @property
     def pending(self) -> int:
         """Requests sent and not yet answered."""
         return len(self._pending)
@@ -498,21 +498,4 @@ def _settle(future: Future[Any], *, result: Any = None, error: BaseException | N
             future.set_exception(error)
     except InvalidStateError:
         pass  # the caller cancelled it
-
-
-def _argsrepr(x: Any) -> str:
-    if isinstance(x, np.ndarray):
-        return f"[<ndarray {x.shape} {x.dtype}>]"
-    return f"[<{type(x).__name__}>]"
-
-
-def _parse_shape(text: str) -> tuple[int | None, ...] | None:
-    if not text:
-        return None
-    return tuple(None if part == "*" else int(part) for part in text.split(","))
-
-
-def _show(shape: tuple[int | None, ...]) -> str:
-    text = ", ".join("*" if d is None else str(d) for d in shape)
-    return f"({text},)" if len(shape) == 1 else f"({text})"
 

@@ -29,9 +29,10 @@ from ..client import WKRClient
 from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect, redacted
-from ..errors import InputError, PayloadTooLarge, ServiceOverloaded, ServiceUnavailable
+from ..errors import InputError, ServiceOverloaded, ServiceUnavailable
+from ..inputs import InputSpec, argsrepr
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step, task_meta_key
-from ..messages import build_request, deadline_after, decode_meta, encode_body, encode_meta, now_iso
+from ..messages import build_request, deadline_after, decode_meta, encode_meta, now_iso
 from .problems import ApiError
 
 __all__ = ["Gateway", "TaskRegistry"]
@@ -176,7 +177,7 @@ class Gateway:
         task_id = uuid.uuid4().hex
         deadline = deadline_after(timeout)
         message = build_request(task_id, body, queue=self.keys.queue, priority=step,
-                                client_id=None, deadline=deadline, argsrepr=_argsrepr(data))
+                                client_id=None, deadline=deadline, argsrepr=argsrepr(data))
         index = PRIORITY_STEPS.index(step)
         cap = int(self.info().get("max_queue") or self.settings.max_queue)
         try:
@@ -190,26 +191,8 @@ class Gateway:
         return task_id
 
     def _checked_body(self, x: Any) -> bytes:
-        info = self.info()
-        if info.get("protocol") == "npy":
-            shape = tuple(None if p == "*" else int(p)
-                          for p in info.get("input_shape", "").split(",") if p)
-            if shape and (x.ndim != len(shape) or any(
-                    w is not None and w != g for w, g in zip(shape, x.shape, strict=True))):
-                raise InputError(f"input has shape {x.shape}; this service takes "
-                                 f"({', '.join('*' if w is None else str(w) for w in shape)},)")
-            dtype = info.get("input_dtype")
-            if dtype and x.dtype != np.dtype(dtype):
-                raise InputError(f"input has dtype {x.dtype}; this service takes {dtype}")
-        try:
-            body = encode_body(x)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InputError(f"input cannot be encoded: {exc}") from None
-        limit = int(info.get("max_payload") or self.settings.max_payload)
-        if len(body) > limit:
-            raise PayloadTooLarge(f"encoded input is {len(body)} bytes; this service takes at "
-                                  f"most {limit} bytes (-max_payload)")
-        return body
+        """The same checks as the client's (one :class:`InputSpec`), for tasks sent directly."""
+        return InputSpec.from_info(self.info(), self.settings.max_payload).encode(x)
 
     def task(self, task_id: str) -> dict[str, Any] | None:
         """The stored Celery result of ``task_id``, or ``None`` while there is none."""
@@ -263,8 +246,3 @@ class Gateway:
         if self.results is not self.redis:
             self.results.close()
 
-
-def _argsrepr(x: Any) -> str:
-    if isinstance(x, np.ndarray):
-        return f"[<ndarray {x.shape} {x.dtype}>]"
-    return f"[<{type(x).__name__}>]"

@@ -24,6 +24,7 @@ from ..errors import (
     PredictError,
     RequestFailed,
 )
+from ..inputs import InputSpec
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
 
@@ -38,6 +39,8 @@ class ModelRunner:
         self.settings = settings
         self.device_id = device_id
         self.model: Any = None
+        self.spec = InputSpec.of_worker(settings.protocol, worker.input_shape, worker.input_dtype,
+                                        settings.max_payload)
         self.predict_calls = 0
 
     def load(self, tmp_dir: str) -> None:
@@ -74,25 +77,8 @@ class ModelRunner:
         if request.deadline is not None and request.deadline <= now:
             late = (now - request.deadline) * 1000
             return DeadlineExceeded(f"deadline passed {late:.0f} ms before predict; dropped")
-        if self.settings.protocol == "npy":
-            return self._check_array(request.payload)
-        return None
-
-    def _check_array(self, payload: Any) -> RequestFailed | None:
-        if not isinstance(payload, np.ndarray):
-            return InvalidInput(
-                f"input is {type(payload).__name__}; this service (protocol npy) takes ndarrays"
-            )
-        shape = self.worker.input_shape
-        if shape is not None and (
-            len(shape) != payload.ndim
-            or any(want is not None and want != got for want, got in zip(shape, payload.shape))
-        ):
-            return InvalidInput(f"input has shape {payload.shape}; this service takes {shape}")
-        dtype = self.worker.input_dtype
-        if dtype is not None and payload.dtype != np.dtype(dtype):
-            return InvalidInput(f"input has dtype {payload.dtype}; this service takes {dtype}")
-        return None
+        problem = self.spec.problem(request.payload)
+        return None if problem is None else InvalidInput(problem)
 
     def _group_key(self, payload: Any) -> Any:
         if self.settings.protocol == "npy":

@@ -25,6 +25,7 @@ from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect
 from ..errors import PredictError
+from ..inputs import InputSpec
 from ..keys import ServiceKeys, reply_key, task_meta_key
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
 from ..version import __version__
@@ -45,20 +46,18 @@ BatchListener = Callable[[Sequence[Request], Sequence[Outcome], float], None]
 
 
 def service_info(settings: Settings, worker: WKRHardWorker | type[WKRHardWorker]) -> dict[str, Any]:
-    """What clients read before sending: versions, protocol and limits."""
-    shape = worker.input_shape
+    """What clients read before sending: versions, limits, and the input contract."""
+    spec = InputSpec.of_worker(settings.protocol, worker.input_shape, worker.input_dtype,
+                               settings.max_payload)
     return {
         "version": __version__,
-        "protocol": settings.protocol,
         "batch_size": settings.batch_size,
         "max_queue": settings.max_queue,
-        "max_payload": settings.max_payload,
         "visibility_timeout": settings.visibility_timeout,
         "result_expires": settings.result_expires,
         "num_worker": settings.num_worker,
         "worker_class": settings.worker_class,
-        "input_shape": "" if shape is None else ",".join("*" if d is None else str(d) for d in shape),
-        "input_dtype": worker.input_dtype or "",
+        **spec.info(),
     }
 
 

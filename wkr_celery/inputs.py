@@ -1,0 +1,100 @@
+"""What a service takes, and the checks every door applies before an input travels.
+
+Workers advertise their protocol, input shape, dtype and payload limit in the service info; the
+client, the REST gateway and the worker itself check inputs against the same :class:`InputSpec`,
+so an input is refused with the same words wherever it enters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, PayloadTooLarge
+from .messages import encode_body
+
+__all__ = ["InputSpec", "DEFAULT_MAX_PAYLOAD", "argsrepr"]
+
+DEFAULT_MAX_PAYLOAD = 5 * 1024 * 1024
+
+Shape = tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A service's input contract; ``shape`` and ``dtype`` only bind under protocol ``npy``."""
+
+    protocol: str = "obj"
+    shape: Shape | None = None
+    dtype: np.dtype[Any] | None = None
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, str], max_payload: int = DEFAULT_MAX_PAYLOAD
+                  ) -> InputSpec:
+        """Read the spec from the service info hash (``wkr:<name>:info``)."""
+        shape_text = info.get("input_shape", "")
+        return cls(
+            protocol=info.get("protocol", "obj"),
+            shape=tuple(None if p == "*" else int(p) for p in shape_text.split(",")) if shape_text
+            else None,
+            dtype=np.dtype(info["input_dtype"]) if info.get("input_dtype") else None,
+            max_payload=int(info.get("max_payload") or max_payload),
+        )
+
+    @classmethod
+    def of_worker(cls, protocol: str, shape: Shape | None, dtype: str | None,
+                  max_payload: int = DEFAULT_MAX_PAYLOAD) -> InputSpec:
+        return cls(protocol, tuple(shape) if shape is not None else None,
+                   np.dtype(dtype) if dtype else None, max_payload)
+
+    def info(self) -> dict[str, str]:
+        """The fields :meth:`from_info` reads back."""
+        shape = "" if self.shape is None else ",".join(
+            "*" if d is None else str(d) for d in self.shape)
+        return {"protocol": self.protocol, "input_shape": shape,
+                "input_dtype": "" if self.dtype is None else self.dtype.name,
+                "max_payload": str(self.max_payload)}
+
+    def problem(self, x: Any) -> str | None:
+        """Why ``x`` is not what the service takes, or ``None`` when it is."""
+        if self.protocol != "npy":
+            return None
+        if not isinstance(x, np.ndarray):
+            return f"input is {type(x).__name__}; this service (protocol npy) takes numpy arrays"
+        if self.shape is not None and (len(self.shape) != x.ndim or any(
+                want is not None and want != got for want, got in zip(self.shape, x.shape))):
+            return f"input has shape {x.shape}; this service takes {self.show_shape()}"
+        if self.dtype is not None and x.dtype != self.dtype:
+            return f"input has dtype {x.dtype}; this service takes {self.dtype}"
+        return None
+
+    def show_shape(self) -> str:
+        assert self.shape is not None
+        text = ", ".join("*" if d is None else str(d) for d in self.shape)
+        return f"({text},)" if len(self.shape) == 1 else f"({text})"
+
+    def encode(self, x: Any) -> bytes:
+        """The request body for ``x``; raises ``InputError`` / ``PayloadTooLarge`` naming why."""
+        problem = self.problem(x)
+        if problem is not None:
+            raise InputError(problem)
+        try:
+            body = encode_body(x)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"input of type {type(x).__name__} cannot be encoded: {exc}") from None
+        if len(body) > self.max_payload:
+            raise PayloadTooLarge(
+                f"encoded input is {len(body)} bytes; this service takes at most "
+                f"{self.max_payload} bytes (-max_payload)")
+        return body
+
+
+def argsrepr(x: Any) -> str:
+    """What Flower and ``inspect`` show for an input: its kind and shape, never its data."""
+    if isinstance(x, np.ndarray):
+        return f"[<ndarray {x.shape} {x.dtype}>]"
+    return f"[<{type(x).__name__}>]"
