@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import codec
-from .errors import DecodeError, InputError
+from .errors import DecodeError, InputError, RequestFailed, remote_error
 
 __all__ = [
     "TASK_NAME",
@@ -37,6 +37,8 @@ __all__ = [
     "parse_request",
     "success_meta",
     "failure_meta",
+    "error_of",
+    "failure_parts",
     "encode_meta",
     "decode_meta",
 ]
@@ -220,6 +222,22 @@ def failure_meta(task_id: str, error: Exception, traceback: str | None,
            "exc_module": type(error).__module__}
     return {"status": "FAILURE", "result": exc, "traceback": traceback, "children": [],
             "date_done": date_done, "task_id": task_id}
+
+
+def failure_parts(meta: dict[str, Any], default_type: str) -> tuple[str, str]:
+    """The stored exception's type name and message, from Celery's serialised form."""
+    exc = meta.get("result") or {}
+    message = exc.get("exc_message") if isinstance(exc, dict) else exc
+    if isinstance(message, (list, tuple)):
+        message = " ".join(str(m) for m in message)
+    exc_type = exc.get("exc_type", default_type) if isinstance(exc, dict) else default_type
+    return str(exc_type), str(message)
+
+
+def error_of(meta: dict[str, Any]) -> RequestFailed:
+    """The error a stored FAILURE (or other non-success) result stands for."""
+    exc_type, message = failure_parts(meta, str(meta.get("status")))
+    return remote_error(exc_type, message, meta.get("traceback"))
 
 
 def now_iso() -> str:

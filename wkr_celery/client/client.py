@@ -23,30 +23,27 @@ from typing import Any
 
 import numpy as np
 
-from ..broker import Broker, as_str
+from ..broker import Broker
 from ..codec import loads
-from ..connections import REDIS_ERRORS, connect, explain, redacted
+from ..connections import REDIS_ERRORS, connect, redacted
 from ..errors import (
     DeadlineExceeded,
     InputError,
     RequestLost,
     ServiceOverloaded,
     ServiceUnavailable,
-    VersionMismatch,
     WKRError,
-    remote_error,
 )
 from ..inputs import InputSpec, argsrepr
 from ..keys import (
     PRIORITY_STEPS,
-    SERVICES,
     ServiceKeys,
     priority_step,
     reply_key,
     task_meta_key,
 )
-from ..messages import build_request, deadline_after
-from ..version import __version__
+from ..messages import build_request, deadline_after, error_of
+from .discovery import find_service, read_info, wait_until_serving
 from .restarts import RestartWatch
 
 __all__ = ["WKRClient"]
@@ -91,12 +88,17 @@ class WKRClient:
         self._broker_redis = connect(self.broker_url)
         self._result_redis = connect(self.result_url, blocking_timeout=_LISTEN_SECONDS)
         try:
-            self.name = self._resolve_name(name, ignore_all_checks, connect_timeout)
+            if name or ignore_all_checks:
+                self.name = name or "default"
+            else:
+                self.name = find_service(self._broker_redis, self.broker_url, connect_timeout)
             self.keys = ServiceKeys(self.name)
             self._broker = Broker(self._broker_redis, self.keys)
-            self.server_config = self._read_info(ignore_all_checks)
+            self.server_config = read_info(self._broker, self.broker_url, ignore_all_checks)
             if not ignore_all_checks:
-                self._check(check_version, connect_timeout)
+                self.server_config = wait_until_serving(
+                    self._broker, self._result_redis, self.broker_url, connect_timeout,
+                    check_version)
         except BaseException:  # no half-made client keeps its connections open
             self._broker_redis.close()
             self._result_redis.close()
@@ -125,65 +127,6 @@ class WKRClient:
                                           name="wkr-client-listen")
         self._publisher.start()
         self._listener.start()
-
-    # Connection checks --------------------------------------------------------------------
-
-    def _resolve_name(self, name: str | None, ignore: bool, timeout: float) -> str:
-        if name is not None or ignore:
-            return name or "default"
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                names = sorted(as_str(n) for n in self._broker_redis.smembers(SERVICES))
-            except REDIS_ERRORS as exc:
-                if time.monotonic() >= deadline:
-                    raise ServiceUnavailable(f"broker {redacted(self.broker_url)} is not "
-                                             f"reachable after {timeout:.0f}s: {exc}") from exc
-                time.sleep(0.1)
-                continue
-            if len(names) == 1:
-                return names[0]
-            if len(names) > 1:
-                raise ServiceUnavailable(
-                    f"broker {redacted(self.broker_url)} serves {names}; pass name=... to choose")
-            if time.monotonic() >= deadline:
-                raise ServiceUnavailable(
-                    f"no wkr-celery service on {redacted(self.broker_url)} after {timeout:.0f}s; "
-                    "start one with wkr-serving-start")
-            time.sleep(0.05)
-
-    def _read_info(self, ignore: bool) -> dict[str, str]:
-        try:
-            return self._broker.info()
-        except REDIS_ERRORS as exc:
-            if ignore:
-                return {}
-            raise ServiceUnavailable(
-                f"broker {redacted(self.broker_url)}: {explain(exc)}") from exc
-
-    def _check(self, check_version: bool, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                live = self._broker.live_workers()
-                info = self._broker.info()
-                self._result_redis.ping()
-            except REDIS_ERRORS as exc:
-                raise ServiceUnavailable(f"Redis not reachable: {exc}") from exc
-            if live and info:  # info is rewritten by the workers after Redis restarts empty
-                break
-            if time.monotonic() >= deadline:
-                raise ServiceUnavailable(
-                    f"no worker of service {self.name!r} is alive on "
-                    f"{redacted(self.broker_url)} after {timeout:.0f}s; start one with "
-                    f"`wkr-serving-start module.Worker -name {self.name}`")
-            time.sleep(0.05)
-        self.server_config = self._broker.info()
-        theirs = self.server_config.get("version", "")
-        if check_version and theirs.split(".")[:2] != __version__.split(".")[:2]:
-            raise VersionMismatch(
-                f"service {self.name!r} runs wkr-celery {theirs or '(unknown)'}, this client "
-                f"{__version__}; upgrade one, or pass check_version=False")
 
     def _watch_restarts(self) -> list[tuple[str, RestartWatch]]:
         urls = {self.broker_url: self._broker_redis, self.result_url: self._result_redis}
@@ -363,18 +306,10 @@ class WKRClient:
         future = self._pending.pop(task_id, None)
         if future is None:
             return  # answered already (duplicate delivery) or given up on
-        status = meta.get("status")
-        if status == "SUCCESS":
+        if meta.get("status") == "SUCCESS":
             _settle(future, result=meta.get("result"))
-            return
-        exc = meta.get("result") or {}
-        message = exc.get("exc_message") if isinstance(exc, dict) else exc
-        if isinstance(message, (list, tuple)):
-            message = " ".join(str(m) for m in message)
-        error = remote_error(
-            exc.get("exc_type", status) if isinstance(exc, dict) else str(status),
-            str(message), meta.get("traceback"))
-        _settle(future, error=error)
+        else:
+            _settle(future, error=error_of(meta))
 
     def _check_restarts(self) -> None:
         """Once a second: fail requests a Redis restarted without persistence has lost."""

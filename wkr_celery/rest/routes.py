@@ -12,10 +12,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from ..errors import DeadlineExceeded, WKRError, remote_error
+from ..messages import failure_parts
 from .auth import require_key
 from .encoding import is_msgpack, parse_body, read_body, render, wants_msgpack
 from .gateway import Gateway
-from .problems import ApiError
+from .problems import ApiError, status_for
 from .schemas import (
     EncodeItem,
     EncodeResult,
@@ -148,15 +149,9 @@ async def task_state(request: Request, task_id: str) -> Response:
     if meta.get("status") == "SUCCESS":
         state["result"] = meta.get("result")
     else:
-        exc = meta.get("result") or {}
-        message = exc.get("exc_message") if isinstance(exc, dict) else exc
-        if isinstance(message, (list, tuple)):
-            message = " ".join(str(m) for m in message)
-        kind = exc.get("exc_type", "RequestFailed") if isinstance(exc, dict) else "RequestFailed"
-        from .problems import status_for
-
-        state["error"] = {"type": kind, "message": str(message),
-                          "status": status_for(remote_error(kind, str(message)))}
+        kind, message = failure_parts(meta, "RequestFailed")
+        state["error"] = {"type": kind, "message": message,
+                          "status": status_for(remote_error(kind, message))}
     return render(state, msgpack=msgpack)
 
 

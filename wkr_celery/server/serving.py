@@ -25,7 +25,6 @@ from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect
 from ..errors import PredictError
-from ..inputs import InputSpec
 from ..keys import ServiceKeys, reply_key, task_meta_key
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
 from ..version import __version__
@@ -33,8 +32,9 @@ from .buffer import RequestBuffer
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
 from .runner import ModelRunner
+from .status import ServingStats, service_info
 
-__all__ = ["ServingLoop", "service_info"]
+__all__ = ["ServingLoop"]
 
 log = logging.getLogger("wkr_celery.serving")
 
@@ -43,46 +43,6 @@ _BACKOFF_CAP = 2.0
 _RECONCILE_SECONDS = 2.0  # how often a worker looks for messages it holds without knowing
 
 BatchListener = Callable[[Sequence[Request], Sequence[Outcome], float], None]
-
-
-def service_info(settings: Settings, worker: WKRHardWorker | type[WKRHardWorker]) -> dict[str, Any]:
-    """What clients read before sending: versions, limits, and the input contract."""
-    spec = InputSpec.of_worker(settings.protocol, worker.input_shape, worker.input_dtype,
-                               settings.max_payload)
-    return {
-        "version": __version__,
-        "batch_size": settings.batch_size,
-        "max_queue": settings.max_queue,
-        "visibility_timeout": settings.visibility_timeout,
-        "result_expires": settings.result_expires,
-        "num_worker": settings.num_worker,
-        "worker_class": settings.worker_class,
-        **spec.info(),
-    }
-
-
-class ServingStats:
-    """Counters shipped with every heartbeat."""
-
-    def __init__(self) -> None:
-        self.started = time.time()
-        self.requests = 0
-        self.failed = 0
-        self.batches = 0
-        self.predict_seconds = 0.0
-        self.batch_sizes: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def add_batch(self, size: int, failed: int, predict_seconds: float) -> None:
-        with self._lock:
-            self._add(size, failed, predict_seconds)
-
-    def _add(self, size: int, failed: int, predict_seconds: float) -> None:
-        self.requests += size
-        self.failed += failed
-        self.batches += 1
-        self.predict_seconds += predict_seconds
-        self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
 
 
 class ServingLoop:
