@@ -59,6 +59,15 @@ def test_one_url_serves_as_both_broker_and_backend() -> None:
     assert s.backend == s.broker == "redis://:secret@127.0.0.1:7000/1"
 
 
+def test_a_tls_url_verifies_certificates_unless_it_says_otherwise() -> None:
+    s = Settings(broker_url="rediss://:pw@127.0.0.1:7000/0?ssl_ca_certs=/ca.pem")
+    assert s.broker == s.backend == ("rediss://:pw@127.0.0.1:7000/0"
+                                     "?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required")
+    chosen = "rediss://127.0.0.1:7000/0?ssl_cert_reqs=none"
+    assert Settings(broker_url=chosen).broker == chosen
+    assert Settings(broker_url="redis://127.0.0.1:7000/0").broker == "redis://127.0.0.1:7000/0"
+
+
 @pytest.mark.parametrize("bad", [{"batch_size": 0}, {"port_in": 70000}, {"name": "a b"},
                                  {"visibility_timeout": 1}, {"broker_url": "http://x"},
                                  {"redis_persist": "maybe"}])

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .connections import with_tls_defaults
 from .errors import ConfigError
 
 __all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device_map"]
@@ -131,13 +132,13 @@ class Settings:
     @property
     def broker(self) -> str:
         """The broker URL: the given one, or the embedded Redis on ``port_in``."""
-        return self.broker_url or f"redis://127.0.0.1:{self.port_in}/0"
+        return with_tls_defaults(self.broker_url) or f"redis://127.0.0.1:{self.port_in}/0"
 
     @property
     def backend(self) -> str:
         """The result URL: the given one; else the given broker; else embedded on ``port_out``."""
         if self.result_url or self.broker_url:
-            return self.result_url or self.broker_url
+            return with_tls_defaults(self.result_url or self.broker_url)
         return f"redis://127.0.0.1:{self.port_out}/0"
 
     def device_for(self, index: int) -> int:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import ssl
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-__all__ = ["connect", "redacted", "explain", "REDIS_ERRORS"]
+__all__ = ["connect", "redacted", "explain", "with_tls_defaults", "REDIS_ERRORS"]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
@@ -46,9 +47,33 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def with_tls_defaults(url: str) -> str:
+    """``url`` with ``ssl_cert_reqs=required`` added to a ``rediss://`` URL that names none.
+
+    redis-py already verifies certificates by default, but Celery's result backend refuses a
+    ``rediss://`` URL without the parameter; adding the strict value keeps one behaviour
+    (verify, like https) for the client, the workers, Celery and Flower.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return url
+    if any(key == "ssl_cert_reqs" for key, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        return url
+    query = f"{parts.query}&ssl_cert_reqs=required" if parts.query else "ssl_cert_reqs=required"
+    return urlunsplit(parts._replace(query=query))
+
+
 def explain(exc: BaseException) -> str:
-    """``exc`` in words a user can act on: a refused password says so, not "unreachable"."""
-    if isinstance(exc, redis.AuthenticationError) or "authenticat" in str(exc).lower():
+    """``exc`` in words a user can act on: a refused password or an untrusted certificate says
+    so, not "unreachable"."""
+    text = str(exc)
+    if isinstance(exc, redis.AuthenticationError) or "authenticat" in text.lower():
         return (f"Redis refused the credentials ({exc}); put the password in the URL: "
                 "redis://:PASSWORD@host:port/0")
+    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"the Redis server's TLS certificate is not trusted ({exc}); name the CA that "
+                "signed it in the URL: rediss://host:port/0?ssl_ca_certs=/path/to/ca.pem")
+    if isinstance(exc, ssl.SSLError) or "SSL" in text:
+        return (f"TLS handshake with Redis failed ({exc}); use rediss:// only for a server with "
+                "a TLS port, redis:// for a plaintext one")
     return f"not reachable: {exc}"
