@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from . import scripts
-from .keys import SERVICES, ServiceKeys
+from .keys import SERVICES, ServiceKeys, task_meta_key
 
 __all__ = ["Broker", "Fetched", "as_str"]
 
@@ -35,6 +35,7 @@ class Broker:
         self._requeue = client.register_script(scripts.REQUEUE_DEAD)
         self._sweep = client.register_script(scripts.SWEEP)
         self._publish = client.register_script(scripts.PUBLISH)
+        self._store = client.register_script(scripts.STORE)
 
     # Worker side ---------------------------------------------------------------------------
 
@@ -63,6 +64,30 @@ class Broker:
         if suspects:
             pipe.hdel(self.keys.deaths, *suspects)
         pipe.execute()
+
+    def store_results(
+        self,
+        backend: redis.Redis,
+        results: Sequence[tuple[str, bytes, str | None]],
+        expires: int,
+        *,
+        ack: tuple[str, Sequence[int], Sequence[bytes]] | None = None,
+    ) -> None:
+        """Store ``(task_id, encoded meta, reply list or None)`` results on ``backend`` in one
+        command; with ``ack`` = (worker id, ids, suspects), also forget those messages, which
+        is only right when ``backend`` is this broker's Redis."""
+        targets: dict[str, int] = {}
+        keys: list[Any] = [self.keys.inflight(ack[0]) if ack else "", self.keys.deaths]
+        datas: list[Any] = []
+        where: list[int] = []
+        for task_id, data, reply in results:
+            keys.append(task_meta_key(task_id))
+            datas.append(data)
+            where.append(0 if reply is None else targets.setdefault(reply, len(targets) + 1))
+        keys.extend(targets)
+        ids, suspects = (ack[1], ack[2]) if ack else ((), ())
+        self._store(keys=keys, args=[expires, len(results), len(ids), len(suspects), *datas,
+                                     *where, *ids, *suspects], client=backend)
 
     def give_back(self, worker_id: str, ids: Sequence[int]) -> int:
         """Put unprocessed messages back at the head of their lists (graceful stop)."""

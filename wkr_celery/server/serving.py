@@ -25,7 +25,7 @@ from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect
 from ..errors import PredictError
-from ..keys import ServiceKeys, reply_key, task_meta_key
+from ..keys import ServiceKeys, reply_key
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
 from ..version import __version__
 from .buffer import RequestBuffer
@@ -91,7 +91,7 @@ class ServingLoop:
     def start(self) -> None:
         # Hand the GIL over within 0.5 ms instead of 5: when predict returns, the predictor
         # thread must not wait behind the fetcher decoding the next batch.
-        sys.setswitchinterval(0.0005)
+        sys.setswitchinterval(float(os.environ.get("XSWITCH", "0.0005")))
         predictor = threading.Thread(target=_exit_on_error(self._predict_loop),
                                      name="wkr-predict", daemon=True)
         self._threads.append(predictor)
@@ -275,36 +275,29 @@ class ServingLoop:
                 log.exception("batch listener failed")
 
     def _store(self, batch: Sequence[Request], outcomes: Sequence[Outcome]) -> None:
-        """Results in one pipeline, then the acks: a crash in between answers twice, never 0."""
+        """Results in one command, then the acks: a crash in between answers twice, never 0."""
         date = now_iso()
         expires = max(1, int(self.settings.result_expires))
-        pipe = self.backend.pipeline(transaction=False)
-        replies: dict[str, list[bytes]] = {}
+        results: list[tuple[str, bytes, str | None]] = []
         for request, outcome in zip(batch, outcomes):
             task_id = request.task_id
             if task_id is None:
                 continue
-            data = _encode_outcome(task_id, outcome, date)
             if outcome.error is not None:
                 log.error("request %s failed: %s%s", task_id, outcome.error,
                           f"\n{outcome.traceback}" if outcome.traceback else "")
-            pipe.set(task_meta_key(task_id), data, ex=expires)
-            if request.client_id:
-                replies.setdefault(request.client_id, []).append(data)
-            else:
-                pipe.publish(task_meta_key(task_id), data)
-        for client_id, datas in replies.items():
-            pipe.rpush(reply_key(client_id), *datas)
-            pipe.expire(reply_key(client_id), expires)
+            results.append((task_id, _encode_outcome(task_id, outcome, date),
+                            reply_key(request.client_id) if request.client_id else None))
         ids = [r.id for r in batch]
         suspects = [r.raw for r in batch if r.suspect]
-        if self._same_redis:
-            pipe.hdel(self.keys.inflight(self.worker_id), *ids)
-            if suspects:
-                pipe.hdel(self.keys.deaths, *suspects)
-            self._retry(pipe.execute, "store results", float("inf"))
+        if self._same_redis:  # one round trip: results and acks in the same script
+            self._retry(lambda: self.broker.store_results(
+                self.backend, results, expires, ack=(self.worker_id, ids, suspects)),
+                "store results", float("inf"))
         else:
-            self._retry(pipe.execute, "store results", float("inf"))
+            if results:
+                self._retry(lambda: self.broker.store_results(self.backend, results, expires),
+                            "store results", float("inf"))
             self._retry(lambda: self.broker.ack(self.worker_id, ids, suspects), "ack",
                         float("inf"))
         with self._held_lock:  # after the ack, so _reconcile never sees an id in neither
