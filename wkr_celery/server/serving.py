@@ -91,7 +91,7 @@ class ServingLoop:
     def start(self) -> None:
         # Hand the GIL over within 0.5 ms instead of 5: when predict returns, the predictor
         # thread must not wait behind the fetcher decoding the next batch.
-        sys.setswitchinterval(float(os.environ.get("XSWITCH", "0.0005")))
+        sys.setswitchinterval(0.0005)
         predictor = threading.Thread(target=_exit_on_error(self._predict_loop),
                                      name="wkr-predict", daemon=True)
         self._threads.append(predictor)
