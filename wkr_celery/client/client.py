@@ -281,7 +281,10 @@ class WKRClient:
                 first = client.blpop([key], timeout=wait)
                 if first is None:
                     continue
-                rest = client.lpop(key, _DRAIN) or []
+                # The oldest answer first, before another round trip; the rest only when
+                # more requests are out (one at a time, there is nothing to drain).
+                self._resolve(first[1])
+                rest = (client.lpop(key, _DRAIN) or []) if self._pending else []
             except REDIS_ERRORS as exc:
                 if self._closed:
                     return
@@ -291,7 +294,7 @@ class WKRClient:
                 delay = min(delay * 2, 1.0)
                 continue
             delay = 0.05
-            for data in (first[1], *rest):
+            for data in rest:
                 self._resolve(data)
 
     def _resolve(self, data: bytes) -> None:
