@@ -3,7 +3,7 @@
 Three stages overlap so ``predict`` never waits on Redis: the fetcher keeps up to
 ``prefetch × batch_size`` decoded requests buffered (one scripted round trip moves a whole group
 into this worker's inflight hash), the predictor takes a batch whenever it is free, and the
-writer stores a batch's results (one pipeline) and only then acks its messages. A heartbeat
+writer stores a batch's results (one scripted command) and only then acks its messages. A heartbeat
 thread proves the worker alive; when it stops, any worker's sweep requeues what it held.
 """
 
