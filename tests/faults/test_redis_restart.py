@@ -26,7 +26,7 @@ def _noticed(server: OwnRedis) -> Callable[[list, WKRClient], bool]:
         with redis_py.Redis.from_url(server.url) as inspect:
             run_id = inspect.info("server")["run_id"]
         return all(f.done() for f in before) and any(
-            watch.run_id == run_id for _, watch in client._watches)
+            watch.run_id == run_id for _, watch in client._replies.watches)
 
     return settled
 

@@ -1,15 +1,13 @@
 """``WKRClient``: ``encode(x)`` returns a future; thousands can be in flight from one client.
 
-Two threads do the I/O so callers never wait on Redis: a publisher sends every request queued
-since its last round trip in one scripted call (which also enforces the service's queue cap),
-and a listener pops this client's reply list in bulk and resolves futures by task id. A result
-that arrives twice (a worker paused past the visibility timeout, then resumed) finds no pending
-future the second time and is dropped, so no caller is answered twice.
+Two threads do the I/O so callers never wait on Redis: a publisher (here) sends every request
+queued since its last round trip in one scripted call, which also enforces the service's queue
+cap, and a listener (:mod:`.replies`) pops this client's reply list in bulk and settles futures
+by task id. A lone request is published from the caller's own thread instead.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import math
@@ -18,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -26,33 +24,17 @@ import numpy as np
 from ..broker import Broker
 from ..codec import loads
 from ..connections import REDIS_ERRORS, connect, redacted
-from ..errors import (
-    DeadlineExceeded,
-    InputError,
-    RequestLost,
-    ServiceOverloaded,
-    ServiceUnavailable,
-    WKRError,
-)
+from ..errors import InputError, ServiceOverloaded, ServiceUnavailable, WKRError
 from ..inputs import InputSpec, argsrepr
-from ..keys import (
-    PRIORITY_STEPS,
-    ServiceKeys,
-    priority_step,
-    reply_key,
-    task_meta_key,
-)
-from ..messages import build_request, deadline_after, error_of
+from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step, reply_key
+from ..messages import build_request, deadline_after
 from .discovery import find_service, read_info, wait_until_serving
+from .replies import LISTEN_SECONDS, Replies
 from .restarts import RestartWatch
 
 __all__ = ["WKRClient"]
 
 log = logging.getLogger("wkr_celery.client")
-
-_LISTEN_SECONDS = 1.0
-_DRAIN = 1000
-_CLOSE_TOKEN = b"__wkr_close__"
 
 
 class WKRClient:
@@ -86,7 +68,7 @@ class WKRClient:
         self._argsreprs: dict[tuple[Any, ...], str] = {}
         self._reply_key = reply_key(self.client_id)
         self._broker_redis = connect(self.broker_url)
-        self._result_redis = connect(self.result_url, blocking_timeout=_LISTEN_SECONDS)
+        self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS)
         try:
             if name or ignore_all_checks:
                 self.name = name or "default"
@@ -110,23 +92,15 @@ class WKRClient:
         self.max_queue = int(cfg.get("max_queue") or 0)
         self.batch_size = int(cfg.get("batch_size") or 32)
         self._connect_timeout = connect_timeout
-        self._watches = self._watch_restarts()
-        self._watch_due = 0.0
-        self._recover_due = False
-
-        self._pending: dict[str, Future[Any]] = {}
-        self._deadlines: list[tuple[float, str]] = []
-        self._deadline_lock = threading.Lock()
+        self._replies = Replies(self._result_redis, self._reply_key, self._watch_restarts())
         self._outbox: list[tuple[str, int, str]] = []
         self._outbox_cond = threading.Condition()
         self._publishing = False
         self._closed = False
         self._publisher = threading.Thread(target=self._publish_loop, daemon=True,
                                            name="wkr-client-publish")
-        self._listener = threading.Thread(target=self._listen_loop, daemon=True,
-                                          name="wkr-client-listen")
         self._publisher.start()
-        self._listener.start()
+        self._replies.start()
 
     def _watch_restarts(self) -> list[tuple[str, RestartWatch]]:
         urls = {self.broker_url: self._broker_redis, self.result_url: self._result_redis}
@@ -159,11 +133,8 @@ class WKRClient:
         )
         future: Future[Any] = Future()
         future.task_id = task_id  # type: ignore[attr-defined]
-        self._pending[task_id] = future
-        if expiry is not None:
-            with self._deadline_lock:
-                heapq.heappush(self._deadlines, (expiry, task_id))
-        idle = len(self._pending) == 1  # nothing else in flight: no batch to gather
+        self._replies.expect(task_id, future, expiry)
+        idle = len(self._replies.pending) == 1  # nothing else in flight: no batch to gather
         item = (task_id, PRIORITY_STEPS.index(step), message)
         with self._outbox_cond:
             if not (idle and not self._publishing and not self._outbox):
@@ -251,122 +222,17 @@ class WKRClient:
                     error = ServiceUnavailable(
                         f"could not publish to {redacted(self.broker_url)}: {exc}")
                     for task_id, _, _ in items:
-                        self._fail(task_id, error)
+                        self._replies.fail(task_id, error)
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        for task_id, _, _ in items[:accepted]:
-            future = self._pending.get(task_id)
-            if future is not None:
-                future._wkr_published = published  # type: ignore[attr-defined]
+        self._replies.published([task_id for task_id, _, _ in items[:accepted]], published)
         if accepted < len(items):
             overloaded = ServiceOverloaded(
                 f"service {self.name!r} has {self.max_queue} requests queued (-max_queue); "
                 "retry later")
             for task_id, _, _ in items[accepted:]:
-                self._fail(task_id, overloaded)
-
-    # Receiving ----------------------------------------------------------------------------
-
-    def _listen_loop(self) -> None:
-        client = self._result_redis
-        key = self._reply_key
-        delay = 0.05
-        while not self._closed:
-            wait = self._expire_deadlines()
-            try:
-                self._check_restarts()
-                if self._recover_due:
-                    self._recover()
-                first = client.blpop([key], timeout=wait)
-                if first is None:
-                    continue
-                # The oldest answer first, before another round trip; the rest only when
-                # more requests are out (one at a time, there is nothing to drain).
-                self._resolve(first[1])
-                rest = (client.lpop(key, _DRAIN) or []) if self._pending else []
-            except REDIS_ERRORS as exc:
-                if self._closed:
-                    return
-                log.warning("result Redis unreachable (%s); retrying", exc)
-                self._recover_due = True
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            delay = 0.05
-            for data in rest:
-                self._resolve(data)
-
-    def _resolve(self, data: bytes) -> None:
-        if data == _CLOSE_TOKEN:
-            return
-        try:
-            meta = loads(data)
-            task_id = meta["task_id"]
-        except Exception:  # a reply we cannot read answers nobody; say so and go on
-            log.error("dropped an unreadable reply of %d bytes", len(data))
-            return
-        future = self._pending.pop(task_id, None)
-        if future is None:
-            return  # answered already (duplicate delivery) or given up on
-        if meta.get("status") == "SUCCESS":
-            _settle(future, result=meta.get("result"))
-        else:
-            _settle(future, error=error_of(meta))
-
-    def _check_restarts(self) -> None:
-        """Once a second: fail requests a Redis restarted without persistence has lost."""
-        now = time.monotonic()
-        if now < self._watch_due:
-            return
-        self._watch_due = now + _LISTEN_SECONDS
-        for url, watch in self._watches:
-            restarts = watch.restarts
-            cutoff = watch.lost_before()
-            if watch.restarts != restarts:
-                self._recover_due = True
-            if cutoff is None:
-                continue
-            lost = [task_id for task_id, future in list(self._pending.items())
-                    if getattr(future, "_wkr_published", cutoff + 1) <= cutoff]
-            log.error("Redis %s restarted without persistence; %d pending request(s) lost",
-                      redacted(url), len(lost))
-            error = RequestLost(
-                f"Redis {redacted(url)} restarted without persistence (AOF off) and lost this "
-                "request or its result; send it again (start Redis with AOF, e.g. "
-                "-redis_persist on, to keep queued requests across restarts)")
-            for task_id in lost:
-                self._fail(task_id, error)
-
-    def _recover(self) -> None:
-        """Resolve pending requests from their stored results (``celery-task-meta-<id>``).
-
-        A pop from the reply list whose reply was lost (the connection dropped, or Redis
-        restarted with AOF) took those answers off the list for good; the stored copies remain.
-        """
-        task_ids = list(self._pending)
-        for start in range(0, len(task_ids), _DRAIN):
-            chunk = task_ids[start:start + _DRAIN]
-            for data in self._result_redis.mget([task_meta_key(t) for t in chunk]):
-                if isinstance(data, bytes):
-                    self._resolve(data)
-        self._recover_due = False
-
-    def _expire_deadlines(self) -> float:
-        """Fail requests past their deadline; returns how long the listener may block."""
-        now = time.monotonic()
-        with self._deadline_lock:
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, task_id = heapq.heappop(self._deadlines)
-                self._fail(task_id, DeadlineExceeded("no result before the request's timeout"))
-            if self._deadlines:
-                return max(0.01, min(_LISTEN_SECONDS, self._deadlines[0][0] - now))
-        return _LISTEN_SECONDS
-
-    def _fail(self, task_id: str, error: WKRError) -> None:
-        future = self._pending.pop(task_id, None)
-        if future is not None:
-            _settle(future, error=error)
+                self._replies.fail(task_id, overloaded)
 
     # Status and shutdown ------------------------------------------------------------------
 
@@ -389,7 +255,7 @@ class WKRClient:
     @property
     def pending(self) -> int:
         """Requests sent and not yet answered."""
-        return len(self._pending)
+        return len(self._replies.pending)
 
     def server_status(self) -> dict[str, Any]:
         """Service config, live workers (their heartbeat figures) and queue length."""
@@ -405,19 +271,7 @@ class WKRClient:
             self._closed = True
             self._outbox_cond.notify_all()
         self._publisher.join(self._connect_timeout + 5)
-        try:
-            self._result_redis.rpush(self._reply_key, _CLOSE_TOKEN)
-        except REDIS_ERRORS:
-            pass
-        self._listener.join(_LISTEN_SECONDS + 11)
-        for task_id in list(self._pending):
-            future = self._pending.pop(task_id, None)
-            if future is not None:
-                future.cancel()
-        try:
-            self._result_redis.delete(self._reply_key)
-        except REDIS_ERRORS:
-            pass
+        self._replies.close()
         self._broker_redis.close()
         self._result_redis.close()
 
@@ -426,14 +280,4 @@ class WKRClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
-    try:
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-    except InvalidStateError:
-        pass  # the caller cancelled it
 
