@@ -86,7 +86,10 @@ class WKRServer:
         self.extras: list[subprocess.Popen[bytes]] = []
         self.router: LogRouter | None = None
         self.broker: Broker | None = None
-        self._stop = threading.Event()
+        # A plain flag, not an Event: the CLI's signal handler sets it, and Event.set() in a
+        # handler deadlocks when the signal lands while the main thread holds the Event's own
+        # lock inside wait() (seen in CI: a SIGTERM left the service running until killed).
+        self._stop_requested = False
         self._stopped = False
         self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{self.settings.name}-run-")
 
@@ -206,12 +209,16 @@ class WKRServer:
 
     def serve_forever(self) -> None:
         """Supervise until :meth:`request_stop` (the CLI's SIGTERM/SIGINT handler), then stop."""
-        while not self._stop.wait(_CHECK_SECONDS):
-            self._check_workers()
+        while not self._stop_requested:
+            time.sleep(_CHECK_SECONDS)
+            if not self._stop_requested:
+                self._check_workers()
         self.stop()
 
     def request_stop(self) -> None:
-        self._stop.set()
+        """Ask :meth:`serve_forever` to stop within ``_CHECK_SECONDS``; takes no lock, so it
+        is safe in a signal handler."""
+        self._stop_requested = True
 
     def _check_workers(self) -> None:
         now = time.monotonic()
@@ -219,7 +226,7 @@ class WKRServer:
             proc = slot.process
             if proc is not None and proc.poll() is not None:
                 self._on_death(slot, proc.returncode)
-            if slot.process is None and now >= slot.next_start and not self._stop.is_set():
+            if slot.process is None and now >= slot.next_start and not self._stop_requested:
                 self._spawn(slot)
 
     def _on_death(self, slot: WorkerProcess, code: int) -> None:
@@ -249,7 +256,7 @@ class WKRServer:
         if self._stopped:
             return
         self._stopped = True
-        self._stop.set()
+        self._stop_requested = True
         live = [w for w in self.workers if w.process is not None]
         for slot in live:
             send(slot.process, signal.SIGTERM if graceful else signal.SIGKILL)
