@@ -14,7 +14,6 @@ JSON-encoded or made of characters that need no escaping (hex ids, base64).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import socket
@@ -22,6 +21,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+import orjson
+import pybase64
 
 from . import codec
 from .errors import DecodeError, InputError, RequestFailed, remote_error
@@ -73,7 +75,7 @@ def build_request(
     client = "null" if client_id is None else f'"{client_id}"'
     # One f-string, built in one pass: chained "+" would copy the long body once per piece.
     return (
-        f'{{"body":"{base64.b64encode(body).decode("ascii")}",'
+        f'{{"body":"{pybase64.b64encode_as_string(body)}",'
         f'"content-encoding":"binary","content-type":"{codec.CONTENT_TYPE}",'
         f'"headers":{{"lang":"py","task":"{TASK_NAME}","id":"{task_id}",'
         f'"shadow":null,"eta":null,"expires":{expires},"group":null,"group_index":null,'
@@ -121,7 +123,7 @@ class DecodedRequest:
 def parse_request(raw: bytes | str, *, allow_pickle: bool = False) -> DecodedRequest:
     """Decode one envelope. Never raises: a bad message comes back with ``error`` set."""
     try:
-        envelope = json.loads(raw)
+        envelope = _loads_json(raw)
     except (ValueError, TypeError):
         return DecodedRequest(None, None, None, None, DecodeError("message is not JSON"))
     if not isinstance(envelope, dict):
@@ -141,6 +143,15 @@ def parse_request(raw: bytes | str, *, allow_pickle: bool = False) -> DecodedReq
     except Exception as exc:  # a shape no check above foresaw: still this message's problem
         return DecodedRequest(task_id, None, None, None, DecodeError(
             f"malformed message: {type(exc).__name__}: {exc}"))
+
+
+def _loads_json(raw: bytes | str) -> Any:
+    """orjson, ~3x faster on an envelope; the standard parser where orjson is stricter (NaN,
+    integers past 64 bits), so what is accepted does not change."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def _parse_valid(envelope: dict[str, Any], headers: dict[str, Any], task_id: str | None,
@@ -179,7 +190,7 @@ def _decode_payload(envelope: dict[str, Any], allow_pickle: bool) -> Any:
         raise DecodeError("message has no body")
     if (envelope.get("properties") or {}).get("body_encoding") == "base64":
         try:
-            data: bytes | str = base64.b64decode(body, validate=True)
+            data: bytes | str = pybase64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             raise DecodeError("message body is not valid base64") from None
     else:
