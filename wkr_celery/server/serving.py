@@ -275,7 +275,8 @@ class ServingLoop:
                 log.exception("batch listener failed")
 
     def _store(self, batch: Sequence[Request], outcomes: Sequence[Outcome]) -> None:
-        """Results in one command, then the acks: a crash in between answers twice, never 0."""
+        """Results before acks, never the other way round: one script does both when one Redis
+        holds queue and results; otherwise a crash between the two answers twice, never 0."""
         date = now_iso()
         expires = max(1, int(self.settings.result_expires))
         results: list[tuple[str, bytes, str | None]] = []
