@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.helpers import Service, free_port
+from tests.helpers import Service, free_port, wait_until
 from wkr_celery import ServiceUnavailable, WKRClient
 from wkr_celery.celery_app import make_app
 from wkr_celery.config import Settings
@@ -93,15 +92,19 @@ class TLSRedis:
                     "redis-server; .ci/run installs it); tried:\n" + "\n".join(tried))
 
     def _ready(self, proc: subprocess.Popen[bytes]) -> bool:
+        """True once the server answers over TLS; False when it exits (built without TLS)."""
         client = redis.Redis.from_url(self.url(), socket_connect_timeout=0.5, socket_timeout=1)
-        deadline = time.monotonic() + 10
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
         try:
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    return bool(client.ping())
-                except redis.ConnectionError:
-                    time.sleep(0.05)  # poll interval while the server starts
-            return False
+            wait_until(lambda: proc.poll() is not None or answers(), timeout=15,
+                       what="redis-server to answer over TLS or exit")
+            return proc.poll() is None
         finally:
             client.close()
 
