@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from . import scripts
-from .keys import SERVICES, ServiceKeys, task_meta_key
+from .keys import SERVICES, ServiceKeys, reply_key, task_meta_key
 
 __all__ = ["Broker", "Fetched", "as_str"]
 
@@ -73,18 +73,20 @@ class Broker:
         *,
         ack: tuple[str, Sequence[int], Sequence[bytes]] | None = None,
     ) -> None:
-        """Store ``(task_id, encoded meta, reply list or None)`` results on ``backend`` in one
-        command; with ``ack`` = (worker id, ids, suspects), also forget those messages, which
+        """Store ``(task_id, encoded meta, client id or None)`` results on ``backend`` in one
+        command: each client's answers go onto its reply list, a foreign producer's are
+        published. With ``ack`` = (worker id, ids, suspects), also forget those messages, which
         is only right when ``backend`` is this broker's Redis."""
         targets: dict[str, int] = {}
         keys: list[Any] = [self.keys.inflight(ack[0]) if ack else "", self.keys.deaths]
         datas: list[Any] = []
         where: list[int] = []
-        for task_id, data, reply in results:
+        for task_id, data, client_id in results:
             keys.append(task_meta_key(task_id))
             datas.append(data)
-            where.append(0 if reply is None else targets.setdefault(reply, len(targets) + 1))
-        keys.extend(targets)
+            where.append(0 if client_id is None
+                         else targets.setdefault(client_id, len(targets) + 1))
+        keys.extend(reply_key(client_id) for client_id in targets)
         ids, suspects = (ack[1], ack[2]) if ack else ((), ())
         self._store(keys=keys, args=[expires, len(results), len(ids), len(suspects), *datas,
                                      *where, *ids, *suspects], client=backend)

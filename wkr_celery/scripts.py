@@ -179,6 +179,12 @@ local ex = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local acks = tonumber(ARGV[3])
 local suspects = tonumber(ARGV[4])
+-- Redis commands take at most ~8000 arguments from unpack: send long lists in slices.
+local function in_slices(cmd, key, items, first, last)
+  for i = first, last, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, last)))
+  end
+end
 local replies = {}
 for i = 1, n do
   local data = ARGV[4 + i]
@@ -194,18 +200,11 @@ for i = 1, n do
 end
 for target, list in pairs(replies) do
   local key = KEYS[2 + n + target]
-  for first = 1, #list, 1000 do
-    redis.call('RPUSH', key, unpack(list, first, math.min(first + 999, #list)))
-  end
+  in_slices('RPUSH', key, list, 1, #list)
   redis.call('EXPIRE', key, ex)
 end
 local base = 4 + 2 * n
-for first = 1, acks, 1000 do
-  redis.call('HDEL', KEYS[1], unpack(ARGV, base + first, base + math.min(first + 999, acks)))
-end
-base = base + acks
-for first = 1, suspects, 1000 do
-  redis.call('HDEL', KEYS[2], unpack(ARGV, base + first, base + math.min(first + 999, suspects)))
-end
+in_slices('HDEL', KEYS[1], ARGV, base + 1, base + acks)
+in_slices('HDEL', KEYS[2], ARGV, base + acks + 1, base + acks + suspects)
 return n
 """

