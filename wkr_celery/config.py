@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .connections import with_tls_defaults
+from .connections import with_tls_defaults, without_credentials
 from .errors import ConfigError
 
 __all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device_map"]
@@ -140,6 +140,16 @@ class Settings:
         if self.result_url or self.broker_url:
             return with_tls_defaults(self.result_url or self.broker_url)
         return f"redis://127.0.0.1:{self.port_out}/0"
+
+    @property
+    def result_store(self) -> str:
+        """Where results live, as workers advertise it (``connections.result_url_from`` reads
+        it): ``""`` on the broker, ``port:N`` embedded beside it, ``url:U`` elsewhere."""
+        if self.backend == self.broker:
+            return ""
+        if not self.broker_url and not self.result_url:
+            return f"port:{self.port_out}"
+        return f"url:{without_credentials(self.backend)}"
 
     def device_for(self, index: int) -> int:
         """Device of worker ``index``: the map is cycled when there are more workers than ids."""

@@ -9,7 +9,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-__all__ = ["connect", "redacted", "explain", "with_tls_defaults", "REDIS_ERRORS"]
+__all__ = [
+    "connect", "redacted", "explain", "with_tls_defaults", "result_url_from", "without_credentials",
+    "REDIS_ERRORS",
+]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
@@ -61,6 +64,40 @@ def with_tls_defaults(url: str) -> str:
         return url
     query = f"{parts.query}&ssl_cert_reqs=required" if parts.query else "ssl_cert_reqs=required"
     return urlunsplit(parts._replace(query=query))
+
+
+def result_url_from(broker_url: str, result_store: str | None, fallback: str) -> str:
+    """The URL of a service's result Redis, from what its workers advertise (``result_store``
+    in the service info), so a producer that knows only the broker finds the results.
+
+    ``""`` means the broker Redis itself; ``port:N`` the service's own Redis on port N of the
+    broker's host (reached with the broker URL's scheme, password and options); ``url:U`` a
+    Redis of its own, advertised without credentials, which take the broker URL's when absent.
+    ``None`` (no info yet, or a service older than the field) gives ``fallback``.
+    """
+    if result_store is None:
+        return fallback
+    if result_store == "":
+        return broker_url
+    kind, _, value = result_store.partition(":")
+    broker = urlsplit(broker_url)
+    if kind == "port" and value.isdigit():
+        netloc = broker.netloc.rpartition("@")
+        host = netloc[2].rpartition(":")[0] if ":" in netloc[2] else netloc[2]
+        return urlunsplit(broker._replace(netloc=f"{netloc[0]}{netloc[1]}{host}:{value}"))
+    if kind == "url":
+        parts = urlsplit(value)
+        if parts.password is None and broker.password is not None and "@" not in parts.netloc:
+            credentials = broker.netloc.rpartition("@")[0]
+            return urlunsplit(parts._replace(netloc=f"{credentials}@{parts.netloc}"))
+        return value
+    return fallback
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with user and password removed: what may be written where others read it."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def explain(exc: BaseException) -> str:
