@@ -31,6 +31,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_TIMEOUT = 900  # pip install . on a clean machine, then the workers' start
 STOP_TIMEOUT = 30
+#: Imports every module of every installed top-level package of the distribution.
+IMPORT_ALL = """
+import importlib, importlib.metadata, pkgutil
+tops = (importlib.metadata.distribution("wkr-celery").read_text("top_level.txt") or "wkr_celery").split()
+names = []
+for top in tops:
+    package = importlib.import_module(top)
+    names += [top] + [m.name for m in pkgutil.walk_packages(package.__path__, top + ".")
+                      if not m.name.endswith(".__main__")]
+for name in names:
+    importlib.import_module(name)
+print(f"imported {len(names)} modules of {tops}")
+"""
 GRACEFUL_STOP = 15  # seconds: a stop with no batch in predict takes one or two
 
 
@@ -118,6 +131,12 @@ def main() -> int:
             if time.monotonic() > deadline:
                 print("--- the service did not answer in time")
                 return 1
+        print("--- importing every module of the package in the bare venv", flush=True)
+        imported = subprocess.run([str(python), "-c", IMPORT_ALL], cwd="/", env=env, timeout=300,
+                                  capture_output=True, text=True)
+        print(imported.stdout + imported.stderr)
+        if imported.returncode != 0:
+            return 1
         print("--- running the README's client snippet", flush=True)
         done = subprocess.run([str(python), "-c", client], cwd=ROOT, env=env, timeout=300,
                               capture_output=True, text=True)
