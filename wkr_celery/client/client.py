@@ -55,6 +55,7 @@ class WKRClient:
         connect_timeout: float = 10.0,
         priority: int | str = "normal",
         show_server_config: bool = False,
+        sentinel_master: str = "",
     ) -> None:
         self.broker_url = broker_url or f"redis://{ip}:{port}/0"
         # Results: the URL given; else ``port_out`` on the broker's host (the seed's form); else
@@ -69,7 +70,7 @@ class WKRClient:
         self._task_ids = (f"{self.client_id[:20]}{n:012x}" for n in itertools.count())
         self._argsreprs: dict[tuple[Any, ...], str] = {}
         self._reply_key = reply_key(self.client_id)
-        self._broker_redis = connect(self.broker_url)
+        self._broker_redis = connect(self.broker_url, sentinel_master=sentinel_master)
         opened = [self._broker_redis]
         try:
             if name or ignore_all_checks:
@@ -85,7 +86,8 @@ class WKRClient:
             self.result_url = given or result_url_from(
                 self.broker_url, self.server_config.get("result_store"),
                 fallback=broker_url or f"redis://{ip}:8998/0")
-            self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS)
+            self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
+                                         sentinel_master=sentinel_master)
             opened.append(self._result_redis)
             if not ignore_all_checks:
                 check_reachable(self._result_redis, "result Redis", self.result_url)
