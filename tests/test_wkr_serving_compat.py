@@ -77,7 +77,8 @@ def _doc_command(program: str, values: dict[str, str]) -> tuple[list[str], dict[
     return words, _script_env(env)
 
 
-def _stop(proc: subprocess.Popen[bytes], output: Path) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (a graceful stop) unless it has exited; killed if it outlives 60 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -85,7 +86,7 @@ def _stop(proc: subprocess.Popen[bytes], output: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    assert proc.returncode == 0, output.read_text(errors="replace")
+    return int(proc.returncode)
 
 
 @dataclass
@@ -116,7 +117,8 @@ def seed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer
             raise AssertionError(f"{exc}\n{output.read_text(errors='replace')}") from exc
         yield server
     finally:
-        _stop(proc, output)
+        code = _stop(proc)
+    assert code == 0, output.read_text(errors="replace")
 
 
 def test_wkr_serving_exports_exactly_these_names() -> None:
@@ -227,7 +229,7 @@ def test_the_guides_decentralize_example_posts_a_result_for_every_queued_job(
         assert "DONE job with input: [" in (tmp_path / "decentral.log").read_text()
     finally:
         sink.close()
-        _stop(central, output)
+        _stop(central)
 
 
 def _package_dirs(root: Path) -> set[str]:
