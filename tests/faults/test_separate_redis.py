@@ -1,13 +1,15 @@
-"""A service whose broker and result Redis are two servers: the client watches each on its own.
+"""The client watches each Redis on its own and fails only the requests that are really gone.
 
-An outage of the broker never stops answers flowing from a healthy result Redis, and a broker
-restarted empty fails only the requests it really lost: those still queued. Requests a worker
-had already fetched are answered as usual, from the result Redis.
+With the broker and the result Redis on two servers, an outage of the broker never stops answers
+flowing from the result Redis, and a broker restarted empty fails only the requests it really
+lost, those still queued: requests a worker had already fetched are answered as usual. A service
+that goes away for good is reported once, and its callers are told within ``connect_timeout``.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -110,3 +112,33 @@ def test_broker_outage_does_not_stop_answers_from_the_result_redis(
     assert len(down) == 1 and f":{broker.port}" in down[0], messages
     assert len(back) == 1 and "broker Redis" in back[0], messages
     assert not any("result Redis" in m for m in messages), messages
+
+
+@pytest.mark.timeout(90)
+def test_service_gone_is_reported_once_and_its_callers_told_promptly(
+    own_redis: Callable[..., OwnRedis], serve_on: Callable[..., Service],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis = own_redis(persist=False)
+    service = serve_on(redis.url, WORKER, *ARGS, wait=1)
+    caplog.set_level(logging.WARNING, logger="wkr_celery.client")
+    with WKRClient(name=service.name, broker_url=redis.url, connect_timeout=3) as client:
+        futures = [client.encode(n) for n in range(12)]
+        _fetched(service, at_least=4)
+        assert service.proc is not None
+        # The service stops (gracefully: it gives back what it buffered), then its Redis goes.
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(30) == 0, service.log()[-4000:]
+        redis.stop()
+
+        wait_until(lambda: all(f.done() for f in futures), timeout=20,
+                   what="every caller to be answered or told the service is gone")
+        errors = [f.exception() for f in futures]
+        assert any(e is None for e in errors), "nothing was answered before the stop"
+        gone = [e for e in errors if e is not None]
+        assert gone and all(isinstance(e, RequestLost) for e in gone), gone
+        assert "unreachable" in str(gone[0]) and f":{redis.port}" in str(gone[0])
+        outage_warnings = [r for r in caplog.records if "is unreachable" in r.getMessage()]
+        gone_errors = [r for r in caplog.records if "is gone" in r.getMessage()]
+    assert len(outage_warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert len(gone_errors) == 1, [r.getMessage() for r in caplog.records]

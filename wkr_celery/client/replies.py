@@ -67,7 +67,7 @@ class Replies:
         self._results = next(watch for _, watch in watches if watch.serves_results)
         self._grace = grace
         self._outage_limit = outage_limit
-        self._doubt = Doubt(0.0)  # its grace is read when a doubt begins
+        self._doubt = Doubt(grace())
         self._deadlines: list[tuple[float, str]] = []
         self._deadline_lock = threading.Lock()
         self._recovered = self._results.changes
@@ -213,6 +213,8 @@ class Replies:
         acted_on: float | None = None  # ``down_since`` of the outage already acted on
         while not self._closed.wait(LISTEN_SECONDS):
             cutoff = watch.check()
+            if cutoff is not None and watch.serves_requests:
+                self._doubt.grace = self._grace()  # the broker is back: read its heartbeats
             if cutoff is not None:
                 self._doubt_published_before(cutoff, RequestLost(
                     f"{watch.name} restarted without persistence (AOF off) and lost this "
@@ -230,14 +232,19 @@ class Replies:
                         "it again once it is back"),
                         f"{watch.name} unreachable for {self._outage_limit:.0f}s")
                 acted_on = began
-            if len(self._doubt):  # heartbeats show how long a batch takes now
-                self._doubt.grace = max(self._doubt.grace, self._grace())
+            if watch.serves_requests and watch.down_since is None:
+                self._refresh_grace()
+
+    def _refresh_grace(self) -> None:
+        """While requests are in doubt, follow the workers' batch durations (heartbeats on the
+        broker; so only the broker's watch thread asks, and never waits on the result Redis)."""
+        if len(self._doubt):
+            self._doubt.grace = max(self._doubt.grace, self._grace())
 
     def _doubt_published_before(self, cutoff: float, error: WKRError, why: str) -> None:
         """Put requests published before ``cutoff`` in doubt; their answers may still come."""
         doubted = [task_id for task_id, future in list(self.pending.items())
                    if getattr(future, "_wkr_published", cutoff + 1) <= cutoff]
-        self._doubt.grace = max(self._grace(), self._doubt.grace if len(self._doubt) else 0.0)
         self._doubt.add(doubted, error)
         self._recover_due = True  # an answer may be stored already; read it from the result side
         log.warning("%s; %d pending request(s) in doubt: answers still come for those a worker "

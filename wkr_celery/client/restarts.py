@@ -17,7 +17,7 @@ import time
 
 import redis
 
-from ..connections import REDIS_ERRORS, explain, redacted
+from ..connections import REDIS_ERRORS, redacted
 
 __all__ = ["RedisWatch"]
 
@@ -43,10 +43,11 @@ class RedisWatch:
         #: Bumped on every recovery and every restart: the client re-reads stored answers then.
         self.changes = 0
         self._lock = threading.Lock()
+        self._blind = False  # the server refuses INFO: restarts cannot be seen
         try:
             self.run_id = self._server()[0]
-        except REDIS_ERRORS:
-            pass  # unreachable now: the first successful check remembers the server
+        except (*REDIS_ERRORS, redis.ResponseError):
+            pass  # unreachable now (or INFO refused): the first successful check says so
 
     @property
     def name(self) -> str:
@@ -56,6 +57,10 @@ class RedisWatch:
     def serves_results(self) -> bool:
         return "result" in self.role
 
+    @property
+    def serves_requests(self) -> bool:
+        return "broker" in self.role
+
     def failed(self, exc: BaseException) -> None:
         """A call to this Redis failed: the first failure of an outage is logged."""
         with self._lock:
@@ -63,7 +68,7 @@ class RedisWatch:
                 return
             self.down_since = time.monotonic()
         log.warning("%s is unreachable (%s); retrying quietly until it is back",
-                    self.name, explain(exc))
+                    self.name, exc)
 
     def reached(self) -> None:
         """A call to this Redis succeeded: the end of an outage is logged."""
@@ -91,7 +96,13 @@ class RedisWatch:
             return self._lost_before()
         except REDIS_ERRORS as exc:
             self.failed(exc)
-            return None
+        except redis.ResponseError as exc:  # INFO refused (a managed Redis may rename it)
+            self.reached()
+            if not self._blind:
+                self._blind = True
+                log.warning("%s refuses INFO (%s): an empty restart of it goes unnoticed, and "
+                            "requests it loses wait for their timeout", self.name, exc)
+        return None
 
     def _server(self) -> tuple[str, int]:
         info = self.client.info("server")
