@@ -3,7 +3,9 @@
 Two threads do the I/O so callers never wait on Redis: a publisher (here) sends every request
 queued since its last round trip in one scripted call, which also enforces the service's queue
 cap, and a listener (:mod:`.replies`) pops this client's reply list in bulk and settles futures
-by task id. A lone request is published from the caller's own thread instead.
+by task id. A lone request is published from the caller's own thread instead. A watch thread
+per Redis (:mod:`.restarts`) notices outages and empty restarts, so the broker being down never
+stops answers from the result Redis.
 """
 
 from __future__ import annotations
