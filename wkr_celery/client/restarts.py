@@ -125,5 +125,5 @@ class RedisWatch:
         if int(self.client.info("persistence").get("aof_enabled", 0)) == 1:
             return None
         # Redis counts uptime in whole wall-clock seconds, so it may read one second long:
-        # round the restart late, never early, so no lost request is taken for a served one.
+        # round the restart late, never early, so no lost request is left out of doubt.
         return time.monotonic() - max(0, uptime - 1)
