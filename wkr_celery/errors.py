@@ -17,7 +17,7 @@ Callers catch :class:`WKRError` for "anything from the framework", or a branch f
         ├── DeadlineExceeded     the request's deadline passed before it was answered
         ├── ServiceOverloaded    the queue is at its cap; retry later
         ├── PoisonInput          the input killed worker processes too many times
-        └── RequestLost          the broker lost the request (restarted without persistence)
+        └── RequestLost          no answer will come: a Redis restarted empty or went away
 
 Errors that travel from worker to client are stored in Celery's own result format
 (``exc_type``/``exc_message``/``exc_module``), so ``AsyncResult.get()`` raises these same classes.
@@ -109,7 +109,8 @@ class PoisonInput(RequestFailed):
 
 
 class RequestLost(RequestFailed):
-    """The broker restarted without persistence and this request was lost with it."""
+    """No answer to this request will come: a Redis restarted without persistence lost it (or
+    its answer), or stayed unreachable past ``connect_timeout``. Send it again."""
 
 
 _REMOTE_TYPES: dict[str, type[RequestFailed]] = {
