@@ -89,6 +89,8 @@ class Settings:
     protocol: str = _opt("obj", "npy (numpy arrays, batch stacked) or obj (msgpack objects)")
     max_queue: int = _opt(100_000, "queued requests beyond which encode fails fast; 0 = no cap")
     max_payload: int = _opt(5 * 1024 * 1024, "largest encoded input in bytes")
+    max_result: int = _opt(64 * 1024 * 1024, "largest encoded result in bytes; a bigger one "
+                           "fails its request with ResultTooLarge")
     visibility_timeout: float = _opt(
         10.0, "seconds without a heartbeat after which a worker's requests are requeued"
     )
@@ -106,7 +108,8 @@ class Settings:
             raise ConfigError(f"protocol {self.protocol!r} is not one of {sorted(PROTOCOLS)}")
         object.__setattr__(self, "protocol", protocol)
         object.__setattr__(self, "device_map", parse_device_map(self.device_map))
-        for name in ("num_worker", "batch_size", "prefetch", "max_attempts", "max_payload"):
+        for name in ("num_worker", "batch_size", "prefetch", "max_attempts", "max_payload",
+                     "max_result"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_queue", "http_port", "flower_port", "port_in", "port_out"):
