@@ -76,6 +76,8 @@ class Settings:
     http_host: str = _opt("127.0.0.1", "address the REST API binds to")
     http_api_key: str = _opt("", "API key the REST API requires in the X-API-Key header")
     http_max_body: int = _opt(5 * 1024 * 1024, "largest REST request body in bytes")
+    http_read_timeout: float = _opt(
+        30.0, "seconds a REST client may take to send a request's head, and again its body")
     flower_port: int = _opt(0, "also start Flower on this port; 0 = none")
     flower_basic_auth: str = _opt("", "user:pass for Flower")
     num_worker: int = _opt(1, "number of worker processes, each holding one model")
@@ -119,6 +121,8 @@ class Settings:
         for name in ("batch_timeout", "visibility_timeout", "result_expires"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.http_read_timeout > 0:
+            raise ConfigError(f"http_read_timeout must be more than 0, got {self.http_read_timeout}")
         if self.visibility_timeout < 2:
             raise ConfigError("visibility_timeout must be at least 2 seconds")
         if self.redis_persist not in ("on", "off", "auto"):
