@@ -19,6 +19,7 @@ admits Celery's pickle content type (see :mod:`wkr_celery.messages`).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -61,7 +62,15 @@ def safe_dtype(spelling: Any) -> np.dtype[Any]:
     """
     if isinstance(spelling, bytes):
         spelling = spelling.decode("ascii", "replace")
-    match = _TYPE_TEXT.fullmatch(spelling) if isinstance(spelling, str) else None
+    if not isinstance(spelling, str):
+        raise DecodeError(f"array dtype {spelling!r} is not accepted; arrays must be bool, "
+                          "int, uint, float, complex, bytes (S) or str (U)")
+    return _checked_dtype(spelling)
+
+
+@functools.lru_cache(maxsize=256)  # a service sees a handful of spellings; refusals not cached
+def _checked_dtype(spelling: str) -> np.dtype[Any]:
+    match = _TYPE_TEXT.fullmatch(spelling)
     if match is None:
         raise DecodeError(f"array dtype {spelling!r} is not accepted; arrays must be bool, "
                           "int, uint, float, complex, bytes (S) or str (U)")
