@@ -24,7 +24,7 @@ from ..broker import Broker
 from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect
-from ..errors import PredictError, ResultTooLarge
+from ..errors import PredictError, RequestFailed, ResultTooLarge
 from ..keys import ServiceKeys
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
 from ..version import __version__
@@ -356,12 +356,16 @@ def _exit_on_error(target: Callable[[], None]) -> Callable[[], None]:
 
 def _encode_outcome(task_id: str, outcome: Outcome, date: str, max_result: int) -> bytes:
     """The stored result; one over ``max_result`` bytes (``-max_result``) is stored as a
-    ``ResultTooLarge`` failure instead, so no caller's answer fills the result Redis."""
+    ``ResultTooLarge`` failure instead, so no caller's answer fills the result Redis.
+
+    A result that cannot be stored turns ``outcome`` into that failure, so the batch's
+    statistics and listeners (task events) count it as failed.
+    """
     if outcome.error is None:
         try:
             stored = encode_meta(success_meta(task_id, outcome.value, date))
         except (TypeError, ValueError, OverflowError) as exc:
-            error: Exception = PredictError(
+            error: RequestFailed = PredictError(
                 f"predict returned a {type(outcome.value).__name__} result that cannot be "
                 f"encoded: {exc}"
             )
@@ -371,6 +375,6 @@ def _encode_outcome(task_id: str, outcome: Outcome, date: str, max_result: int) 
             error = ResultTooLarge(
                 f"predict's result for this input encodes to {len(stored)} bytes; this service "
                 f"stores at most {max_result} bytes (-max_result); not stored")
-            log.error("request %s: %s", task_id, error)
-        return encode_meta(failure_meta(task_id, error, None, date))
+        log.error("request %s failed: %s", task_id, error)
+        outcome.value, outcome.error = None, error
     return encode_meta(failure_meta(task_id, outcome.error, outcome.traceback, date))
