@@ -83,7 +83,7 @@ def test_slow_clients_are_cut_off_and_normal_ones_served(
                 except (BrokenPipeError, ConnectionResetError):
                     break
                 line += 1
-            assert line >= 2, "the dribbler was cut off before it could dribble"
+            assert line >= 1, "the dribbler was cut off before it could dribble"
             wait_until(lambda: _closed_by_peer(silent), GIVE_UP,
                        what="the API to close a connection that sent nothing")
 
