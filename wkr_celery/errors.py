@@ -9,10 +9,13 @@ Callers catch :class:`WKRError` for "anything from the framework", or a branch f
     │   └── VersionMismatch      the service runs another wkr-celery version
     ├── InputError               the caller's input cannot be sent (also ValueError)
     │   └── PayloadTooLarge      over the service's payload limit
+    │       └── RequestTooLarge  …refused by the worker (also a RequestFailed)
     └── RequestFailed            the service answered this one request with an error
         ├── PredictError         ``predict`` raised for this input (carries the worker traceback)
         ├── BatchContractError   ``predict`` returned the wrong number of results
         ├── DecodeError          the worker could not decode the input
+        ├── RequestTooLarge      the input was over ``-max_payload`` (see above)
+        ├── ResultTooLarge       ``predict``'s result was over ``-max_result``
         ├── InvalidInput         the input decoded but is not what the service takes
         ├── DeadlineExceeded     the request's deadline passed before it was answered
         ├── ServiceOverloaded    the queue is at its cap; retry later
@@ -36,6 +39,8 @@ __all__ = [
     "PredictError",
     "BatchContractError",
     "DecodeError",
+    "RequestTooLarge",
+    "ResultTooLarge",
     "InvalidInput",
     "DeadlineExceeded",
     "ServiceOverloaded",
@@ -92,6 +97,19 @@ class DecodeError(RequestFailed):
     """The worker could not decode this input with the service's protocol."""
 
 
+class RequestTooLarge(PayloadTooLarge, RequestFailed):
+    """A worker refused this input, undecoded: its encoded size is over ``-max_payload``.
+
+    The client refuses such inputs before sending; this is what a producer that did not check
+    (a plain Celery ``send_task``, a script pushing onto the queue) gets back. It is both a
+    :class:`PayloadTooLarge` and a :class:`RequestFailed`, so either ``except`` catches it.
+    """
+
+
+class ResultTooLarge(RequestFailed):
+    """``predict``'s result for this input encodes to more than ``-max_result`` bytes."""
+
+
 class InvalidInput(RequestFailed):
     """The input decoded, but its type, shape or dtype is not what the service takes."""
 
@@ -120,6 +138,8 @@ _REMOTE_TYPES: dict[str, type[RequestFailed]] = {
         PredictError,
         BatchContractError,
         DecodeError,
+        RequestTooLarge,
+        ResultTooLarge,
         InvalidInput,
         DeadlineExceeded,
         ServiceOverloaded,
