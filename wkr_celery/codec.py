@@ -26,7 +26,6 @@ from typing import Any
 import msgpack
 import msgpack_numpy
 import numpy as np
-from kombu.serialization import register
 
 from .errors import DecodeError
 
@@ -185,4 +184,6 @@ def loads(data: bytes | bytearray | memoryview) -> Any:
 
 def register_serializer() -> None:
     """Make the encoding known to kombu, so Celery tasks and results can use it by name."""
+    from kombu.serialization import register  # only the Celery side needs kombu
+
     register(SERIALIZER, dumps, loads, content_type=CONTENT_TYPE, content_encoding="binary")
