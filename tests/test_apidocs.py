@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
-import httpx
 import pytest
 
 from wkr_celery.redis_embedded import EmbeddedRedis

@@ -76,7 +76,7 @@ def test_the_documented_commands_run_the_example_end_to_end(
     where = ["-port", str(control), "-port_out", str(status_port)]
     try:
         def four_running() -> bool:
-            done = run_cli("status_main", [*where, "-timeout", "5"])
+            done = run_cli("status", [*where, "-timeout", "5"])
             return done.returncode == 0 and json.loads(done.stdout)["status"]["totals"][
                 "running"] == 4
 
@@ -103,7 +103,7 @@ def test_the_documented_commands_run_the_example_end_to_end(
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status", timeout=10) as r:
             assert json.loads(r.read())["totals"]["calls"] >= 1
 
-        done = run_cli("terminate_main", where)
+        done = run_cli("terminate", where)
         assert done.returncode == 0, done.stderr
         assert central.wait(30) == 0
         assert "DONE job with input: k9" in (tmp_path / "decentral.log").read_text()
@@ -130,7 +130,7 @@ def test_running_the_example_file_with_python_starts_the_same_central(
         sink.wait(_results_with_ids(sink, {"one"}), 60, what="the result")
         np.testing.assert_allclose(sink.posts[0]["result"], np.tanh(x @ make_weights()),
                                    atol=1e-5)
-        done = run_cli("terminate_main", ["-name", name, "-broker_url", redis_url])
+        done = run_cli("terminate", ["-name", name, "-broker_url", redis_url])
         assert done.returncode == 0, done.stderr
         assert central.wait(30) == 0, (tmp_path / "central.out").read_text()
     finally:
