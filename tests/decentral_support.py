@@ -21,7 +21,7 @@ from .scripts import script, user_env
 class Sink:
     """A real HTTP server on 127.0.0.1 that keeps every JSON body POSTed to it, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.posts: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         sink = self
@@ -40,7 +40,7 @@ class Sink:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

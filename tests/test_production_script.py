@@ -4,8 +4,6 @@ predict, stopf, and stale pid files."""
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 import uuid
@@ -25,7 +23,7 @@ from wkr_celery.production import procs
 from wkr_celery.production.command import serving_command
 from wkr_celery.production.script import render_script
 
-from .helpers import ROOT, Service, free_port, wait_until
+from .helpers import ROOT, Service, wait_until
 from .scripts import script, user_env
 
 WORKER = "tests.production_workers.GatedDoubler"
@@ -270,25 +268,3 @@ def test_every_argument_reaches_the_service_exactly_as_given(
     finally:
         if (tmp_path / f"{name}.pid").exists():
             sh(script, "stopf", tmp_path)
-
-
-def test_the_run_script_example_in_the_docs_runs_as_written(tmp_path: Path) -> None:
-    """docs/production.md's first example, with a free port and a temporary data dir."""
-    docs = (ROOT / "docs" / "production.md").read_text()
-    block = re.findall(r"```bash\n(.*?)```", docs, flags=re.S)[0]
-    port = str(free_port())
-    block = (block.replace("8996", port).replace("/var/lib/wkr/linear", str(tmp_path / "data"))
-             .replace("wkr-serving-make", f"{sys.executable} -m wkr_celery.production make"))
-    script = tmp_path / "run_script.sh"
-    try:
-        ran = subprocess.run(["sh", "-e", "-c", block], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300, stdin=subprocess.DEVNULL,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert ran.returncode == 0, ran.stdout + ran.stderr
-        assert "linear started" in ran.stdout and "linear is running" in ran.stdout
-        assert "linear killed" not in ran.stdout, "stopf after stop finds nothing to kill"
-        assert sh(script, "status", tmp_path).returncode == 0, "restart left it serving"
-        assert list((tmp_path / "data").iterdir()), "-data_dir keeps Redis's append-only file"
-    finally:
-        if (tmp_path / "linear.pid").exists():
-            sh(script, "stop", tmp_path)
