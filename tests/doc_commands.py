@@ -38,7 +38,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .helpers import ROOT, free_port, wait_until
+from .helpers import ROOT, free_port
 from .scripts import user_env
 
 __all__ = ["Command", "documented_commands", "Substitutions", "Shell", "Session", "make_project",
@@ -189,13 +189,13 @@ class Shell:
     def output(self) -> str:
         return b"".join(self._chunks).decode(errors="replace").replace("\r\n", "\n")
 
-    def wait_for(self, text: str, timeout: float = 60.0) -> None:
-        def seen() -> bool:
-            if self.proc.poll() is not None and text not in self.output:
-                raise AssertionError(f"{self.text!r} exited with {self.proc.returncode}:\n"
-                                     f"{self.output[-3000:]}")
-            return text in self.output
-        wait_until(seen, timeout, interval=0.1, what=f"{text!r} from {self.text!r}")
+    def running(self) -> bool:
+        """True while the command runs; fails the test, with its output, once it has exited."""
+        if self.proc.poll() is not None:
+            self._reader.join(5)
+            raise AssertionError(f"{self.text!r} exited with {self.proc.returncode}:\n"
+                                 f"{self.output[-3000:]}")
+        return True
 
     def ctrl_c(self, timeout: float = 60.0) -> int:
         """Press Ctrl+C in the terminal; the exit status once everything has stopped."""

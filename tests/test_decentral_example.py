@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wkr_celery.client import WKRClient
 from wkr_celery.client.helper import RedisHandler
 from wkr_celery.redis_embedded import EmbeddedRedis
 from workers.linear import make_weights
@@ -22,7 +21,7 @@ from workers.linear import make_weights
 from .decentral_support import Sink, child_env, run_cli
 from .doc_commands import Command, Session, Substitutions, make_project
 from .helpers import ROOT, Service, wait_until
-from .test_documented_commands import DECENTRAL, commands_run_by
+from .test_documented_commands import DECENTRAL, client_when_serving, commands_run_by
 
 DOC = (ROOT / "docs" / "decentral.md").read_text()
 EXAMPLE = ROOT / "examples" / "decentralize.py"
@@ -72,10 +71,11 @@ def test_the_documented_commands_run_the_example_end_to_end(tmp_path: Path) -> N
     port = subs.port("8996")
     try:
         service = session.start(command("wkr-serving-start workers.linear.Worker"))
-        WKRClient(port=port, port_out=subs.port("8998"), connect_timeout=90).close()
+        client_when_serving(service, port, subs.port("8998")).close()
         central = session.start(command("wkr-decentral-start"))
 
         def running() -> int:
+            central.running()
             printed = session.run(command("wkr-decentral-status"), expect=None, timeout=60)
             return int(json.loads(printed)["status"]["totals"]["running"]) \
                 if printed.lstrip().startswith("{") else 0

@@ -26,8 +26,16 @@ import numpy as np
 import pytest
 
 from wkr_celery.client import WKRClient
+from wkr_celery.errors import ServiceUnavailable
 
-from .doc_commands import Command, Session, Substitutions, documented_commands, make_project
+from .doc_commands import (
+    Command,
+    Session,
+    Shell,
+    Substitutions,
+    documented_commands,
+    make_project,
+)
 from .helpers import ROOT, wait_until
 
 HERE = "tests/test_documented_commands.py"
@@ -257,14 +265,26 @@ def _http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
         return False
 
 
+def client_when_serving(service: Shell, port_in: int, port_out: int) -> WKRClient:
+    """A client of the service ``service`` started, once a worker serves; fails if it exits."""
+    def connect() -> WKRClient | None:
+        service.running()
+        try:
+            return WKRClient(port=port_in, port_out=port_out, connect_timeout=1)
+        except ServiceUnavailable:
+            return None
+    return wait_until(connect, 90, interval=0.2, what=f"{service.text!r} to serve")
+
+
 def test_the_rest_commands_answer_as_the_docs_show(session: Session) -> None:
     commands = commands_run_by(REST.test)
     echo = session.start(_by(commands, "wkr-serving-start workers.echo.Worker"))
     api = f"http://127.0.0.1:{session.subs.port('8900')}"
-    wait_until(lambda: _http_ok(f"{api}/readyz"), 90, interval=0.2,
+    wait_until(lambda: echo.running() and _http_ok(f"{api}/readyz"), 90, interval=0.2,
                what=f"the echo service's REST API to be ready:\n{echo.output[-2000:]}")
     flower = f"http://127.0.0.1:{session.subs.port('5555')}/api/workers"
-    wait_until(lambda: _http_ok(flower), 90, interval=0.3, what="Flower to answer")
+    wait_until(lambda: echo.running() and _http_ok(flower), 90, interval=0.3,
+               what="Flower to answer")
 
     for command in commands:
         text = command.text
@@ -276,8 +296,11 @@ def test_the_rest_commands_answer_as_the_docs_show(session: Session) -> None:
     alone = f"http://127.0.0.1:{session.subs.port('8901')}"
     for command in (c for c in commands if c.text.startswith("wkr-serving-http")):
         shell = session.start(command)
-        wait_until(lambda: _http_ok(f"{alone}/readyz", {"X-API-Key": "s3cret"}), 60,
-                   interval=0.2, what=f"{command.text!r}:\n{shell.output[-2000:]}")
+
+        def up(shell: Shell = shell) -> bool:
+            return shell.running() and _http_ok(f"{alone}/readyz", {"X-API-Key": "s3cret"})
+
+        wait_until(up, 60, interval=0.2, what=f"{command.text!r}:\n{shell.output[-2000:]}")
         keyed = "-http_api_key" in command.text
         assert (httpx.get(f"{alone}/status/server", timeout=10).status_code == 401) == keyed
         session.stop(shell)
@@ -303,7 +326,7 @@ def test_the_seed_server_starts_from_examples_and_celery_sees_its_workers(
     commands = commands_run_by(SEED.test)
     server = session.start(_by(commands, "server.Worker"))
     port_in, port_out = session.subs.port("8996"), session.subs.port("8998")
-    client = WKRClient(port=port_in, port_out=port_out, connect_timeout=90)
+    client = client_when_serving(server, port_in, port_out)
     try:
         assert client.encode(np.zeros((5, 5))).result(timeout=60).shape == (5, 3)
     finally:
