@@ -72,8 +72,9 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install . && wkr-serving-start "
     "workers.linear.Worker -num_worker 2 -batch_size 32": CannotRun(
         "creates a virtual environment and installs every dependency from the package index",
-        "tests/test_examples.py::test_every_python_block_in_the_readme_runs (serves the "
-        "quickstart's wkr-serving-start command and runs the README's client on it)"),
+        ".ci/run runs it as written (a fresh venv, Ctrl+C through a pseudo-terminal) before the "
+        "suite; tests/test_examples.py::test_every_python_block_in_the_readme_runs serves its "
+        "wkr-serving-start command and runs the README's client on it"),
     "apt-get install -y chromium redis-server": CannotRun(
         "installs Debian packages as root", "tests/test_dashboard.py and tests/faults/test_tls.py "
         "fail, never skip, without them; .ci/run installs them"),
@@ -154,6 +155,12 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     "wkr-serving-check -name linear -broker_url redis://redis-host:6379/0": PRODUCTION,
     "wkr-serving-terminate -name linear -port_in 8996": PRODUCTION,
     "wkr-serving-terminate -name linear -port_in 8996 -force": PRODUCTION,
+    "wkr-serving-start workers.linear.Worker -num_worker 2 -broker_url 'sentinel://10.0.0.5:"
+    "26379;sentinel://10.0.0.6:26379;sentinel://10.0.0.7:26379' -sentinel_master mymaster":
+        CannotRun("needs three Sentinels, a master and a replica; the test starts its own on "
+                  "loopback and serves through them with these flags",
+                  "tests/faults/test_sentinel.py::test_master_killed_under_load_fails_over_and_"
+                  "every_request_ends_answered_or_lost"),
     "docker compose up -d --build": CannotRun(
         "no Docker engine runs in CI", "tests/test_compose.py: the compose file is checked "
         "against the Compose Specification and each service's command runs as a process"),
