@@ -61,6 +61,9 @@ SEED = RunBy(f"{HERE}::test_the_seed_server_starts_from_examples_and_celery_sees
 PRODUCTION = RunBy(f"{HERE}::test_the_production_commands_run_as_written")
 DECENTRAL = RunBy("tests/test_decentral_example.py::"
                   "test_the_documented_commands_run_the_example_end_to_end")
+COMPAT = "tests/test_wkr_serving_compat.py"
+COMPAT_DECENTRAL = RunBy(
+    f"{COMPAT}::test_the_guides_decentralize_example_posts_a_result_for_every_queued_job")
 BENCH_HELP = RunBy(f"{HERE}::test_the_benchmark_help_runs_as_written")
 QUICK_BENCH = "tests/test_benchmark.py::test_quick_benchmark_exits_zero_and_prints_the_table"
 COMPOSE = "tests/test_compose.py::test_the_compose_stack_answers_encode_through_the_rest_port"
@@ -105,6 +108,23 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     "sh run_script.sh stop": PRODUCTION,
     "sh run_script.sh stopf": PRODUCTION,
     "sh run_script.sh restart": PRODUCTION,
+    # docs/compat.md (the seed guide's examples, run from examples/wkr_serving/)
+    "pip install .": CannotRun(
+        "installs the package from the package index into the current environment",
+        ".ci/run installs it exactly so in a fresh venv before the suite"),
+    "cd examples/wkr_serving && wkr-serving-start server.Worker -model_dir /path/to/model "
+    "-model_name model.hdf5 -port_in 8996 -port_out 8998 -http_port 8900 -num_worker 2 "
+    "-batch_size 1 -device_map -1 -gpu_memory_fraction 0.25 -log_dir /tmp/log_dir": RunBy(
+        f"{COMPAT}::test_wkr_serving_client_encode_blocks_and_returns_the_result"),
+    "cd examples/wkr_serving && python client.py": RunBy(
+        f"{COMPAT}::test_the_guides_client_example_prints_the_result_it_waited_for"),
+    "cd examples/wkr_serving && DECENTRAL_REDIS_PORT=8996 "
+    "DECENTRAL_PUSH_API=http://127.0.0.1:8000/result wkr-decentral-start "
+    "decentralize.ProcessingModel -port 21324 -port_out 21326 -http_port 8901 -num_client 4 "
+    "-remote_servers [[127.0.0.1, 8996, 8998]] -log_dir /tmp/log_dir": COMPAT_DECENTRAL,
+    'python -c "\nfrom wkr_serving.client.helper import RedisHandler\njobs = '
+    "RedisHandler('EXAMPLE_QUEUE', '127.0.0.1', 8996)\njobs.push_many([i, i, i, i, i] for i "
+    'in range(10))"': COMPAT_DECENTRAL,
     # docs/decentral.md
     "wkr-serving-start workers.linear.Worker -num_worker 2": DECENTRAL,
     "python -c \"\nimport numpy as np\nfrom wkr_celery.client.helper import RedisHandler\n"
