@@ -10,7 +10,7 @@ import wkr_celery.server
 
 def test_package_root_exports() -> None:
     assert set(wkr_celery.__all__) >= {
-        "WKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError", "ConfigError",
+        "WKRClient", "AsyncWKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError", "ConfigError",
         "ServiceUnavailable", "VersionMismatch", "InputError", "PayloadTooLarge",
         "RequestFailed", "PredictError", "BatchContractError", "DecodeError", "InvalidInput",
         "DeadlineExceeded", "ServiceOverloaded", "PoisonInput", "RequestLost", "__version__"}
@@ -24,7 +24,8 @@ def test_seed_import_paths() -> None:
     from wkr_celery.server.helper import get_args_parser, import_tf, import_torch
 
     assert {"WKRServer", "WKRHardWorker"} <= set(wkr_celery.server.__all__)
-    assert "WKRClient" in wkr_celery.client.__all__
+    assert {"WKRClient", "AsyncWKRClient"} <= set(wkr_celery.client.__all__)
+    assert wkr_celery.client.AsyncWKRClient is wkr_celery.AsyncWKRClient
     assert all(callable(f) for f in (get_args_parser, import_tf, import_torch))
     assert WKRClient is wkr_celery.WKRClient and WKRServer is wkr_celery.WKRServer
     assert WKRHardWorker is wkr_celery.WKRHardWorker

@@ -1,15 +1,16 @@
 """wkr-celery: turn any model into a batching inference service on Celery + Redis.
 
 Server side, subclass :class:`WKRHardWorker` and run ``wkr-serving-start module.Worker``;
-client side, ``WKRClient(...).encode(x)`` returns a future. ``celery -A wkr_celery worker``
-finds the Celery app as ``wkr_celery.app``, built from ``WKR_*`` variables on first access.
+client side, ``WKRClient(...).encode(x)`` returns a future, and ``await
+AsyncWKRClient(...).encode(x)`` the result, in an asyncio program. ``celery -A wkr_celery
+worker`` finds the Celery app as ``wkr_celery.app``, built from ``WKR_*`` variables on first access.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .client import WKRClient
+from .client import AsyncWKRClient, WKRClient
 from .config import Settings
 from .errors import (
     BatchContractError,
@@ -33,6 +34,7 @@ from .version import __version__
 
 __all__ = [
     "WKRClient",
+    "AsyncWKRClient",
     "WKRServer",
     "WKRHardWorker",
     "Settings",

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 __all__ = [
-    "connect", "redacted", "explain", "with_tls_defaults", "result_url_from", "without_credentials",
-    "REDIS_ERRORS",
+    "connect", "connect_async", "redacted", "explain", "with_tls_defaults", "result_url_from",
+    "without_credentials", "REDIS_ERRORS",
 ]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.
@@ -25,14 +28,22 @@ def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False) ->
     so a blocked call is never mistaken for a dead connection.
     """
     return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=5.0,
-        socket_timeout=blocking_timeout + 10.0,
-        socket_keepalive=True,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        decode_responses=decode,
-    )
+        url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        **_options(blocking_timeout, decode))
+
+
+def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = False
+                  ) -> redis.asyncio.Redis:
+    """:func:`connect` for ``redis.asyncio``: the same timeouts and retry rules."""
+    return redis.asyncio.Redis.from_url(
+        url, retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        **_options(blocking_timeout, decode))
+
+
+def _options(blocking_timeout: float, decode: bool) -> dict[str, Any]:
+    return {"socket_connect_timeout": 5.0, "socket_timeout": blocking_timeout + 10.0,
+            "socket_keepalive": True, "health_check_interval": 30,
+            "decode_responses": decode}
 
 
 def redacted(url: str) -> str:

@@ -19,11 +19,10 @@ from typing import Any
 
 import redis
 
-from ..codec import loads
 from ..connections import REDIS_ERRORS, redacted
-from ..errors import DeadlineExceeded, RequestLost, WKRError
+from ..errors import RequestLost, WKRError
 from ..keys import task_meta_key
-from ..messages import error_of
+from .protocol import deadline_exceeded, read_reply
 from .restarts import RestartWatch
 
 __all__ = ["Replies", "LISTEN_SECONDS"]
@@ -127,19 +126,13 @@ class Replies:
         """Settle the future ``data`` (a stored Celery result) answers; bytes from Redis."""
         if data == _CLOSE_TOKEN:
             return
-        try:
-            meta = loads(data)
-            task_id = meta["task_id"]
-        except Exception:  # a reply we cannot read answers nobody; say so and go on
-            log.error("dropped an unreadable reply of %d bytes", len(data))
+        reply = read_reply(data)
+        if reply is None:
             return
-        future = self.pending.pop(task_id, None)
+        future = self.pending.pop(reply.task_id, None)
         if future is None:
             return  # answered already (duplicate delivery) or given up on
-        if meta.get("status") == "SUCCESS":
-            _settle(future, result=meta.get("result"))
-        else:
-            _settle(future, error=error_of(meta))
+        _settle(future, result=reply.result, error=reply.error)
 
     def _check_restarts(self) -> None:
         """Once a second: fail requests a Redis restarted without persistence has lost."""
@@ -185,7 +178,7 @@ class Replies:
         with self._deadline_lock:
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, task_id = heapq.heappop(self._deadlines)
-                self.fail(task_id, DeadlineExceeded("no result before the request's timeout"))
+                self.fail(task_id, deadline_exceeded())
             if self._deadlines:
                 return max(0.01, min(LISTEN_SECONDS, self._deadlines[0][0] - now))
         return LISTEN_SECONDS
