@@ -25,6 +25,7 @@ from wkr_celery import (
     InputError,
     PayloadTooLarge,
     PredictError,
+    RequestLost,
     ServiceOverloaded,
     ServiceUnavailable,
     VersionMismatch,
@@ -195,7 +196,8 @@ def test_wait_for_timeout_withdraws_the_request_like_any_cancellation(
 
 # Errors ---------------------------------------------------------------------------------------
 
-def test_timeouts_input_predict_and_overload_errors_are_raised_as_by_the_sync_client(make_service, tmp_path: Path) -> None:
+def test_timeouts_input_predict_and_overload_errors_are_raised_as_by_the_sync_client(
+        make_service, tmp_path: Path) -> None:
     service = make_service("tests.workers_for_tests.GateWorker", "-batch_size", "1",
                            "-prefetch", "1", "-max_queue", "2", "-max_payload", "2000")
     gate = tmp_path / "gate"
@@ -233,6 +235,50 @@ def test_timeouts_input_predict_and_overload_errors_are_raised_as_by_the_sync_cl
             await client.encode({"value": 1})
 
     run(main())
+
+
+def test_a_redis_restarted_without_persistence_fails_what_it_lost_with_request_lost(
+        tmp_path: Path) -> None:
+    server = EmbeddedRedis(free_port(), data_dir=str(tmp_path / "redis"), persist=False).start()
+    try:
+        service = start_service("restarted", server.url, server.url, tmp_path,
+                                "tests.workers_for_tests.GateWorker",
+                                ["-batch_size", "1", "-prefetch", "1"], wait=1)
+    except BaseException:
+        server.stop()
+        raise
+    gate = tmp_path / "gate"
+
+    def restart() -> None:
+        nonlocal server
+        server.stop()
+        server = EmbeddedRedis(server.port, data_dir=str(tmp_path / "redis")).start()
+
+    async def main() -> None:
+        async with client_of(service) as client:
+            held = asyncio.ensure_future(client.encode({"gate": str(gate), "value": 1}))
+            await eventually(lambda: Path(f"{gate}.entered").exists(), what="a held batch")
+            sent = [asyncio.ensure_future(client.encode({"value": i})) for i in range(3)]
+            await eventually(lambda: queued(service) == 2, what="two requests in the list")
+            await asyncio.to_thread(restart)
+            # No timeout was given: without the restart watch these would wait forever.
+            answers = await asyncio.gather(*sent, return_exceptions=True)
+            lost = [a for a in answers if isinstance(a, RequestLost)]
+            assert len(lost) >= 2, answers  # the two in the list, at least, are gone
+            assert "restarted without persistence" in str(lost[0])
+            assert all(isinstance(a, RequestLost) or int(a) == 2 * i
+                       for i, a in enumerate(answers))
+            gate.touch()
+            first = await asyncio.gather(held, return_exceptions=True)
+            assert isinstance(first[0], RequestLost) or int(first[0]) == 2
+            await eventually(service.live_workers, what="the worker back on the new Redis")
+            assert int(await client.encode({"value": 21}, timeout=30)) == 42
+
+    try:
+        run(main())
+    finally:
+        service.stop()
+        server.stop()
 
 
 def test_unreachable_broker_missing_worker_and_version_mismatch_fail_clearly(

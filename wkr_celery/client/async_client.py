@@ -1,10 +1,11 @@
 """``AsyncWKRClient``: ``await client.encode(x)`` from one event loop, no thread per request.
 
 The same requests as :class:`~.client.WKRClient` (built by :mod:`.protocol`), sent and received
-by two tasks on the caller's loop over ``redis.asyncio``: a publisher that sends every request
-queued since its last round trip in one ``PUBLISH`` script call (which enforces the queue cap),
-and a listener that pops this client's reply list in bulk and settles the waiting requests by
-task id. A waiting request costs a future and, with a timeout, a timer on the loop.
+by tasks on the caller's loop over ``redis.asyncio``: a publisher (here) that sends every
+request queued since its last round trip in one ``PUBLISH`` script call (which enforces the
+queue cap), and a listener (:mod:`.async_replies`) that pops this client's reply list in bulk and
+settles the waiting requests by task id. A waiting request costs a future and, with a timeout,
+a timer on the loop.
 
 Cancelling the task that awaits a request withdraws it: one still in this client's outbox is
 never sent; one in the service's queue is removed with ``LREM`` of its exact envelope (atomic
@@ -30,40 +31,16 @@ from ..broker import publish_call
 from ..codec import loads
 from ..connections import REDIS_ERRORS, connect_async
 from ..errors import WKRError
-from ..keys import ServiceKeys, priority_step, reply_key, task_meta_key
+from ..keys import ServiceKeys, priority_step, reply_key
 from . import async_discovery as discovery
-from .protocol import (
-    Address,
-    Outgoing,
-    Requests,
-    deadline_exceeded,
-    overloaded,
-    publish_failed,
-    read_reply,
-    wake_count,
-)
+from .async_replies import AsyncReplies, Waiting
+from .async_restarts import AsyncRestartWatch
+from .protocol import Address, Outgoing, Requests, overloaded, publish_failed, wake_count
 from .replies import LISTEN_SECONDS
 
 __all__ = ["AsyncWKRClient"]
 
 log = logging.getLogger("wkr_celery.client")
-
-_DRAIN = 1000
-_CLOSE_TOKEN = b"__wkr_close__"
-
-
-class _Waiting:
-    """One request this client has out: what was sent, and the future its caller awaits."""
-
-    __slots__ = ("request", "future", "timer", "published", "withdrawn")
-
-    def __init__(self, request: Outgoing, future: asyncio.Future[Any]) -> None:
-        self.request = request
-        self.future = future
-        self.timer: asyncio.TimerHandle | None = None
-        self.published = False  # the publisher has sent it (or tried): a revoke must LREM it
-        self.withdrawn = False  # its caller stopped waiting
-
 
 class AsyncWKRClient:
     """Asyncio client of one service; the arguments are :class:`WKRClient`'s.
@@ -107,11 +84,11 @@ class AsyncWKRClient:
         self._broker: redis.asyncio.Redis | None = None
         self._results: redis.asyncio.Redis | None = None
         self._publish_script: Any = None
-        self._pending: dict[str, _Waiting] = {}
-        self._outbox: list[_Waiting] = []
+        self._replies: AsyncReplies | None = None
+        self._outbox: list[Waiting] = []
         self._withdrawn: list[Outgoing] = []
         self._wake: asyncio.Event | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._publisher: asyncio.Task[None] | None = None
         self._closed = False
 
     # Connecting ---------------------------------------------------------------------------
@@ -153,6 +130,13 @@ class AsyncWKRClient:
             opened.append(results)
             if not self._ignore_all_checks:
                 await discovery.check_reachable(results, "result Redis", result_url)
+            urls = {self.broker_url: broker, result_url: results}
+            watches = [AsyncRestartWatch(url, client) for url, client in urls.items()]
+            for watch in watches:  # remember each server's run now: a restart from here is seen
+                try:
+                    await watch.check()
+                except REDIS_ERRORS:
+                    pass
         except BaseException:  # no half-made client keeps its connections open
             for connection in opened:
                 await connection.aclose()
@@ -162,9 +146,10 @@ class AsyncWKRClient:
         self.name, self.server_config, self.result_url = name, info, result_url
         self._broker, self._results = broker, results
         self._publish_script = broker.register_script(scripts.PUBLISH)
+        self._replies = AsyncReplies(results, self._reply_key, watches)
+        self._replies.start()
         self._wake = asyncio.Event()
-        self._tasks = [asyncio.ensure_future(self._publish_loop()),
-                       asyncio.ensure_future(self._listen_loop())]
+        self._publisher = asyncio.ensure_future(self._publish_loop())
         self._requests = Requests(keys, info, self.client_id, timeout=self.timeout,
                                   priority=self.priority)
 
@@ -197,7 +182,7 @@ class AsyncWKRClient:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
         await self.connect()
-        window: deque[_Waiting] = deque()
+        window: deque[Waiting] = deque()
         try:
             async for x in _each(inputs):
                 window.append(self._send(x, timeout, priority))
@@ -209,68 +194,48 @@ class AsyncWKRClient:
             for waiting in window:
                 self._withdraw(waiting)
 
-    def _send(self, x: Any, timeout: float | None, priority: int | str | None) -> _Waiting:
+    def _send(self, x: Any, timeout: float | None, priority: int | str | None) -> Waiting:
         """Queue one request for the publisher; raises ``InputError`` before anything is sent."""
         if self._closed:
             raise WKRError("client is closed")
-        assert self._requests is not None and self._wake is not None
+        assert self._requests is not None and self._replies is not None
+        assert self._wake is not None
         request = self._requests.make(x, timeout=timeout, priority=priority)
-        loop = asyncio.get_running_loop()
-        waiting = _Waiting(request, loop.create_future())
-        if request.expiry is not None:
-            waiting.timer = loop.call_later(max(0.0, request.expiry - time.monotonic()),
-                                            self._fail, request.task_id, deadline_exceeded())
-        self._pending[request.task_id] = waiting
+        waiting = Waiting(request, asyncio.get_running_loop().create_future())
+        self._replies.expect(waiting)
         self._outbox.append(waiting)
         self._wake.set()
         return waiting
 
-    async def _wait(self, waiting: _Waiting) -> Any:
+    async def _wait(self, waiting: Waiting) -> Any:
         try:
             return await waiting.future
         except asyncio.CancelledError:
             self._withdraw(waiting)
             raise
 
-    def _withdraw(self, waiting: _Waiting) -> None:
+    def _withdraw(self, waiting: Waiting) -> None:
         """The caller stopped waiting: never send the request, or take it back from the queue;
         an answer that comes anyway finds nobody waiting and is dropped."""
-        request = waiting.request
-        if self._pending.pop(request.task_id, None) is None:
+        assert self._replies is not None and self._wake is not None
+        if self._replies.forget(waiting.request.task_id) is None:
             return  # answered already
-        if waiting.timer is not None:
-            waiting.timer.cancel()
         waiting.withdrawn = True
         if not waiting.future.done():
             waiting.future.cancel()
-        if waiting.published and self._wake is not None:
-            self._withdrawn.append(request)
+        if waiting.published_at is not None:
+            self._withdrawn.append(waiting.request)
             self._wake.set()
-
-    def _settle(self, task_id: str, result: Any = None, error: BaseException | None = None
-                ) -> None:
-        waiting = self._pending.pop(task_id, None)
-        if waiting is None:
-            return  # answered already (duplicate delivery), withdrawn, or timed out
-        if waiting.timer is not None:
-            waiting.timer.cancel()
-        if waiting.future.done():
-            return
-        if error is None:
-            waiting.future.set_result(result)
-        else:
-            waiting.future.set_exception(error)
-
-    def _fail(self, task_id: str, error: BaseException) -> None:
-        self._settle(task_id, error=error)
 
     # The publisher task -------------------------------------------------------------------
 
     async def _publish_loop(self) -> None:
         assert self._wake is not None
-        while not self._closed:
+        while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._closed:
+                return
             items = [waiting for waiting in self._outbox if not waiting.withdrawn]
             self._outbox = []
             if items:
@@ -279,11 +244,11 @@ class AsyncWKRClient:
                 withdrawn, self._withdrawn = self._withdrawn, []
                 await self._revoke(withdrawn)
 
-    async def _publish(self, items: list[_Waiting]) -> None:
+    async def _publish(self, items: list[Waiting]) -> None:
         """Send ``items`` in one round trip; retried while the broker is away, up to
         ``connect_timeout``."""
-        assert self._requests is not None
-        requests = self._requests
+        assert self._requests is not None and self._replies is not None
+        requests, replies = self._requests, self._replies
         keys, args = publish_call(requests.keys, [(w.request.index, w.request.message)
                                                   for w in items],
                                   cap=requests.max_queue,
@@ -298,18 +263,19 @@ class AsyncWKRClient:
                 if self._closed or time.monotonic() >= give_up:
                     error = publish_failed(self.broker_url, exc)
                     for waiting in items:
-                        self._fail(waiting.request.task_id, error)
+                        replies.fail(waiting.request.task_id, error)
                     return
                 await asyncio.sleep(delay)  # backoff while the broker is away
                 delay = min(delay * 2, 1.0)
+        published = time.monotonic()
         for waiting in items[:accepted]:
-            waiting.published = True
+            waiting.published_at = published
             if waiting.withdrawn:  # its caller gave up while it was on the way
                 self._withdrawn.append(waiting.request)
         if accepted < len(items):
             refused = overloaded(requests.keys.name, requests.max_queue)
             for waiting in items[accepted:]:
-                self._fail(waiting.request.task_id, refused)
+                replies.fail(waiting.request.task_id, refused)
 
     async def _revoke(self, requests: list[Outgoing]) -> None:
         """Take withdrawn requests back from the queue where no worker has fetched them yet."""
@@ -325,54 +291,6 @@ class AsyncWKRClient:
             return
         log.debug("withdrawn: %d revoked from the queue, %d held by workers (answers dropped)",
                   removed, len(requests) - removed)
-
-    # The listener task --------------------------------------------------------------------
-
-    async def _listen_loop(self) -> None:
-        results, key = self._results, self._reply_key
-        assert results is not None
-        delay = 0.05
-        recover = False
-        while not self._closed:
-            try:
-                if recover:
-                    await self._recover()
-                    recover = False
-                first = await results.blpop([key], timeout=LISTEN_SECONDS)
-                if first is None:
-                    continue
-                self._resolve(first[1])
-                # The rest only when more requests are out (one at a time, nothing to drain).
-                rest = (await results.lpop(key, _DRAIN) or []) if self._pending else []
-            except REDIS_ERRORS as exc:
-                if self._closed:
-                    return
-                log.warning("result Redis unreachable (%s); retrying", exc)
-                recover = True
-                await asyncio.sleep(delay)  # backoff while the result Redis is away
-                delay = min(delay * 2, 1.0)
-                continue
-            delay = 0.05
-            for data in rest:
-                self._resolve(data)
-
-    def _resolve(self, data: Any) -> None:
-        if data == _CLOSE_TOKEN:
-            return
-        reply = read_reply(data)
-        if reply is not None:
-            self._settle(reply.task_id, reply.result, reply.error)
-
-    async def _recover(self) -> None:
-        """Resolve pending requests from their stored results: a pop whose reply was lost
-        with its connection took those answers off the reply list for good."""
-        assert self._results is not None
-        task_ids = list(self._pending)
-        for start in range(0, len(task_ids), _DRAIN):
-            chunk = task_ids[start:start + _DRAIN]
-            for data in await self._results.mget([task_meta_key(t) for t in chunk]):
-                if isinstance(data, bytes):
-                    self._resolve(data)
 
     # Status and shutdown ------------------------------------------------------------------
 
@@ -399,7 +317,7 @@ class AsyncWKRClient:
     @property
     def pending(self) -> int:
         """Requests sent and not yet answered."""
-        return len(self._pending)
+        return len(self._replies.pending) if self._replies is not None else 0
 
     def _connected(self) -> Requests:
         if self._requests is None:
@@ -427,28 +345,13 @@ class AsyncWKRClient:
             self._connecting.cancel()
         if self._wake is not None:
             self._wake.set()
-        if self._results is not None:
-            try:
-                await self._results.rpush(self._reply_key, _CLOSE_TOKEN)
-            except REDIS_ERRORS:
-                pass
-        if self._tasks:
-            done, running = await asyncio.wait(self._tasks, timeout=LISTEN_SECONDS + 11)
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        closed = WKRError("the client was closed before this request was answered")
-        for task_id in list(self._pending):
-            self._fail(task_id, closed)
+        if self._publisher is not None:
+            await asyncio.gather(self._publisher, return_exceptions=True)
+        if self._replies is not None:
+            await self._replies.close()
         for connection in (self._results, self._broker):
-            if connection is None:
-                continue
-            if connection is self._results:
-                try:
-                    await connection.delete(self._reply_key)
-                except REDIS_ERRORS:
-                    pass
-            await connection.aclose()
+            if connection is not None:
+                await connection.aclose()
 
     async def __aenter__(self) -> AsyncWKRClient:
         return await self.connect()
