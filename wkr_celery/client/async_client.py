@@ -65,6 +65,7 @@ class AsyncWKRClient:
         connect_timeout: float = 10.0,
         priority: int | str = "normal",
         show_server_config: bool = False,
+        sentinel_master: str = "",
     ) -> None:
         self._address = Address.of(ip, port, port_out, broker_url, result_url)
         self.broker_url = self._address.broker_url
@@ -78,6 +79,7 @@ class AsyncWKRClient:
         self._ignore_all_checks = ignore_all_checks
         self._connect_timeout = connect_timeout
         self._show_server_config = show_server_config
+        self._sentinel_master = sentinel_master
         self._reply_key = reply_key(self.client_id)
         self._connecting: asyncio.Task[None] | None = None
         self._requests: Requests | None = None
@@ -111,7 +113,7 @@ class AsyncWKRClient:
         return self
 
     async def _connect(self) -> None:
-        broker = connect_async(self.broker_url)
+        broker = connect_async(self.broker_url, sentinel_master=self._sentinel_master)
         opened = [broker]
         try:
             if self.name or self._ignore_all_checks:
@@ -126,7 +128,8 @@ class AsyncWKRClient:
                 info = await discovery.wait_until_serving(
                     broker, keys, self.broker_url, self._connect_timeout, self._check_version)
             result_url = self._address.result_url(info)
-            results = connect_async(result_url, blocking_timeout=LISTEN_SECONDS)
+            results = connect_async(result_url, blocking_timeout=LISTEN_SECONDS,
+                                    sentinel_master=self._sentinel_master)
             opened.append(results)
             if not self._ignore_all_checks:
                 await discovery.check_reachable(results, "result Redis", result_url)

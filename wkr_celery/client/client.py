@@ -52,6 +52,7 @@ class WKRClient:
         connect_timeout: float = 10.0,
         priority: int | str = "normal",
         show_server_config: bool = False,
+        sentinel_master: str = "",
     ) -> None:
         address = Address.of(ip, port, port_out, broker_url, result_url)
         self.broker_url = address.broker_url
@@ -59,7 +60,7 @@ class WKRClient:
         self.priority = priority_step(priority)
         self.client_id = uuid.uuid4().hex
         self._reply_key = reply_key(self.client_id)
-        self._broker_redis = connect(self.broker_url)
+        self._broker_redis = connect(self.broker_url, sentinel_master=sentinel_master)
         opened = [self._broker_redis]
         try:
             if name or ignore_all_checks:
@@ -73,7 +74,8 @@ class WKRClient:
                 self.server_config = wait_until_serving(
                     self._broker, self.broker_url, connect_timeout, check_version)
             self.result_url = address.result_url(self.server_config)
-            self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS)
+            self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
+                                         sentinel_master=sentinel_master)
             opened.append(self._result_redis)
             if not ignore_all_checks:
                 check_reachable(self._result_redis, "result Redis", self.result_url)
