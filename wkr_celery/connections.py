@@ -17,7 +17,7 @@ from redis.sentinel import Sentinel
 from .errors import ConfigError
 
 __all__ = [
-    "connect", "connect_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
+    "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
     "result_url_from", "without_credentials", "REDIS_ERRORS",
 ]
 
@@ -55,6 +55,15 @@ def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = Fal
                                                    **options, **auth)
         return sentinel.master_for(sentinel_master, **options, **auth)
     return redis.asyncio.Redis.from_url(url, **options)
+
+
+async def close_async(client: redis.asyncio.Redis) -> None:
+    """Close a :func:`connect_async` client, and its connections to the sentinels that found
+    its master (``aclose`` alone leaves those open)."""
+    await client.aclose()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
 
 
 def _options(blocking_timeout: float, decode: bool) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import redis.asyncio
 from .. import scripts
 from ..broker import publish_call
 from ..codec import loads
-from ..connections import REDIS_ERRORS, connect_async
+from ..connections import REDIS_ERRORS, close_async, connect_async
 from ..errors import WKRError
 from ..keys import ServiceKeys, priority_step, reply_key
 from . import async_discovery as discovery
@@ -142,7 +142,7 @@ class AsyncWKRClient:
                     pass
         except BaseException:  # no half-made client keeps its connections open
             for connection in opened:
-                await connection.aclose()
+                await close_async(connection)
             raise
         if self._show_server_config:
             log.info("service %r: %s", name, info)
@@ -354,7 +354,7 @@ class AsyncWKRClient:
             await self._replies.close()
         for connection in (self._results, self._broker):
             if connection is not None:
-                await connection.aclose()
+                await close_async(connection)
 
     async def __aenter__(self) -> AsyncWKRClient:
         return await self.connect()
