@@ -13,7 +13,8 @@ def test_package_root_exports() -> None:
         "WKRClient", "AsyncWKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError", "ConfigError",
         "ServiceUnavailable", "VersionMismatch", "InputError", "PayloadTooLarge",
         "RequestFailed", "PredictError", "BatchContractError", "DecodeError", "InvalidInput",
-        "DeadlineExceeded", "ServiceOverloaded", "PoisonInput", "RequestLost", "__version__"}
+        "RequestTooLarge", "ResultTooLarge", "DeadlineExceeded", "ServiceOverloaded",
+        "PoisonInput", "RequestLost", "__version__"}
     for name in wkr_celery.__all__:
         assert getattr(wkr_celery, name) is not None
 

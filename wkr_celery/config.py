@@ -79,6 +79,8 @@ class Settings:
     http_host: str = _opt("127.0.0.1", "address the REST API binds to")
     http_api_key: str = _opt("", "API key the REST API requires in the X-API-Key header")
     http_max_body: int = _opt(5 * 1024 * 1024, "largest REST request body in bytes")
+    http_read_timeout: float = _opt(
+        30.0, "seconds a REST client may take to send a request's head, and again its body")
     flower_port: int = _opt(0, "also start Flower on this port; 0 = none")
     flower_basic_auth: str = _opt("", "user:pass for Flower")
     num_worker: int = _opt(1, "number of worker processes, each holding one model")
@@ -92,6 +94,8 @@ class Settings:
     protocol: str = _opt("obj", "npy (numpy arrays, batch stacked) or obj (msgpack objects)")
     max_queue: int = _opt(100_000, "queued requests beyond which encode fails fast; 0 = no cap")
     max_payload: int = _opt(5 * 1024 * 1024, "largest encoded input in bytes")
+    max_result: int = _opt(64 * 1024 * 1024, "largest encoded result in bytes; a bigger one "
+                           "fails its request with ResultTooLarge")
     visibility_timeout: float = _opt(
         10.0, "seconds without a heartbeat after which a worker's requests are requeued"
     )
@@ -109,7 +113,8 @@ class Settings:
             raise ConfigError(f"protocol {self.protocol!r} is not one of {sorted(PROTOCOLS)}")
         object.__setattr__(self, "protocol", protocol)
         object.__setattr__(self, "device_map", parse_device_map(self.device_map))
-        for name in ("num_worker", "batch_size", "prefetch", "max_attempts", "max_payload"):
+        for name in ("num_worker", "batch_size", "prefetch", "max_attempts", "max_payload",
+                     "max_result"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_queue", "http_port", "flower_port", "port_in", "port_out"):
@@ -119,6 +124,8 @@ class Settings:
         for name in ("batch_timeout", "visibility_timeout", "result_expires"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.http_read_timeout > 0:
+            raise ConfigError(f"http_read_timeout must be more than 0, got {self.http_read_timeout}")
         if self.visibility_timeout < 2:
             raise ConfigError("visibility_timeout must be at least 2 seconds")
         if self.redis_persist not in ("on", "off", "auto"):

@@ -3,7 +3,9 @@
 Two threads do the I/O so callers never wait on Redis: a publisher (here) sends every request
 queued since its last round trip in one scripted call, which also enforces the service's queue
 cap, and a listener (:mod:`.replies`) pops this client's reply list in bulk and settles futures
-by task id. A lone request is published from the caller's own thread instead.
+by task id. A lone request is published from the caller's own thread instead. A watch thread
+per Redis (:mod:`.restarts`) notices outages and empty restarts, so the broker being down never
+stops answers from the result Redis.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from ..connections import REDIS_ERRORS, connect
 from ..errors import WKRError
 from ..keys import ServiceKeys, priority_step, reply_key
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
+from .doubt import answer_grace
 from .protocol import Address, Outgoing, Requests, overloaded, publish_failed, wake_count
 from .replies import LISTEN_SECONDS, Replies
-from .restarts import RestartWatch
+from .restarts import RedisWatch
 
 __all__ = ["WKRClient"]
 
@@ -91,7 +94,8 @@ class WKRClient:
         self.max_queue = self._requests.max_queue
         self.batch_size = self._requests.batch_size
         self._connect_timeout = connect_timeout
-        self._replies = Replies(self._result_redis, self._reply_key, self._watch_restarts())
+        self._replies = Replies(self._result_redis, self._reply_key, self._watches(),
+                                grace=self._answer_grace, outage_limit=connect_timeout)
         self._outbox: list[Outgoing] = []
         self._outbox_cond = threading.Condition()
         self._publishing = False
@@ -101,9 +105,17 @@ class WKRClient:
         self._publisher.start()
         self._replies.start()
 
-    def _watch_restarts(self) -> list[tuple[str, RestartWatch]]:
-        urls = {self.broker_url: self._broker_redis, self.result_url: self._result_redis}
-        return [(url, RestartWatch(client)) for url, client in urls.items()]
+    def _watches(self) -> list[tuple[str, RedisWatch]]:
+        """One watch per Redis server: both roles on one watch when one server plays both."""
+        if self.result_url == self.broker_url:
+            return [(self.broker_url,
+                     RedisWatch("broker and result", self.broker_url, self._result_redis))]
+        return [(self.broker_url, RedisWatch("broker", self.broker_url, self._broker_redis)),
+                (self.result_url, RedisWatch("result", self.result_url, self._result_redis))]
+
+    def _answer_grace(self) -> float:
+        visibility = float(self.server_config.get("visibility_timeout") or 10.0)
+        return answer_grace(self._broker, visibility)
 
     # Sending ------------------------------------------------------------------------------
 
