@@ -31,6 +31,7 @@ from .doubt import answer_grace
 from .protocol import Address, Outgoing, Requests, overloaded, publish_failed, wake_count
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
+from .verdicts import watched
 
 __all__ = ["WKRClient"]
 
@@ -106,12 +107,10 @@ class WKRClient:
         self._replies.start()
 
     def _watches(self) -> list[tuple[str, RedisWatch]]:
-        """One watch per Redis server: both roles on one watch when one server plays both."""
-        if self.result_url == self.broker_url:
-            return [(self.broker_url,
-                     RedisWatch("broker and result", self.broker_url, self._result_redis))]
-        return [(self.broker_url, RedisWatch("broker", self.broker_url, self._broker_redis)),
-                (self.result_url, RedisWatch("result", self.result_url, self._result_redis))]
+        """One watch per Redis server (:func:`~.verdicts.watched`)."""
+        connections = {self.broker_url: self._broker_redis, self.result_url: self._result_redis}
+        return [(url, RedisWatch(role, url, connections[url]))
+                for role, url in watched(self.broker_url, self.result_url)]
 
     def _answer_grace(self) -> float:
         visibility = float(self.server_config.get("visibility_timeout") or 10.0)
