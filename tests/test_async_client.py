@@ -243,7 +243,8 @@ def test_a_redis_restarted_without_persistence_fails_what_it_lost_with_request_l
     try:
         service = start_service("restarted", server.url, server.url, tmp_path,
                                 "tests.workers_for_tests.GateWorker",
-                                ["-batch_size", "1", "-prefetch", "1"], wait=1)
+                                ["-batch_size", "1", "-prefetch", "1",
+                                 "-visibility_timeout", "2"], wait=1)
     except BaseException:
         server.stop()
         raise
@@ -261,7 +262,8 @@ def test_a_redis_restarted_without_persistence_fails_what_it_lost_with_request_l
             sent = [asyncio.ensure_future(client.encode({"value": i})) for i in range(3)]
             await eventually(lambda: queued(service) == 2, what="two requests in the list")
             await asyncio.to_thread(restart)
-            # No timeout was given: without the restart watch these would wait forever.
+            # No timeout was given: without the watch these would wait forever. In doubt, they
+            # fail once the service has answered none of them for the grace (2 s here).
             answers = await asyncio.gather(*sent, return_exceptions=True)
             lost = [a for a in answers if isinstance(a, RequestLost)]
             assert len(lost) >= 2, answers  # the two in the list, at least, are gone
@@ -278,6 +280,27 @@ def test_a_redis_restarted_without_persistence_fails_what_it_lost_with_request_l
         run(main())
     finally:
         service.stop()
+        server.stop()
+
+
+def test_a_service_gone_with_its_redis_fails_waiting_requests_within_connect_timeout(
+        tmp_path: Path) -> None:
+    server = EmbeddedRedis(free_port()).start()
+    try:
+        service = start_service("gone", server.url, server.url, tmp_path,
+                                "tests.workers_for_tests.PoisonWorker", [], wait=1)
+
+        async def main() -> None:
+            async with client_of(service, connect_timeout=2) as client:
+                assert await client.encode(4) == 8
+                await asyncio.to_thread(service.stop)
+                waiting = asyncio.ensure_future(client.encode(5))  # queued; nobody serves it
+                await eventually(lambda: queued(service) == 1, what="the request queued")
+                await asyncio.to_thread(server.stop)
+                with pytest.raises(RequestLost, match="unreachable for over 2s"):
+                    await waiting  # no timeout given: the watch ends it
+        run(main())
+    finally:
         server.stop()
 
 

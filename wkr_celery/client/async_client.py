@@ -34,9 +34,11 @@ from ..errors import WKRError
 from ..keys import ServiceKeys, priority_step, reply_key
 from . import async_discovery as discovery
 from .async_replies import AsyncReplies, Waiting
-from .async_restarts import AsyncRestartWatch
+from .async_restarts import AsyncRedisWatch
+from .doubt import grace_from
 from .protocol import Address, Outgoing, Requests, overloaded, publish_failed, wake_count
 from .replies import LISTEN_SECONDS
+from .verdicts import watched
 
 __all__ = ["AsyncWKRClient"]
 
@@ -133,13 +135,11 @@ class AsyncWKRClient:
             opened.append(results)
             if not self._ignore_all_checks:
                 await discovery.check_reachable(results, "result Redis", result_url)
-            urls = {self.broker_url: broker, result_url: results}
-            watches = [AsyncRestartWatch(url, client) for url, client in urls.items()]
-            for watch in watches:  # remember each server's run now: a restart from here is seen
-                try:
-                    await watch.check()
-                except REDIS_ERRORS:
-                    pass
+            connections = {self.broker_url: broker, result_url: results}
+            watches = [AsyncRedisWatch(role, url, connections[url])
+                       for role, url in watched(self.broker_url, result_url)]
+            for watch in watches:
+                await watch.remember()
         except BaseException:  # no half-made client keeps its connections open
             for connection in opened:
                 await close_async(connection)
@@ -149,12 +149,25 @@ class AsyncWKRClient:
         self.name, self.server_config, self.result_url = name, info, result_url
         self._broker, self._results = broker, results
         self._publish_script = broker.register_script(scripts.PUBLISH)
-        self._replies = AsyncReplies(results, self._reply_key, watches)
+        self._replies = AsyncReplies(results, self._reply_key, watches, grace=self._grace,
+                                     grace0=await self._grace(),
+                                     outage_limit=self._connect_timeout)
         self._replies.start()
         self._wake = asyncio.Event()
         self._publisher = asyncio.ensure_future(self._publish_loop())
         self._requests = Requests(keys, info, self.client_id, timeout=self.timeout,
                                   priority=self.priority)
+
+    async def _grace(self) -> float:
+        """How long requests in doubt may go unanswered (:func:`~.doubt.grace_from`), from the
+        workers' heartbeats; the visibility timeout alone while they cannot be read."""
+        assert self._broker is not None and self.name is not None
+        visibility = float(self.server_config.get("visibility_timeout") or 10.0)
+        try:
+            beats = await discovery.live_workers(self._broker, ServiceKeys(self.name))
+        except REDIS_ERRORS:
+            beats = {}
+        return grace_from(beats.values(), visibility)
 
     # Sending ------------------------------------------------------------------------------
 

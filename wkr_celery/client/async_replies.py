@@ -3,8 +3,11 @@
 As in :mod:`.replies` for the sync client: workers push this client's answers onto its own reply
 list, one ``BLPOP`` per wake-up serves however many requests are out, and answers are matched by
 task id, so an answer that comes twice (or for a request given up on) finds nobody and is
-dropped. A timer on the loop fails a request at its deadline; a watch task fails requests a
-Redis restarted without persistence has lost, so no await waits forever.
+dropped. A timer on the loop fails a request at its deadline. A watch task checks each Redis
+once a second and carries out what :class:`~.verdicts.Judge` decides, as the sync client's
+watch threads do: requests an empty restart (or a long broker outage) may have lost are put in
+doubt (:mod:`.doubt`), and the result Redis gone past ``connect_timeout`` fails them all, so no
+await waits forever.
 """
 
 from __future__ import annotations
@@ -12,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
 
-from ..connections import REDIS_ERRORS, redacted
+from ..connections import REDIS_ERRORS
 from ..errors import WKRError
 from ..keys import task_meta_key
-from .async_restarts import AsyncRestartWatch
-from .protocol import Outgoing, deadline_exceeded, read_reply, request_lost
+from .async_restarts import AsyncRedisWatch
+from .doubt import Doubt
+from .protocol import Outgoing, deadline_exceeded, read_reply
 from .replies import LISTEN_SECONDS
+from .verdicts import Judge, Verdict
 
 __all__ = ["AsyncReplies", "Waiting"]
 
@@ -46,22 +52,33 @@ class Waiting:
 
 
 class AsyncReplies:
-    """Requests a client has out, and the listener and restart-watch tasks that settle them."""
+    """Requests a client has out, and the listener and watch tasks that settle them.
+
+    ``grace`` reads the current :attr:`Doubt.grace` (from the workers' heartbeats, ``grace0``
+    its value now); ``outage_limit`` is how long a Redis may be unreachable before the requests
+    that depend on it count as gone.
+    """
 
     def __init__(self, results: redis.asyncio.Redis, reply_key: str,
-                 watches: list[AsyncRestartWatch]) -> None:
+                 watches: list[AsyncRedisWatch], *, grace: Callable[[], Awaitable[float]],
+                 grace0: float, outage_limit: float) -> None:
         self.pending: dict[str, Waiting] = {}
         self.watches = watches
         self._redis = results
         self._key = reply_key
+        self._results = next(watch for watch in watches if watch.serves_results)
+        self._grace = grace
+        self._outage_limit = outage_limit
+        self._doubt = Doubt(grace0)
+        self._recovered = self._results.changes
         self._recover_due = False
         self._closed = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._listen_loop()),
-                       asyncio.ensure_future(self._watch_loop())]
+        self._tasks = [asyncio.ensure_future(self._listen_loop())]
+        self._tasks += [asyncio.ensure_future(self._watch_loop(watch)) for watch in self.watches]
 
     def expect(self, waiting: Waiting) -> None:
         """Register a request about to be sent; its deadline becomes a timer on the loop."""
@@ -89,8 +106,12 @@ class AsyncReplies:
         else:
             waiting.future.set_exception(error)
 
-    def fail(self, task_id: str, error: BaseException) -> None:
+    def fail(self, task_id: str, error: BaseException) -> bool:
+        """Fail a pending request; False when it was settled already."""
+        if task_id not in self.pending:
+            return False
         self.settle(task_id, error=error)
+        return True
 
     async def close(self) -> None:
         """Stop the tasks, fail what is still pending, delete the reply list."""
@@ -116,13 +137,14 @@ class AsyncReplies:
     # The listener task: the result Redis ----------------------------------------------------
 
     async def _listen_loop(self) -> None:
-        client, key = self._redis, self._key
+        client, key, watch = self._redis, self._key, self._results
         delay = 0.05
         while not self._closed:
             try:
-                if self._recover_due:
+                if self._recover_due or watch.changes != self._recovered:
                     await self._recover()
                 first = await client.blpop([key], timeout=LISTEN_SECONDS)
+                watch.reached()
                 if first is None:
                     continue
                 self._resolve(first[1])
@@ -131,7 +153,7 @@ class AsyncReplies:
             except REDIS_ERRORS as exc:
                 if self._closed:
                     return
-                log.warning("result Redis unreachable (%s); retrying", exc)
+                watch.failed(exc)  # logged once per outage, not once per retry
                 self._recover_due = True
                 await self._pause(delay)
                 delay = min(delay * 2, 1.0)
@@ -145,11 +167,13 @@ class AsyncReplies:
             return
         reply = read_reply(data)
         if reply is not None:
+            self._doubt.answered(reply.task_id)
             self.settle(reply.task_id, reply.result, reply.error)
 
     async def _recover(self) -> None:
         """Resolve pending requests from their stored results (``celery-task-meta-<id>``): a
         pop whose reply was lost with its connection took those answers off the list for good."""
+        seen = self._results.changes
         task_ids = list(self.pending)
         for start in range(0, len(task_ids), _DRAIN):
             chunk = task_ids[start:start + _DRAIN]
@@ -157,30 +181,43 @@ class AsyncReplies:
                 if isinstance(data, bytes):
                     self._resolve(data)
         self._recover_due = False
+        self._recovered = seen
 
-    # The watch task: every Redis this client uses --------------------------------------------
+    # The watch tasks: one per Redis ----------------------------------------------------------
 
-    async def _watch_loop(self) -> None:
-        """Once a second: fail requests a Redis restarted without persistence has lost."""
+    async def _watch_loop(self, watch: AsyncRedisWatch) -> None:
+        judge = Judge(watch, self._outage_limit)
         while not await self._pause(LISTEN_SECONDS):
-            for watch in self.watches:
-                try:
-                    restarted, cutoff = await watch.check()
-                except REDIS_ERRORS:
-                    continue  # the listener or the publisher says so, and retries
-                if restarted:
-                    self._recover_due = True
-                if cutoff is not None:
-                    self._fail_published_before(cutoff, watch.url)
+            for verdict in judge.after_check(await watch.check(), time.monotonic()):
+                await self._carry_out(verdict)
+            lost = self._doubt.due()
+            failed = sum(self.fail(task_id, error) for task_id, error in lost.items())
+            if failed:
+                log.error("%d request(s) in doubt got no answer for %.0fs; failed with "
+                          "RequestLost: %s", failed, self._doubt.grace, next(iter(lost.values())))
 
-    def _fail_published_before(self, cutoff: float, url: str) -> None:
-        lost = [task_id for task_id, waiting in self.pending.items()
-                if waiting.published_at is not None and waiting.published_at <= cutoff]
-        log.error("Redis %s restarted without persistence; %d pending request(s) lost",
-                  redacted(url), len(lost))
-        error = request_lost(url)
-        for task_id in lost:
-            self.fail(task_id, error)
+    async def _carry_out(self, verdict: Verdict) -> None:
+        if verdict.kind == "read_grace":
+            self._doubt.grace = await self._grace()
+        elif verdict.kind == "follow_grace":
+            if len(self._doubt):
+                self._doubt.grace = max(self._doubt.grace, await self._grace())
+        elif verdict.kind == "doubt":
+            assert verdict.error is not None
+            doubted = [task_id for task_id, waiting in self.pending.items()
+                       if waiting.published_at is not None
+                       and waiting.published_at <= verdict.before]
+            self._doubt.add(doubted, verdict.error)
+            self._recover_due = True  # an answer may be stored already: read it
+            log.warning("%s; %d pending request(s) in doubt: answers still come for those a "
+                        "worker already held, the rest fail with RequestLost after %.0fs "
+                        "without one", verdict.why, len(doubted), self._doubt.grace)
+        elif verdict.kind == "fail_all":
+            assert verdict.error is not None
+            failed = sum(self.fail(task_id, verdict.error) for task_id in list(self.pending))
+            if failed and not verdict.quiet:
+                log.error("%s; failed %d pending request(s) with RequestLost", verdict.why,
+                          failed)
 
     async def _pause(self, seconds: float) -> bool:
         """Wait ``seconds`` or until closed; True when closed."""

@@ -1,30 +1,42 @@
-"""The asyncio client's eye on one Redis server: :class:`~.protocol.ServerRun` asked over
-``redis.asyncio`` (what :mod:`.restarts` does for the sync client)."""
+"""The asyncio client's eye on one Redis server: :class:`~.restarts.RedisState` asked over
+``redis.asyncio``; what a check means is decided there, as for the sync :class:`RedisWatch`."""
 
 from __future__ import annotations
 
+import redis
 import redis.asyncio
 
-from .protocol import ServerRun
+from ..connections import REDIS_ERRORS
+from .restarts import RedisState
 
-__all__ = ["AsyncRestartWatch"]
+__all__ = ["AsyncRedisWatch"]
 
 
-class AsyncRestartWatch:
-    """One Redis server a client uses; :meth:`check` asks it which run it is."""
+class AsyncRedisWatch(RedisState):
+    """:class:`RedisState` of one server, asked with the asyncio client ``client``."""
 
-    def __init__(self, url: str, client: redis.asyncio.Redis) -> None:
-        self.url = url
+    def __init__(self, role: str, url: str, client: redis.asyncio.Redis) -> None:
+        super().__init__(role, url)
         self.client = client
-        self.run = ServerRun()
 
-    async def check(self) -> tuple[bool, float | None]:
-        """``(restarted, lost_before)``: whether the server restarted since the last check,
-        and, when it did without persistence, the ``time.monotonic()`` before which what it
-        held was lost. Raises the Redis error when the server cannot be reached."""
-        info = await self.client.info("server")
-        if not self.run.restarted(str(info["run_id"])):
-            return False, None
-        if int((await self.client.info("persistence")).get("aof_enabled", 0)) == 1:
-            return True, None
-        return True, ServerRun.lost_before(int(info.get("uptime_in_seconds", 0)))
+    async def remember(self) -> None:
+        """Learn which run of the server this is, so a restart from now on is seen."""
+        try:
+            self.run_id = str((await self.client.info("server"))["run_id"])
+        except (*REDIS_ERRORS, redis.ResponseError):
+            pass  # unreachable now (or INFO refused): the first successful check says so
+
+    async def check(self) -> float | None:
+        """:meth:`RedisWatch.check <.restarts.RedisWatch.check>`, awaited."""
+        try:
+            info = await self.client.info("server")
+            if not self.saw(str(info["run_id"])):
+                return None
+            if int((await self.client.info("persistence")).get("aof_enabled", 0)) == 1:
+                return None
+            return self.lost_before(int(info.get("uptime_in_seconds", 0)))
+        except REDIS_ERRORS as exc:
+            self.failed(exc)
+        except redis.ResponseError as exc:
+            self.refused_info(exc)
+        return None

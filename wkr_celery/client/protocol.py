@@ -25,7 +25,6 @@ from ..errors import (
     DeadlineExceeded,
     InputError,
     RequestFailed,
-    RequestLost,
     ServiceOverloaded,
     ServiceUnavailable,
 )
@@ -33,8 +32,8 @@ from ..inputs import InputSpec, argsrepr
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
 from ..messages import build_request, deadline_after, error_of
 
-__all__ = ["Address", "Outgoing", "Reply", "Requests", "ServerRun", "read_reply", "wake_count",
-           "overloaded", "publish_failed", "deadline_exceeded", "request_lost"]
+__all__ = ["Address", "Outgoing", "Reply", "Requests", "read_reply", "wake_count",
+           "overloaded", "publish_failed", "deadline_exceeded"]
 
 log = logging.getLogger("wkr_celery.client")
 
@@ -166,36 +165,3 @@ def publish_failed(broker_url: str, exc: BaseException) -> ServiceUnavailable:
 def deadline_exceeded() -> DeadlineExceeded:
     return DeadlineExceeded("no result before the request's timeout")
 
-
-def request_lost(url: str) -> RequestLost:
-    return RequestLost(
-        f"Redis {redacted(url)} restarted without persistence (AOF off) and lost this "
-        "request or its result; send it again (start Redis with AOF, e.g. "
-        "-redis_persist on, to keep queued requests across restarts)")
-
-
-class ServerRun:
-    """Which run of one Redis server a client saw last: a new ``run_id`` is a restart.
-
-    A Redis restarted without an append-only file comes back with none of the requests or
-    replies it held, and nothing on the wire says so; its ``run_id`` changes on every start.
-    """
-
-    def __init__(self) -> None:
-        self.run_id: str | None = None
-        self.restarts = 0
-
-    def restarted(self, run_id: str) -> bool:
-        """Remember ``run_id``; True when it replaces another (the first one seen is not)."""
-        before, self.run_id = self.run_id, run_id
-        if before is None or before == run_id:
-            return False
-        self.restarts += 1
-        return True
-
-    @staticmethod
-    def lost_before(uptime_seconds: int) -> float:
-        """The ``time.monotonic()`` before which a server up ``uptime_seconds`` lost what it
-        was sent. Redis counts uptime in whole seconds, so it may read one second long: the
-        restart is rounded late, never early, so no lost request is taken for a served one."""
-        return time.monotonic() - max(0, uptime_seconds - 1)
