@@ -14,13 +14,14 @@ import wkr_celery.server
 
 def test_package_root_exports() -> None:
     assert sorted(wkr_celery.__all__) == sorted([
-        "WKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError", "ConfigError",
+        "WKRClient", "AsyncWKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError",
+        "ConfigError",
         "ServiceUnavailable", "VersionMismatch", "InputError", "PayloadTooLarge",
         "RequestFailed", "PredictError", "BatchContractError", "DecodeError", "InvalidInput",
         "RequestTooLarge", "ResultTooLarge", "DeadlineExceeded", "ServiceOverloaded",
         "PoisonInput", "RequestLost", "__version__"])
-    assert sorted(wkr_celery.client.__all__) == ["WKRClient", "WKRDecentralizeCentral",
-                                                 "WKRWorker"]
+    assert sorted(wkr_celery.client.__all__) == ["AsyncWKRClient", "WKRClient",
+                                                 "WKRDecentralizeCentral", "WKRWorker"]
     assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer"]
     for module in (wkr_celery, wkr_celery.client, wkr_celery.server):
         for name in module.__all__:
@@ -39,8 +40,8 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
                             timeout=60, check=True).stdout.split()
     assert loaded == sorted(f"wkr_celery{m}" for m in (
         "", ".broker", ".client", ".client.client", ".client.discovery", ".client.doubt",
-        ".client.replies", ".client.restarts", ".codec", ".connections", ".errors", ".inputs",
-        ".keys", ".messages", ".scripts", ".version"))
+        ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".codec",
+        ".connections", ".errors", ".inputs", ".keys", ".messages", ".scripts", ".version"))
 
 
 def test_seed_import_paths() -> None:
@@ -49,7 +50,8 @@ def test_seed_import_paths() -> None:
     from wkr_celery.server.helper import get_args_parser, import_tf, import_torch
 
     assert {"WKRServer", "WKRHardWorker"} <= set(wkr_celery.server.__all__)
-    assert "WKRClient" in wkr_celery.client.__all__
+    assert {"WKRClient", "AsyncWKRClient"} <= set(wkr_celery.client.__all__)
+    assert wkr_celery.client.AsyncWKRClient is wkr_celery.AsyncWKRClient
     assert all(callable(f) for f in (get_args_parser, import_tf, import_torch))
     assert WKRClient is wkr_celery.WKRClient and WKRServer is wkr_celery.WKRServer
     assert WKRHardWorker is wkr_celery.WKRHardWorker
