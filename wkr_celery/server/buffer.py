@@ -78,10 +78,10 @@ class RequestBuffer:
             if batch_timeout > 0:
                 deadline = self._oldest().received + batch_timeout
                 while (
-                    not self._full(batch_size)
+                    not self._closed
                     and self._more_waiting
-                    and not self._closed
                     and len(self) < self.capacity
+                    and not self._full(batch_size)
                     and (left := deadline - time.monotonic()) > 0
                 ):
                     self._cond.wait(left)
