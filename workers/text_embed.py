@@ -59,6 +59,6 @@ class Worker(WKRHardWorker):
         vectors = model[ids]  # (n, length, dim); padding looks up id 0 and is masked out
         summed = (vectors * mask[:, :, None]).sum(axis=1)
         counts = np.maximum(mask.sum(axis=1, keepdims=True), 1)
-        self.record_statistic({"batchsize": len(input),
+        self.record_statistic({"batchsize": len(input), "padded_tokens": ids.size,
                                "padding": 1 - sum(lengths) / max(1, ids.size)})
         return (summed / counts).astype(np.float32)
