@@ -1,19 +1,26 @@
 """Variable-length inputs end to end: text tokenized with ``tokenizers`` (a vocabulary this test
 trains itself, no downloads), token ids sent through a real service running
 ``workers.text_embed.Worker`` with ``-max_batch_cost``, each answer checked against the same
-embedding computed directly in numpy; and ``pad_batch``, the helper its ``predict`` uses."""
+embedding computed directly in numpy; ``pad_batch``, the helper its ``predict`` uses; and the
+mixed-length benchmark's harness (figures are never asserted: the test box is shared)."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from tests.helpers import Service, wait_until
+from benchmarks.varlen import CONFIGS
+from tests.helpers import ROOT, Service, wait_until
 from wkr_celery import InputError, PredictError
 from wkr_celery.server import pad_batch
 from workers.text_embed import VOCABULARY, bucket, make_table
@@ -106,3 +113,21 @@ def test_pad_batch_names_the_input_that_does_not_fit() -> None:
         pad_batch([np.ones((2, 4)), np.ones((2, 3))])
     with pytest.raises(ValueError, match="input 0 is a scalar"):
         pad_batch([3])
+
+
+def test_the_mixed_length_benchmark_runs_and_checks_every_answer(tmp_path: Path) -> None:
+    out = tmp_path / "varlen.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.varlen", "--requests", "60", "--warmup", "10",
+         "--inflight", "32", "--out", str(out)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=110)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = json.loads(out.read_text())
+    assert [r["config"] for r in records] == [label for label, _, _ in CONFIGS]
+    for record in records:
+        assert record["wrong"] == 0 and record["requests"] == 60
+        assert 0 <= record["padding_waste"] < 1 and record["requests_per_s"] > 0
+        if "buckets" in record["config"]:  # 8+ tokens padded to the next power of two
+            assert record["padding_waste"] < 0.5
+    assert all(r["config"] in proc.stdout for r in records)

@@ -34,6 +34,7 @@ def bucket(length: int) -> int:
 
 class Worker(WKRHardWorker):
     input_shape = (None,)  # one axis, any length; ints of any width (no input_dtype)
+    pad_to_bucket = True  # False: pad each batch to its longest input only
 
     def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
         path = os.path.join(model_dir, model_name) if model_dir and model_name else ""
@@ -47,7 +48,8 @@ class Worker(WKRHardWorker):
 
     def predict(self, model: Any, input: Any) -> Any:
         lengths = [len(x) for x in input]
-        ids, mask = pad_batch(input, bucket(max(lengths)))
+        longest = max(lengths)
+        ids, mask = pad_batch(input, bucket(longest) if self.pad_to_bucket else longest)
         if ids.dtype.kind not in "iu":
             if mask.any():
                 raise ValueError(f"token ids must be integers; got {ids.dtype}")
@@ -59,6 +61,6 @@ class Worker(WKRHardWorker):
         vectors = model[ids]  # (n, length, dim); padding looks up id 0 and is masked out
         summed = (vectors * mask[:, :, None]).sum(axis=1)
         counts = np.maximum(mask.sum(axis=1, keepdims=True), 1)
-        self.record_statistic({"batchsize": len(input), "padded_tokens": ids.size,
-                               "padding": 1 - sum(lengths) / max(1, ids.size)})
+        self.record_statistic({"batchsize": len(input), "tokens": sum(lengths),
+                               "padded_tokens": ids.size})
         return (summed / counts).astype(np.float32)

@@ -1,0 +1,156 @@
+"""``python -m benchmarks.varlen``: token sequences of 8 to 512 tokens, with and without buckets.
+
+Each configuration gets a fresh embedded Redis and one ``wkr-serving-start`` worker of
+``workers.text_embed`` (embedding lookup + masked mean pooling in numpy). The same requests
+(lengths drawn log-uniformly, so short ones are common and long ones cost the most) are sent
+with ``--inflight`` in flight; every answer is checked against numpy. Padding waste is
+``1 - real tokens / padded tokens`` over every batch the worker ran, read from the statistics
+the worker records; throughput is requests and real tokens per second of wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wkr_celery.server.hardworker import WKRHardWorker
+from workers.text_embed import VOCABULARY, make_table
+from workers.text_embed import Worker as TextEmbed
+
+from .systems import ROOT, free_port
+
+
+class OneKey(TextEmbed):
+    """The baseline: no ``batch_key`` / ``batch_cost`` (batches by count, any lengths mixed),
+    each batch padded to its longest input."""
+
+    batch_key = WKRHardWorker.batch_key  # type: ignore[assignment]
+    batch_cost = WKRHardWorker.batch_cost  # type: ignore[assignment]
+    pad_to_bucket = False
+
+
+#: (label, worker class, extra flags)
+CONFIGS: list[tuple[str, str, list[str]]] = [
+    ("one key, pad to longest", "benchmarks.varlen.OneKey", []),
+    ("length buckets", "workers.text_embed.Worker", []),
+    ("length buckets, -prefetch 8", "workers.text_embed.Worker", ["-prefetch", "8"]),
+    ("length buckets, -prefetch 8 -max_batch_cost 4096", "workers.text_embed.Worker",
+     ["-prefetch", "8", "-max_batch_cost", "4096"]),
+]
+
+
+def make_inputs(count: int, seed: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = np.exp(rng.uniform(np.log(8), np.log(512), count)).astype(int)
+    return [rng.integers(0, VOCABULARY, n, dtype=np.int32) for n in lengths]
+
+
+def _worker_stats(client: Any, at_least: int, timeout: float = 30) -> dict[str, Any]:
+    """The worker's heartbeat once it counts ``at_least`` requests (it lags up to a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = list(client.server_status()["workers"].values())
+        if workers and sum(w["requests"] for w in workers) >= at_least:
+            return workers[0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers did not report {at_least} requests in {timeout}s")
+        time.sleep(0.1)
+
+
+def _drive(client: Any, inputs: list[np.ndarray], inflight: int) -> list[np.ndarray]:
+    pending: deque[Any] = deque()
+    answers = []
+    for x in inputs:
+        if len(pending) >= inflight:
+            answers.append(pending.popleft().result(timeout=120))
+        pending.append(client.encode(x))
+    answers.extend(f.result(timeout=120) for f in pending)
+    return answers
+
+
+def run_config(label: str, worker: str, flags: list[str], warmup: list[np.ndarray],
+               inputs: list[np.ndarray], args: argparse.Namespace, run_dir: Path
+               ) -> dict[str, Any]:
+    from wkr_celery.client import WKRClient
+    from wkr_celery.redis_embedded import EmbeddedRedis
+
+    name = f"varlen{uuid.uuid4().hex[:6]}"
+    record: dict[str, Any] = {"config": label, "flags": " ".join(flags)}
+    with EmbeddedRedis(free_port()) as redis_server:
+        log = open(run_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wkr_celery.server.cli", worker, "-name", name,
+             "-broker_url", redis_server.url, "-batch_size", str(args.batch_size), *flags],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        client = WKRClient(name=name, broker_url=redis_server.url, connect_timeout=60)
+        try:
+            _drive(client, warmup, args.inflight)
+            before = _worker_stats(client, len(warmup))["statistics"]
+            started = time.perf_counter()
+            answers = _drive(client, inputs, args.inflight)
+            seconds = time.perf_counter() - started
+            after = _worker_stats(client, len(warmup) + len(inputs))["statistics"]
+        finally:
+            client.close()
+            proc.terminate()
+            proc.wait(30)
+            log.close()
+    table = make_table()
+    wrong = sum(not np.allclose(a, table[x].mean(axis=0), rtol=1e-5, atol=1e-6)
+                for x, a in zip(inputs, answers, strict=True))
+
+    def delta(key: str, field: str) -> float:
+        return float(after[key][field] - before.get(key, {}).get(field, 0))
+
+    tokens, padded = delta("tokens", "sum"), delta("padded_tokens", "sum")
+    batches = delta("batchsize", "count")
+    record.update(
+        requests=len(inputs), warmup=len(warmup), wrong=wrong, seconds=round(seconds, 2),
+        requests_per_s=round(len(inputs) / seconds, 1),
+        tokens_per_s=round(tokens / seconds),
+        padding_waste=round(1 - tokens / padded, 3),
+        mean_batch=round(len(inputs) / batches, 1),
+    )
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.varlen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--inflight", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None, help="also write the records as JSON")
+    args = parser.parse_args(argv)
+    inputs = make_inputs(args.warmup + args.requests)
+    lengths = np.array([len(x) for x in inputs])
+    print(f"{args.requests} requests of {lengths.min()}-{lengths.max()} tokens (median "
+          f"{int(np.median(lengths))}), {args.inflight} in flight, -batch_size {args.batch_size}, "
+          "one worker process")
+    records = []
+    with tempfile.TemporaryDirectory(prefix="wkr-varlen-") as run_dir:
+        for label, worker, flags in CONFIGS:
+            records.append(run_config(label, worker, flags, inputs[:args.warmup],
+                                      inputs[args.warmup:], args, Path(run_dir)))
+            r = records[-1]
+            print(f"{label:52} waste {r['padding_waste']:6.1%}  {r['requests_per_s']:8.1f} req/s"
+                  f"  {r['tokens_per_s']:9d} tokens/s  mean batch {r['mean_batch']:5.1f}"
+                  f"  wrong {r['wrong']}", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(records, indent=2) + "\n")
+    return 1 if any(r["wrong"] for r in records) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
