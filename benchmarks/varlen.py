@@ -1,7 +1,8 @@
 """``python -m benchmarks.varlen``: token sequences of 8 to 512 tokens, with and without buckets.
 
 Each configuration gets a fresh embedded Redis and one ``wkr-serving-start`` worker of
-``workers.text_embed`` (embedding lookup + masked mean pooling in numpy). The same requests
+``workers.text_embed`` (embedding lookup + masked mean pooling in numpy), or of ``Encoder``
+(the same with a dense layer per token, so compute grows with padded tokens). The same requests
 (lengths drawn log-uniformly, so short ones are common and long ones cost the most) are sent
 with ``--inflight`` in flight; every answer is checked against numpy. Padding waste is
 ``1 - real tokens / padded tokens`` over every batch the worker ran, read from the statistics
@@ -23,30 +24,75 @@ from typing import Any
 
 import numpy as np
 
+from wkr_celery.server import pad_batch
 from wkr_celery.server.hardworker import WKRHardWorker
-from workers.text_embed import VOCABULARY, make_table
+from workers.text_embed import DIM, VOCABULARY, bucket, make_table
 from workers.text_embed import Worker as TextEmbed
 
 from .systems import ROOT, free_port
 
+HIDDEN = 256
 
-class OneKey(TextEmbed):
+
+def make_layer(dim: int = DIM, hidden: int = HIDDEN, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((dim, hidden)) / np.sqrt(dim)).astype(np.float32)
+
+
+class Encoder(TextEmbed):
+    """``workers.text_embed`` plus one dense layer per token, ``tanh(E[ids] @ W)``, before the
+    pooling: its cost grows with the padded tokens, as a transformer's does (and faster)."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return make_table(), make_layer()
+
+    def predict(self, model: Any, input: Any) -> Any:
+        table, layer = model
+        lengths = [len(x) for x in input]
+        longest = max(lengths)
+        ids, mask = pad_batch(input, bucket(longest) if self.pad_to_bucket else longest)
+        hidden = np.tanh(table[ids] @ layer) * mask[:, :, None]
+        self.record_statistic({"batchsize": len(input), "tokens": sum(lengths),
+                               "padded_tokens": ids.size})
+        return hidden.sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+
+
+class _OneKey:
     """The baseline: no ``batch_key`` / ``batch_cost`` (batches by count, any lengths mixed),
     each batch padded to its longest input."""
 
-    batch_key = WKRHardWorker.batch_key  # type: ignore[assignment]
-    batch_cost = WKRHardWorker.batch_cost  # type: ignore[assignment]
+    batch_key = WKRHardWorker.batch_key
+    batch_cost = WKRHardWorker.batch_cost
     pad_to_bucket = False
 
 
-#: (label, worker class, extra flags)
-CONFIGS: list[tuple[str, str, list[str]]] = [
-    ("one key, pad to longest", "benchmarks.varlen.OneKey", []),
-    ("length buckets", "workers.text_embed.Worker", []),
-    ("length buckets, -prefetch 8", "workers.text_embed.Worker", ["-prefetch", "8"]),
-    ("length buckets, -prefetch 8 -max_batch_cost 4096", "workers.text_embed.Worker",
+class OneKeyEmbed(_OneKey, TextEmbed):  # type: ignore[misc]
+    pass
+
+
+class OneKeyEncoder(_OneKey, Encoder):  # type: ignore[misc]
+    pass
+
+
+#: model -> (bucketing worker class, baseline worker class)
+MODELS = {
+    "embed": ("workers.text_embed.Worker", "benchmarks.varlen.OneKeyEmbed"),
+    "encoder": ("benchmarks.varlen.Encoder", "benchmarks.varlen.OneKeyEncoder"),
+}
+
+#: (label, bucketing?, extra flags)
+CONFIGS: list[tuple[str, bool, list[str]]] = [
+    ("one key, pad to longest", False, []),
+    ("length buckets", True, []),
+    ("length buckets, -prefetch 8", True, ["-prefetch", "8"]),
+    ("length buckets, -prefetch 8 -max_batch_cost 4096", True,
      ["-prefetch", "8", "-max_batch_cost", "4096"]),
 ]
+
+
+def expected(model: str, x: np.ndarray, table: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """The answer computed directly, one input at a time."""
+    return (table[x] if model == "embed" else np.tanh(table[x] @ layer)).mean(axis=0)
 
 
 def make_inputs(count: int, seed: int = 3) -> list[np.ndarray]:
@@ -78,14 +124,14 @@ def _drive(client: Any, inputs: list[np.ndarray], inflight: int) -> list[np.ndar
     return answers
 
 
-def run_config(label: str, worker: str, flags: list[str], warmup: list[np.ndarray],
+def run_config(model: str, label: str, worker: str, flags: list[str], warmup: list[np.ndarray],
                inputs: list[np.ndarray], args: argparse.Namespace, run_dir: Path
                ) -> dict[str, Any]:
     from wkr_celery.client import WKRClient
     from wkr_celery.redis_embedded import EmbeddedRedis
 
     name = f"varlen{uuid.uuid4().hex[:6]}"
-    record: dict[str, Any] = {"config": label, "flags": " ".join(flags)}
+    record: dict[str, Any] = {"model": model, "config": label, "flags": " ".join(flags)}
     with EmbeddedRedis(free_port()) as redis_server:
         log = open(run_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
@@ -105,8 +151,8 @@ def run_config(label: str, worker: str, flags: list[str], warmup: list[np.ndarra
             proc.terminate()
             proc.wait(30)
             log.close()
-    table = make_table()
-    wrong = sum(not np.allclose(a, table[x].mean(axis=0), rtol=1e-5, atol=1e-6)
+    table, layer = make_table(), make_layer()
+    wrong = sum(not np.allclose(a, expected(model, x, table, layer), rtol=1e-4, atol=1e-5)
                 for x, a in zip(inputs, answers, strict=True))
 
     def delta(key: str, field: str) -> float:
@@ -131,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--models", default="embed,encoder",
+                        help="embed (lookup + pooling), encoder (plus a dense layer per token)")
     parser.add_argument("--out", type=Path, default=None, help="also write the records as JSON")
     args = parser.parse_args(argv)
+    if set(args.models.split(",")) - set(MODELS):
+        parser.error(f"--models takes a comma-separated list of {sorted(MODELS)}")
     inputs = make_inputs(args.warmup + args.requests)
     lengths = np.array([len(x) for x in inputs])
     print(f"{args.requests} requests of {lengths.min()}-{lengths.max()} tokens (median "
@@ -140,13 +190,15 @@ def main(argv: list[str] | None = None) -> int:
           "one worker process")
     records = []
     with tempfile.TemporaryDirectory(prefix="wkr-varlen-") as run_dir:
-        for label, worker, flags in CONFIGS:
-            records.append(run_config(label, worker, flags, inputs[:args.warmup],
-                                      inputs[args.warmup:], args, Path(run_dir)))
-            r = records[-1]
-            print(f"{label:52} waste {r['padding_waste']:6.1%}  {r['requests_per_s']:8.1f} req/s"
-                  f"  {r['tokens_per_s']:9d} tokens/s  mean batch {r['mean_batch']:5.1f}"
-                  f"  wrong {r['wrong']}", flush=True)
+        for model in args.models.split(","):
+            for label, bucketing, flags in CONFIGS:
+                worker = MODELS[model][0 if bucketing else 1]
+                r = run_config(model, label, worker, flags, inputs[:args.warmup],
+                               inputs[args.warmup:], args, Path(run_dir))
+                records.append(r)
+                print(f"{model:8} {label:50} waste {r['padding_waste']:6.1%}"
+                      f"  {r['requests_per_s']:7.1f} req/s  {r['tokens_per_s']:8d} tokens/s"
+                      f"  mean batch {r['mean_batch']:5.1f}  wrong {r['wrong']}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(records, indent=2) + "\n")
     return 1 if any(r["wrong"] for r in records) else 0

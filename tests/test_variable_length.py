@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from benchmarks.varlen import CONFIGS
+from benchmarks.varlen import CONFIGS, MODELS
 from tests.helpers import ROOT, Service, wait_until
 from wkr_celery import InputError, PredictError
 from wkr_celery.server import pad_batch
@@ -124,10 +124,12 @@ def test_the_mixed_length_benchmark_runs_and_checks_every_answer(tmp_path: Path)
         timeout=110)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = json.loads(out.read_text())
-    assert [r["config"] for r in records] == [label for label, _, _ in CONFIGS]
+    assert [(r["model"], r["config"]) for r in records] == [
+        (model, label) for model in MODELS for label, _, _ in CONFIGS]
     for record in records:
         assert record["wrong"] == 0 and record["requests"] == 60
         assert 0 <= record["padding_waste"] < 1 and record["requests_per_s"] > 0
         if "buckets" in record["config"]:  # 8+ tokens padded to the next power of two
             assert record["padding_waste"] < 0.5
     assert all(r["config"] in proc.stdout for r in records)
+    assert "wrong 0" in proc.stdout
