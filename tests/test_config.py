@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-from pathlib import Path
-
 import pytest
 
 from wkr_celery import ConfigError, Settings
@@ -92,13 +89,6 @@ def test_pin_device_sets_the_cuda_mask_before_any_framework_import(monkeypatch) 
     assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"
     pin_device(-1)
     assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == ""
-
-
-def test_readme_flag_table_lists_every_flag_with_its_variable() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for f in fields(Settings):
-        if f.metadata.get("flag"):
-            assert f"| `-{f.name}` | `WKR_{f.name.upper()}` |" in readme, f.name
 
 
 def test_max_batch_cost_comes_from_flag_or_environment_and_is_never_negative() -> None:
