@@ -170,15 +170,23 @@ def run_config(model: str, label: str, worker: str, flags: list[str], warmup: li
     return record
 
 
+def _print(r: dict[str, Any]) -> None:
+    print(f"{r['model']:8} {r['config']:50} waste {r['padding_waste']:6.1%}"
+          f"  {r['requests_per_s']:7.1f} req/s  {r['tokens_per_s']:8d} tokens/s"
+          f"  mean batch {r['mean_batch']:5.1f}  wrong {r['wrong']}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.varlen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--models", default="embed,encoder",
                         help="embed (lookup + pooling), encoder (plus a dense layer per token)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per configuration; "
+                        "the median of each figure is printed last")
     parser.add_argument("--out", type=Path, default=None, help="also write the records as JSON")
     args = parser.parse_args(argv)
     if set(args.models.split(",")) - set(MODELS):
@@ -190,15 +198,22 @@ def main(argv: list[str] | None = None) -> int:
           "one worker process")
     records = []
     with tempfile.TemporaryDirectory(prefix="wkr-varlen-") as run_dir:
+        for round_ in range(args.repeat):  # configurations interleaved: drift hits them all
+            for model in args.models.split(","):
+                for label, bucketing, flags in CONFIGS:
+                    worker = MODELS[model][0 if bucketing else 1]
+                    record = run_config(model, label, worker, flags, inputs[:args.warmup],
+                                        inputs[args.warmup:], args, Path(run_dir))
+                    records.append(record | {"round": round_})
+                    _print(record)
+    if args.repeat > 1:
+        print(f"median of {args.repeat} runs:")
         for model in args.models.split(","):
-            for label, bucketing, flags in CONFIGS:
-                worker = MODELS[model][0 if bucketing else 1]
-                r = run_config(model, label, worker, flags, inputs[:args.warmup],
-                               inputs[args.warmup:], args, Path(run_dir))
-                records.append(r)
-                print(f"{model:8} {label:50} waste {r['padding_waste']:6.1%}"
-                      f"  {r['requests_per_s']:7.1f} req/s  {r['tokens_per_s']:8d} tokens/s"
-                      f"  mean batch {r['mean_batch']:5.1f}  wrong {r['wrong']}", flush=True)
+            for label, _, _ in CONFIGS:
+                runs = [r for r in records if r["model"] == model and r["config"] == label]
+                _print({key: runs[0][key] if isinstance(runs[0][key], str) else
+                        type(runs[0][key])(np.median([r[key] for r in runs]))
+                        for key in runs[0]})
     if args.out:
         args.out.write_text(json.dumps(records, indent=2) + "\n")
     return 1 if any(r["wrong"] for r in records) else 0
