@@ -21,7 +21,7 @@ def test_package_root_exports() -> None:
         "PoisonInput", "RequestLost", "__version__"])
     assert sorted(wkr_celery.client.__all__) == ["WKRClient", "WKRDecentralizeCentral",
                                                  "WKRWorker"]
-    assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer"]
+    assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer", "pad_batch"]
     for module in (wkr_celery, wkr_celery.client, wkr_celery.server):
         for name in module.__all__:
             assert getattr(module, name) is not None
