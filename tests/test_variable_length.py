@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,9 +31,10 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly 
 
 
 def _sentences(count: int, seed: int = 7) -> list[str]:
-    """Sentences of 0 to 300 words, so their token counts span several length buckets."""
+    """Sentences of 0 to 500 words, so their token counts span the length buckets; half of them
+    long enough that a few of them together exceed the test's ``-max_batch_cost``."""
     rng = random.Random(seed)
-    lengths = [0, 1, 7, 8, 9, 300] + [rng.choice([rng.randint(1, 20), rng.randint(20, 300)])
+    lengths = [0, 1, 7, 8, 9, 500] + [rng.choice([rng.randint(1, 20), rng.randint(200, 500)])
                                       for _ in range(count - 6)]
     return [" ".join(rng.choice(WORDS) for _ in range(n)) for n in lengths]
 
@@ -59,9 +61,17 @@ def test_token_sequences_of_mixed_lengths_are_embedded_as_numpy_would(
     inputs: list[Any] = [np.array(x, dtype=(np.int32, np.int64)[i % 2]) if i % 3 else x
                          for i, x in enumerate(ids)]
 
-    service = make_service("workers.text_embed.Worker", "-batch_size", "16",
+    service = make_service("workers.text_embed.Worker", "-batch_size", "16", "-prefetch", "4",
                            "-max_batch_cost", "1024")
-    futures = [service.client().encode(x) for x in inputs]
+    client = service.client()
+    # Queue every input while the worker is paused, so it finds them all at once and the
+    # batches are formed by the keys and the cost cap, not by how the requests trickled in.
+    worker_pid = next(iter(service.wait_workers(1).values()))["pid"]
+    os.kill(worker_pid, signal.SIGSTOP)
+    try:
+        futures = [client.encode(x) for x in inputs]
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
     answers = [f.result(timeout=60) for f in futures]
 
     table = make_table()
@@ -71,7 +81,7 @@ def test_token_sequences_of_mixed_lengths_are_embedded_as_numpy_would(
         np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
     stats = wait_until(lambda: (lambda w: w["statistics"] if w["requests"] >= len(inputs) else None)(
         next(iter(service.live_workers().values()))), 30, what="the heartbeat to count every input")
-    assert stats["batchsize"]["max"] <= 16
+    assert 1 < stats["batchsize"]["max"] <= 16
     assert stats["padded_tokens"]["max"] <= 1024, "a batch went over -max_batch_cost"
 
 def test_bad_token_ids_fail_alone_and_the_rest_are_answered(
