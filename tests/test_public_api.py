@@ -22,7 +22,7 @@ def test_package_root_exports() -> None:
         "PoisonInput", "RequestLost", "__version__"])
     assert sorted(wkr_celery.client.__all__) == ["AsyncWKRClient", "WKRClient",
                                                  "WKRDecentralizeCentral", "WKRWorker"]
-    assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer"]
+    assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer", "pad_batch"]
     for module in (wkr_celery, wkr_celery.client, wkr_celery.server):
         for name in module.__all__:
             assert getattr(module, name) is not None
@@ -73,3 +73,10 @@ def test_celery_app_is_found_by_celery_dash_a(monkeypatch) -> None:
     assert app is wkr_celery.celery
     assert app.conf.task_routes["wkr_celery.predict"]["queue"] == "apitest"
     assert "wkr_celery.predict" in app.tasks
+
+
+def test_pad_batch_is_importable_where_worker_code_looks() -> None:
+    from wkr_celery.server import pad_batch
+    from wkr_celery.server.helper import pad_batch as from_helper
+
+    assert "pad_batch" in wkr_celery.server.__all__ and pad_batch is from_helper

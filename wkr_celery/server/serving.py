@@ -28,7 +28,7 @@ from ..errors import PredictError, RequestFailed, ResultTooLarge
 from ..keys import ServiceKeys
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
 from ..version import __version__
-from .buffer import RequestBuffer
+from .buffer import KeyedRequestBuffer, RequestBuffer
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
 from .runner import ModelRunner
@@ -67,7 +67,11 @@ class ServingLoop:
         self.backend = self.broker.client if same_redis else settings.connect_backend()
         self._same_redis = same_redis
         self.runner = ModelRunner(worker, settings, device_id)
-        self.buffer = RequestBuffer(settings.prefetch * settings.batch_size)
+        capacity = settings.prefetch * settings.batch_size
+        self.buffer = (
+            KeyedRequestBuffer(capacity, self.runner.batch_traits, settings.max_batch_cost)
+            if self.runner.batches_by_traits else RequestBuffer(capacity)
+        )
         self.stats = ServingStats()
         self.listeners: list[BatchListener] = []
         self.ready = threading.Event()
