@@ -25,6 +25,7 @@ from ..broker import Broker
 from ..codec import loads
 from ..connections import REDIS_ERRORS, connect
 from ..errors import WKRError
+from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
@@ -91,7 +92,6 @@ class WKRClient:
             log.info("service %r: %s", self.name, self.server_config)
         self._requests = Requests(self.keys, self.server_config, self.client_id,
                                   timeout=timeout, priority=self.priority)
-        self.spec = self._requests.spec
         self.max_queue = self._requests.max_queue
         self.batch_size = self._requests.batch_size
         self._connect_timeout = connect_timeout
@@ -216,6 +216,15 @@ class WKRClient:
                 self._replies.fail(item.task_id, refused)
 
     # Status and shutdown ------------------------------------------------------------------
+
+    @property
+    def spec(self) -> InputSpec:
+        """The input contract this client checks before sending (from the service info)."""
+        return self._requests.spec
+
+    @spec.setter
+    def spec(self, spec: InputSpec) -> None:
+        self._requests.spec = spec
 
     @property
     def protocol(self) -> str:
