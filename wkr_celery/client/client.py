@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..broker import Broker
+from ..clock import RedisClock
 from ..codec import loads
 from ..connections import REDIS_ERRORS, connect, redacted, result_url_from
 from ..errors import InputError, ServiceOverloaded, ServiceUnavailable, WKRError
@@ -70,6 +71,7 @@ class WKRClient:
         self._argsreprs: dict[tuple[Any, ...], str] = {}
         self._reply_key = reply_key(self.client_id)
         self._broker_redis = connect(self.broker_url)
+        self._clock = RedisClock(self._broker_redis)  # deadlines are on the broker's clock
         opened = [self._broker_redis]
         try:
             if name or ignore_all_checks:
@@ -78,6 +80,7 @@ class WKRClient:
                 self.name = find_service(self._broker_redis, self.broker_url, connect_timeout)
             self.keys = ServiceKeys(self.name)
             self._broker = Broker(self._broker_redis, self.keys)
+            self._clock.sync_if_due()
             self.server_config = read_info(self._broker, self.broker_url, ignore_all_checks)
             if not ignore_all_checks:
                 self.server_config = wait_until_serving(
@@ -131,7 +134,7 @@ class WKRClient:
             raise WKRError("client is closed")
         body = self._encode_input(x)
         timeout = self.timeout if timeout is None else timeout
-        deadline = deadline_after(timeout)
+        deadline = deadline_after(timeout, self._clock.now())
         expiry = None if timeout is None else time.monotonic() + timeout
         step = self.priority if priority is None else priority_step(priority)
         task_id = next(self._task_ids)
@@ -212,6 +215,8 @@ class WKRClient:
         """Send ``items`` in one round trip; retried (by the publisher thread) while the broker
         is away, up to ``connect_timeout``."""
         wake = min(len(items), max(1, math.ceil(len(items) / self.batch_size)), 8)
+        if not inline:  # the caller's thread never waits on a clock reading
+            self._clock.sync_if_due()
         give_up = time.monotonic() + self._connect_timeout
         delay = 0.05
         while True:

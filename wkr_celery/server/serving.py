@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..broker import Broker
+from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect
@@ -66,7 +67,8 @@ class ServingLoop:
         same_redis = settings.backend == settings.broker
         self.backend = self.broker.client if same_redis else connect(settings.backend)
         self._same_redis = same_redis
-        self.runner = ModelRunner(worker, settings, device_id)
+        self.clock = RedisClock(self.broker.client)  # deadlines are on the broker's clock
+        self.runner = ModelRunner(worker, settings, device_id, clock=self.clock.now)
         self.buffer = RequestBuffer(settings.prefetch * settings.batch_size)
         self.stats = ServingStats()
         self.listeners: list[BatchListener] = []
@@ -307,6 +309,7 @@ class ServingLoop:
     # Heartbeat ----------------------------------------------------------------------------
 
     def _beat(self) -> None:
+        self.clock.sync_if_due()
         stats = self.stats
         status = dumps({
             "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
