@@ -4,8 +4,9 @@ Workers push each client's answers onto that client's own reply list, so one ``B
 wake-up serves however many requests are out; answers are matched to futures by task id. An
 answer that arrives twice (a worker paused past the visibility timeout, then resumed) finds no
 pending future the second time and is dropped, so no caller is answered twice. The listener
-also fails requests past their deadline, and requests a Redis restarted without persistence
-has lost, so no future waits forever.
+also fails requests a Redis restarted without persistence has lost, and a timer thread of its own
+fails requests past their deadline, on time even while the listener waits on an unreachable
+Redis; so no future waits forever, nor past its timeout.
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ class Replies:
         self._closed = False
         self._thread = threading.Thread(target=self._listen_loop, daemon=True,
                                         name="wkr-client-listen")
+        self._deadline_wake = threading.Event()
+        self._timer = threading.Thread(target=self._deadline_loop, daemon=True,
+                                       name="wkr-client-deadlines")
 
     def start(self) -> None:
         self._thread.start()
+        self._timer.start()
 
     def expect(self, task_id: str, future: Future[Any], expiry: float | None) -> None:
         """Register a request about to be sent; ``expiry`` is its monotonic deadline."""
@@ -62,6 +67,8 @@ class Replies:
         if expiry is not None:
             with self._deadline_lock:
                 heapq.heappush(self._deadlines, (expiry, task_id))
+                if self._deadlines[0][1] == task_id:  # sooner than the timer waits for
+                    self._deadline_wake.set()
 
     def published(self, task_ids: list[str], when: float) -> None:
         """Note when requests reached the broker: a Redis restart after it may have lost them."""
@@ -78,11 +85,13 @@ class Replies:
     def close(self) -> None:
         """Stop the listener, cancel what is still pending, delete the reply list."""
         self._closed = True
+        self._deadline_wake.set()
         try:
             self._redis.rpush(self._key, _CLOSE_TOKEN)
         except REDIS_ERRORS:
             pass
         self._thread.join(LISTEN_SECONDS + 11)
+        self._timer.join(LISTEN_SECONDS + 1)
         for task_id in list(self.pending):
             future = self.pending.pop(task_id, None)
             if future is not None:
@@ -178,6 +187,14 @@ class Replies:
                 if isinstance(data, bytes):
                     self._resolve(data)
         self._recover_due = False
+
+    def _deadline_loop(self) -> None:
+        """The timer thread: a listener blocked on an unreachable Redis (up to its socket
+        timeout) must not hold up the callers whose deadlines pass meanwhile."""
+        while not self._closed:
+            wait = self._expire_deadlines()
+            self._deadline_wake.wait(wait)
+            self._deadline_wake.clear()
 
     def _expire_deadlines(self) -> float:
         """Fail requests past their deadline; returns how long the listener may block."""
