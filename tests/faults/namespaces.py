@@ -150,7 +150,7 @@ class Network:
 
     def close(self) -> None:
         errors = []
-        for host in self.hosts.values():
+        for host in reversed(self.hosts.values()):  # Redis last: no reconnect noise
             try:
                 host.kill_all()
             except (AssertionError, subprocess.SubprocessError, OSError) as exc:
