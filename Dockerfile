@@ -1,5 +1,10 @@
-# The image every wkr-celery service in docker-compose.yml runs: the package, its console
-# scripts (wkr-serving-start, wkr-serving-http, wkr-serving-check, celery) and the examples.
+# The image every wkr-celery service in docker-compose.yml runs. It holds, under /app:
+#   wkr_celery/  the package, installed with its console scripts (wkr-serving-start,
+#                wkr-serving-http, wkr-serving-check, celery…)
+#   workers/     ready-to-serve workers: workers.linear.Worker, workers.echo.Worker
+#   examples/    the README's server, client and decentralize examples; worker classes are
+#                imported from the working directory, so run them there:
+#                docker run --rm -w /app/examples wkr-celery:latest wkr-serving-start server.Worker
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,6 +19,7 @@ RUN pip install .
 
 # Worker classes are imported from the working directory: workers.linear.Worker is here.
 COPY workers ./workers
+COPY examples ./examples
 RUN useradd --create-home --uid 10001 wkr
 USER wkr
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,12 +15,13 @@ from typing import Any
 from wkr_celery.decentral import ControlClient
 
 from .helpers import ROOT
+from .scripts import script, user_env
 
 
 class Sink:
     """A real HTTP server on 127.0.0.1 that keeps every JSON body POSTed to it, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.posts: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         sink = self
@@ -41,7 +40,7 @@ class Sink:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -93,9 +92,10 @@ class Central:
         with self.control() as control:
             return control.cached_status()
 
-    def command(self, main: str, *args: str,
+    def command(self, command: str, *args: str,
                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return run_cli(main, [*self.connection, *args], timeout=timeout)
+        """``wkr-decentral-<command>`` aimed at this central."""
+        return run_cli(command, [*self.connection, *args], timeout=timeout)
 
     def running_units(self, count: int) -> Callable[[], dict[str, Any] | None]:
         """A predicate: the status once exactly ``count`` units are running, else None."""
@@ -134,27 +134,27 @@ class Central:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), **(extra or {})}
+    """The user's environment (venv on PATH, no PYTHONPATH) plus ``extra``."""
+    return user_env(extra)
 
 
 def start_central(worker: str, name: str, redis_url: str, log_dir: Path, *args: str,
                   env: dict[str, str] | None = None, connection: Sequence[str] | None = None,
                   cwd: Path = ROOT) -> Central:
+    """``wkr-decentral-start worker …`` typed in ``cwd``, which must hold ``worker``'s module."""
     connection = list(connection if connection is not None
                       else ["-name", name, "-broker_url", redis_url])
     stdout = log_dir / f"{name}.stdout"
-    command = [sys.executable, "-m", "wkr_celery.decentral.cli", worker, *connection,
-               "-log_dir", str(log_dir), *args]
+    command = [script("wkr-decentral-start"), worker, *connection, "-log_dir", str(log_dir),
+               *args]
     with open(stdout, "wb") as out:
         proc = subprocess.Popen(command, cwd=cwd, env=child_env(env), stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return Central(name, redis_url, log_dir, proc, stdout, connection)
 
 
-def run_cli(main: str, args: Sequence[str], timeout: float = 60.0,
+def run_cli(command: str, args: Sequence[str], timeout: float = 60.0,
             ) -> subprocess.CompletedProcess[str]:
-    """Run ``wkr_celery.decentral.cli.<main>`` as its console script would."""
-    code = (f"import sys; from wkr_celery.decentral.cli import {main}; "
-            f"sys.exit({main}(sys.argv[1:]))")
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=child_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    """Run console script ``wkr-decentral-<command>`` (status, switch…) with ``args``."""
+    return subprocess.run([script(f"wkr-decentral-{command}"), *args], cwd=ROOT,
+                          env=child_env(), capture_output=True, text=True, timeout=timeout)

@@ -206,7 +206,7 @@ def test_status_answers_through_an_embedded_redis_and_fails_when_no_central_answ
         return bool(status and status["totals"]["running"] == 2)
 
     wait_until(two_running, 60, what="2 units behind the embedded Redis")
-    done = proc.command("status_main")
+    done = proc.command("status")
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)["status"]
     assert status["name"] == "embedded" and status["mode"] == "running"
@@ -214,7 +214,7 @@ def test_status_answers_through_an_embedded_redis_and_fails_when_no_central_answ
     assert all(u["pid"] and u["state"] == "running" for u in status["units"])
 
     assert proc.stop() == 0
-    gone = proc.command("status_main", "-timeout", "2")
+    gone = proc.command("status", "-timeout", "2")
     assert gone.returncode == 1 and "no decentralize central named 'embedded'" in gone.stderr
 
 
@@ -223,7 +223,7 @@ def test_a_command_nobody_takes_times_out_with_a_non_zero_exit(
     name = f"ghost{uuid.uuid4().hex[:6]}"
     redis_client.set(f"wkr:decentral:{name}:owner", "a central that hung", ex=30)
     try:
-        done = run_cli("restart_main", ["-name", name, "-broker_url", redis_url,
+        done = run_cli("restart", ["-name", name, "-broker_url", redis_url,
                                         "-timeout", "1"])
     finally:
         redis_client.delete(f"wkr:decentral:{name}:owner")
@@ -233,9 +233,9 @@ def test_a_command_nobody_takes_times_out_with_a_non_zero_exit(
 
 def test_a_switch_without_a_change_or_with_a_bad_server_list_is_a_usage_error(
         redis_url: str) -> None:
-    nothing = run_cli("switch_main", ["-broker_url", redis_url])
+    nothing = run_cli("switch", ["-broker_url", redis_url])
     assert nothing.returncode == 2 and "-remote_servers, -num_client or both" in nothing.stderr
-    bad = run_cli("switch_main", ["-broker_url", redis_url, "-remote_servers", "[[10.0.0.1]]"])
+    bad = run_cli("switch", ["-broker_url", redis_url, "-remote_servers", "[[10.0.0.1]]"])
     assert bad.returncode == 2 and "[10.0.0.1] is not [ip, port_in, port_out]" in bad.stderr
 
 
@@ -245,7 +245,7 @@ def test_idle_stops_every_unit_gracefully_and_idle_off_brings_them_back(
     proc = central("-remote_servers", servers(services["a"]), "-num_client", "2")
     wait_until(proc.running_units(2), 60, what="2 units")
 
-    done = proc.command("idle_main")
+    done = proc.command("idle")
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)["status"]
     assert status["mode"] == "idle" and all(u["pid"] is None for u in status["units"])
@@ -255,7 +255,7 @@ def test_idle_stops_every_unit_gracefully_and_idle_off_brings_them_back(
     jobs.push_many(batch)
     assert proc.status()["totals"]["running"] == 0 and jobs.size() == len(batch)
 
-    done = proc.command("idle_main", "-off")
+    done = proc.command("idle", "-off")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"]["totals"]["running"] == 2
     sink.wait(lambda s: len(s.events("result")) >= len(batch), 60, what="results after idle")
@@ -267,14 +267,14 @@ def test_restart_replaces_every_unit_process(
     proc = central("-remote_servers", servers(services["a"]), "-num_client", "2")
     before = {u["pid"] for u in wait_until(proc.running_units(2), 60, what="2 units")["units"]}
 
-    done = proc.command("restart_main")
+    done = proc.command("restart")
     assert done.returncode == 0, done.stderr
     after = json.loads(done.stdout)["status"]["units"]
     assert all(u["state"] == "running" for u in after)
     assert not before & {u["pid"] for u in after}
     assert {e["pid"] for e in sink.events("off")} == before, "old units called off_model"
 
-    forced = proc.command("restart_main", "-force")
+    forced = proc.command("restart", "-force")
     assert forced.returncode == 0, forced.stderr
     assert len(sink.events("off")) == 2, "killed units do not call off_model"
     assert all(u["restarts"] == 0 for u in json.loads(forced.stdout)["status"]["units"])
@@ -290,7 +290,7 @@ def test_switch_moves_units_to_another_service_and_changes_their_number(
     sink.wait(lambda s: len(s.events("result")) >= 3, 60, what="results from a")
     assert {r["service"] for r in sink.events("result")} == {a.name}
 
-    done = proc.command("switch_main", "-remote_servers", *servers(b).split(), "-num_client", "2")
+    done = proc.command("switch", "-remote_servers", *servers(b).split(), "-num_client", "2")
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)["status"]
     assert status["remote_servers"] == [["127.0.0.1", redis_port(b), redis_port(b), b.name]]
@@ -306,7 +306,7 @@ def test_switch_moves_units_to_another_service_and_changes_their_number(
         np.testing.assert_allclose(result["result"], expected(batch[result["id"] - 100]),
                                    rtol=1e-5, atol=1e-6)
 
-    fewer = proc.command("switch_main", "-num_client", "1")
+    fewer = proc.command("switch", "-num_client", "1")
     assert fewer.returncode == 0, fewer.stderr
     assert json.loads(fewer.stdout)["status"]["totals"]["units"] == 1
 
@@ -320,7 +320,7 @@ def test_terminate_lets_the_job_in_hand_finish_then_calls_off_model(
     jobs.push({**job, "announce": True, "work_seconds": 1.0})
     sink.wait(lambda s: s.events("begin"), 30, what="the unit to take the long job")
 
-    done = proc.command("terminate_main")
+    done = proc.command("terminate")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"]["mode"] == "stopping"
     assert [e["event"] for e in sink.posts if e["event"] != "on"] == ["begin", "result", "off"]
@@ -336,7 +336,7 @@ def test_terminate_force_kills_units_without_waiting_for_their_job(
     jobs.push({**job, "announce": True, "work_seconds": 30.0})
     sink.wait(lambda s: s.events("begin"), 30, what="the unit to take the long job")
 
-    done = proc.command("terminate_main", "-force")
+    done = proc.command("terminate", "-force")
     assert done.returncode == 0, done.stderr
     assert proc.proc.wait(30) == 0
     assert not sink.events("result") and not sink.events("off")

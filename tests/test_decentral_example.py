@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,7 +19,9 @@ from wkr_celery.redis_embedded import EmbeddedRedis
 from workers.linear import make_weights
 
 from .decentral_support import Sink, child_env, run_cli
-from .helpers import ROOT, Service, free_port, wait_until
+from .doc_commands import Command, Session, Substitutions, make_project
+from .helpers import ROOT, Service, wait_until
+from .test_documented_commands import DECENTRAL, client_when_serving, commands_run_by
 
 DOC = (ROOT / "docs" / "decentral.md").read_text()
 EXAMPLE = ROOT / "examples" / "decentralize.py"
@@ -55,42 +56,36 @@ def test_the_docs_show_the_example_file_and_the_block_runs_on_its_own() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_the_documented_commands_run_the_example_end_to_end(
-        make_service: Callable[..., Service], redis_server: EmbeddedRedis, sink: Sink,
-        tmp_path: Path) -> None:
-    service = make_service("workers.linear.Worker")
-    port, queue = redis_server.port, f"EXAMPLE_QUEUE_{uuid.uuid4().hex[:6]}"
-    control, status_port, http_port = free_port(), free_port(), free_port()
-    start = re.search(r"DECENTRAL_PUSH_API=\S+ \\\nwkr-decentral-start (.*?)\n```", DOC, re.S)
-    assert start, "the wkr-decentral-start command is missing from docs/decentral.md"
-    text = start.group(1).replace("\\\n", " ").replace(
-        "[[127.0.0.1, 8996, 8998]]", f"[[127.0.0.1, {port}, {port}, {service.name}]]")
-    swap = {"21324": str(control), "21326": str(status_port), "8900": str(http_port),
-            "/tmp/log_dir": str(tmp_path)}
-    flags = [swap.get(flag, flag) for flag in text.split()]
-    env = {"DECENTRAL_REDIS_PORT": str(port), "DECENTRAL_QUEUE_KEY": queue,
-           "DECENTRAL_PUSH_API": sink.url}
-    central = subprocess.Popen([sys.executable, "-m", "wkr_celery.decentral.cli", *flags],
-                               cwd=ROOT / "examples", env=child_env(env),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    where = ["-port", str(control), "-port_out", str(status_port)]
+def test_the_documented_commands_run_the_example_end_to_end(tmp_path: Path) -> None:
+    """docs/decentral.md's commands as typed, in order, in their own terminals (see
+    tests/doc_commands.py for the substitutions); the sink stands for DECENTRAL_PUSH_API."""
+    commands = commands_run_by(DECENTRAL.test)
+
+    def command(*needles: str) -> Command:
+        (found,) = [c for c in commands if all(n in c.text for n in needles)]
+        return found
+
+    subs = Substitutions(tmp_path)
+    sink = Sink(port=subs.port("8000"))
+    session = Session(subs, make_project(tmp_path))
+    port = subs.port("8996")
     try:
-        def four_running() -> bool:
-            done = run_cli("status_main", [*where, "-timeout", "5"])
-            return done.returncode == 0 and json.loads(done.stdout)["status"]["totals"][
-                "running"] == 4
+        service = session.start(command("wkr-serving-start workers.linear.Worker"))
+        client_when_serving(service, port, subs.port("8998")).close()
+        central = session.start(command("wkr-decentral-start"))
 
-        wait_until(four_running, 60, interval=0.3, what="4 running units")
+        def running() -> int:
+            central.running()
+            printed = session.run(command("wkr-decentral-status"), expect=None, timeout=60)
+            return int(json.loads(printed)["status"]["totals"]["running"]) \
+                if printed.lstrip().startswith("{") else 0
 
-        push = re.search(r'```bash\npython -c "(.*?)"\n```', DOC, re.S)
-        assert push, "the job-pushing snippet is missing from docs/decentral.md"
-        code = push.group(1).replace("8996", str(port)).replace("'EXAMPLE_QUEUE'", repr(queue))
-        pushed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(),
-                                capture_output=True, text=True, timeout=60)
-        assert pushed.returncode == 0, pushed.stderr
+        wait_until(lambda: running() == 4, 90, interval=0.3,
+                   what=f"4 running units:\n{central.output[-2000:]}")
+        session.run(command("RedisHandler('EXAMPLE_QUEUE'"))
         rng = np.random.default_rng(9)
         known = {f"k{i}": rng.standard_normal(512).astype(np.float32) for i in range(10)}
-        with RedisHandler(queue, "127.0.0.1", port) as jobs:
+        with RedisHandler("EXAMPLE_QUEUE", "127.0.0.1", port) as jobs:
             jobs.push_many({"id": key, "input": x.tolist()} for key, x in known.items())
 
         sink.wait(_results_with_ids(sink, set(range(100)) | set(known)), 90, what="110 results")
@@ -100,15 +95,17 @@ def test_the_documented_commands_run_the_example_end_to_end(
         for key, x in known.items():
             np.testing.assert_allclose(by_id[key], np.tanh(x @ make_weights()), atol=1e-5)
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status", timeout=10) as r:
-            assert json.loads(r.read())["totals"]["calls"] >= 1
-
-        done = run_cli("terminate_main", where)
-        assert done.returncode == 0, done.stderr
-        assert central.wait(30) == 0
-        assert "DONE job with input: k9" in (tmp_path / "decentral.log").read_text()
+        switched = json.loads(session.run(command("wkr-decentral-switch")))
+        assert switched["status"]["totals"]["running"] == 8, switched
+        status = json.loads(session.run(command("curl -s http://127.0.0.1:8900/status")))
+        assert status["totals"]["units"] == 8 and status["totals"]["calls"] >= 1
+        session.run(command("wkr-decentral-terminate"))
+        assert central.wait(30) == 0, central.output[-3000:]
+        assert "DONE job with input: k9" in (tmp_path / "tmp_log_dir" / "decentral.log").read_text()
+        session.stop(service)
     finally:
-        _stop(central)
+        session.close()
+        sink.close()
 
 
 def test_running_the_example_file_with_python_starts_the_same_central(
@@ -130,7 +127,7 @@ def test_running_the_example_file_with_python_starts_the_same_central(
         sink.wait(_results_with_ids(sink, {"one"}), 60, what="the result")
         np.testing.assert_allclose(sink.posts[0]["result"], np.tanh(x @ make_weights()),
                                    atol=1e-5)
-        done = run_cli("terminate_main", ["-name", name, "-broker_url", redis_url])
+        done = run_cli("terminate", ["-name", name, "-broker_url", redis_url])
         assert done.returncode == 0, done.stderr
         assert central.wait(30) == 0, (tmp_path / "central.out").read_text()
     finally:

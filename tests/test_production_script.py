@@ -4,8 +4,6 @@ predict, stopf, and stale pid files."""
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 import uuid
@@ -25,7 +23,8 @@ from wkr_celery.production import procs
 from wkr_celery.production.command import serving_command
 from wkr_celery.production.script import render_script
 
-from .helpers import ROOT, Service, free_port, wait_until
+from .helpers import ROOT, Service, wait_until
+from .scripts import script, user_env
 
 WORKER = "tests.production_workers.GatedDoubler"
 
@@ -35,7 +34,7 @@ def sh(script: Path, command: str, cwd: Path, timeout: float = 120.0,
     """``sh run_script.sh <command>`` from ``cwd``, as an operator would type it."""
     return subprocess.run(
         ["sh", str(script), command], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env}, stdin=subprocess.DEVNULL)
+        env=user_env(env), stdin=subprocess.DEVNULL)
 
 
 @dataclass
@@ -59,7 +58,7 @@ class Deployment:
 
     @property
     def log(self) -> str:
-        path = self.dir / "logs" / "std.log"
+        path = self.dir / "logs" / f"{self.name}.std.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def run(self, command: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -67,8 +66,7 @@ class Deployment:
 
     def popen(self, command: str) -> subprocess.Popen[str]:
         return subprocess.Popen(["sh", str(self.script), command], cwd=self.cwd, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def pid(self) -> int:
         return int(self.pid_file.read_text())
@@ -107,12 +105,11 @@ def deploy(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Deployment]
         for path in (deployment.dir, deployment.cwd, deployment.gate):
             path.mkdir(parents=True)
         made_script = subprocess.run(
-            [sys.executable, "-m", "wkr_celery.production", "make", WORKER, "-name", name,
+            [script("wkr-serving-make"), WORKER, "-name", name,
              "-broker_url", redis_url, "-result_url", redis_url, "-num_worker", "1",
              "-batch_size", "1", "-prefetch", "1", "-visibility_timeout", "2",
              "-model_dir", str(deployment.gate), *flags],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-            text=True, check=True, timeout=60)
+            cwd=ROOT, env=user_env(), capture_output=True, text=True, check=True, timeout=60)
         deployment.script.write_text(made_script.stdout)
         made.append(deployment)
         return deployment
@@ -132,7 +129,7 @@ def test_start_serves_from_the_scripts_directory_and_a_second_start_runs_no_seco
     svc = deploy()
     started = svc.run("start")
     assert started.returncode == 0, started.stdout + started.stderr + svc.log
-    assert svc.pid_file.exists() and (svc.dir / "logs" / "std.log").exists()
+    assert svc.pid_file.exists() and (svc.dir / "logs" / f"{svc.name}.std.log").exists()
     assert not list(svc.cwd.iterdir()), "pid file and logs belong beside the script"
     assert "wkr-serving-start" in svc.log
 
@@ -271,25 +268,3 @@ def test_every_argument_reaches_the_service_exactly_as_given(
     finally:
         if (tmp_path / f"{name}.pid").exists():
             sh(script, "stopf", tmp_path)
-
-
-def test_the_run_script_example_in_the_docs_runs_as_written(tmp_path: Path) -> None:
-    """docs/production.md's first example, with a free port and a temporary data dir."""
-    docs = (ROOT / "docs" / "production.md").read_text()
-    block = re.findall(r"```bash\n(.*?)```", docs, flags=re.S)[0]
-    port = str(free_port())
-    block = (block.replace("8996", port).replace("/var/lib/wkr/linear", str(tmp_path / "data"))
-             .replace("wkr-serving-make", f"{sys.executable} -m wkr_celery.production make"))
-    script = tmp_path / "run_script.sh"
-    try:
-        ran = subprocess.run(["sh", "-e", "-c", block], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300, stdin=subprocess.DEVNULL,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert ran.returncode == 0, ran.stdout + ran.stderr
-        assert "linear started" in ran.stdout and "linear is running" in ran.stdout
-        assert "linear killed" not in ran.stdout, "stopf after stop finds nothing to kill"
-        assert sh(script, "status", tmp_path).returncode == 0, "restart left it serving"
-        assert list((tmp_path / "data").iterdir()), "-data_dir keeps Redis's append-only file"
-    finally:
-        if (tmp_path / "linear.pid").exists():
-            sh(script, "stop", tmp_path)

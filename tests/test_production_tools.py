@@ -8,7 +8,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,16 +21,22 @@ from wkr_celery.keys import ServiceKeys
 from wkr_celery.production import procs
 
 from .helpers import ROOT, Service, free_port, wait_until
+from .scripts import script, user_env
 from .test_production_script import sh
 
 GATED = "tests.production_workers.GatedDoubler"
 
 
-def tool(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
-    """``python -m wkr_celery.production <command> …`` (what the console scripts call)."""
-    return subprocess.run([sys.executable, "-m", "wkr_celery.production", *args], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=timeout)
+#: The console script of each ``python -m wkr_celery.production`` command.
+SCRIPTS = {"make": "wkr-serving-make", "check": "wkr-serving-check",
+           "terminate": "wkr-serving-terminate", "decentral-make": "wkr-decentral-make"}
+
+
+def tool(command: str, *args: str, timeout: float = 90.0,
+         cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """The console script of ``command`` (``make`` is ``wkr-serving-make``…) typed in ``cwd``."""
+    return subprocess.run([script(SCRIPTS[command]), *args], cwd=cwd, env=user_env(),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def where(service: Service) -> list[str]:
@@ -180,7 +185,8 @@ def test_make_systemd_prints_a_unit_running_the_same_command_with_a_graceful_sto
     text = unit.stdout
     exec_start = re.search(r"^ExecStart=(.*)$", text, re.M)
     assert exec_start is not None
-    assert exec_start.group(1) == (f"{sys.executable} -m wkr_celery.server.cli "
+    python = Path(script("wkr-serving-make")).read_text().splitlines()[0].removeprefix("#!")
+    assert exec_start.group(1) == (f"{python} -m wkr_celery.server.cli "
                                    'workers.linear.Worker -name svc -num_worker 2 '
                                    '-http_api_key "50%% of $$HOME"')
     for line in ("KillSignal=SIGTERM", "KillMode=mixed", "TimeoutStopSec=60",
@@ -195,9 +201,9 @@ def test_the_console_scripts_in_pyproject_point_at_these_commands() -> None:
     scripts = dict(re.findall(r'^([a-z-]+) = "([\w.:]+)"$', pyproject, re.M))
     from wkr_celery.production import cli
 
-    for script in ("wkr-serving-make", "wkr-serving-terminate", "wkr-serving-check",
-                   "wkr-decentral-make"):
-        module, _, function = scripts[script].partition(":")
+    for command in ("wkr-serving-make", "wkr-serving-terminate", "wkr-serving-check",
+                    "wkr-decentral-make"):
+        module, _, function = scripts[command].partition(":")
         assert module == "wkr_celery.production.cli" and callable(getattr(cli, function))
 
 
@@ -216,8 +222,8 @@ SEED_DECENTRAL = """decentralize.ProcessingModel \\
 def test_decentral_make_passes_the_seeds_flags_to_wkr_decentral_start_untouched(
     tmp_path: Path,
 ) -> None:
-    argv = shlex.split(SEED_DECENTRAL)
-    made = tool("decentral-make", *argv, "-format", "sh")
+    argv = shlex.split(SEED_DECENTRAL.replace("\\\n", " "))  # sh joins continued lines
+    made = tool("decentral-make", *argv, "-format", "sh", cwd=ROOT / "examples")
     assert made.returncode == 0, made.stderr
     script = tmp_path / "run_script.sh"
     script.write_text(made.stdout)
@@ -230,10 +236,10 @@ def test_decentral_make_passes_the_seeds_flags_to_wkr_decentral_start_untouched(
     health = made.stdout.split("health() {")[1].split("\n}")[0]
     assert shlex.split(health.replace("\\\n", " "))[1:] == [
         "-m", "wkr_celery.production", "http-check", "http://127.0.0.1:8900/"]
-    unit = tool("decentral-make", *argv, "-format", "systemd")
+    unit = tool("decentral-make", *argv, "-format", "systemd", cwd=ROOT / "examples")
     assert unit.returncode == 0 and "ExecStart=" in unit.stdout
     assert "KillSignal=SIGTERM" in unit.stdout
-    nameless = tool("decentral-make", *argv[:-2])
+    nameless = tool("decentral-make", *argv[:-2], cwd=ROOT / "examples")
     assert nameless.returncode == 2 and "needs -name" in nameless.stderr
 
 
@@ -268,7 +274,8 @@ def test_a_decentral_script_starts_reports_and_stops_wkr_decentral_start(
 
 
 def _log(directory: Path) -> str:
-    path = directory / "logs" / "std.log"
+    logs = sorted((directory / "logs").glob("*.std.log"))
+    path = logs[0] if logs else directory / "logs" / "missing.std.log"
     return path.read_text(errors="replace") if path.exists() else ""
 
 
@@ -276,3 +283,50 @@ def _log(directory: Path) -> str:
 def test_every_command_prints_help(command: str) -> None:
     helped = tool(command, "-h")
     assert helped.returncode == 0 and helped.stdout.startswith("usage:")
+
+
+def test_make_refuses_at_once_a_worker_class_start_would_refuse_and_a_missing_name(
+    tmp_path: Path,
+) -> None:
+    absent = tool("make", "workers.linear.Nope", "-name", "svc")
+    assert absent.returncode == 2 and "workers.linear.Nope" in absent.stderr and not absent.stdout
+    elsewhere = tool("make", "workers.linear.Worker", "-name", "svc", cwd=tmp_path)
+    assert elsewhere.returncode == 2 and "No module named 'workers'" in elsewhere.stderr
+    assert str(tmp_path) in elsewhere.stderr, "says where it looked"
+    nameless = tool("make", "workers.linear.Worker")
+    assert nameless.returncode == 2 and "needs -name" in nameless.stderr
+    assert re.search(r"^usage: wkr-serving-make .* -name SERVICE ", tool("make", "-h").stdout)
+
+    remote = ["-name", "edge", "-remote_servers", "[[127.0.0.1, 8996, 8998]]"]
+    from_root = tool("decentral-make", "decentralize.ProcessingModel", *remote)
+    assert from_root.returncode == 2 and "No module named 'decentralize'" in from_root.stderr
+    typo = tool("decentral-make", "decentralize.ProcessingModel", *remote, "-num_clients", "2",
+                cwd=ROOT / "examples")
+    assert typo.returncode == 2 and "-num_clients" in typo.stderr and not typo.stdout
+    made = tool("decentral-make", "decentralize.ProcessingModel", *remote,
+                cwd=ROOT / "examples")
+    assert made.returncode == 0 and "wkr-decentral-start" in made.stdout, made.stderr
+
+
+def test_two_services_run_from_one_folder_keep_their_own_pid_files_and_logs(
+    redis_url: str, tmp_path: Path,
+) -> None:
+    names = [f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"]
+    scripts = {}
+    for name in names:
+        made = tool("make", "workers.echo.Worker", "-name", name, "-broker_url", redis_url)
+        assert made.returncode == 0, made.stderr
+        scripts[name] = tmp_path / f"run_{name}.sh"
+        scripts[name].write_text(made.stdout)
+    try:
+        for name in names:
+            started = sh(scripts[name], "start", tmp_path)
+            assert started.returncode == 0, started.stdout + started.stderr
+        for name, other in (names, names[::-1]):
+            log = (tmp_path / "logs" / f"{name}.std.log").read_text()
+            assert f"starting {name}" in log and other not in log
+            assert (tmp_path / f"{name}.pid").exists()
+    finally:
+        for name in names:
+            sh(scripts[name], "stop", tmp_path)
+    assert not list(tmp_path.glob("*.pid"))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import wkr_celery
 import wkr_celery.client
 import wkr_celery.errors
@@ -9,13 +13,35 @@ import wkr_celery.server
 
 
 def test_package_root_exports() -> None:
-    assert set(wkr_celery.__all__) >= {
+    assert sorted(wkr_celery.__all__) == sorted([
         "WKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError", "ConfigError",
         "ServiceUnavailable", "VersionMismatch", "InputError", "PayloadTooLarge",
         "RequestFailed", "PredictError", "BatchContractError", "DecodeError", "InvalidInput",
-        "DeadlineExceeded", "ServiceOverloaded", "PoisonInput", "RequestLost", "__version__"}
-    for name in wkr_celery.__all__:
-        assert getattr(wkr_celery, name) is not None
+        "RequestTooLarge", "ResultTooLarge", "DeadlineExceeded", "ServiceOverloaded",
+        "PoisonInput", "RequestLost", "__version__"])
+    assert sorted(wkr_celery.client.__all__) == ["WKRClient", "WKRDecentralizeCentral",
+                                                 "WKRWorker"]
+    assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer"]
+    for module in (wkr_celery, wkr_celery.client, wkr_celery.server):
+        for name in module.__all__:
+            assert getattr(module, name) is not None
+
+
+def test_package_ships_its_type_hints() -> None:
+    assert (Path(wkr_celery.__file__).parent / "py.typed").is_file()
+
+
+def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
+    probe = ("import sys; from wkr_celery.client import WKRClient; "
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('wkr_celery', 'celery', 'kombu', 'fastapi', 'uvicorn', 'flower'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60, check=True).stdout.split()
+    assert loaded == sorted(f"wkr_celery{m}" for m in (
+        "", ".broker", ".client", ".client.client", ".client.discovery", ".client.doubt",
+        ".clock",
+        ".client.replies", ".client.restarts", ".codec", ".connections", ".errors", ".inputs",
+        ".keys", ".messages", ".scripts", ".version"))
 
 
 def test_seed_import_paths() -> None:

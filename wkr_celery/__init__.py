@@ -3,14 +3,16 @@
 Server side, subclass :class:`WKRHardWorker` and run ``wkr-serving-start module.Worker``;
 client side, ``WKRClient(...).encode(x)`` returns a future. ``celery -A wkr_celery worker``
 finds the Celery app as ``wkr_celery.app``, built from ``WKR_*`` variables on first access.
+
+The client, the server and the settings are imported on first use, so a process that only
+calls a service loads the client, the codec and redis, never Celery's worker machinery.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .client import WKRClient
-from .config import Settings
 from .errors import (
     BatchContractError,
     ConfigError,
@@ -23,13 +25,27 @@ from .errors import (
     PredictError,
     RequestFailed,
     RequestLost,
+    RequestTooLarge,
+    ResultTooLarge,
     ServiceOverloaded,
     ServiceUnavailable,
     VersionMismatch,
     WKRError,
 )
-from .server import WKRHardWorker, WKRServer
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .client import WKRClient
+    from .config import Settings
+    from .server import WKRHardWorker, WKRServer
+
+#: Public names imported on first access, and the module each comes from.
+_LAZY = {
+    "WKRClient": ".client",
+    "WKRServer": ".server",
+    "WKRHardWorker": ".server",
+    "Settings": ".config",
+}
 
 __all__ = [
     "WKRClient",
@@ -46,6 +62,8 @@ __all__ = [
     "PredictError",
     "BatchContractError",
     "DecodeError",
+    "RequestTooLarge",
+    "ResultTooLarge",
     "InvalidInput",
     "DeadlineExceeded",
     "ServiceOverloaded",
@@ -56,7 +74,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``wkr_celery.app`` / ``wkr_celery.celery``: the Celery app, built on first access."""
+    """The lazy public names; ``wkr_celery.app`` / ``wkr_celery.celery``: the Celery app, built
+    on first access."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     if name in ("app", "celery"):
         from .celery_app import get_app
 

@@ -20,7 +20,7 @@ from celery import Celery, bootsteps, signals
 from .broker import Broker
 from .codec import SERIALIZER, register_serializer
 from .config import Settings
-from .connections import REDIS_ERRORS, connect, result_url_from
+from .connections import REDIS_ERRORS, result_url_from
 from .errors import ConfigError
 from .keys import ServiceKeys
 from .logs import configure_stderr
@@ -37,6 +37,9 @@ def make_app(settings: Settings, backend: str | None = None) -> Celery:
     register_serializer()
     keys = ServiceKeys(settings.name)
     accept = [SERIALIZER, "json"] + (["pickle"] if settings.allow_pickle else [])
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.sentinel_master:  # Celery's spelling for sentinel:// broker and backend URLs
+        transport["master_name"] = settings.sentinel_master
     app = Celery("wkr_celery", set_as_current=False)
     app.conf.update(
         broker_url=settings.broker,
@@ -54,8 +57,8 @@ def make_app(settings: Settings, backend: str | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=settings.task_events,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
     app.wkr_settings = settings  # type: ignore[attr-defined]
@@ -91,7 +94,7 @@ def producer_backend(settings: Settings) -> str:
     """
     if settings.worker_class or settings.result_url:
         return settings.backend
-    client = connect(settings.broker)
+    client = settings.connect_broker()
     try:
         store = Broker(client, ServiceKeys(settings.name)).info().get("result_store")
     except REDIS_ERRORS:

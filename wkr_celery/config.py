@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .connections import with_tls_defaults, without_credentials
+import redis
+
+from .connections import connect, is_sentinel, redacted, with_tls_defaults, without_credentials
 from .errors import ConfigError
 
 __all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device_map"]
@@ -73,12 +75,15 @@ class Settings:
     model_name: str = _opt("", "model file name, passed to get_model")
     port_in: int = _opt(8996, "broker Redis port (embedded Redis when no -broker_url)")
     port_out: int = _opt(8998, "result Redis port (same as port_in: one Redis for both)")
-    broker_url: str = _opt("", "redis:// or rediss:// URL of an existing broker Redis")
-    result_url: str = _opt("", "redis:// or rediss:// URL of an existing result Redis")
+    broker_url: str = _opt("", "redis://, rediss:// or sentinel:// URL of an existing broker Redis")
+    result_url: str = _opt("", "redis://, rediss:// or sentinel:// URL of an existing result Redis")
+    sentinel_master: str = _opt("", "master name the sentinel:// URLs watch")
     http_port: int = _opt(0, "port of the REST API and dashboard; 0 = none")
     http_host: str = _opt("127.0.0.1", "address the REST API binds to")
     http_api_key: str = _opt("", "API key the REST API requires in the X-API-Key header")
     http_max_body: int = _opt(5 * 1024 * 1024, "largest REST request body in bytes")
+    http_read_timeout: float = _opt(
+        30.0, "seconds a REST client may take to send a request's head, and again its body")
     flower_port: int = _opt(0, "also start Flower on this port; 0 = none")
     flower_basic_auth: str = _opt("", "user:pass for Flower")
     num_worker: int = _opt(1, "number of worker processes, each holding one model")
@@ -92,6 +97,8 @@ class Settings:
     protocol: str = _opt("obj", "npy (numpy arrays, batch stacked) or obj (msgpack objects)")
     max_queue: int = _opt(100_000, "queued requests beyond which encode fails fast; 0 = no cap")
     max_payload: int = _opt(5 * 1024 * 1024, "largest encoded input in bytes")
+    max_result: int = _opt(64 * 1024 * 1024, "largest encoded result in bytes; a bigger one "
+                           "fails its request with ResultTooLarge")
     visibility_timeout: float = _opt(
         10.0, "seconds without a heartbeat after which a worker's requests are requeued"
     )
@@ -109,7 +116,8 @@ class Settings:
             raise ConfigError(f"protocol {self.protocol!r} is not one of {sorted(PROTOCOLS)}")
         object.__setattr__(self, "protocol", protocol)
         object.__setattr__(self, "device_map", parse_device_map(self.device_map))
-        for name in ("num_worker", "batch_size", "prefetch", "max_attempts", "max_payload"):
+        for name in ("num_worker", "batch_size", "prefetch", "max_attempts", "max_payload",
+                     "max_result"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_queue", "http_port", "flower_port", "port_in", "port_out"):
@@ -119,6 +127,8 @@ class Settings:
         for name in ("batch_timeout", "visibility_timeout", "result_expires"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.http_read_timeout > 0:
+            raise ConfigError(f"http_read_timeout must be more than 0, got {self.http_read_timeout}")
         if self.visibility_timeout < 2:
             raise ConfigError("visibility_timeout must be at least 2 seconds")
         if self.redis_persist not in ("on", "off", "auto"):
@@ -127,8 +137,11 @@ class Settings:
             raise ConfigError(f"name {self.name!r} must be non-empty without spaces, ':' or braces")
         for name in ("broker_url", "result_url"):
             url = getattr(self, name)
-            if url and not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(f"{name} {url!r} must start with redis://, rediss:// or unix://")
+            if url and not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+                raise ConfigError(f"{name} {redacted(url)!r} must start with redis://, rediss://, "
+                                  "unix:// or sentinel://")
+            if is_sentinel(url) and not self.sentinel_master:
+                raise ConfigError(f"{name} is a Sentinel URL: give -sentinel_master NAME")
 
     # Derived values -------------------------------------------------------------------------
 
@@ -143,6 +156,14 @@ class Settings:
         if self.result_url or self.broker_url:
             return with_tls_defaults(self.result_url or self.broker_url)
         return f"redis://127.0.0.1:{self.port_out}/0"
+
+    def connect_broker(self, **options: Any) -> redis.Redis:
+        """A client of the broker Redis (``connections.connect`` options), Sentinel-aware."""
+        return connect(self.broker, sentinel_master=self.sentinel_master, **options)
+
+    def connect_backend(self, **options: Any) -> redis.Redis:
+        """A client of the result Redis, Sentinel-aware."""
+        return connect(self.backend, sentinel_master=self.sentinel_master, **options)
 
     @property
     def result_store(self) -> str:

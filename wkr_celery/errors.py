@@ -9,15 +9,18 @@ Callers catch :class:`WKRError` for "anything from the framework", or a branch f
     │   └── VersionMismatch      the service runs another wkr-celery version
     ├── InputError               the caller's input cannot be sent (also ValueError)
     │   └── PayloadTooLarge      over the service's payload limit
+    │       └── RequestTooLarge  …refused by the worker (also a RequestFailed)
     └── RequestFailed            the service answered this one request with an error
         ├── PredictError         ``predict`` raised for this input (carries the worker traceback)
         ├── BatchContractError   ``predict`` returned the wrong number of results
         ├── DecodeError          the worker could not decode the input
+        ├── RequestTooLarge      the input was over ``-max_payload`` (see above)
+        ├── ResultTooLarge       ``predict``'s result was over ``-max_result``
         ├── InvalidInput         the input decoded but is not what the service takes
         ├── DeadlineExceeded     the request's deadline passed before it was answered
         ├── ServiceOverloaded    the queue is at its cap; retry later
         ├── PoisonInput          the input killed worker processes too many times
-        └── RequestLost          the broker lost the request (restarted without persistence)
+        └── RequestLost          no answer will come: a Redis restarted empty or went away
 
 Errors that travel from worker to client are stored in Celery's own result format
 (``exc_type``/``exc_message``/``exc_module``), so ``AsyncResult.get()`` raises these same classes.
@@ -36,6 +39,8 @@ __all__ = [
     "PredictError",
     "BatchContractError",
     "DecodeError",
+    "RequestTooLarge",
+    "ResultTooLarge",
     "InvalidInput",
     "DeadlineExceeded",
     "ServiceOverloaded",
@@ -92,6 +97,19 @@ class DecodeError(RequestFailed):
     """The worker could not decode this input with the service's protocol."""
 
 
+class RequestTooLarge(PayloadTooLarge, RequestFailed):
+    """A worker refused this input, undecoded: its encoded size is over ``-max_payload``.
+
+    The client refuses such inputs before sending; this is what a producer that did not check
+    (a plain Celery ``send_task``, a script pushing onto the queue) gets back. It is both a
+    :class:`PayloadTooLarge` and a :class:`RequestFailed`, so either ``except`` catches it.
+    """
+
+
+class ResultTooLarge(RequestFailed):
+    """``predict``'s result for this input encodes to more than ``-max_result`` bytes."""
+
+
 class InvalidInput(RequestFailed):
     """The input decoded, but its type, shape or dtype is not what the service takes."""
 
@@ -109,7 +127,8 @@ class PoisonInput(RequestFailed):
 
 
 class RequestLost(RequestFailed):
-    """The broker restarted without persistence and this request was lost with it."""
+    """No answer to this request will come: a Redis restarted without persistence lost it (or
+    its answer), or stayed unreachable past ``connect_timeout``. Send it again."""
 
 
 _REMOTE_TYPES: dict[str, type[RequestFailed]] = {
@@ -119,6 +138,8 @@ _REMOTE_TYPES: dict[str, type[RequestFailed]] = {
         PredictError,
         BatchContractError,
         DecodeError,
+        RequestTooLarge,
+        ResultTooLarge,
         InvalidInput,
         DeadlineExceeded,
         ServiceOverloaded,

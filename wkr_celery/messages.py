@@ -27,7 +27,7 @@ import pybase64
 
 from . import codec
 from .clock import wall_time
-from .errors import DecodeError, InputError, RequestFailed, remote_error
+from .errors import DecodeError, InputError, RequestFailed, RequestTooLarge, remote_error
 
 __all__ = [
     "TASK_NAME",
@@ -122,11 +122,17 @@ class DecodedRequest:
     client_id: str | None
     deadline: float | None
     payload: Any
-    error: DecodeError | None
+    error: RequestFailed | None
 
 
-def parse_request(raw: bytes | str, *, allow_pickle: bool = False) -> DecodedRequest:
-    """Decode one envelope. Never raises: a bad message comes back with ``error`` set."""
+def parse_request(raw: bytes | str, *, allow_pickle: bool = False,
+                  max_payload: int | None = None) -> DecodedRequest:
+    """Decode one envelope. Never raises: a bad message comes back with ``error`` set.
+
+    A body over ``max_payload`` bytes (``-max_payload``, the limit the client checks) is refused
+    with :class:`RequestTooLarge` before it is base64- or msgpack-decoded, so a producer that
+    skips the client's check cannot make a worker decode, predict and store a huge input.
+    """
     try:
         envelope = _loads_json(raw)
     except (ValueError, TypeError):
@@ -144,7 +150,7 @@ def parse_request(raw: bytes | str, *, allow_pickle: bool = False) -> DecodedReq
         return DecodedRequest(task_id, None, None, None, DecodeError(
             "message headers and properties must be JSON objects"))
     try:
-        return _parse_valid(envelope, headers, task_id, allow_pickle)
+        return _parse_valid(envelope, headers, task_id, allow_pickle, max_payload)
     except Exception as exc:  # a shape no check above foresaw: still this message's problem
         return DecodedRequest(task_id, None, None, None, DecodeError(
             f"malformed message: {type(exc).__name__}: {exc}"))
@@ -160,7 +166,7 @@ def _loads_json(raw: bytes | str) -> Any:
 
 
 def _parse_valid(envelope: dict[str, Any], headers: dict[str, Any], task_id: str | None,
-                 allow_pickle: bool) -> DecodedRequest:
+                 allow_pickle: bool, max_payload: int | None) -> DecodedRequest:
     client_id = headers.get("x-wkr-client")
     deadline = headers.get("x-wkr-deadline")
     if deadline is None and headers.get("expires"):
@@ -175,8 +181,8 @@ def _parse_valid(envelope: dict[str, Any], headers: dict[str, Any], task_id: str
         return DecodedRequest(*meta, None, DecodeError(
             f"task {task!r} is not served here; this queue serves {TASK_NAME!r}"))
     try:
-        payload = _decode_payload(envelope, allow_pickle)
-    except DecodeError as exc:
+        payload = _decode_payload(envelope, allow_pickle, max_payload)
+    except (DecodeError, RequestTooLarge) as exc:
         return DecodedRequest(*meta, None, exc)
     return DecodedRequest(*meta, payload, None)
 
@@ -188,12 +194,24 @@ def _parse_expires(text: Any) -> float | None:
         return None
 
 
-def _decode_payload(envelope: dict[str, Any], allow_pickle: bool) -> Any:
+def _body_size(body: str, base64: bool) -> int:
+    """Bytes the body stands for, without decoding it (exact for valid base64)."""
+    if not base64:
+        return len(body)
+    return len(body) // 4 * 3 - (2 if body.endswith("==") else 1 if body.endswith("=") else 0)
+
+
+def _decode_payload(envelope: dict[str, Any], allow_pickle: bool, max_payload: int | None
+                    ) -> Any:
     content_type = envelope.get("content-type")
     body = envelope.get("body")
     if not isinstance(body, str):
         raise DecodeError("message has no body")
-    if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+    base64 = (envelope.get("properties") or {}).get("body_encoding") == "base64"
+    if max_payload is not None and (size := _body_size(body, base64)) > max_payload:
+        raise RequestTooLarge(f"encoded input is {size} bytes; this service takes at most "
+                              f"{max_payload} bytes (-max_payload); refused undecoded")
+    if base64:
         try:
             data: bytes | str = pybase64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):

@@ -14,7 +14,6 @@ on Linux, a namespace that cannot be made fails the test.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import subprocess
 import sys
@@ -289,14 +288,18 @@ def test_redis_unreachable_for_seconds_under_load_loses_nothing_and_no_caller_wa
 
 
 def _scaling_out_commands() -> list[str]:
-    """The shell commands of docs/production.md's "Scaling out" block: Redis host, worker
-    host, client host (comment lines dropped)."""
-    docs = (ROOT / "docs" / "production.md").read_text()
-    section = docs.split("### Scaling out", 1)[1]
-    block = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0]
-    groups = [g for g in block.split("\n\n") if g.strip()]
-    return ["\n".join(line for line in g.splitlines() if not line.startswith("#"))
-            for g in groups]
+    """docs/production.md's "Scaling out" commands, as tests/test_documented_commands.py maps
+    them to the test below: the Redis host's, the worker hosts' (``cd`` and
+    ``wkr-serving-start``), the client host's."""
+    from tests.test_documented_commands import commands_run_by
+
+    test = "tests/faults/test_many_hosts.py::" + (
+        test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written.__name__)
+    texts = [c.text for c in commands_run_by(test)]
+    redis_cmd, cd, worker, client = (next(t for t in texts if t.startswith(prefix)) for prefix in
+                                     ("redis-server ", "cd ", "wkr-serving-start ", "python3 "))
+    assert len(texts) == 4, texts
+    return [redis_cmd, f"{cd}\n{worker}", client]
 
 
 @pytest.mark.timeout(150)

@@ -3,7 +3,9 @@
 Two threads do the I/O so callers never wait on Redis: a publisher (here) sends every request
 queued since its last round trip in one scripted call, which also enforces the service's queue
 cap, and a listener (:mod:`.replies`) pops this client's reply list in bulk and settles futures
-by task id. A lone request is published from the caller's own thread instead.
+by task id. A lone request is published from the caller's own thread instead. A watch thread
+per Redis (:mod:`.restarts`) notices outages and empty restarts, so the broker being down never
+stops answers from the result Redis.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from ..inputs import InputSpec, argsrepr
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step, reply_key
 from ..messages import build_request, deadline_after
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
+from .doubt import answer_grace
 from .replies import LISTEN_SECONDS, Replies
-from .restarts import RestartWatch
+from .restarts import RedisWatch
 
 __all__ = ["WKRClient"]
 
@@ -56,6 +59,7 @@ class WKRClient:
         connect_timeout: float = 10.0,
         priority: int | str = "normal",
         show_server_config: bool = False,
+        sentinel_master: str = "",
     ) -> None:
         self.broker_url = broker_url or f"redis://{ip}:{port}/0"
         # Results: the URL given; else ``port_out`` on the broker's host (the seed's form); else
@@ -70,7 +74,7 @@ class WKRClient:
         self._task_ids = (f"{self.client_id[:20]}{n:012x}" for n in itertools.count())
         self._argsreprs: dict[tuple[Any, ...], str] = {}
         self._reply_key = reply_key(self.client_id)
-        self._broker_redis = connect(self.broker_url)
+        self._broker_redis = connect(self.broker_url, sentinel_master=sentinel_master)
         self._clock = RedisClock(self._broker_redis)  # deadlines are on the broker's clock
         opened = [self._broker_redis]
         try:
@@ -88,7 +92,8 @@ class WKRClient:
             self.result_url = given or result_url_from(
                 self.broker_url, self.server_config.get("result_store"),
                 fallback=broker_url or f"redis://{ip}:8998/0")
-            self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS)
+            self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
+                                         sentinel_master=sentinel_master)
             opened.append(self._result_redis)
             if not ignore_all_checks:
                 check_reachable(self._result_redis, "result Redis", self.result_url)
@@ -103,7 +108,8 @@ class WKRClient:
         self.max_queue = int(cfg.get("max_queue") or 0)
         self.batch_size = int(cfg.get("batch_size") or 32)
         self._connect_timeout = connect_timeout
-        self._replies = Replies(self._result_redis, self._reply_key, self._watch_restarts())
+        self._replies = Replies(self._result_redis, self._reply_key, self._watches(),
+                                grace=self._answer_grace, outage_limit=connect_timeout)
         self._outbox: list[tuple[str, int, str]] = []
         self._outbox_cond = threading.Condition()
         self._publishing = False
@@ -113,9 +119,17 @@ class WKRClient:
         self._publisher.start()
         self._replies.start()
 
-    def _watch_restarts(self) -> list[tuple[str, RestartWatch]]:
-        urls = {self.broker_url: self._broker_redis, self.result_url: self._result_redis}
-        return [(url, RestartWatch(client)) for url, client in urls.items()]
+    def _watches(self) -> list[tuple[str, RedisWatch]]:
+        """One watch per Redis server: both roles on one watch when one server plays both."""
+        if self.result_url == self.broker_url:
+            return [(self.broker_url,
+                     RedisWatch("broker and result", self.broker_url, self._result_redis))]
+        return [(self.broker_url, RedisWatch("broker", self.broker_url, self._broker_redis)),
+                (self.result_url, RedisWatch("result", self.result_url, self._result_redis))]
+
+    def _answer_grace(self) -> float:
+        visibility = float(self.server_config.get("visibility_timeout") or 10.0)
+        return answer_grace(self._broker, visibility)
 
     # Sending ------------------------------------------------------------------------------
 

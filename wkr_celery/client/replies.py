@@ -1,12 +1,24 @@
-"""The receiving half of :class:`WKRClient`: one listener thread settles every future.
+"""The receiving half of :class:`WKRClient`: threads that settle every future.
 
 Workers push each client's answers onto that client's own reply list, so one ``BLPOP`` per
 wake-up serves however many requests are out; answers are matched to futures by task id. An
 answer that arrives twice (a worker paused past the visibility timeout, then resumed) finds no
-pending future the second time and is dropped, so no caller is answered twice. The listener
-also fails requests a Redis restarted without persistence has lost, and a timer thread of its own
-fails requests past their deadline, on time even while the listener waits on an unreachable
-Redis; so no future waits forever, nor past its timeout.
+pending future the second time and is dropped, so no caller is answered twice.
+
+The listener thread talks to the result Redis only. Each Redis also has a watch thread of its
+own (:class:`~.restarts.RedisWatch`), so the broker being down never stops answers flowing from
+a healthy result Redis. The watches settle what an outage or an empty restart decides:
+
+* a Redis restarted without persistence puts the requests published before the restart *in
+  doubt* (:mod:`.doubt`): answers still come for those a worker already held; the rest fail
+  with ``RequestLost`` once the service has gone a grace period without answering any of them;
+* the broker unreachable for ``connect_timeout`` puts the requests published before the outage
+  in doubt the same way;
+* the result Redis unreachable for ``connect_timeout`` fails every pending request with
+  ``RequestLost``: no answer can reach the client, the service has gone away.
+
+A timer thread of its own fails requests past their deadline, on time even while the listener
+waits on an unreachable Redis (up to its socket timeout), so no future waits past its timeout.
 """
 
 from __future__ import annotations
@@ -15,51 +27,65 @@ import heapq
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import redis
 
 from ..codec import loads
-from ..connections import REDIS_ERRORS, redacted
+from ..connections import REDIS_ERRORS
 from ..errors import DeadlineExceeded, RequestLost, WKRError
 from ..keys import task_meta_key
 from ..messages import error_of
-from .restarts import RestartWatch
+from .doubt import Doubt
+from .restarts import RedisWatch
 
 __all__ = ["Replies", "LISTEN_SECONDS"]
 
 log = logging.getLogger("wkr_celery.client")
 
-#: Longest block of the listener; also how often it checks deadlines and Redis restarts.
+#: Longest block of the listener; also how often each Redis is checked for a restart.
 LISTEN_SECONDS = 1.0
 _DRAIN = 1000
 _CLOSE_TOKEN = b"__wkr_close__"
 
 
 class Replies:
-    """Futures of the requests a client has out, and the thread that settles them."""
+    """Futures of the requests a client has out, and the threads that settle them.
+
+    ``grace`` returns the current :attr:`Doubt.grace`; ``outage_limit`` is how long a Redis
+    may be unreachable before the requests that depend on it count as gone.
+    """
 
     def __init__(self, result_redis: redis.Redis, reply_key: str,
-                 watches: list[tuple[str, RestartWatch]]) -> None:
+                 watches: list[tuple[str, RedisWatch]], *,
+                 grace: Callable[[], float], outage_limit: float) -> None:
         self.pending: dict[str, Future[Any]] = {}
         self.watches = watches
         self._redis = result_redis
         self._key = reply_key
+        self._results = next(watch for _, watch in watches if watch.serves_results)
+        self._grace = grace
+        self._outage_limit = outage_limit
+        self._doubt = Doubt(grace())
         self._deadlines: list[tuple[float, str]] = []
         self._deadline_lock = threading.Lock()
-        self._watch_due = 0.0
+        self._recovered = self._results.changes
         self._recover_due = False
-        self._closed = False
-        self._thread = threading.Thread(target=self._listen_loop, daemon=True,
-                                        name="wkr-client-listen")
+        self._closed = threading.Event()
+        self._threads = [threading.Thread(target=self._listen_loop, daemon=True,
+                                          name="wkr-client-listen")]
+        self._threads += [threading.Thread(target=self._watch_loop, args=(watch,), daemon=True,
+                                           name=f"wkr-client-watch-{watch.role.split()[0]}")
+                          for _, watch in watches]
         self._deadline_wake = threading.Event()
-        self._timer = threading.Thread(target=self._deadline_loop, daemon=True,
-                                       name="wkr-client-deadlines")
+        self._threads.append(threading.Thread(target=self._deadline_loop, daemon=True,
+                                              name="wkr-client-deadlines"))
 
     def start(self) -> None:
-        self._thread.start()
-        self._timer.start()
+        for thread in self._threads:
+            thread.start()
 
     def expect(self, task_id: str, future: Future[Any], expiry: float | None) -> None:
         """Register a request about to be sent; ``expiry`` is its monotonic deadline."""
@@ -77,21 +103,25 @@ class Replies:
             if future is not None:
                 future._wkr_published = when  # type: ignore[attr-defined]
 
-    def fail(self, task_id: str, error: WKRError) -> None:
+    def fail(self, task_id: str, error: WKRError) -> bool:
+        """Fail a pending request; False when it was settled already."""
         future = self.pending.pop(task_id, None)
-        if future is not None:
-            _settle(future, error=error)
+        if future is None:
+            return False
+        _settle(future, error=error)
+        return True
 
     def close(self) -> None:
-        """Stop the listener, cancel what is still pending, delete the reply list."""
-        self._closed = True
+        """Stop the threads, cancel what is still pending, delete the reply list."""
+        self._closed.set()
         self._deadline_wake.set()
         try:
             self._redis.rpush(self._key, _CLOSE_TOKEN)
         except REDIS_ERRORS:
             pass
-        self._thread.join(LISTEN_SECONDS + 11)
-        self._timer.join(LISTEN_SECONDS + 1)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(LISTEN_SECONDS + 11)
         for task_id in list(self.pending):
             future = self.pending.pop(task_id, None)
             if future is not None:
@@ -101,19 +131,18 @@ class Replies:
         except REDIS_ERRORS:
             pass
 
-    # The listener thread -------------------------------------------------------------------
+    # The listener thread: the result Redis only ---------------------------------------------
 
     def _listen_loop(self) -> None:
-        client = self._redis
-        key = self._key
+        client, key, watch = self._redis, self._key, self._results
         delay = 0.05
-        while not self._closed:
-            wait = self._expire_deadlines()
+        while not self._closed.is_set():
+            wait = self._expire()
             try:
-                self._check_restarts()
-                if self._recover_due:
+                if self._recover_due or watch.changes != self._recovered:
                     self._recover()
                 first = client.blpop([key], timeout=wait)
+                watch.reached()
                 if first is None:
                     continue
                 # The oldest answer first, before another round trip; the rest only when
@@ -121,12 +150,12 @@ class Replies:
                 self._resolve(first[1])
                 rest = (client.lpop(key, _DRAIN) or []) if self.pending else []
             except REDIS_ERRORS as exc:
-                if self._closed:
+                if self._closed.is_set():
                     return
-                log.warning("result Redis unreachable (%s); retrying", exc)
+                watch.failed(exc)  # logged once per outage, not once per retry
                 self._recover_due = True
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                self._closed.wait(delay)
+                delay = min(delay * 2, LISTEN_SECONDS)
                 continue
             delay = 0.05
             for data in rest:
@@ -145,34 +174,11 @@ class Replies:
         future = self.pending.pop(task_id, None)
         if future is None:
             return  # answered already (duplicate delivery) or given up on
+        self._doubt.answered(task_id)
         if meta.get("status") == "SUCCESS":
             _settle(future, result=meta.get("result"))
         else:
             _settle(future, error=error_of(meta))
-
-    def _check_restarts(self) -> None:
-        """Once a second: fail requests a Redis restarted without persistence has lost."""
-        now = time.monotonic()
-        if now < self._watch_due:
-            return
-        self._watch_due = now + LISTEN_SECONDS
-        for url, watch in self.watches:
-            restarts = watch.restarts
-            cutoff = watch.lost_before()
-            if watch.restarts != restarts:
-                self._recover_due = True
-            if cutoff is None:
-                continue
-            lost = [task_id for task_id, future in list(self.pending.items())
-                    if getattr(future, "_wkr_published", cutoff + 1) <= cutoff]
-            log.error("Redis %s restarted without persistence; %d pending request(s) lost",
-                      redacted(url), len(lost))
-            error = RequestLost(
-                f"Redis {redacted(url)} restarted without persistence (AOF off) and lost this "
-                "request or its result; send it again (start Redis with AOF, e.g. "
-                "-redis_persist on, to keep queued requests across restarts)")
-            for task_id in lost:
-                self.fail(task_id, error)
 
     def _recover(self) -> None:
         """Resolve pending requests from their stored results (``celery-task-meta-<id>``).
@@ -180,6 +186,7 @@ class Replies:
         A pop from the reply list whose reply was lost (the connection dropped, or Redis
         restarted with AOF) took those answers off the list for good; the stored copies remain.
         """
+        seen = self._results.changes
         task_ids = list(self.pending)
         for start in range(0, len(task_ids), _DRAIN):
             chunk = task_ids[start:start + _DRAIN]
@@ -187,17 +194,25 @@ class Replies:
                 if isinstance(data, bytes):
                     self._resolve(data)
         self._recover_due = False
+        self._recovered = seen
 
     def _deadline_loop(self) -> None:
-        """The timer thread: a listener blocked on an unreachable Redis (up to its socket
-        timeout) must not hold up the callers whose deadlines pass meanwhile."""
-        while not self._closed:
-            wait = self._expire_deadlines()
+        """The timer thread: the listener may be blocked on an unreachable Redis while
+        deadlines pass."""
+        while not self._closed.is_set():
+            wait = self._expire()
             self._deadline_wake.wait(wait)
             self._deadline_wake.clear()
 
-    def _expire_deadlines(self) -> float:
-        """Fail requests past their deadline; returns how long the listener may block."""
+    def _expire(self) -> float:
+        """Fail requests past their deadline, and those in doubt past the grace; returns how
+        long the listener may block."""
+        lost = self._doubt.due()
+        if lost:
+            failed = sum(self.fail(task_id, error) for task_id, error in lost.items())
+            if failed:
+                log.error("%d request(s) in doubt got no answer for %.0fs; failed with "
+                          "RequestLost: %s", failed, self._doubt.grace, next(iter(lost.values())))
         now = time.monotonic()
         with self._deadline_lock:
             while self._deadlines and self._deadlines[0][0] <= now:
@@ -206,6 +221,61 @@ class Replies:
             if self._deadlines:
                 return max(0.01, min(LISTEN_SECONDS, self._deadlines[0][0] - now))
         return LISTEN_SECONDS
+
+    # The watch threads: one per Redis ---------------------------------------------------------
+
+    def _watch_loop(self, watch: RedisWatch) -> None:
+        acted_on: float | None = None  # ``down_since`` of the outage already acted on
+        while not self._closed.wait(LISTEN_SECONDS):
+            cutoff = watch.check()
+            if cutoff is not None and watch.serves_requests:
+                self._doubt.grace = self._grace()  # the broker is back: read its heartbeats
+            if cutoff is not None:
+                self._doubt_published_before(cutoff, RequestLost(
+                    f"{watch.name} restarted without persistence (AOF off) and lost this "
+                    "request or its result; send it again (start Redis with AOF, e.g. "
+                    "-redis_persist on, to keep queued requests across restarts)"),
+                    f"{watch.name} restarted without persistence")
+            began = watch.down_since
+            if began is not None and time.monotonic() - began >= self._outage_limit:
+                if watch.serves_results:
+                    self._fail_all(watch, quiet=acted_on == began)
+                elif acted_on != began:
+                    self._doubt_published_before(began, RequestLost(
+                        f"{watch.name} has been unreachable for over "
+                        f"{self._outage_limit:.0f}s and this request was not answered; send "
+                        "it again once it is back"),
+                        f"{watch.name} unreachable for {self._outage_limit:.0f}s")
+                acted_on = began
+            if watch.serves_requests and watch.down_since is None:
+                self._refresh_grace()
+
+    def _refresh_grace(self) -> None:
+        """While requests are in doubt, follow the workers' batch durations (heartbeats on the
+        broker; so only the broker's watch thread asks, and never waits on the result Redis)."""
+        if len(self._doubt):
+            self._doubt.grace = max(self._doubt.grace, self._grace())
+
+    def _doubt_published_before(self, cutoff: float, error: WKRError, why: str) -> None:
+        """Put requests published before ``cutoff`` in doubt; their answers may still come."""
+        doubted = [task_id for task_id, future in list(self.pending.items())
+                   if getattr(future, "_wkr_published", cutoff + 1) <= cutoff]
+        self._doubt.add(doubted, error)
+        self._recover_due = True  # an answer may be stored already; read it from the result side
+        log.warning("%s; %d pending request(s) in doubt: answers still come for those a worker "
+                    "already held, the rest fail with RequestLost after %.0fs without one",
+                    why, len(doubted), self._doubt.grace)
+
+    def _fail_all(self, watch: RedisWatch, *, quiet: bool) -> None:
+        """The result Redis is gone: no answer can reach this client, so nobody waits."""
+        error = RequestLost(
+            f"{watch.name} has been unreachable for over {self._outage_limit:.0f}s: the "
+            "service went away or its Redis is down, and no answer can arrive; send the "
+            "request again once it is back")
+        failed = sum(self.fail(task_id, error) for task_id in list(self.pending))
+        if failed and not quiet:
+            log.error("%s is gone; failed %d pending request(s) with RequestLost",
+                      watch.name, failed)
 
 
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:

@@ -1,53 +1,129 @@
-"""Noticing that a Redis server restarted empty, so requests it held fail instead of hanging.
+"""How a client sees one Redis server: reachable or not (since when), and which run of it.
+
+A client talks to two Redis servers that fail apart: the broker (requests) and the result
+Redis (answers). Each gets its own :class:`RedisWatch`, so an outage of one is noticed, logged
+and handled without stopping the client's use of the other.
 
 A Redis restarted without an append-only file comes back with none of the queued requests or
 stored replies it held, and nothing on the wire says so: connections simply reconnect. The
-server's ``run_id`` changes on every start, so a client that remembers it can tell. Requests
-published before the restart are then lost unless the server runs with AOF on.
+server's ``run_id`` changes on every start, so a watch that remembers it can tell.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 
 import redis
 
-__all__ = ["RestartWatch"]
+from ..connections import REDIS_ERRORS, redacted
+
+__all__ = ["RedisWatch"]
+
+log = logging.getLogger("wkr_celery.client")
 
 
-class RestartWatch:
-    """Remembers one Redis server's ``run_id``; :meth:`lost_before` reports an empty restart."""
+class RedisWatch:
+    """One Redis server as this client sees it.
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``role`` names it in messages ("broker", "result", or "broker and result" when one server
+    is both). An outage is logged once when it starts and once when it ends, however many
+    calls fail in between.
+    """
+
+    def __init__(self, role: str, url: str, client: redis.Redis) -> None:
+        self.role = role
+        self.url = url
         self.client = client
         self.restarts = 0  # run_id changes seen, with or without persistence
         self.run_id: str | None = None
+        #: ``time.monotonic()`` when the current outage began; ``None`` while reachable.
+        self.down_since: float | None = None
+        #: Bumped on every recovery and every restart: the client re-reads stored answers then.
+        self.changes = 0
+        self._lock = threading.Lock()
+        self._blind = False  # the server refuses INFO: restarts cannot be seen
         try:
             self.run_id = self._server()[0]
-        except (redis.RedisError, OSError):
-            pass  # unreachable now: the first successful check remembers the server
+        except (*REDIS_ERRORS, redis.ResponseError):
+            pass  # unreachable now (or INFO refused): the first successful check says so
+
+    @property
+    def name(self) -> str:
+        return f"{self.role} Redis {redacted(self.url)}"
+
+    @property
+    def serves_results(self) -> bool:
+        return "result" in self.role
+
+    @property
+    def serves_requests(self) -> bool:
+        return "broker" in self.role
+
+    def failed(self, exc: BaseException) -> None:
+        """A call to this Redis failed: the first failure of an outage is logged."""
+        with self._lock:
+            if self.down_since is not None:
+                return
+            self.down_since = time.monotonic()
+        log.warning("%s is unreachable (%s); retrying quietly until it is back",
+                    self.name, exc)
+
+    def reached(self) -> None:
+        """A call to this Redis succeeded: the end of an outage is logged."""
+        with self._lock:
+            began, self.down_since = self.down_since, None
+            if began is None:
+                return
+            self.changes += 1
+        log.warning("%s is reachable again after %.1fs", self.name, time.monotonic() - began)
+
+    def down_for(self, now: float) -> float:
+        """Seconds the current outage has lasted; 0 while reachable."""
+        began = self.down_since
+        return 0.0 if began is None else now - began
+
+    def check(self) -> float | None:
+        """Ask the server who it is; returns the moment it restarted empty, else ``None``.
+
+        The moment is a ``time.monotonic()`` before which requests published to it (or answers
+        stored on it) were lost. ``None`` while the server is the one seen last, when it
+        restarted with AOF on (it replayed its data), or when it is unreachable (which
+        :meth:`failed` records).
+        """
+        try:
+            return self._lost_before()
+        except REDIS_ERRORS as exc:
+            self.failed(exc)
+        except redis.ResponseError as exc:  # INFO refused (a managed Redis may rename it)
+            self.reached()
+            if not self._blind:
+                self._blind = True
+                log.warning("%s refuses INFO (%s): an empty restart of it goes unnoticed, and "
+                            "requests it loses wait for their timeout", self.name, exc)
+        return None
 
     def _server(self) -> tuple[str, int]:
         info = self.client.info("server")
         return str(info["run_id"]), int(info.get("uptime_in_seconds", 0))
 
-    def lost_before(self) -> float | None:
-        """``time.monotonic()`` before which published requests were lost, or ``None``.
-
-        ``None`` while the server is the one seen last, or when it restarted with AOF on
-        (it replayed its data). The moment is rounded late (uptime is in whole seconds), so a
-        request published up to two seconds after the restart may be counted lost: its caller
-        is told and may send again, rather than wait on an answer that cannot come.
-        """
+    def _lost_before(self) -> float | None:
+        """The moment is rounded late (uptime is in whole seconds), so a request published up
+        to two seconds after the restart may be counted among those in doubt; the client then
+        waits for its answer like for any other in doubt."""
         run_id, uptime = self._server()
+        self.reached()
         if run_id == self.run_id:
             return None
         first, self.run_id = self.run_id is None, run_id
         if first:
             return None
         self.restarts += 1
+        with self._lock:
+            self.changes += 1
         if int(self.client.info("persistence").get("aof_enabled", 0)) == 1:
             return None
         # Redis counts uptime in whole wall-clock seconds, so it may read one second long:
-        # round the restart late, never early, so no lost request is taken for a served one.
+        # round the restart late, never early, so no lost request is left out of doubt.
         return time.monotonic() - max(0, uptime - 1)

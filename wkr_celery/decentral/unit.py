@@ -38,10 +38,17 @@ log = logging.getLogger("wkr_celery.decentral.unit")
 
 
 def load_worker_class(path: str) -> type[WKRWorker]:
-    """Import ``module.Class`` and check it is a :class:`WKRWorker`."""
+    """Import ``module.Class`` and check it is a :class:`WKRWorker`.
+
+    The current directory is importable, as for ``wkr-serving-start``: a console script's
+    ``sys.path`` starts with its own ``bin/`` folder, not the folder it was typed in, so
+    ``cd examples && wkr-decentral-start decentralize.ProcessingModel`` needs it put there.
+    """
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
         raise ImportError(f"worker class {path!r} is not module.Class")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     cls = getattr(importlib.import_module(module_name), class_name, None)
     if not isinstance(cls, type) or not issubclass(cls, WKRWorker):
         raise ImportError(f"{path} is not a WKRWorker subclass")

@@ -8,6 +8,7 @@ options (``-format``, ``-timeout``…) are taken out of the argument list first.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from typing import Any
 from ..config import Settings, build_parser
 from ..errors import ConfigError
 
-__all__ = ["Option", "take_options", "parse_service_flags", "usage"]
+__all__ = ["Option", "take_options", "parse_service_flags", "refuse_like_decentral_start",
+           "usage"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,25 @@ def parse_service_flags(
     values = vars(parser.parse_args(list(argv)))
     values["batch_timeout"] = values["batch_timeout"] / 1000.0
     return base.replace(**values)
+
+
+def refuse_like_decentral_start(prog: str, argv: Sequence[str]) -> None:
+    """Raise (or exit 2, as argparse does) where ``wkr-decentral-start argv`` would refuse.
+
+    Its own parser reads the flags; its own loader imports the worker class from the current
+    directory, where the generated script will run it.
+    """
+    from ..decentral.config import DecentralSettings, build_start_parser
+    from ..decentral.unit import load_worker_class
+
+    parser = build_start_parser()
+    parser.prog = prog
+    settings = DecentralSettings(**vars(parser.parse_args(list(argv))))
+    try:
+        load_worker_class(settings.worker_class)
+    except ImportError as exc:
+        raise ConfigError(f"cannot load worker class {settings.worker_class!r}: {exc} (imported "
+                          f"from {os.getcwd()}, where the script will start it)") from exc
 
 
 def _service_parser(

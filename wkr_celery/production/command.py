@@ -1,9 +1,12 @@
 """What a generated run script or systemd unit runs, and how it knows the process is serving.
 
-``wkr-serving-make`` validates the flags the way ``wkr-serving-start`` would (so a typo fails now,
-not at 3 a.m. when the script first runs) and keeps them verbatim; ``wkr-decentral-make`` passes
-its flags through untouched to ``wkr-decentral-start``. Commands run through the Python that ran
-the make command, so a script works without the virtual environment being activated.
+Both make commands refuse what the start command would refuse (so a typo or a worker class that
+does not import fails now, not at 3 a.m. when the script first runs): the flags, parsed by the
+start command's own parser, and the worker class, imported from the current directory as start
+will import it from there. The flags are kept verbatim. ``-name`` must be given: it names the
+pid file and the log, which must not collide with another script's in the same folder. Commands
+run through the Python that ran the make command, so a script works without the virtual
+environment being activated.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .args import parse_service_flags
+from .args import parse_service_flags, refuse_like_decentral_start
 
 __all__ = ["ServiceCommand", "serving_command", "decentral_command", "DECENTRAL_ENTRY"]
 
@@ -39,7 +42,17 @@ def serving_command(
     argv: Sequence[str], *, python: str | None = None, workdir: str | None = None
 ) -> ServiceCommand:
     """``wkr-serving-start`` with ``argv``; the health check reads the same flags."""
+    from ..celery_app import load_worker_class
+
+    if flag_value(argv, "-name") is None:
+        raise ConfigError("wkr-serving-make needs -name SERVICE: it names the pid file and the "
+                          "log (logs/SERVICE.std.log) beside the script")
     settings = parse_service_flags("wkr-serving-make", argv, worker_class_optional=False)
+    try:
+        load_worker_class(settings.worker_class)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (imported from {os.getcwd()}, where the script will start "
+                          "the service)") from exc
     python = python or sys.executable
     check = (python, "-m", "wkr_celery.production", "check", *argv)
     return ServiceCommand(
@@ -61,6 +74,7 @@ def decentral_command(
     module, _, function = entry.partition(":")
     if not module or not function.isidentifier():
         raise ConfigError(f"entry {entry!r} must be module:function")
+    refuse_like_decentral_start("wkr-decentral-make", argv)
     python = python or sys.executable
     code = (f'import sys; sys.argv[0] = "wkr-decentral-start"; '
             f"from {module} import {function}; sys.exit({function}())")

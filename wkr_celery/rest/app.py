@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from ..config import Settings
 from ..version import __version__
-from . import dashboard, routes, status
+from . import apidocs, dashboard, routes, status
 from .gateway import Gateway
 from .metrics import ApiMetrics, outcome_of
 from .problems import install_handlers, internal_error
@@ -34,7 +34,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         app.state.gateway.close()
 
     app = FastAPI(title=f"wkr-celery service {settings.name!r}", version=__version__,
-                  description=_DESCRIPTION, lifespan=lifespan)
+                  description=_DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # served offline by apidocs
     app.state.settings = settings
     app.state.gateway = gateway = gateway or Gateway(settings)
     app.state.metrics = metrics = ApiMetrics(lambda: status.snapshot(gateway))
@@ -44,6 +45,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(status.open_router, tags=["status"])
     app.include_router(dashboard.router, tags=["dashboard"])
     dashboard.mount(app)
+    apidocs.mount(app)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -60,7 +62,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     def _count(request: Request, status_code: int) -> None:
         route = request.scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
-        if path.startswith("/dashboard/static"):
+        if path.startswith(("/dashboard/static", apidocs.STATIC)):
             return
         metrics.requests.labels(f"{request.method} {path}", outcome_of(status_code)).inc()
 

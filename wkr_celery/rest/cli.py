@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
+    from .timeouts import KEEP_ALIVE_SECONDS, MAX_HEAD_BYTES, head_timeout_protocol
 
     configure_stderr(logging.INFO)
     app = create_app(settings)
@@ -47,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"http://{settings.http_host}:{settings.http_port} (dashboard /dashboard, docs /docs)",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning",
-                access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+                access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                http=head_timeout_protocol(settings.http_read_timeout),
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
+                h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     return 0
 
 

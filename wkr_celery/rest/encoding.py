@@ -1,15 +1,22 @@
 """Request bodies in, responses out, in JSON or msgpack-numpy: the request's own encoding.
 
-A body is read incrementally and refused (413) as soon as it passes ``-http_max_body``, whether
-or not it announced a ``Content-Length``. JSON cannot carry arrays or bytes, so results are
-made plain here: arrays become nested lists, bytes become base64 text.
+A body must say it is JSON or msgpack (``415`` otherwise). It is read incrementally and
+refused (413) as soon as it passes ``-http_max_body``, whether or not it announced a
+``Content-Length``, and answered ``408`` when it is not all in within ``-http_read_timeout``.
+Once decoded it must nest at most :data:`MAX_DEPTH` levels and hold at most :data:`MAX_ITEMS`
+values (``400`` naming the limit), checked before anything is sent to a worker. JSON cannot
+carry arrays or bytes, so results are made plain here: arrays become nested lists, bytes become
+base64 text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,25 +25,52 @@ from starlette.responses import Response
 
 from .. import codec
 
-__all__ = ["MSGPACK", "is_msgpack", "wants_msgpack", "read_body", "parse_body", "render", "plain"]
+__all__ = ["MSGPACK", "MSGPACK_TYPES", "JSON", "MAX_DEPTH", "MAX_ITEMS", "is_msgpack",
+           "body_is_msgpack", "wants_msgpack", "read_body", "parse_body", "check_size", "render",
+           "plain"]
 
 MSGPACK = "application/msgpack"
-_MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
+#: Every spelling of msgpack accepted in ``Content-Type`` and ``Accept``.
+MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
+JSON = "application/json"
+#: Deepest nesting of lists and maps a request body may have (the body itself is level 1).
+MAX_DEPTH = 64
+#: Most values (containers, scalars, arrays: one each) a request body may hold.
+MAX_ITEMS = 1_000_000
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def is_msgpack(request: Request) -> bool:
-    """The body is msgpack-numpy (``Content-Type: application/msgpack``)."""
-    return request.headers.get("content-type", "").split(";")[0].strip() in _MSGPACK_TYPES
+    """The body is msgpack-numpy (``Content-Type: application/msgpack`` or an alias)."""
+    return _media_type(request) in MSGPACK_TYPES
+
+
+def body_is_msgpack(request: Request) -> bool:
+    """Whether a body is msgpack or JSON; ``ApiError(415)`` when it says it is neither."""
+    from .problems import ApiError
+
+    media_type = _media_type(request)
+    if media_type == JSON:
+        return False
+    if media_type in MSGPACK_TYPES:
+        return True
+    said = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
+    raise ApiError(415, "UnsupportedMediaType", f"request has {said}; send the body as "
+                   f"{JSON} or {MSGPACK}")
 
 
 def wants_msgpack(request: Request) -> bool:
     """Answer in msgpack: the request was msgpack, or (for GETs) ``Accept`` asks for it."""
     return is_msgpack(request) or any(t in request.headers.get("accept", "")
-                                      for t in _MSGPACK_TYPES)
+                                      for t in MSGPACK_TYPES)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or ``ApiError(413)`` as soon as it is known to be over ``limit``."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body; ``ApiError(413)`` as soon as it is known to be over ``limit``, and
+    ``ApiError(408)`` when it is not all in after ``timeout`` seconds (a slow sender)."""
     from .problems import ApiError
 
     declared = request.headers.get("content-length")
@@ -51,13 +85,21 @@ async def read_body(request: Request, limit: int) -> bytes:
                            f"limit of {limit} bytes (-http_max_body)")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
+    deadline = time.monotonic() + timeout
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), deadline - time.monotonic())
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise ApiError(408, "RequestTimeout", f"body not received within {timeout:g}s "
+                           f"(-http_read_timeout); got {total} bytes") from None
         total += len(chunk)
         if total > limit:
             raise ApiError(413, "PayloadTooLarge", f"body passed {limit} bytes, this API's "
                            "limit (-http_max_body)")
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_body(data: bytes, msgpack: bool) -> Any:
@@ -68,10 +110,41 @@ def parse_body(data: bytes, msgpack: bool) -> Any:
         raise ApiError(400, "InvalidRequest", "the request has no body; send "
                        '{"id": ..., "data": ...} as JSON or msgpack')
     try:
-        return codec.loads(data) if msgpack else json.loads(data)
+        body = codec.loads(data) if msgpack else json.loads(data)
     except Exception as exc:  # any decoder failure is the caller's body
         kind = "msgpack" if msgpack else "JSON"
         raise ApiError(400, "InvalidRequest", f"body is not valid {kind}: {exc}") from None
+    check_size(body)
+    return body
+
+
+def check_size(body: Any, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> None:
+    """``ApiError(400)`` when ``body`` nests deeper than ``max_depth`` or holds more than
+    ``max_items`` values. Iterative, so no body can make it recurse; run before predict, so
+    nothing downstream (encoding, rendering the answer) meets a body it cannot handle."""
+    from .problems import ApiError
+
+    end = object()
+    items = 1
+    stack: list[Iterator[Any]] = []  # one iterator per open container: memory O(depth)
+    value = body
+    while True:
+        if isinstance(value, (list, tuple, dict)) and value:
+            if len(stack) + 1 >= max_depth:
+                raise ApiError(400, "InvalidRequest", f"body nests deeper than {max_depth} "
+                               "levels, this API's limit")
+            items += len(value)
+            if items > max_items:
+                raise ApiError(400, "InvalidRequest", f"body holds more than {max_items} "
+                               "values, this API's limit; send fewer, or arrays in msgpack")
+            stack.append(iter(value.values() if isinstance(value, dict) else value))
+        while stack:
+            value = next(stack[-1], end)
+            if value is not end:
+                break
+            stack.pop()
+        else:
+            return
 
 
 def plain(value: Any) -> Any:

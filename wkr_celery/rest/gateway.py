@@ -80,7 +80,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = ServiceKeys(settings.name)
-        self.redis = connect(settings.broker)
+        self.redis = settings.connect_broker()
         self._results: tuple[str, redis.Redis] | None = None
         self.broker = Broker(self.redis, self.keys)
         self.clock = RedisClock(self.redis)  # deadlines are on the broker's clock
@@ -138,8 +138,8 @@ class Gateway:
             if self._results is None or self._results[0] != url:
                 if self._results is not None and self._results[1] is not self.redis:
                     self._results[1].close()
-                self._results = (url, self.redis if url == self.settings.broker
-                                 else connect(url))
+                self._results = (url, self.redis if url == self.settings.broker else connect(
+                    url, sentinel_master=self.settings.sentinel_master))
             return self._results[1]
 
     def mean_batch_seconds(self) -> float:
@@ -167,7 +167,8 @@ class Gateway:
                 self.require_worker()
                 s = self.settings
                 self._client = WKRClient(name=s.name, broker_url=s.broker,
-                                         result_url=self.result_url(), connect_timeout=5.0)
+                                         result_url=self.result_url(), connect_timeout=5.0,
+                                         sentinel_master=s.sentinel_master)
             return self._client
 
     # Inputs -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from ..errors import (
     ServiceUnavailable,
     WKRError,
 )
-from .encoding import render
+from .encoding import render, wants_msgpack
 
 __all__ = ["ApiError", "status_for", "install_handlers", "internal_error", "RETRY_AFTER"]
 
@@ -89,9 +89,8 @@ def error_response(request: Request, exc: BaseException, where: str | None = Non
     headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
     if status == 401:
         headers = {"WWW-Authenticate": "X-API-Key"}
-    msgpack = request.headers.get("content-type", "").startswith("application/msgpack") or \
-        "application/msgpack" in request.headers.get("accept", "")
-    return render(error_body(exc, status, where), status, msgpack=msgpack, headers=headers)
+    return render(error_body(exc, status, where), status, msgpack=wants_msgpack(request),
+                  headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:

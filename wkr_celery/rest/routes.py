@@ -11,12 +11,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from ..errors import DeadlineExceeded, WKRError, remote_error
+from ..errors import DeadlineExceeded, DecodeError, WKRError, remote_error
 from ..messages import failure_parts
 from .auth import require_key
-from .encoding import is_msgpack, parse_body, read_body, render, wants_msgpack
+from .encoding import body_is_msgpack, parse_body, read_body, render, wants_msgpack
 from .gateway import Gateway
-from .problems import ApiError, status_for
+from .problems import ApiError, internal_error, status_for
 from .schemas import (
     EncodeItem,
     EncodeResult,
@@ -34,10 +34,14 @@ router = APIRouter(dependencies=[Depends(require_key)])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in {
-        400: "bad input (InputError, InvalidInput, DecodeError); the message names the problem",
+        400: "bad input (InputError, InvalidInput, DecodeError), or a body nested too deep "
+             "or holding too many values; the message names the problem",
+        408: "the body did not arrive within -http_read_timeout",
         401: "missing or wrong X-API-Key, when the API has one",
         413: "body over -http_max_body, or an input over the service's -max_payload",
-        500: "predict failed for this input (PredictError, BatchContractError)",
+        415: "Content-Type is neither application/json nor application/msgpack",
+        500: "predict failed for this input (PredictError, BatchContractError), or its "
+             "result was over -max_result (ResultTooLarge)",
         503: "no worker alive, or the queue is at -max_queue; see Retry-After",
         504: "no result before the timeout (DeadlineExceeded)",
     }.items()}
@@ -57,9 +61,10 @@ def _where(exc: WKRError, index: int, many: bool) -> WKRError:
 
 async def _items(request: Request) -> tuple[list[dict[str, Any]], bool, bool]:
     """The body's inputs, whether it was a list, and whether it was msgpack."""
-    msgpack = is_msgpack(request)
-    body = parse_body(await read_body(request, request.app.state.settings.http_max_body),
-                      msgpack)
+    msgpack = body_is_msgpack(request)
+    settings = request.app.state.settings
+    body = parse_body(await read_body(request, settings.http_max_body,
+                                      settings.http_read_timeout), msgpack)
     many = isinstance(body, list)
     items = body if many else [body]
     if many and not items:
@@ -140,7 +145,10 @@ async def submit(request: Request, timeout: float | None = Query(
             response_model=TaskState, responses=_ERRORS)
 async def task_state(request: Request, task_id: str) -> Response:
     gateway: Gateway = request.app.state.gateway
-    meta = await run_in_threadpool(gateway.task, task_id)
+    try:
+        meta = await run_in_threadpool(gateway.task, task_id)
+    except DecodeError as exc:  # the stored result is unreadable: not the caller's fault
+        return internal_error(request, exc)
     msgpack = wants_msgpack(request)
     if meta is None:
         return render({"task_id": task_id, "status": "PENDING"}, msgpack=msgpack)

@@ -24,8 +24,8 @@ from ..broker import Broker
 from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
-from ..connections import REDIS_ERRORS, connect
-from ..errors import PredictError
+from ..connections import REDIS_ERRORS
+from ..errors import PredictError, RequestFailed, ResultTooLarge
 from ..keys import ServiceKeys
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
 from ..version import __version__
@@ -63,9 +63,9 @@ class ServingLoop:
         self.worker_id = worker_id
         self.device_id = device_id
         self.keys = ServiceKeys(settings.name)
-        self.broker = Broker(connect(settings.broker, blocking_timeout=_POLL_SECONDS), self.keys)
+        self.broker = Broker(settings.connect_broker(blocking_timeout=_POLL_SECONDS), self.keys)
         same_redis = settings.backend == settings.broker
-        self.backend = self.broker.client if same_redis else connect(settings.backend)
+        self.backend = self.broker.client if same_redis else settings.connect_backend()
         self._same_redis = same_redis
         self.clock = RedisClock(self.broker.client)  # deadlines are on the broker's clock
         self.runner = ModelRunner(worker, settings, device_id, clock=self.clock.now)
@@ -217,6 +217,7 @@ class ServingLoop:
     def _fetch_loop(self) -> None:
         backoff = 0.05
         allow_pickle = self.settings.allow_pickle
+        max_payload = self.settings.max_payload
         next_reconcile = time.monotonic() + _RECONCILE_SECONDS
         while not self._stopping.is_set():
             if time.monotonic() >= next_reconcile:
@@ -246,7 +247,7 @@ class ServingLoop:
             now = time.monotonic()
             requests = []
             for inflight_id, raw, deaths in fetched:
-                msg = parse_request(raw, allow_pickle=allow_pickle)
+                msg = parse_request(raw, allow_pickle=allow_pickle, max_payload=max_payload)
                 if msg.error is not None:
                     log.error("refused message %s: %s", msg.task_id or "(no task id)", msg.error)
                 requests.append(Request(inflight_id, raw, deaths, msg.task_id, msg.client_id,
@@ -281,6 +282,7 @@ class ServingLoop:
         holds queue and results; otherwise a crash between the two answers twice, never 0."""
         date = now_iso()
         expires = max(1, int(self.settings.result_expires))
+        max_result = self.settings.max_result
         results: list[tuple[str, bytes, str | None]] = []
         for request, outcome in zip(batch, outcomes):
             task_id = request.task_id
@@ -289,7 +291,7 @@ class ServingLoop:
             if outcome.error is not None:
                 log.error("request %s failed: %s%s", task_id, outcome.error,
                           f"\n{outcome.traceback}" if outcome.traceback else "")
-            results.append((task_id, _encode_outcome(task_id, outcome, date),
+            results.append((task_id, _encode_outcome(task_id, outcome, date, max_result),
                             request.client_id or None))
         ids = [r.id for r in batch]
         suspects = [r.raw for r in batch if r.suspect]
@@ -355,14 +357,27 @@ def _exit_on_error(target: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def _encode_outcome(task_id: str, outcome: Outcome, date: str) -> bytes:
+def _encode_outcome(task_id: str, outcome: Outcome, date: str, max_result: int) -> bytes:
+    """The stored result; one over ``max_result`` bytes (``-max_result``) is stored as a
+    ``ResultTooLarge`` failure instead, so no caller's answer fills the result Redis.
+
+    A result that cannot be stored turns ``outcome`` into that failure, so the batch's
+    statistics and listeners (task events) count it as failed.
+    """
     if outcome.error is None:
         try:
-            return encode_meta(success_meta(task_id, outcome.value, date))
+            stored = encode_meta(success_meta(task_id, outcome.value, date))
         except (TypeError, ValueError, OverflowError) as exc:
-            error = PredictError(
+            error: RequestFailed = PredictError(
                 f"predict returned a {type(outcome.value).__name__} result that cannot be "
                 f"encoded: {exc}"
             )
-            return encode_meta(failure_meta(task_id, error, None, date))
+        else:
+            if len(stored) <= max_result:
+                return stored
+            error = ResultTooLarge(
+                f"predict's result for this input encodes to {len(stored)} bytes; this service "
+                f"stores at most {max_result} bytes (-max_result); not stored")
+        log.error("request %s failed: %s", task_id, error)
+        outcome.value, outcome.error = None, error
     return encode_meta(failure_meta(task_id, outcome.error, outcome.traceback, date))

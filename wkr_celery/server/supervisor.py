@@ -26,7 +26,7 @@ from typing import Any
 from ..broker import Broker
 from ..celery_app import load_worker_class
 from ..config import Settings
-from ..connections import REDIS_ERRORS, connect, explain, redacted
+from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ConfigError, ServiceUnavailable
 from ..keys import ServiceKeys
 from ..logs import LogRouter, configure_stderr
@@ -105,7 +105,7 @@ class WKRServer:
         elif not logging.getLogger().handlers:
             configure_stderr()
         self._start_redis()
-        self.broker = Broker(connect(s.broker), self.keys)
+        self.broker = Broker(s.connect_broker(), self.keys)
         try:
             self.broker.client.ping()
         except REDIS_ERRORS as exc:

@@ -1,0 +1,198 @@
+"""The decoder every reader uses (``codec.loads``) returns a safe value or raises DecodeError.
+
+"Safe" means: built only from dict, list, str, bytes, int, float, bool, None, complex,
+msgpack timestamps, and numpy arrays or scalars of a whitelisted dtype in native byte order,
+every one of which can be read back (``tolist``) without crashing. The inputs are random bytes,
+mutations of valid messages (byte flips, truncation, splices) and hand-built msgpack-numpy maps
+whose fields are drawn from values an attacker would try (object and structured dtypes,
+``kind``-less maps, negative or lying shapes, wrong data lengths, bad code points).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wkr_celery import codec
+from wkr_celery.errors import DecodeError
+from wkr_celery.messages import encode_body
+
+SAFE_KINDS = set("biufcSU")
+FUZZ_INPUTS = 120_000
+
+#: The two poisons from the issue: no ``kind`` and type ``|O``; a structured dtype with an
+#: object field (msgpack-numpy's own spelling of one).
+POISON_NO_KIND = msgpack.packb(
+    {b"nd": True, b"type": "|O", b"shape": [2], b"data": b"\x01" * 16}, use_bin_type=True)
+POISON_STRUCTURED = msgpack.packb(
+    {b"nd": True, b"kind": b"V", b"type": [[b"a", "|O"]], b"shape": [1], b"data": b"\x01" * 8},
+    use_bin_type=True)
+
+TYPES = ["|O", "O", "<O8", "|V8", "<V8", "<M8[ns]", "<m8[s]", "<f16", "<c32", "<f4", ">f4",
+         "<f8", ">i8", "|b1", "|i1", "<u2", "<f2", ">c8", "|S3", "<U2", ">U1", "<U0", "|S0",
+         "f4", "<f3", "<i16", "float32", [["a", "|O"]], [["a", "<f4"]], [[b"a", "<f8", [2]]],
+         b"<f4", b"|O", 7, None, True, ""]
+KINDS = [None, b"", "", b"O", b"V", "O", "V", b"M", 0, True]
+SHAPES = [[], [0], [1], [2], [4], [2, 2], [-1], [-2, -2], [2**63 - 1], [2**62, 0], [0, 2**61, 2**61],
+          [1] * 40, [1.5], [True], "2", None, [[2]], [2, -1]]
+DATAS = [b"", b"\x00", b"\x01" * 8, b"\xff" * 16, b"\x00\xd8\x00\x00", b"\xff\xff\xff\xff",
+         b"\x00" * 24, "text", None, 5]
+
+
+def assert_safe(value: Any, depth: int = 0) -> None:
+    assert depth < 2000
+    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+        assert value.dtype.kind in SAFE_KINDS, value.dtype
+        assert not value.dtype.hasobject and value.dtype.fields is None
+        assert value.dtype.isnative, value.dtype
+        np.asarray(value).tolist()  # reads every item: crashes here if the buffer lies
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert_safe(key, depth + 1)
+            assert_safe(item, depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            assert_safe(item, depth + 1)
+        return
+    assert value is None or type(value) in (bool, int, float, complex, str, bytes,
+                                            msgpack.Timestamp), type(value)
+
+
+def decode(data: bytes) -> str:
+    """Decode ``data``; ``ok`` or ``refused``, failing the test on anything else."""
+    try:
+        value = codec.loads(data)
+    except DecodeError:
+        return "refused"
+    assert_safe(value)
+    return "ok"
+
+
+def valid_messages() -> list[bytes]:
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([True, False]),
+              np.arange(4, dtype=">i8"), np.zeros((0, 3)), np.array(["ab", "c"]),
+              np.array([b"xy"]), np.array([1 + 2j], dtype=np.complex64), np.float16(1.5),
+              np.int8(-3), np.uint64(7)]
+    values: list[Any] = [*arrays, {"id": 1, "data": arrays[0]}, [1, "two", b"3", 4.5, None],
+                         {b"nd": 1}, 1 + 2j, {"nested": [{"a": arrays[2]}, arrays[4]]}]
+    return [codec.dumps(v) for v in values] + [encode_body(a) for a in arrays] + [
+        POISON_NO_KIND, POISON_STRUCTURED]
+
+
+def crafted_map(rng: random.Random) -> bytes:
+    """An ``nd`` map with each field drawn from the attacker's pool, or left out."""
+    fields: dict[Any, Any] = {b"nd": rng.choice([True, True, True, False, 1, None, b"yes"])}
+    for key, pool in ((b"type", TYPES), (b"kind", KINDS), (b"shape", SHAPES), (b"data", DATAS)):
+        choice = rng.choice(pool)
+        if choice is not None or rng.random() < 0.5:
+            fields[key] = choice
+    if rng.random() < 0.3:
+        fields[b"data"] = rng.randbytes(rng.choice([0, 1, 2, 4, 8, 12, 16, 24]))
+    message: Any = fields if rng.random() < 0.5 else {"id": fields, "data": [fields]}
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def mutated(rng: random.Random, seed: bytes) -> bytes:
+    data = bytearray(seed)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(5)
+        at = rng.randrange(len(data) + 1)
+        if op == 0 and data:
+            data[min(at, len(data) - 1)] = rng.randrange(256)
+        elif op == 1:
+            data[at:at] = rng.randbytes(rng.randint(1, 4))
+        elif op == 2:
+            del data[at:at + rng.randint(1, 4)]
+        elif op == 3:
+            data = data[:at]
+        else:
+            other = rng.choice([seed, POISON_NO_KIND, POISON_STRUCTURED])
+            cut = rng.randrange(len(other) + 1)
+            data = data[:at] + other[cut:]
+    return bytes(data)
+
+
+def test_the_issue_poisons_are_refused_naming_the_problem() -> None:
+    with pytest.raises(DecodeError, match=r"dtype '\|O' is not accepted"):
+        codec.loads(POISON_NO_KIND)
+    with pytest.raises(DecodeError, match="structured arrays are not accepted"):
+        codec.loads(POISON_STRUCTURED)
+    bad_text = msgpack.packb({b"nd": True, b"type": "<U1", b"shape": [1],
+                              b"data": b"\xff\xff\xff\xff"}, use_bin_type=True)
+    with pytest.raises(DecodeError, match="code point"):
+        codec.loads(bad_text)
+    lying = msgpack.packb({b"nd": True, b"type": "<f8", b"shape": [1000],
+                           b"data": b"\x00" * 8}, use_bin_type=True)
+    with pytest.raises(DecodeError, match="needs 8000 bytes, the message holds 8"):
+        codec.loads(lying)
+
+
+def test_valid_arrays_round_trip_in_native_byte_order() -> None:
+    for dtype in ("<f4", ">f4", "<f8", ">i8", "|b1", "|u1", "<u2", ">c16", "|S3", ">U2"):
+        array = np.arange(6).astype(dtype).reshape(3, 2)
+        back = codec.loads(codec.dumps({"x": array}))["x"]
+        assert back.dtype == array.dtype.newbyteorder("=") and back.dtype.isnative
+        assert back.shape == (3, 2) and (back == array).all()
+    assert codec.loads(codec.dumps(np.float32(2.5))) == np.float32(2.5)
+    assert codec.loads(codec.dumps(3 - 1j)) == 3 - 1j
+
+
+def test_encoding_refuses_what_decoding_would_refuse() -> None:
+    for array in (np.array([object()]), np.zeros(2, dtype=[("a", "<f4")])):
+        with pytest.raises(TypeError, match="not accepted by the decoder"):
+            codec.dumps(array)
+
+
+@pytest.mark.timeout(120)
+def test_decoder_fuzzed_with_random_and_mutated_messages_returns_safe_values_or_decode_error(
+) -> None:
+    rng = random.Random(20261129)
+    seeds = valid_messages()
+    counts = {"ok": 0, "refused": 0}
+    for i in range(FUZZ_INPUTS):
+        lane = i % 4
+        if lane == 0:
+            data = rng.randbytes(rng.randint(0, 64))
+        elif lane == 1:
+            data = crafted_map(rng)
+        else:
+            data = mutated(rng, rng.choice(seeds))
+        counts[decode(data)] += 1
+    assert sum(counts.values()) == FUZZ_INPUTS
+    # Both outcomes happen: the fuzzer reaches the decoder's accept and refuse paths.
+    assert counts["ok"] > 1000 and counts["refused"] > 1000, counts
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text()
+    | st.binary(max_size=32),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=4) | st.binary(max_size=4), children, max_size=4),
+    max_leaves=12)
+
+array_maps = st.fixed_dictionaries(
+    {b"nd": st.sampled_from([True, False, 1, None])},
+    optional={b"type": st.sampled_from(TYPES) | st.text(max_size=8),
+              b"kind": st.sampled_from(KINDS),
+              b"shape": st.lists(st.integers(-3, 2**63 - 1) | st.sampled_from([0, 1, 2, 4]),
+                                 max_size=4) | st.sampled_from(SHAPES),
+              b"data": st.binary(max_size=48)})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(
+    st.binary(max_size=96),
+    msgpack_values.map(lambda v: msgpack.packb(v, use_bin_type=True)),
+    st.lists(array_maps | msgpack_values, min_size=1, max_size=3).map(
+        lambda v: msgpack.packb(v, use_bin_type=True)),
+))
+def test_decoder_under_hypothesis_returns_safe_values_or_decode_error(data: bytes) -> None:
+    decode(data)

@@ -1,0 +1,94 @@
+# ruff: noqa: F811  (the shared `stack` fixture is imported, then requested by name)
+"""The REST API refuses, before predict, bodies it could not handle: too deep, too many values,
+or in a content type it does not speak; every msgpack spelling gets msgpack answers."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from wkr_celery import codec
+from wkr_celery.rest.encoding import MAX_DEPTH, MAX_ITEMS
+
+from .rest_support import API_KEY, Stack, error_of, stack  # noqa: F401
+
+
+def nested(depth: int) -> object:
+    """A value ``depth`` levels deep: lists around an int."""
+    value: object = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [600, 900])
+def test_json_nested_deeper_than_the_limit_answers_400_naming_it(stack: Stack, depth: int) -> None:
+    body = json.dumps({"id": 1, "data": nested(depth)})
+    response = stack.calc.http.post("/encode", content=body,
+                                    headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error["type"] == "InvalidRequest"
+    assert f"nests deeper than {MAX_DEPTH} levels" in error["message"]
+
+
+def test_nesting_up_to_the_limit_is_served(stack: Stack) -> None:
+    data = nested(MAX_DEPTH - 2)  # the body map and its "data" key take the first level
+    response = stack.calc.http.post("/encode", json={"id": 1, "data": data})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"id": 1, "result": data}
+
+
+def test_msgpack_nested_too_deep_answers_400_in_msgpack(stack: Stack) -> None:
+    body = msgpack.packb({"id": 1, "data": nested(MAX_DEPTH + 1)}, use_bin_type=True)
+    response = stack.calc.http.post("/encode", content=body,
+                                    headers={"Content-Type": "application/msgpack"})
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/msgpack"
+    assert "nests deeper" in codec.loads(response.content)["error"]["message"]
+
+
+def test_body_with_more_values_than_the_limit_answers_400_naming_it(stack: Stack) -> None:
+    body = '{"id": 1, "data": [' + ",".join(["0"] * MAX_ITEMS) + "]}"
+    response = stack.keyed.http.post("/tasks", content=body,
+                                     headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:500]
+    assert f"more than {MAX_ITEMS} values" in error_of(response)["message"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "application/jsonx", None])
+def test_bodies_not_declared_json_or_msgpack_answer_415(
+        stack: Stack, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = stack.calc.http.post("/encode", content=b'{"id": 1, "data": 2}', headers=headers)
+    assert response.status_code == 415, response.text
+    error = error_of(response)
+    assert error["type"] == "UnsupportedMediaType"
+    assert "application/json or application/msgpack" in error["message"]
+
+
+def test_json_with_a_charset_is_json(stack: Stack) -> None:
+    response = stack.calc.http.post(
+        "/encode", content=b'{"id": 1, "data": {"op": "double", "x": 4}}',
+        headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 200 and response.json() == {"id": 1, "result": 8}
+
+
+@pytest.mark.parametrize("content_type", ["application/x-msgpack", "application/vnd.msgpack"])
+def test_every_msgpack_spelling_is_answered_in_msgpack_errors_included(
+        stack: Stack, content_type: str) -> None:
+    headers = {"Content-Type": content_type}
+    ok = stack.calc.http.post("/encode", headers=headers,
+                              content=codec.dumps({"id": 1, "data": {"op": "double", "x": 4}}))
+    assert ok.status_code == 200 and codec.loads(ok.content) == {"id": 1, "result": 8}
+    bad = stack.calc.http.post("/encode", content=b"\xc1", headers=headers)
+    assert bad.status_code == 400
+    assert bad.headers["content-type"] == "application/msgpack"
+    assert codec.loads(bad.content)["error"]["type"] == "InvalidRequest"
+    key = {"X-API-Key": "wrong", "Accept": content_type}
+    unauthorised = stack.keyed.http.get("/status/server", headers=key)
+    assert unauthorised.status_code == 401 and API_KEY not in unauthorised.text
+    assert codec.loads(unauthorised.content)["error"]["status"] == 401
