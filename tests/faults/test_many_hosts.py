@@ -31,6 +31,7 @@ from tests.faults.namespaces import (
     Host,
     HostRedis,
     Network,
+    ip,
     start_redis,
     unavailable_reason,
 )
@@ -345,3 +346,39 @@ def test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written(
         watcher.close()
     finally:
         net.close()
+
+
+def test_the_hosts_reach_only_each_other_and_leave_nothing_behind(tmp_path: Path) -> None:
+    net = Network(("a", "b"), tmp_path)
+    try:
+        a, b = net["a"], net["b"]
+        for host in (a, b):  # one route, the private subnet's: nothing leaves the bridge
+            routes = ip("-n", host.netns, "route", "show").strip().splitlines()
+            assert len(routes) == 1 and routes[0].startswith("10.213.0.0/24 dev eth0"), routes
+            assert ip("-n", host.netns, "route", "show", "default").strip() == ""
+        listener = b.popen([sys.executable, "-c", _ECHO_ONCE.format(b.address)], log="b.log",
+                           stdout=subprocess.PIPE)
+        assert listener.stdout is not None
+        with listener.stdout:
+            assert listener.stdout.readline().strip() == b"ready"
+        talker = a.popen([sys.executable, "-c", _SEND.format(b.address)], log="a.log")
+        assert talker.wait(15) == 0 and listener.wait(15) == 0
+        assert a.hostname != b.hostname
+        sleeper = a.popen(["sleep", "600"], log="a.log")
+    finally:
+        net.close()
+    assert sleeper.poll() is not None, "a process of a host outlived the network"
+    assert net.tag not in ip("netns", "list")
+
+
+_ECHO_ONCE = """
+import socket
+s = socket.create_server(("{0}", 7000))
+print("ready", flush=True)
+conn, _ = s.accept()
+assert conn.recv(5) == b"hello"
+"""
+_SEND = """
+import socket
+socket.create_connection(("{0}", 7000), timeout=10).sendall(b"hello")
+"""
