@@ -192,13 +192,13 @@ def start_redis(host: Host, data_dir: Path) -> HostRedis:
                 "--appendonly", "no", "--daemonize", "no"], log="redis.log")
     watcher = served.watcher()
     try:
-        wait_until(lambda: _pings(watcher), timeout=15, what=f"redis-server on {host.name}")
+        wait_until(lambda: answers_ping(watcher), timeout=15, what=f"redis-server on {host.name}")
     finally:
         watcher.close()
     return served
 
 
-def _pings(client: redis.Redis) -> bool:
+def answers_ping(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):

@@ -31,6 +31,7 @@ from tests.faults.namespaces import (
     Host,
     HostRedis,
     Network,
+    answers_ping,
     ip,
     start_redis,
     unavailable_reason,
@@ -153,6 +154,7 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     net = Network(("redis", "gpu-a", "gpu-b", "client"), tmp_path)
+    made: Cluster | None = None
     try:
         served = start_redis(net["redis"], tmp_path)
         made = Cluster(net, served, f"h{uuid.uuid4().hex[:8]}", tmp_path)
@@ -160,8 +162,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         made.serve("gpu-b")
         made.wait_serving("gpu-a", "gpu-b")
         yield made
-        made.watcher.close()
     finally:
+        if made is not None:
+            made.watcher.close()
         net.close()
 
 
@@ -308,10 +311,12 @@ def test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written(
     tmp_path: Path,
 ) -> None:
     redis_cmd, worker_cmd, client_cmd = _scaling_out_commands()
+    password = secrets.token_hex(8)
+    sock = tmp_path / "redis.sock"  # the test's own window on Redis, outside the network
+    watcher = redis.Redis(unix_socket_path=str(sock), password=password)
     net = Network(("redis", "gpu-a", "gpu-b", "client"), tmp_path)
     try:
-        address, password = net["redis"].address, secrets.token_hex(8)
-        sock = tmp_path / "redis.sock"  # the test's own window on Redis, outside the network
+        address = net["redis"].address
 
         def as_here(command: str) -> list[str]:
             command = (command.replace("10.0.0.5", address).replace(":PASSWORD@", f":{password}@")
@@ -324,8 +329,7 @@ def test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written(
 
         env = {"REDIS_PASSWORD": password}
         net["redis"].popen(as_here(redis_cmd), log="redis.log", env=env)
-        watcher = redis.Redis(unix_socket_path=str(sock), password=password)
-        wait_until(lambda: sock.exists() and watcher.ping(), timeout=15, what="Redis")
+        wait_until(lambda: answers_ping(watcher), timeout=15, what="Redis")
         for host in ("gpu-a", "gpu-b"):
             net[host].popen(as_here(worker_cmd), log=f"{host}.log", env=env)
         broker = Broker(watcher, ServiceKeys("linear"))
@@ -343,8 +347,8 @@ def test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written(
             assert client.wait(60) == 0, (tmp_path / "client.log").read_text()
         printed = out.read_text()
         assert printed.startswith("[0. 0. 0.") and printed.count("0.") == 128, printed
-        watcher.close()
     finally:
+        watcher.close()
         net.close()
 
 
