@@ -7,6 +7,7 @@ read of the package, which all go through ``clock.wall_time``; the first test pi
 from __future__ import annotations
 
 import ast
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import redis
 
 from tests.helpers import ROOT, Service, wait_until
 from wkr_celery import clock
+from wkr_celery.client import AsyncWKRClient
 from wkr_celery.clock import TEST_OFFSET_ENV, RedisClock, wall_time
 from wkr_celery.errors import DeadlineExceeded
 from wkr_celery.keys import task_meta_key
@@ -83,6 +85,14 @@ def test_requests_with_a_timeout_are_served_when_worker_and_client_clocks_are_ho
     client = service.client()
     futures = [client.encode(n, timeout=10) for n in range(50)]
     assert [f.result(timeout=20) for f in futures] == [2 * n for n in range(50)]
+
+    async def from_asyncio() -> list[int]:
+        async with AsyncWKRClient(name=service.name, broker_url=service.broker_url,
+                                  connect_timeout=30) as aclient:
+            return list(await asyncio.gather(*(aclient.encode(n, timeout=10)
+                                               for n in range(50))))
+
+    assert asyncio.run(asyncio.wait_for(from_asyncio(), 30)) == [2 * n for n in range(50)]
 
 
 @pytest.mark.timeout(60)

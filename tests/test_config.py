@@ -89,3 +89,11 @@ def test_pin_device_sets_the_cuda_mask_before_any_framework_import(monkeypatch) 
     assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"
     pin_device(-1)
     assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_max_batch_cost_comes_from_flag_or_environment_and_is_never_negative() -> None:
+    assert Settings().max_batch_cost == 0
+    assert Settings.from_args(["w.W", "-max_batch_cost", "4096"]).max_batch_cost == 4096
+    assert Settings.from_env({"WKR_MAX_BATCH_COST": "512"}).max_batch_cost == 512
+    with pytest.raises(ConfigError, match="max_batch_cost"):
+        Settings(max_batch_cost=-1)

@@ -14,14 +14,15 @@ import wkr_celery.server
 
 def test_package_root_exports() -> None:
     assert sorted(wkr_celery.__all__) == sorted([
-        "WKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError", "ConfigError",
+        "WKRClient", "AsyncWKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError",
+        "ConfigError",
         "ServiceUnavailable", "VersionMismatch", "InputError", "PayloadTooLarge",
         "RequestFailed", "PredictError", "BatchContractError", "DecodeError", "InvalidInput",
         "RequestTooLarge", "ResultTooLarge", "DeadlineExceeded", "ServiceOverloaded",
         "PoisonInput", "RequestLost", "__version__"])
-    assert sorted(wkr_celery.client.__all__) == ["WKRClient", "WKRDecentralizeCentral",
-                                                 "WKRWorker"]
-    assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer"]
+    assert sorted(wkr_celery.client.__all__) == ["AsyncWKRClient", "WKRClient",
+                                                 "WKRDecentralizeCentral", "WKRWorker"]
+    assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer", "pad_batch"]
     for module in (wkr_celery, wkr_celery.client, wkr_celery.server):
         for name in module.__all__:
             assert getattr(module, name) is not None
@@ -39,9 +40,9 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
                             timeout=60, check=True).stdout.split()
     assert loaded == sorted(f"wkr_celery{m}" for m in (
         "", ".broker", ".client", ".client.client", ".client.discovery", ".client.doubt",
-        ".clock",
-        ".client.replies", ".client.restarts", ".codec", ".connections", ".errors", ".inputs",
-        ".keys", ".messages", ".scripts", ".version"))
+        ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".clock",
+        ".codec",
+        ".connections", ".errors", ".inputs", ".keys", ".messages", ".scripts", ".version"))
 
 
 def test_seed_import_paths() -> None:
@@ -50,7 +51,8 @@ def test_seed_import_paths() -> None:
     from wkr_celery.server.helper import get_args_parser, import_tf, import_torch
 
     assert {"WKRServer", "WKRHardWorker"} <= set(wkr_celery.server.__all__)
-    assert "WKRClient" in wkr_celery.client.__all__
+    assert {"WKRClient", "AsyncWKRClient"} <= set(wkr_celery.client.__all__)
+    assert wkr_celery.client.AsyncWKRClient is wkr_celery.AsyncWKRClient
     assert all(callable(f) for f in (get_args_parser, import_tf, import_torch))
     assert WKRClient is wkr_celery.WKRClient and WKRServer is wkr_celery.WKRServer
     assert WKRHardWorker is wkr_celery.WKRHardWorker
@@ -72,3 +74,10 @@ def test_celery_app_is_found_by_celery_dash_a(monkeypatch) -> None:
     assert app is wkr_celery.celery
     assert app.conf.task_routes["wkr_celery.predict"]["queue"] == "apitest"
     assert "wkr_celery.predict" in app.tasks
+
+
+def test_pad_batch_is_importable_where_worker_code_looks() -> None:
+    from wkr_celery.server import pad_batch
+    from wkr_celery.server.helper import pad_batch as from_helper
+
+    assert "pad_batch" in wkr_celery.server.__all__ and pad_batch is from_helper

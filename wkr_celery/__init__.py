@@ -1,10 +1,11 @@
 """wkr-celery: turn any model into a batching inference service on Celery + Redis.
 
 Server side, subclass :class:`WKRHardWorker` and run ``wkr-serving-start module.Worker``;
-client side, ``WKRClient(...).encode(x)`` returns a future. ``celery -A wkr_celery worker``
-finds the Celery app as ``wkr_celery.app``, built from ``WKR_*`` variables on first access.
+client side, ``WKRClient(...).encode(x)`` returns a future, and ``await
+AsyncWKRClient(...).encode(x)`` the result, in an asyncio program. ``celery -A wkr_celery
+worker`` finds the Celery app as ``wkr_celery.app``, built from ``WKR_*`` variables on first access.
 
-The client, the server and the settings are imported on first use, so a process that only
+The clients, the server and the settings are imported on first use, so a process that only
 calls a service loads the client, the codec and redis, never Celery's worker machinery.
 """
 
@@ -35,13 +36,14 @@ from .errors import (
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .client import WKRClient
+    from .client import AsyncWKRClient, WKRClient
     from .config import Settings
     from .server import WKRHardWorker, WKRServer
 
 #: Public names imported on first access, and the module each comes from.
 _LAZY = {
     "WKRClient": ".client",
+    "AsyncWKRClient": ".client",
     "WKRServer": ".server",
     "WKRHardWorker": ".server",
     "Settings": ".config",
@@ -49,6 +51,7 @@ _LAZY = {
 
 __all__ = [
     "WKRClient",
+    "AsyncWKRClient",
     "WKRServer",
     "WKRHardWorker",
     "Settings",

@@ -15,7 +15,7 @@ import redis
 from . import scripts
 from .keys import SERVICES, ServiceKeys, reply_key, task_meta_key
 
-__all__ = ["Broker", "Fetched", "as_str"]
+__all__ = ["Broker", "Fetched", "as_str", "publish_call"]
 
 _WAKE_CAP = 16
 _DEATHS_TTL = 24 * 3600
@@ -162,11 +162,19 @@ class Broker:
 
     def publish(self, items: Sequence[tuple[int, str]], *, cap: int, wake: int) -> int:
         """Push ``(list index, envelope)`` items in order; returns how many fit under ``cap``."""
-        args: list[Any] = [cap, wake, _WAKE_CAP]
-        for index, message in items:
-            args.append(index)
-            args.append(message)
-        return int(self._publish(keys=[self.keys.wake, *self.keys.queues], args=args))
+        keys, args = publish_call(self.keys, items, cap=cap, wake=wake)
+        return int(self._publish(keys=keys, args=args))
+
+
+def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str]], *, cap: int, wake: int
+                 ) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of one ``PUBLISH`` script call; the asyncio client runs the same
+    script with them on its own connection."""
+    args: list[Any] = [cap, wake, _WAKE_CAP]
+    for index, message in items:
+        args.append(index)
+        args.append(message)
+    return [keys.wake, *keys.queues], args
 
 
 def as_str(value: bytes | str) -> str:

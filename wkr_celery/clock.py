@@ -46,23 +46,38 @@ def wall_time() -> float:
 
 
 class RedisClock:
-    """The broker Redis's wall clock as read from this process, in epoch seconds."""
+    """The broker Redis's wall clock as read from this process, in epoch seconds.
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``client`` reads ``TIME`` in :meth:`sync`; an asyncio caller passes none, reads ``TIME``
+    itself and hands the reply to :meth:`record`.
+    """
+
+    def __init__(self, client: redis.Redis | None = None) -> None:
         self._client = client
         self._base: tuple[float, float] | None = None  # (Redis time, local monotonic) at sync
 
-    def sync(self) -> None:
-        """Read ``TIME`` (one round trip); the reading is taken as of the round trip's middle."""
-        before = time.monotonic()
-        seconds, micros = self._client.time()
-        after = time.monotonic()
+    @property
+    def due(self) -> bool:
+        """No reading yet, or the last is older than ``RESYNC_SECONDS``."""
+        return self._base is None or time.monotonic() - self._base[1] >= RESYNC_SECONDS
+
+    def record(self, reply: tuple[int, int], before: float, after: float) -> None:
+        """A ``TIME`` reply, read between monotonic times ``before`` and ``after``: taken as of
+        the round trip's middle."""
+        seconds, micros = reply
         self._base = (seconds + micros / 1e6, (before + after) / 2)
 
+    def sync(self) -> None:
+        """Read ``TIME`` (one round trip)."""
+        assert self._client is not None, "an asyncio caller reads TIME itself: record()"
+        before = time.monotonic()
+        reply = self._client.time()
+        self.record(reply, before, time.monotonic())
+
     def sync_if_due(self) -> None:
-        """Read ``TIME`` again when the last reading is older than ``RESYNC_SECONDS``; an
-        unreachable Redis keeps the last reading (it goes on counting)."""
-        if self._base is not None and time.monotonic() - self._base[1] < RESYNC_SECONDS:
+        """Read ``TIME`` again when :attr:`due`; an unreachable Redis keeps the last reading
+        (it goes on counting)."""
+        if not self.due:
             return
         try:
             self.sync()

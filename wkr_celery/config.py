@@ -91,6 +91,9 @@ class Settings:
     batch_timeout: float = _opt(
         0.002, "ms the oldest request may wait for a fuller batch while more arrive", ms=True
     )
+    max_batch_cost: int = _opt(
+        0, "largest sum of the worker's batch_cost over one batch; 0 = no cost cap"
+    )
     device_map: tuple[int, ...] = _opt((-1,), "device ids, -1 = CPU; cycled over workers")
     gpu_memory_fraction: float = _opt(0.5, "fraction of GPU memory a worker may take")
     log_dir: str = _opt("", "directory for <name>.log and <name>.err; empty = stderr")
@@ -120,7 +123,7 @@ class Settings:
                      "max_result"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_queue", "http_port", "flower_port", "port_in", "port_out"):
+        for name in ("max_queue", "max_batch_cost", "http_port", "flower_port", "port_in", "port_out"):
             value = getattr(self, name)
             if value < 0 or ("port" in name and value > 65535):
                 raise ConfigError(f"{name} {value} is out of range")

@@ -7,6 +7,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.asyncio.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -14,8 +17,8 @@ from redis.sentinel import Sentinel
 from .errors import ConfigError
 
 __all__ = [
-    "connect", "is_sentinel", "redacted", "explain", "with_tls_defaults", "result_url_from",
-    "without_credentials", "REDIS_ERRORS",
+    "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
+    "result_url_from", "without_credentials", "REDIS_ERRORS",
 ]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.
@@ -31,24 +34,50 @@ def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
     spelling: ``sentinel://h1:26379;sentinel://h2:26379``) gives a client of the current master
     of ``sentinel_master``, found again through the sentinels after a failover.
     """
-    options: dict[str, Any] = dict(
-        socket_connect_timeout=5.0,
-        socket_timeout=blocking_timeout + 10.0,
-        socket_keepalive=True,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        decode_responses=decode,
-    )
+    options = {**_options(blocking_timeout, decode),
+               "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)}
     if is_sentinel(url):
-        return _sentinel_master(url, sentinel_master, options)
+        nodes, auth = _sentinel_nodes(url, sentinel_master)
+        sentinel = Sentinel(nodes, sentinel_kwargs=_probe(options), **options, **auth)
+        return sentinel.master_for(sentinel_master, **options, **auth)
     return redis.Redis.from_url(url, **options)
+
+
+def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
+                  sentinel_master: str = "") -> redis.asyncio.Redis:
+    """:func:`connect` for ``redis.asyncio``: the same timeouts, retry rules and URLs."""
+    options = {**_options(blocking_timeout, decode),
+               "retry": redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05),
+                                                  retries=3)}
+    if is_sentinel(url):
+        nodes, auth = _sentinel_nodes(url, sentinel_master)
+        sentinel = redis.asyncio.sentinel.Sentinel(nodes, sentinel_kwargs=_probe(options),
+                                                   **options, **auth)
+        return sentinel.master_for(sentinel_master, **options, **auth)
+    return redis.asyncio.Redis.from_url(url, **options)
+
+
+async def close_async(client: redis.asyncio.Redis) -> None:
+    """Close a :func:`connect_async` client, and its connections to the sentinels that found
+    its master (``aclose`` alone leaves those open)."""
+    await client.aclose()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
+
+
+def _options(blocking_timeout: float, decode: bool) -> dict[str, Any]:
+    return {"socket_connect_timeout": 5.0, "socket_timeout": blocking_timeout + 10.0,
+            "socket_keepalive": True, "health_check_interval": 30,
+            "decode_responses": decode}
 
 
 def is_sentinel(url: str) -> bool:
     return url.startswith("sentinel://")
 
 
-def _sentinel_master(url: str, master: str, options: dict[str, Any]) -> redis.Redis:
+def _sentinel_nodes(url: str, master: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The sentinels of a ``sentinel://`` URL, and the master's credentials and db."""
     if not master:
         raise ConfigError(f"{redacted(url)} is a Sentinel URL: name the master with "
                           "-sentinel_master NAME (WKR_SENTINEL_MASTER, sentinel_master=)")
@@ -63,9 +92,12 @@ def _sentinel_master(url: str, master: str, options: dict[str, Any]) -> redis.Re
             auth = {"password": parts.password, "username": parts.username or None}
         if parts.path.strip("/").isdigit():
             auth["db"] = int(parts.path.strip("/"))
-    probe = {k: options[k] for k in ("socket_connect_timeout", "socket_timeout")}
-    sentinel = Sentinel(nodes, sentinel_kwargs=probe, **options, **auth)
-    return sentinel.master_for(master, **options, **auth)
+    return nodes, auth
+
+
+def _probe(options: dict[str, Any]) -> dict[str, Any]:
+    """Options of the connections to the sentinels themselves."""
+    return {k: options[k] for k in ("socket_connect_timeout", "socket_timeout")}
 
 
 def redacted(url: str) -> str:

@@ -10,6 +10,7 @@ lost must end as ``RequestLost`` (or be refused at ``encode`` while there is no 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import pytest
 import redis
 
 from tests.helpers import ROOT, free_port, wait_until
-from wkr_celery import RequestLost, ServiceUnavailable, WKRClient, WKRError
+from wkr_celery import AsyncWKRClient, RequestLost, ServiceUnavailable, WKRClient, WKRError
 from wkr_celery.redis_embedded import redis_server_binary
 from workers.linear import make_weights
 
@@ -110,17 +111,31 @@ def group(tmp_path: Path) -> Iterator[Group]:
             proc.wait(10)
 
 
-def test_master_killed_under_load_fails_over_and_every_request_ends_answered_or_lost(
-        group: Group, tmp_path: Path) -> None:
-    name = f"s{uuid.uuid4().hex[:8]}"
-    log_path = tmp_path / "service.log"
+def _serve(group: Group, name: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """``wkr-serving-start`` as a user types it, given the sentinels and the master's name."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("WKR_")}
     with open(log_path, "wb") as out:
-        service = subprocess.Popen(
+        return subprocess.Popen(
             [str(BIN / "wkr-serving-start"), "workers.linear.Worker", "-name", name,
              "-broker_url", group.url, "-sentinel_master", MASTER, "-num_worker", "2",
              "-visibility_timeout", "4"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _stop(service: subprocess.Popen[bytes]) -> None:
+    service.send_signal(signal.SIGTERM)
+    try:
+        service.wait(60)
+    except subprocess.TimeoutExpired:
+        service.kill()
+        service.wait(10)
+
+
+def test_master_killed_under_load_fails_over_and_every_request_ends_answered_or_lost(
+        group: Group, tmp_path: Path) -> None:
+    name = f"s{uuid.uuid4().hex[:8]}"
+    log_path = tmp_path / "service.log"
+    service = _serve(group, name, log_path)
     weights = make_weights()
     outcomes: list[tuple[float, np.ndarray, Future[np.ndarray] | BaseException]] = []
     stop = threading.Event()
@@ -181,9 +196,21 @@ def test_master_killed_under_load_fails_over_and_every_request_ends_answered_or_
         client.close()
     finally:
         stop.set()
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(60)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait(10)
+        _stop(service)
+
+
+def test_the_asyncio_client_is_served_through_the_sentinels(group: Group, tmp_path: Path
+                                                             ) -> None:
+    name = f"s{uuid.uuid4().hex[:8]}"
+    service = _serve(group, name, tmp_path / "service.log")
+    xs = np.random.default_rng(2).standard_normal((200, 512)).astype(np.float32)
+
+    async def main() -> list[np.ndarray]:
+        async with AsyncWKRClient(broker_url=group.url, sentinel_master=MASTER, name=name,
+                                  connect_timeout=60) as client:
+            return await asyncio.gather(*(client.encode(x, timeout=60) for x in xs))
+    try:
+        ys = asyncio.run(asyncio.wait_for(main(), 120))
+    finally:
+        _stop(service)
+    np.testing.assert_allclose(np.stack(ys), np.tanh(xs @ make_weights()), rtol=1e-4, atol=1e-5)

@@ -10,9 +10,7 @@ stops answers from the result Redis.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 import threading
 import time
 import uuid
@@ -26,15 +24,15 @@ import numpy as np
 from ..broker import Broker
 from ..clock import RedisClock
 from ..codec import loads
-from ..connections import REDIS_ERRORS, connect, redacted, result_url_from
-from ..errors import InputError, ServiceOverloaded, ServiceUnavailable, WKRError
-from ..inputs import InputSpec, argsrepr
-from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step, reply_key
-from ..messages import build_request, deadline_after
+from ..connections import REDIS_ERRORS, connect
+from ..errors import WKRError
+from ..keys import ServiceKeys, priority_step, reply_key
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
+from .protocol import Address, Outgoing, Requests, overloaded, publish_failed, wake_count
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
+from .verdicts import watched
 
 __all__ = ["WKRClient"]
 
@@ -61,18 +59,11 @@ class WKRClient:
         show_server_config: bool = False,
         sentinel_master: str = "",
     ) -> None:
-        self.broker_url = broker_url or f"redis://{ip}:{port}/0"
-        # Results: the URL given; else ``port_out`` on the broker's host (the seed's form); else
-        # where the service's workers say they store them (``result_store`` in its info).
-        given = result_url or (f"redis://{ip}:{port_out}/0" if port_out and not broker_url
-                               else None)
+        address = Address.of(ip, port, port_out, broker_url, result_url)
+        self.broker_url = address.broker_url
         self.timeout = timeout
         self.priority = priority_step(priority)
         self.client_id = uuid.uuid4().hex
-        # Task ids: this client's random prefix plus a counter. Unique like uuid4 (64 random
-        # bits per client, never reused within one), at a tenth of the cost per request.
-        self._task_ids = (f"{self.client_id[:20]}{n:012x}" for n in itertools.count())
-        self._argsreprs: dict[tuple[Any, ...], str] = {}
         self._reply_key = reply_key(self.client_id)
         self._broker_redis = connect(self.broker_url, sentinel_master=sentinel_master)
         self._clock = RedisClock(self._broker_redis)  # deadlines are on the broker's clock
@@ -89,9 +80,7 @@ class WKRClient:
             if not ignore_all_checks:
                 self.server_config = wait_until_serving(
                     self._broker, self.broker_url, connect_timeout, check_version)
-            self.result_url = given or result_url_from(
-                self.broker_url, self.server_config.get("result_store"),
-                fallback=broker_url or f"redis://{ip}:8998/0")
+            self.result_url = address.result_url(self.server_config)
             self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
                                          sentinel_master=sentinel_master)
             opened.append(self._result_redis)
@@ -103,14 +92,15 @@ class WKRClient:
             raise
         if show_server_config:
             log.info("service %r: %s", self.name, self.server_config)
-        cfg = self.server_config
-        self.spec = InputSpec.from_info(cfg)
-        self.max_queue = int(cfg.get("max_queue") or 0)
-        self.batch_size = int(cfg.get("batch_size") or 32)
+        self._requests = Requests(self.keys, self.server_config, self.client_id,
+                                  timeout=timeout, priority=self.priority, clock=self._clock.now)
+        self.spec = self._requests.spec
+        self.max_queue = self._requests.max_queue
+        self.batch_size = self._requests.batch_size
         self._connect_timeout = connect_timeout
         self._replies = Replies(self._result_redis, self._reply_key, self._watches(),
                                 grace=self._answer_grace, outage_limit=connect_timeout)
-        self._outbox: list[tuple[str, int, str]] = []
+        self._outbox: list[Outgoing] = []
         self._outbox_cond = threading.Condition()
         self._publishing = False
         self._closed = False
@@ -120,12 +110,10 @@ class WKRClient:
         self._replies.start()
 
     def _watches(self) -> list[tuple[str, RedisWatch]]:
-        """One watch per Redis server: both roles on one watch when one server plays both."""
-        if self.result_url == self.broker_url:
-            return [(self.broker_url,
-                     RedisWatch("broker and result", self.broker_url, self._result_redis))]
-        return [(self.broker_url, RedisWatch("broker", self.broker_url, self._broker_redis)),
-                (self.result_url, RedisWatch("result", self.result_url, self._result_redis))]
+        """One watch per Redis server (:func:`~.verdicts.watched`)."""
+        connections = {self.broker_url: self._broker_redis, self.result_url: self._result_redis}
+        return [(url, RedisWatch(role, url, connections[url]))
+                for role, url in watched(self.broker_url, self.result_url)]
 
     def _answer_grace(self) -> float:
         visibility = float(self.server_config.get("visibility_timeout") or 10.0)
@@ -146,21 +134,11 @@ class WKRClient:
         """
         if self._closed:
             raise WKRError("client is closed")
-        body = self._encode_input(x)
-        timeout = self.timeout if timeout is None else timeout
-        deadline = deadline_after(timeout, self._clock.now())
-        expiry = None if timeout is None else time.monotonic() + timeout
-        step = self.priority if priority is None else priority_step(priority)
-        task_id = next(self._task_ids)
-        message = build_request(
-            task_id, body, queue=self.keys.queue, priority=step, client_id=self.client_id,
-            deadline=deadline, argsrepr=self._argsrepr(x),
-        )
+        item = self._requests.make(x, timeout=timeout, priority=priority)
         future: Future[Any] = Future()
-        future.task_id = task_id  # type: ignore[attr-defined]
-        self._replies.expect(task_id, future, expiry)
+        future.task_id = item.task_id  # type: ignore[attr-defined]
+        self._replies.expect(item.task_id, future, item.expiry)
         idle = len(self._replies.pending) == 1  # nothing else in flight: no batch to gather
-        item = (task_id, PRIORITY_STEPS.index(step), message)
         with self._outbox_cond:
             if not (idle and not self._publishing and not self._outbox):
                 self._outbox.append(item)
@@ -196,22 +174,6 @@ class WKRClient:
         while window:
             yield window.popleft().result()
 
-    def _argsrepr(self, x: Any) -> str:
-        """What Flower and ``inspect`` show for an input: its kind and shape, cached."""
-        key = (x.shape, x.dtype.num) if isinstance(x, np.ndarray) else (type(x),)
-        text = self._argsreprs.get(key)
-        if text is None:
-            text = argsrepr(x)
-            if len(self._argsreprs) < 1024:
-                self._argsreprs[key] = text
-        return text
-
-    def _encode_input(self, x: Any) -> bytes:
-        try:
-            return self.spec.encode(x)
-        except InputError as exc:  # say which service, for callers talking to several
-            raise type(exc)(f"service {self.name!r}: {exc}") from None
-
     def _publish_loop(self) -> None:
         while True:
             with self._outbox_cond:
@@ -225,10 +187,10 @@ class WKRClient:
             with self._outbox_cond:
                 self._publishing = False
 
-    def _publish(self, items: list[tuple[str, int, str]], inline: bool = False) -> None:
+    def _publish(self, items: list[Outgoing], inline: bool = False) -> None:
         """Send ``items`` in one round trip; retried (by the publisher thread) while the broker
         is away, up to ``connect_timeout``."""
-        wake = min(len(items), max(1, math.ceil(len(items) / self.batch_size)), 8)
+        wake = wake_count(len(items), self.batch_size)
         if not inline:  # the caller's thread never waits on a clock reading
             self._clock.sync_if_due()
         give_up = time.monotonic() + self._connect_timeout
@@ -236,7 +198,7 @@ class WKRClient:
         while True:
             try:
                 accepted = self._broker.publish(
-                    [(index, message) for _, index, message in items],
+                    [(item.index, item.message) for item in items],
                     cap=self.max_queue, wake=wake)
                 published = time.monotonic()
                 break
@@ -246,20 +208,17 @@ class WKRClient:
                         self._outbox[:0] = items
                     return
                 if self._closed or time.monotonic() >= give_up:
-                    error = ServiceUnavailable(
-                        f"could not publish to {redacted(self.broker_url)}: {exc}")
-                    for task_id, _, _ in items:
-                        self._replies.fail(task_id, error)
+                    error = publish_failed(self.broker_url, exc)
+                    for item in items:
+                        self._replies.fail(item.task_id, error)
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        self._replies.published([task_id for task_id, _, _ in items[:accepted]], published)
+        self._replies.published([item.task_id for item in items[:accepted]], published)
         if accepted < len(items):
-            overloaded = ServiceOverloaded(
-                f"service {self.name!r} has {self.max_queue} requests queued (-max_queue); "
-                "retry later")
-            for task_id, _, _ in items[accepted:]:
-                self._replies.fail(task_id, overloaded)
+            refused = overloaded(self.name, self.max_queue)
+            for item in items[accepted:]:
+                self._replies.fail(item.task_id, refused)
 
     # Status and shutdown ------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """Finding a service before sending to it: its name, its info, a live worker, its version.
 
 Every wait here is bounded by the client's ``connect_timeout``, so a client with no service to
-talk to fails with a message that names the broker and the way out, and never hangs.
+talk to fails with a message that names the broker and the way out, and never hangs. The
+decisions (which service, when to give up, whether versions match) are plain functions that
+:mod:`.async_discovery` shares; only the waiting differs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from ..errors import ServiceUnavailable, VersionMismatch
 from ..keys import SERVICES
 from ..version import __version__
 
-__all__ = ["check_reachable", "find_service", "read_info", "wait_until_serving"]
+__all__ = [
+    "check_reachable", "find_service", "read_info", "wait_until_serving",
+    "pick_service", "broker_unreachable", "no_service", "no_live_worker", "checked_version",
+    "unreachable", "POLL_SECONDS",
+]
+
+#: How often a waiting client asks again.
+POLL_SECONDS = 0.05
 
 
 def find_service(client: redis.Redis, broker_url: str, timeout: float) -> str:
@@ -24,23 +33,18 @@ def find_service(client: redis.Redis, broker_url: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            names = sorted(as_str(n) for n in client.smembers(SERVICES))
+            names = [as_str(n) for n in client.smembers(SERVICES)]
         except REDIS_ERRORS as exc:
             if time.monotonic() >= deadline:
-                raise ServiceUnavailable(f"broker {redacted(broker_url)} is not "
-                                         f"reachable after {timeout:.0f}s: {exc}") from exc
+                raise broker_unreachable(broker_url, timeout, exc) from exc
             time.sleep(0.1)
             continue
-        if len(names) == 1:
-            return names[0]
-        if len(names) > 1:
-            raise ServiceUnavailable(
-                f"broker {redacted(broker_url)} serves {names}; pass name=... to choose")
+        name = pick_service(names, broker_url)
+        if name is not None:
+            return name
         if time.monotonic() >= deadline:
-            raise ServiceUnavailable(
-                f"no wkr-celery service on {redacted(broker_url)} after {timeout:.0f}s; "
-                "start one with wkr-serving-start")
-        time.sleep(0.05)
+            raise no_service(broker_url, timeout)
+        time.sleep(POLL_SECONDS)
 
 
 def read_info(broker: Broker, broker_url: str, ignore_errors: bool) -> dict[str, str]:
@@ -50,7 +54,7 @@ def read_info(broker: Broker, broker_url: str, ignore_errors: bool) -> dict[str,
     except REDIS_ERRORS as exc:
         if ignore_errors:
             return {}
-        raise ServiceUnavailable(f"broker {redacted(broker_url)}: {explain(exc)}") from exc
+        raise unreachable("broker", broker_url, exc) from exc
 
 
 def wait_until_serving(broker: Broker, broker_url: str, timeout: float, check_version: bool
@@ -67,11 +71,48 @@ def wait_until_serving(broker: Broker, broker_url: str, timeout: float, check_ve
         if live and info:  # info is rewritten by the workers after Redis restarts empty
             break
         if time.monotonic() >= deadline:
-            raise ServiceUnavailable(
-                f"no worker of service {name!r} is alive on {redacted(broker_url)} after "
-                f"{timeout:.0f}s; start one with `wkr-serving-start module.Worker -name {name}`")
-        time.sleep(0.05)
-    info = broker.info()
+            raise no_live_worker(name, broker_url, timeout)
+        time.sleep(POLL_SECONDS)
+    return checked_version(broker.info(), name, check_version)
+
+
+def check_reachable(client: redis.Redis, what: str, url: str) -> None:
+    """Fail now, naming ``what`` and where, when the Redis at ``url`` does not answer."""
+    try:
+        client.ping()
+    except REDIS_ERRORS as exc:
+        raise unreachable(what, url, exc) from exc
+
+
+# Decisions, shared with the asyncio client ---------------------------------------------------
+
+def pick_service(names: list[str], broker_url: str) -> str | None:
+    """The one service in ``names``; ``None`` while there is none; an error when several."""
+    if len(names) > 1:
+        raise ServiceUnavailable(
+            f"broker {redacted(broker_url)} serves {sorted(names)}; pass name=... to choose")
+    return names[0] if names else None
+
+
+def broker_unreachable(broker_url: str, timeout: float, exc: BaseException) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"broker {redacted(broker_url)} is not reachable after {timeout:.0f}s: {exc}")
+
+
+def no_service(broker_url: str, timeout: float) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"no wkr-celery service on {redacted(broker_url)} after {timeout:.0f}s; "
+        "start one with wkr-serving-start")
+
+
+def no_live_worker(name: str, broker_url: str, timeout: float) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"no worker of service {name!r} is alive on {redacted(broker_url)} after "
+        f"{timeout:.0f}s; start one with `wkr-serving-start module.Worker -name {name}`")
+
+
+def checked_version(info: dict[str, str], name: str, check_version: bool) -> dict[str, str]:
+    """``info``, unless the service runs another minor version than this client."""
     theirs = info.get("version", "")
     if check_version and theirs.split(".")[:2] != __version__.split(".")[:2]:
         raise VersionMismatch(
@@ -80,9 +121,5 @@ def wait_until_serving(broker: Broker, broker_url: str, timeout: float, check_ve
     return info
 
 
-def check_reachable(client: redis.Redis, what: str, url: str) -> None:
-    """Fail now, naming ``what`` and where, when the Redis at ``url`` does not answer."""
-    try:
-        client.ping()
-    except REDIS_ERRORS as exc:
-        raise ServiceUnavailable(f"{what} {redacted(url)}: {explain(exc)}") from exc
+def unreachable(what: str, url: str, exc: BaseException) -> ServiceUnavailable:
+    return ServiceUnavailable(f"{what} {redacted(url)}: {explain(exc)}")

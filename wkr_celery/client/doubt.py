@@ -30,7 +30,7 @@ from ..errors import WKRError
 if TYPE_CHECKING:
     from ..broker import Broker
 
-__all__ = ["Doubt", "answer_grace"]
+__all__ = ["Doubt", "answer_grace", "grace_from"]
 
 #: Batches a worker may have ahead of a given request it holds: two prefetched (the default
 #: ``-prefetch``), the one in ``predict``, and one being stored.
@@ -86,6 +86,13 @@ def answer_grace(broker: Broker, visibility_timeout: float) -> float:
         beats = list(broker.live_workers().values())
     except REDIS_ERRORS:
         beats = []
+    return grace_from(beats, visibility_timeout)
+
+
+def grace_from(beats: Iterable[bytes], visibility_timeout: float) -> float:
+    """The grace for workers whose heartbeats are ``beats`` (the asyncio client reads them
+    itself): the visibility timeout, or :data:`BATCHES_AHEAD` mean batch durations of the
+    slowest worker when that is longer."""
     slowest = 0.0
     for beat in beats:
         try:

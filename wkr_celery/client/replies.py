@@ -7,7 +7,8 @@ pending future the second time and is dropped, so no caller is answered twice.
 
 The listener thread talks to the result Redis only. Each Redis also has a watch thread of its
 own (:class:`~.restarts.RedisWatch`), so the broker being down never stops answers flowing from
-a healthy result Redis. The watches settle what an outage or an empty restart decides:
+a healthy result Redis. The watches carry out what :class:`~.verdicts.Judge` decides
+about an outage or an empty restart:
 
 * a Redis restarted without persistence puts the requests published before the restart *in
   doubt* (:mod:`.doubt`): answers still come for those a worker already held; the rest fail
@@ -33,13 +34,13 @@ from typing import Any
 
 import redis
 
-from ..codec import loads
 from ..connections import REDIS_ERRORS
-from ..errors import DeadlineExceeded, RequestLost, WKRError
+from ..errors import WKRError
 from ..keys import task_meta_key
-from ..messages import error_of
 from .doubt import Doubt
+from .protocol import deadline_exceeded, read_reply
 from .restarts import RedisWatch
+from .verdicts import Judge, Verdict
 
 __all__ = ["Replies", "LISTEN_SECONDS"]
 
@@ -165,20 +166,14 @@ class Replies:
         """Settle the future ``data`` (a stored Celery result) answers; bytes from Redis."""
         if data == _CLOSE_TOKEN:
             return
-        try:
-            meta = loads(data)
-            task_id = meta["task_id"]
-        except Exception:  # a reply we cannot read answers nobody; say so and go on
-            log.error("dropped an unreadable reply of %d bytes", len(data))
+        reply = read_reply(data)
+        if reply is None:
             return
-        future = self.pending.pop(task_id, None)
+        future = self.pending.pop(reply.task_id, None)
         if future is None:
             return  # answered already (duplicate delivery) or given up on
-        self._doubt.answered(task_id)
-        if meta.get("status") == "SUCCESS":
-            _settle(future, result=meta.get("result"))
-        else:
-            _settle(future, error=error_of(meta))
+        self._doubt.answered(reply.task_id)
+        _settle(future, result=reply.result, error=reply.error)
 
     def _recover(self) -> None:
         """Resolve pending requests from their stored results (``celery-task-meta-<id>``).
@@ -217,7 +212,7 @@ class Replies:
         with self._deadline_lock:
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, task_id = heapq.heappop(self._deadlines)
-                self.fail(task_id, DeadlineExceeded("no result before the request's timeout"))
+                self.fail(task_id, deadline_exceeded())
             if self._deadlines:
                 return max(0.01, min(LISTEN_SECONDS, self._deadlines[0][0] - now))
         return LISTEN_SECONDS
@@ -225,30 +220,22 @@ class Replies:
     # The watch threads: one per Redis ---------------------------------------------------------
 
     def _watch_loop(self, watch: RedisWatch) -> None:
-        acted_on: float | None = None  # ``down_since`` of the outage already acted on
+        judge = Judge(watch, self._outage_limit)
         while not self._closed.wait(LISTEN_SECONDS):
-            cutoff = watch.check()
-            if cutoff is not None and watch.serves_requests:
-                self._doubt.grace = self._grace()  # the broker is back: read its heartbeats
-            if cutoff is not None:
-                self._doubt_published_before(cutoff, RequestLost(
-                    f"{watch.name} restarted without persistence (AOF off) and lost this "
-                    "request or its result; send it again (start Redis with AOF, e.g. "
-                    "-redis_persist on, to keep queued requests across restarts)"),
-                    f"{watch.name} restarted without persistence")
-            began = watch.down_since
-            if began is not None and time.monotonic() - began >= self._outage_limit:
-                if watch.serves_results:
-                    self._fail_all(watch, quiet=acted_on == began)
-                elif acted_on != began:
-                    self._doubt_published_before(began, RequestLost(
-                        f"{watch.name} has been unreachable for over "
-                        f"{self._outage_limit:.0f}s and this request was not answered; send "
-                        "it again once it is back"),
-                        f"{watch.name} unreachable for {self._outage_limit:.0f}s")
-                acted_on = began
-            if watch.serves_requests and watch.down_since is None:
-                self._refresh_grace()
+            for verdict in judge.after_check(watch.check(), time.monotonic()):
+                self._carry_out(verdict)
+
+    def _carry_out(self, verdict: Verdict) -> None:
+        if verdict.kind == "read_grace":
+            self._doubt.grace = self._grace()
+        elif verdict.kind == "follow_grace":
+            self._refresh_grace()
+        elif verdict.kind == "doubt":
+            assert verdict.error is not None
+            self._doubt_published_before(verdict.before, verdict.error, verdict.why)
+        elif verdict.kind == "fail_all":
+            assert verdict.error is not None
+            self._fail_all(verdict.error, verdict.why, quiet=verdict.quiet)
 
     def _refresh_grace(self) -> None:
         """While requests are in doubt, follow the workers' batch durations (heartbeats on the
@@ -266,16 +253,11 @@ class Replies:
                     "already held, the rest fail with RequestLost after %.0fs without one",
                     why, len(doubted), self._doubt.grace)
 
-    def _fail_all(self, watch: RedisWatch, *, quiet: bool) -> None:
+    def _fail_all(self, error: WKRError, why: str, *, quiet: bool) -> None:
         """The result Redis is gone: no answer can reach this client, so nobody waits."""
-        error = RequestLost(
-            f"{watch.name} has been unreachable for over {self._outage_limit:.0f}s: the "
-            "service went away or its Redis is down, and no answer can arrive; send the "
-            "request again once it is back")
         failed = sum(self.fail(task_id, error) for task_id in list(self.pending))
         if failed and not quiet:
-            log.error("%s is gone; failed %d pending request(s) with RequestLost",
-                      watch.name, failed)
+            log.error("%s; failed %d pending request(s) with RequestLost", why, failed)
 
 
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:

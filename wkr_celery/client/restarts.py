@@ -19,23 +19,23 @@ import redis
 
 from ..connections import REDIS_ERRORS, redacted
 
-__all__ = ["RedisWatch"]
+__all__ = ["RedisState", "RedisWatch"]
 
 log = logging.getLogger("wkr_celery.client")
 
 
-class RedisWatch:
-    """One Redis server as this client sees it.
+class RedisState:
+    """One Redis server as a client sees it, whichever way it asks (:class:`RedisWatch` here,
+    :class:`~.async_restarts.AsyncRedisWatch` on an event loop).
 
     ``role`` names it in messages ("broker", "result", or "broker and result" when one server
     is both). An outage is logged once when it starts and once when it ends, however many
     calls fail in between.
     """
 
-    def __init__(self, role: str, url: str, client: redis.Redis) -> None:
+    def __init__(self, role: str, url: str) -> None:
         self.role = role
         self.url = url
-        self.client = client
         self.restarts = 0  # run_id changes seen, with or without persistence
         self.run_id: str | None = None
         #: ``time.monotonic()`` when the current outage began; ``None`` while reachable.
@@ -44,10 +44,6 @@ class RedisWatch:
         self.changes = 0
         self._lock = threading.Lock()
         self._blind = False  # the server refuses INFO: restarts cannot be seen
-        try:
-            self.run_id = self._server()[0]
-        except (*REDIS_ERRORS, redis.ResponseError):
-            pass  # unreachable now (or INFO refused): the first successful check says so
 
     @property
     def name(self) -> str:
@@ -84,6 +80,51 @@ class RedisWatch:
         began = self.down_since
         return 0.0 if began is None else now - began
 
+    def saw(self, run_id: str) -> bool:
+        """A check reached the server, which says it is run ``run_id``: True when that is a new
+        run of a server seen before (a restart; the first run seen is not one)."""
+        self.reached()
+        if run_id == self.run_id:
+            return False
+        first, self.run_id = self.run_id is None, run_id
+        if first:
+            return False
+        self.restarts += 1
+        with self._lock:
+            self.changes += 1
+        return True
+
+    def refused_info(self, exc: BaseException) -> None:
+        """The server refuses INFO (a managed Redis may rename it): said once."""
+        self.reached()
+        if not self._blind:
+            self._blind = True
+            log.warning("%s refuses INFO (%s): an empty restart of it goes unnoticed, and "
+                        "requests it loses wait for their timeout", self.name, exc)
+
+    @staticmethod
+    def lost_before(uptime_seconds: int) -> float:
+        """The ``time.monotonic()`` before which a server restarted empty, up
+        ``uptime_seconds``, lost what it was sent.
+
+        Redis counts uptime in whole wall-clock seconds, so it may read one second long: the
+        restart is rounded late, never early, so no lost request is left out of doubt. A
+        request published up to two seconds after it may be counted among those in doubt; the
+        client then waits for its answer like for any other in doubt."""
+        return time.monotonic() - max(0, uptime_seconds - 1)
+
+
+class RedisWatch(RedisState):
+    """:class:`RedisState` of one server, asked with the sync client ``client``."""
+
+    def __init__(self, role: str, url: str, client: redis.Redis) -> None:
+        super().__init__(role, url)
+        self.client = client
+        try:
+            self.run_id = str(self.client.info("server")["run_id"])
+        except (*REDIS_ERRORS, redis.ResponseError):
+            pass  # unreachable now (or INFO refused): the first successful check says so
+
     def check(self) -> float | None:
         """Ask the server who it is; returns the moment it restarted empty, else ``None``.
 
@@ -93,37 +134,14 @@ class RedisWatch:
         :meth:`failed` records).
         """
         try:
-            return self._lost_before()
+            info = self.client.info("server")
+            if not self.saw(str(info["run_id"])):
+                return None
+            if int(self.client.info("persistence").get("aof_enabled", 0)) == 1:
+                return None
+            return self.lost_before(int(info.get("uptime_in_seconds", 0)))
         except REDIS_ERRORS as exc:
             self.failed(exc)
-        except redis.ResponseError as exc:  # INFO refused (a managed Redis may rename it)
-            self.reached()
-            if not self._blind:
-                self._blind = True
-                log.warning("%s refuses INFO (%s): an empty restart of it goes unnoticed, and "
-                            "requests it loses wait for their timeout", self.name, exc)
+        except redis.ResponseError as exc:
+            self.refused_info(exc)
         return None
-
-    def _server(self) -> tuple[str, int]:
-        info = self.client.info("server")
-        return str(info["run_id"]), int(info.get("uptime_in_seconds", 0))
-
-    def _lost_before(self) -> float | None:
-        """The moment is rounded late (uptime is in whole seconds), so a request published up
-        to two seconds after the restart may be counted among those in doubt; the client then
-        waits for its answer like for any other in doubt."""
-        run_id, uptime = self._server()
-        self.reached()
-        if run_id == self.run_id:
-            return None
-        first, self.run_id = self.run_id is None, run_id
-        if first:
-            return None
-        self.restarts += 1
-        with self._lock:
-            self.changes += 1
-        if int(self.client.info("persistence").get("aof_enabled", 0)) == 1:
-            return None
-        # Redis counts uptime in whole wall-clock seconds, so it may read one second long:
-        # round the restart late, never early, so no lost request is left out of doubt.
-        return time.monotonic() - max(0, uptime - 1)

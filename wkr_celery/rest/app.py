@@ -31,7 +31,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        app.state.gateway.close()
+        await app.state.gateway.aclose()
 
     app = FastAPI(title=f"wkr-celery service {settings.name!r}", version=__version__,
                   description=_DESCRIPTION, lifespan=lifespan,

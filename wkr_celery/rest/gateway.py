@@ -1,7 +1,8 @@
 """The API process's link to one service: wait for results, submit, look up and revoke tasks.
 
-Waiting calls (``POST /encode``) go through a :class:`WKRClient`, built once a worker has
-written the service's info. Submissions (``POST /tasks``) are published here, one Celery
+Waiting calls (``POST /encode``) go through an :class:`AsyncWKRClient` on the server's event
+loop, built once a worker has written the service's info: an HTTP request waiting for its
+result holds no thread. Submissions (``POST /tasks``) are published here, one Celery
 message each, without a reply list: the worker stores the result under
 ``celery-task-meta-<id>`` and publishes it, so ``GET /tasks/<id>`` and a plain Celery
 ``AsyncResult`` both find it.
@@ -19,14 +20,13 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import redis
 
 from ..broker import Broker
-from ..client import WKRClient
+from ..client import AsyncWKRClient
 from ..clock import RedisClock, wall_time
 from ..codec import loads
 from ..config import Settings
@@ -75,7 +75,8 @@ class TaskRegistry:
 
 
 class Gateway:
-    """Everything the routes do to Redis; every method blocks (routes run them in threads)."""
+    """Everything the routes do to Redis; every method but :meth:`encode` blocks (routes run
+    them in threads)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -86,7 +87,7 @@ class Gateway:
         self.clock = RedisClock(self.redis)  # deadlines are on the broker's clock
         self.registry = TaskRegistry()
         self.started = wall_time()
-        self._client: WKRClient | None = None
+        self._client: AsyncWKRClient | None = None
         self._lock = threading.Lock()
         self._live: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._info: tuple[float, dict[str, str]] = (0.0, {})
@@ -156,20 +157,19 @@ class Gateway:
             raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
 
     @property
-    def waiting_client(self) -> WKRClient | None:
+    def waiting_client(self) -> AsyncWKRClient | None:
         """The client behind ``POST /encode``, if one has been built yet."""
         return self._client
 
-    def client(self) -> WKRClient:
-        """The waiting client, built on first use once a worker is alive."""
+    def prepare_client(self) -> None:
+        """Build the waiting client (no I/O of its own) once a worker is alive; blocks."""
+        self.require_worker()
         with self._lock:
             if self._client is None:
-                self.require_worker()
                 s = self.settings
-                self._client = WKRClient(name=s.name, broker_url=s.broker,
-                                         result_url=self.result_url(), connect_timeout=5.0,
-                                         sentinel_master=s.sentinel_master)
-            return self._client
+                self._client = AsyncWKRClient(name=s.name, broker_url=s.broker,
+                                              result_url=self.result_url(), connect_timeout=5.0,
+                                              sentinel_master=s.sentinel_master)
 
     # Inputs -------------------------------------------------------------------------------
 
@@ -186,9 +186,10 @@ class Gateway:
         except (TypeError, ValueError) as exc:
             raise InputError(f"input is not a numeric array: {exc}") from None
 
-    def encode(self, data: Any, timeout: float, priority: str) -> Future[Any]:
-        self.require_worker()
-        return self.client().encode(data, timeout=timeout, priority=priority)
+    async def encode(self, data: Any, timeout: float, priority: str) -> Any:
+        """Predict ``data`` and return its result; call :meth:`prepare_client` first."""
+        assert self._client is not None, "prepare_client() first"
+        return await self._client.encode(data, timeout=timeout, priority=priority)
 
     # Tasks --------------------------------------------------------------------------------
 
@@ -261,11 +262,14 @@ class Gateway:
 
     # Shutdown -----------------------------------------------------------------------------
 
+    async def aclose(self) -> None:
+        """Close the waiting client (on the event loop it ran on), then the connections."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+        self.close()
+
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
         self.redis.close()
         if self._results is not None and self._results[1] is not self.redis:
             self._results[1].close()

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from ..errors import DeadlineExceeded, DecodeError, WKRError, remote_error
+from ..errors import DecodeError, WKRError, remote_error
 from ..messages import failure_parts
 from .auth import require_key
 from .encoding import body_is_msgpack, parse_body, read_body, render, wants_msgpack
@@ -88,32 +88,36 @@ async def encode(request: Request, timeout: float = _TIMEOUT,
     metrics = request.app.state.metrics
     items, many, msgpack = await _items(request)
 
-    def send() -> list[Any]:
-        futures = []
+    def inputs() -> list[Any]:  # brief checks against cached service state, in a thread
+        gateway.prepare_client()
+        xs = []
         for i, item in enumerate(items):
             try:
-                x = gateway.as_input(item["data"], from_json=not msgpack)
-                futures.append(gateway.encode(x, timeout, priority))
+                xs.append(gateway.as_input(item["data"], from_json=not msgpack))
             except WKRError as exc:
                 raise _where(exc, i, many) from None
-        return futures
+        return xs
 
     started = time.perf_counter()
-    futures = await run_in_threadpool(send)
+    xs = await run_in_threadpool(inputs)
     mean_predict = gateway.mean_batch_seconds()
+    # The waits hold no thread: each is a task on this event loop (the asyncio client).
+    waits = [asyncio.ensure_future(gateway.encode(x, timeout, priority)) for x in xs]
     answers = []
-    for i, (item, future) in enumerate(zip(items, futures, strict=True)):
-        try:
-            left = max(0.0, timeout - (time.perf_counter() - started)) + 1.0
-            value = await asyncio.wait_for(asyncio.wrap_future(future), left)
-        except asyncio.TimeoutError:
-            raise _where(DeadlineExceeded(f"no result within {timeout:g}s"), i, many) from None
-        except WKRError as exc:
-            raise _where(exc, i, many) from None
-        elapsed = time.perf_counter() - started
-        metrics.latency.observe(elapsed)
-        metrics.queue_wait.observe(max(0.0, elapsed - mean_predict))
-        answers.append({"id": item.get("id"), "result": value})
+    try:
+        for i, (item, wait) in enumerate(zip(items, waits, strict=True)):
+            try:
+                value = await wait
+            except WKRError as exc:
+                raise _where(exc, i, many) from None
+            elapsed = time.perf_counter() - started
+            metrics.latency.observe(elapsed)
+            metrics.queue_wait.observe(max(0.0, elapsed - mean_predict))
+            answers.append({"id": item.get("id"), "result": value})
+    finally:  # one item failed (or the request was cancelled): withdraw the others
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
     return render(answers if many else answers[0], msgpack=msgpack)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["WKRHardWorker", "Statistics"]
@@ -51,6 +51,11 @@ class WKRHardWorker:
 
     Optional class attributes let clients refuse bad input before it travels:
     ``input_shape`` (shape of one input, ``None`` for any dimension) and ``input_dtype``.
+
+    Optional methods shape batches of variable-size inputs: ``batch_key`` (inputs with different
+    keys never share a batch) and ``batch_cost`` (a batch's costs sum to at most
+    ``-max_batch_cost``). Left as they are, every input has one key and costs 1, and batches
+    form by count alone without calling either.
     """
 
     input_shape: tuple[int | None, ...] | None = None
@@ -72,6 +77,24 @@ class WKRHardWorker:
     def predict(self, model: Any, input: Any) -> Sequence[Any]:
         """Return one result per element of ``input`` (a stacked array or a list)."""
         raise NotImplementedError(f"{type(self).__name__} must override predict")
+
+    def batch_key(self, input: Any) -> Hashable:
+        """The group ``input`` batches with, e.g. its length bucket; one key by default.
+
+        Called once per input, on the decoded input that passed the input checks, in the
+        thread that fetches (not the one that predicts): keep it cheap and leave the model alone.
+        An input whose key cannot be computed (it raises) fails with that error.
+        """
+        return None
+
+    def batch_cost(self, input: Any) -> float:
+        """What ``input`` costs a batch, e.g. its tokens after padding; 1 by default.
+
+        Only read when ``-max_batch_cost`` is set: a batch then takes inputs of one key, oldest
+        first, while their costs sum to at most that cap. An input that costs more than the cap
+        on its own is predicted alone. Called like :meth:`batch_key`.
+        """
+        return 1
 
     def record_statistic(self, stats: Mapping[str, float]) -> None:
         """Record numbers (ms, sizes…) that the dashboard and ``/metrics`` show per key."""

@@ -4,12 +4,15 @@
 split in halves until the inputs that make it raise are found: only those fail, with the
 traceback; every other input still gets its result. A wrong number of results fails the whole
 batch with an error that says so, because nothing tells which result belongs to which input.
+The worker's ``batch_key`` / ``batch_cost``, when it declares them, are called here too
+(:meth:`ModelRunner.batch_traits`), for the buffer that forms batches.
 """
 
 from __future__ import annotations
 
+import math
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +51,10 @@ class ModelRunner:
         self.spec = InputSpec.of_worker(settings.protocol, worker.input_shape, worker.input_dtype,
                                         settings.max_payload)
         self.predict_calls = 0
+        self._keyed = _overrides(worker, "batch_key")
+        self._costed = settings.max_batch_cost > 0 and _overrides(worker, "batch_cost")
+        #: Batches form by key and cost (a KeyedRequestBuffer), not by count alone.
+        self.batches_by_traits = self._keyed or settings.max_batch_cost > 0
 
     def load(self, tmp_dir: str) -> None:
         envs = self.worker.get_env(self.device_id, tmp_dir)
@@ -69,6 +76,36 @@ class ModelRunner:
         for indices in groups.values():
             self._predict(batch, indices, outcomes)
         return [o if o is not None else Outcome(error=PredictError("no outcome")) for o in outcomes]
+
+    def batch_traits(self, request: Request) -> tuple[Hashable, float] | None:
+        """``(key, cost)`` of a request; ``None`` when it will be answered without predict.
+
+        Only inputs that pass the input checks reach the user's ``batch_key``/``batch_cost``;
+        when one raises or returns a cost that is not a number >= 0, that request fails with
+        the reason and no other request is affected.
+        """
+        if request.error is not None or self.spec.problem(request.payload) is not None:
+            return None
+        payload = request.payload
+        try:
+            key = self.worker.batch_key(payload) if self._keyed else None
+            hash(key)
+        except Exception as exc:
+            request.error = PredictError(f"batch_key raised {type(exc).__name__}: {exc}")
+            return None
+        if not self._costed:
+            return key, 1.0
+        try:
+            raw_cost = self.worker.batch_cost(payload)
+            cost = float(raw_cost)
+        except Exception as exc:
+            request.error = PredictError(f"batch_cost raised {type(exc).__name__}: {exc}")
+            return None
+        if not (math.isfinite(cost) and cost >= 0):
+            request.error = BatchContractError(
+                f"batch_cost returned {raw_cost!r}; it must be a finite number >= 0")
+            return None
+        return key, cost
 
     # Checks -------------------------------------------------------------------------------
 
@@ -131,3 +168,8 @@ class ModelRunner:
             return
         for i, result in zip(indices, results):
             outcomes[i] = Outcome(value=result)
+
+
+def _overrides(worker: WKRHardWorker, method: str) -> bool:
+    """Whether the worker's class replaces ``WKRHardWorker``'s default ``method``."""
+    return getattr(type(worker), method) is not getattr(WKRHardWorker, method)

@@ -29,7 +29,7 @@ from ..errors import PredictError, RequestFailed, ResultTooLarge
 from ..keys import ServiceKeys
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
 from ..version import __version__
-from .buffer import RequestBuffer
+from .buffer import KeyedRequestBuffer, RequestBuffer
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
 from .runner import ModelRunner
@@ -69,7 +69,11 @@ class ServingLoop:
         self._same_redis = same_redis
         self.clock = RedisClock(self.broker.client)  # deadlines are on the broker's clock
         self.runner = ModelRunner(worker, settings, device_id, clock=self.clock.now)
-        self.buffer = RequestBuffer(settings.prefetch * settings.batch_size)
+        capacity = settings.prefetch * settings.batch_size
+        self.buffer = (
+            KeyedRequestBuffer(capacity, self.runner.batch_traits, settings.max_batch_cost)
+            if self.runner.batches_by_traits else RequestBuffer(capacity)
+        )
         self.stats = ServingStats()
         self.listeners: list[BatchListener] = []
         self.ready = threading.Event()

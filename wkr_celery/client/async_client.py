@@ -1,0 +1,403 @@
+"""``AsyncWKRClient``: ``await client.encode(x)`` from one event loop, no thread per request.
+
+The same requests as :class:`~.client.WKRClient` (built by :mod:`.protocol`), sent and received
+by tasks on the caller's loop over ``redis.asyncio``: a publisher (here) that sends every
+request queued since its last round trip in one ``PUBLISH`` script call (which enforces the
+queue cap), and a listener (:mod:`.async_replies`) that pops this client's reply list in bulk and
+settles the waiting requests by task id. A waiting request costs a future and, with a timeout,
+a timer on the loop.
+
+Cancelling the task that awaits a request withdraws it: one still in this client's outbox is
+never sent; one in the service's queue is removed with ``LREM`` of its exact envelope (atomic
+against the workers' fetch, as the REST gateway revokes tasks); one a worker already holds is
+predicted, and its answer dropped when it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any
+
+import numpy as np
+import redis.asyncio
+
+from .. import scripts
+from ..broker import publish_call
+from ..clock import RedisClock
+from ..codec import loads
+from ..connections import REDIS_ERRORS, close_async, connect_async
+from ..errors import WKRError
+from ..keys import ServiceKeys, priority_step, reply_key
+from . import async_discovery as discovery
+from .async_replies import AsyncReplies, Waiting
+from .async_restarts import AsyncRedisWatch
+from .doubt import grace_from
+from .protocol import Address, Outgoing, Requests, overloaded, publish_failed, wake_count
+from .replies import LISTEN_SECONDS
+from .verdicts import watched
+
+__all__ = ["AsyncWKRClient"]
+
+log = logging.getLogger("wkr_celery.client")
+
+class AsyncWKRClient:
+    """Asyncio client of one service; the arguments are :class:`WKRClient`'s.
+
+    Nothing is connected in the constructor: ``async with`` (or :meth:`connect`) finds the
+    service, waits up to ``connect_timeout`` for a live worker and checks the versions; the
+    first :meth:`encode` does so too when neither was used. Use it from one event loop.
+    """
+
+    def __init__(
+        self,
+        ip: str = "127.0.0.1",
+        port: int = 8996,
+        port_out: int | None = 8998,
+        *,
+        name: str | None = None,
+        broker_url: str | None = None,
+        result_url: str | None = None,
+        check_version: bool = True,
+        ignore_all_checks: bool = False,
+        timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        priority: int | str = "normal",
+        show_server_config: bool = False,
+        sentinel_master: str = "",
+    ) -> None:
+        self._address = Address.of(ip, port, port_out, broker_url, result_url)
+        self.broker_url = self._address.broker_url
+        self.result_url: str | None = None
+        self.timeout = timeout
+        self.priority = priority_step(priority)
+        self.client_id = uuid.uuid4().hex
+        self.name = name
+        self.server_config: dict[str, str] = {}
+        self._check_version = check_version
+        self._ignore_all_checks = ignore_all_checks
+        self._connect_timeout = connect_timeout
+        self._show_server_config = show_server_config
+        self._sentinel_master = sentinel_master
+        self._reply_key = reply_key(self.client_id)
+        self._connecting: asyncio.Task[None] | None = None
+        self._requests: Requests | None = None
+        self._broker: redis.asyncio.Redis | None = None
+        self._results: redis.asyncio.Redis | None = None
+        self._publish_script: Any = None
+        self._replies: AsyncReplies | None = None
+        self._outbox: list[Waiting] = []
+        self._withdrawn: list[Outgoing] = []
+        self._wake: asyncio.Event | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._clock = RedisClock()  # deadlines are on the broker's clock; read by _sync_clock
+
+    # Connecting ---------------------------------------------------------------------------
+
+    async def connect(self) -> AsyncWKRClient:
+        """Find and check the service, start the I/O tasks; at most once, however many ask."""
+        if self._requests is not None:
+            return self
+        if self._closed:
+            raise WKRError("client is closed")
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        connecting = self._connecting
+        try:
+            await asyncio.shield(connecting)  # a caller cancelled while waiting stops no other
+        except BaseException:
+            if connecting.done() and self._connecting is connecting:
+                self._connecting = None  # failed: the next caller tries again
+            raise
+        return self
+
+    async def _connect(self) -> None:
+        broker = connect_async(self.broker_url, sentinel_master=self._sentinel_master)
+        opened = [broker]
+        try:
+            if self.name or self._ignore_all_checks:
+                name = self.name or "default"
+            else:
+                name = await discovery.find_service(broker, self.broker_url,
+                                                    self._connect_timeout)
+            keys = ServiceKeys(name)
+            await self._sync_clock(broker)
+            info = await discovery.read_info(broker, keys, self.broker_url,
+                                             self._ignore_all_checks)
+            if not self._ignore_all_checks:
+                info = await discovery.wait_until_serving(
+                    broker, keys, self.broker_url, self._connect_timeout, self._check_version)
+            result_url = self._address.result_url(info)
+            results = connect_async(result_url, blocking_timeout=LISTEN_SECONDS,
+                                    sentinel_master=self._sentinel_master)
+            opened.append(results)
+            if not self._ignore_all_checks:
+                await discovery.check_reachable(results, "result Redis", result_url)
+            connections = {self.broker_url: broker, result_url: results}
+            watches = [AsyncRedisWatch(role, url, connections[url])
+                       for role, url in watched(self.broker_url, result_url)]
+            for watch in watches:
+                await watch.remember()
+        except BaseException:  # no half-made client keeps its connections open
+            for connection in opened:
+                await close_async(connection)
+            raise
+        if self._show_server_config:
+            log.info("service %r: %s", name, info)
+        self.name, self.server_config, self.result_url = name, info, result_url
+        self._broker, self._results = broker, results
+        self._publish_script = broker.register_script(scripts.PUBLISH)
+        self._replies = AsyncReplies(results, self._reply_key, watches, grace=self._grace,
+                                     grace0=await self._grace(),
+                                     outage_limit=self._connect_timeout)
+        self._replies.start()
+        self._wake = asyncio.Event()
+        self._publisher = asyncio.ensure_future(self._publish_loop())
+        self._requests = Requests(keys, info, self.client_id, timeout=self.timeout,
+                                  priority=self.priority, clock=self._clock.now)
+
+    async def _sync_clock(self, broker: redis.asyncio.Redis) -> None:
+        """Read the broker's ``TIME`` when the last reading is due for renewal; an unreachable
+        broker keeps the last reading (see :class:`~wkr_celery.clock.RedisClock`)."""
+        if not self._clock.due:
+            return
+        before = time.monotonic()
+        try:
+            reply = await broker.time()
+        except REDIS_ERRORS as exc:
+            log.debug("could not read the Redis clock: %s", exc)
+            return
+        self._clock.record(reply, before, time.monotonic())
+
+    async def _grace(self) -> float:
+        """How long requests in doubt may go unanswered (:func:`~.doubt.grace_from`), from the
+        workers' heartbeats; the visibility timeout alone while they cannot be read."""
+        assert self._broker is not None and self.name is not None
+        visibility = float(self.server_config.get("visibility_timeout") or 10.0)
+        try:
+            beats = await discovery.live_workers(self._broker, ServiceKeys(self.name))
+        except REDIS_ERRORS:
+            beats = {}
+        return grace_from(beats.values(), visibility)
+
+    # Sending ------------------------------------------------------------------------------
+
+    async def encode(
+        self, x: Any, *, timeout: float | None = None, priority: int | str | None = None
+    ) -> Any:
+        """Send one input and return its result, or raise the ``RequestFailed`` it got.
+
+        Input problems the client can see raise ``InputError`` before anything is sent.
+        ``timeout`` (seconds) travels as the request's deadline; past it, ``DeadlineExceeded``.
+        Cancelling the awaiting task withdraws the request (see the module docstring).
+        """
+        await self.connect()
+        return await self._wait(self._send(x, timeout, priority))
+
+    async def encode_many(
+        self,
+        inputs: Iterable[Any] | AsyncIterable[Any],
+        *,
+        max_inflight: int = 256,
+        timeout: float | None = None,
+        priority: int | str | None = None,
+    ) -> AsyncIterator[Any]:
+        """Yield results in input order, keeping at most ``max_inflight`` requests out.
+
+        Stopping early (``break``, an error, cancellation) withdraws the requests still out.
+        """
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
+        await self.connect()
+        window: deque[Waiting] = deque()
+        try:
+            async for x in _each(inputs):
+                window.append(self._send(x, timeout, priority))
+                if len(window) >= max_inflight:
+                    yield await self._wait(window.popleft())
+            while window:
+                yield await self._wait(window.popleft())
+        finally:
+            for waiting in window:
+                self._withdraw(waiting)
+
+    def _send(self, x: Any, timeout: float | None, priority: int | str | None) -> Waiting:
+        """Queue one request for the publisher; raises ``InputError`` before anything is sent."""
+        if self._closed:
+            raise WKRError("client is closed")
+        assert self._requests is not None and self._replies is not None
+        assert self._wake is not None
+        request = self._requests.make(x, timeout=timeout, priority=priority)
+        waiting = Waiting(request, asyncio.get_running_loop().create_future())
+        self._replies.expect(waiting)
+        self._outbox.append(waiting)
+        self._wake.set()
+        return waiting
+
+    async def _wait(self, waiting: Waiting) -> Any:
+        try:
+            return await waiting.future
+        except asyncio.CancelledError:
+            self._withdraw(waiting)
+            raise
+
+    def _withdraw(self, waiting: Waiting) -> None:
+        """The caller stopped waiting: never send the request, or take it back from the queue;
+        an answer that comes anyway finds nobody waiting and is dropped."""
+        assert self._replies is not None and self._wake is not None
+        if self._replies.forget(waiting.request.task_id) is None:
+            return  # answered already
+        waiting.withdrawn = True
+        if not waiting.future.done():
+            waiting.future.cancel()
+        if waiting.published_at is not None:
+            self._withdrawn.append(waiting.request)
+            self._wake.set()
+
+    # The publisher task -------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            items = [waiting for waiting in self._outbox if not waiting.withdrawn]
+            self._outbox = []
+            if items:
+                await self._publish(items)
+            if self._withdrawn:
+                withdrawn, self._withdrawn = self._withdrawn, []
+                await self._revoke(withdrawn)
+
+    async def _publish(self, items: list[Waiting]) -> None:
+        """Send ``items`` in one round trip; retried while the broker is away, up to
+        ``connect_timeout``."""
+        assert self._requests is not None and self._replies is not None
+        assert self._broker is not None
+        requests, replies = self._requests, self._replies
+        await self._sync_clock(self._broker)
+        keys, args = publish_call(requests.keys, [(w.request.index, w.request.message)
+                                                  for w in items],
+                                  cap=requests.max_queue,
+                                  wake=wake_count(len(items), requests.batch_size))
+        give_up = time.monotonic() + self._connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                accepted = int(await self._publish_script(keys=keys, args=args))
+                break
+            except REDIS_ERRORS as exc:
+                if self._closed or time.monotonic() >= give_up:
+                    error = publish_failed(self.broker_url, exc)
+                    for waiting in items:
+                        replies.fail(waiting.request.task_id, error)
+                    return
+                await asyncio.sleep(delay)  # backoff while the broker is away
+                delay = min(delay * 2, 1.0)
+        published = time.monotonic()
+        for waiting in items[:accepted]:
+            waiting.published_at = published
+            if waiting.withdrawn:  # its caller gave up while it was on the way
+                self._withdrawn.append(waiting.request)
+        if accepted < len(items):
+            refused = overloaded(requests.keys.name, requests.max_queue)
+            for waiting in items[accepted:]:
+                replies.fail(waiting.request.task_id, refused)
+
+    async def _revoke(self, requests: list[Outgoing]) -> None:
+        """Take withdrawn requests back from the queue where no worker has fetched them yet."""
+        assert self._broker is not None and self._requests is not None
+        pipe = self._broker.pipeline(transaction=False)
+        for request in requests:
+            pipe.lrem(self._requests.queue_of(request), 1, request.message)
+            pipe.lrem(self._requests.keys.suspect, 1, request.message)
+        try:
+            removed = sum(await pipe.execute())
+        except REDIS_ERRORS as exc:  # the answers, if any come, are dropped all the same
+            log.warning("could not revoke %d withdrawn request(s): %s", len(requests), exc)
+            return
+        log.debug("withdrawn: %d revoked from the queue, %d held by workers (answers dropped)",
+                  removed, len(requests) - removed)
+
+    # Status and shutdown ------------------------------------------------------------------
+
+    @property
+    def keys(self) -> ServiceKeys:
+        return self._connected().keys
+
+    @property
+    def protocol(self) -> str:
+        return self._connected().spec.protocol
+
+    @property
+    def max_payload(self) -> int:
+        return self._connected().spec.max_payload
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        return self._connected().spec.shape
+
+    @property
+    def input_dtype(self) -> np.dtype[Any] | None:
+        return self._connected().spec.dtype
+
+    @property
+    def pending(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._replies.pending) if self._replies is not None else 0
+
+    def _connected(self) -> Requests:
+        if self._requests is None:
+            raise WKRError("client is not connected yet; use `async with` or await connect()")
+        return self._requests
+
+    async def server_status(self) -> dict[str, Any]:
+        """Service config, live workers (their heartbeat figures) and queue length."""
+        keys = self._connected().keys
+        assert self._broker is not None
+        live = await discovery.live_workers(self._broker, keys)
+        pipe = self._broker.pipeline(transaction=False)
+        for name in (*keys.queues, keys.suspect):
+            pipe.llen(name)
+        return {"name": keys.name, "config": await discovery.info_of(self._broker, keys),
+                "workers": {wid: loads(beat) for wid, beat in live.items()},
+                "queue_length": int(sum(await pipe.execute()))}
+
+    async def close(self) -> None:
+        """Stop the I/O tasks; requests still pending fail with ``WKRError``."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._wake is not None:
+            self._wake.set()
+        if self._publisher is not None:
+            await asyncio.gather(self._publisher, return_exceptions=True)
+        if self._replies is not None:
+            await self._replies.close()
+        for connection in (self._results, self._broker):
+            if connection is not None:
+                await close_async(connection)
+
+    async def __aenter__(self) -> AsyncWKRClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _each(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(inputs, AsyncIterable):
+        async for x in inputs:
+            yield x
+    else:
+        for x in inputs:
+            yield x

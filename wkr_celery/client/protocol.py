@@ -1,0 +1,171 @@
+"""What :class:`WKRClient` and :class:`AsyncWKRClient` share: everything about a request but I/O.
+
+Both clients find the result Redis the same way (:class:`Address`), turn an input into an
+envelope the same way (:class:`Requests`), publish with the same wake count, read a reply into
+a result or the right exception (:func:`read_reply`), and use the same words when the service
+refuses or a request runs late. Only how they wait differs: threads and
+``concurrent.futures`` in :mod:`.client`, one event loop in :mod:`.async_client`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..codec import loads
+from ..connections import redacted, result_url_from
+from ..errors import (
+    DeadlineExceeded,
+    InputError,
+    RequestFailed,
+    ServiceOverloaded,
+    ServiceUnavailable,
+)
+from ..inputs import InputSpec, argsrepr
+from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
+from ..messages import build_request, deadline_after, error_of
+
+__all__ = ["Address", "Outgoing", "Reply", "Requests", "read_reply", "wake_count",
+           "overloaded", "publish_failed", "deadline_exceeded"]
+
+log = logging.getLogger("wkr_celery.client")
+
+_MAX_WAKE = 8
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a client finds a service, from its constructor's arguments and the service info."""
+
+    broker_url: str
+    given_result_url: str | None
+    fallback_result_url: str
+
+    @classmethod
+    def of(cls, ip: str, port: int, port_out: int | None, broker_url: str | None,
+           result_url: str | None) -> Address:
+        """Results: the URL given; else ``port_out`` on the broker's host (the seed's form);
+        else where the service's workers say they store them (``result_store``)."""
+        given = result_url or (f"redis://{ip}:{port_out}/0" if port_out and not broker_url
+                               else None)
+        return cls(broker_url or f"redis://{ip}:{port}/0", given,
+                   broker_url or f"redis://{ip}:8998/0")
+
+    def result_url(self, info: Mapping[str, str]) -> str:
+        return self.given_result_url or result_url_from(
+            self.broker_url, info.get("result_store"), fallback=self.fallback_result_url)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One request, ready to publish: its list (index into ``ServiceKeys.queues``), its exact
+    envelope (what a revoke removes with ``LREM``) and its ``time.monotonic()`` deadline."""
+
+    task_id: str
+    index: int
+    message: str
+    expiry: float | None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A stored answer: the result, or the error its caller gets."""
+
+    task_id: str
+    result: Any
+    error: RequestFailed | None
+
+
+class Requests:
+    """Builds one client's requests to one service: task ids, checked bodies, envelopes.
+
+    ``clock`` is the broker Redis's time (``RedisClock.now``): deadlines are stamped on it.
+    """
+
+    def __init__(self, keys: ServiceKeys, info: Mapping[str, str], client_id: str, *,
+                 timeout: float | None, priority: int, clock: Callable[[], float]) -> None:
+        self.keys = keys
+        self.clock = clock
+        self.spec = InputSpec.from_info(info)
+        self.max_queue = int(info.get("max_queue") or 0)
+        self.batch_size = int(info.get("batch_size") or 32)
+        self.client_id = client_id
+        self.timeout = timeout
+        self.priority = priority
+        # Task ids: this client's random prefix plus a counter. Unique like uuid4 (64 random
+        # bits per client, never reused within one), at a tenth of the cost per request.
+        self._task_ids = (f"{client_id[:20]}{n:012x}" for n in itertools.count())
+        self._argsreprs: dict[tuple[Any, ...], str] = {}
+
+    def make(self, x: Any, *, timeout: float | None = None,
+             priority: int | str | None = None) -> Outgoing:
+        """The request for ``x``; ``InputError`` (naming the service) when it cannot be sent."""
+        body = self._body(x)
+        timeout = self.timeout if timeout is None else timeout
+        deadline = deadline_after(timeout, self.clock())
+        expiry = None if timeout is None else time.monotonic() + timeout
+        step = self.priority if priority is None else priority_step(priority)
+        task_id = next(self._task_ids)
+        message = build_request(
+            task_id, body, queue=self.keys.queue, priority=step, client_id=self.client_id,
+            deadline=deadline, argsrepr=self._argsrepr(x),
+        )
+        return Outgoing(task_id, PRIORITY_STEPS.index(step), message, expiry)
+
+    def queue_of(self, request: Outgoing) -> str:
+        return self.keys.queues[request.index]
+
+    def _body(self, x: Any) -> bytes:
+        try:
+            return self.spec.encode(x)
+        except InputError as exc:  # say which service, for callers talking to several
+            raise type(exc)(f"service {self.keys.name!r}: {exc}") from None
+
+    def _argsrepr(self, x: Any) -> str:
+        """What Flower and ``inspect`` show for an input: its kind and shape, cached."""
+        key = (x.shape, x.dtype.num) if isinstance(x, np.ndarray) else (type(x),)
+        text = self._argsreprs.get(key)
+        if text is None:
+            text = argsrepr(x)
+            if len(self._argsreprs) < 1024:
+                self._argsreprs[key] = text
+        return text
+
+
+def wake_count(published: int, batch_size: int) -> int:
+    """Wake tokens for ``published`` new requests: one per batch they make, at most 8."""
+    return min(published, max(1, math.ceil(published / batch_size)), _MAX_WAKE)
+
+
+def read_reply(data: Any) -> Reply | None:
+    """The answer a stored Celery result holds; ``None`` (logged) when it cannot be read."""
+    try:
+        meta = loads(data)
+        task_id = meta["task_id"]
+    except Exception:  # a reply we cannot read answers nobody; say so and go on
+        log.error("dropped an unreadable reply of %d bytes", len(data))
+        return None
+    if meta.get("status") == "SUCCESS":
+        return Reply(task_id, meta.get("result"), None)
+    return Reply(task_id, None, error_of(meta))
+
+
+def overloaded(name: str, max_queue: int) -> ServiceOverloaded:
+    return ServiceOverloaded(
+        f"service {name!r} has {max_queue} requests queued (-max_queue); retry later")
+
+
+def publish_failed(broker_url: str, exc: BaseException) -> ServiceUnavailable:
+    return ServiceUnavailable(f"could not publish to {redacted(broker_url)}: {exc}")
+
+
+def deadline_exceeded() -> DeadlineExceeded:
+    return DeadlineExceeded("no result before the request's timeout")
+
