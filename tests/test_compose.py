@@ -235,3 +235,36 @@ def test_the_compose_stack_answers_encode_through_the_rest_port(stack: Stack) ->
                                np.tanh(x @ make_weights()), rtol=1e-4, atol=1e-5)
 
 
+
+
+# Scaling out: the first host's override and the file of every other worker host -------------
+
+REQUIRED = re.compile(r"\$\{(\w+):\?[^}]*\}")
+
+
+def test_the_scale_out_files_are_valid_and_every_worker_host_joins_the_same_service() -> None:
+    check = validator()
+    scale_out = yaml.safe_load((ROOT / "docker-compose.scale-out.yml").read_text())
+    worker_host = yaml.safe_load((ROOT / "docker-compose.worker-host.yml").read_text())
+    assert not [e.message for e in check.iter_errors(scale_out)]
+    assert not [e.message for e in check.iter_errors(worker_host)]
+    first = compose()["services"]
+    # The first host: Redis published, with a password every service of the stack uses.
+    redis_service = scale_out["services"]["redis"]
+    assert redis_service["command"][:len(first["redis"]["command"])] == first["redis"]["command"]
+    assert redis_service["command"][-2:] == ["--requirepass", "${REDIS_PASSWORD:?set REDIS_PASSWORD}"]
+    assert redis_service["ports"] == ["${REDIS_PUBLISH:-6379}:6379"]
+    assert set(scale_out["services"]) == set(first)
+    for name in ("worker", "api", "flower"):
+        url = scale_out["services"][name]["environment"]["WKR_BROKER_URL"]
+        assert url == "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379/0", name
+    # Another host: the same image, command and service name, pointed at that Redis.
+    (name, extra), = worker_host["services"].items()
+    for key in ("image", "build", "command", "restart", "stop_signal", "healthcheck"):
+        assert extra[key] == first["worker"][key], key
+    env = {k: interpolate(REQUIRED.sub("redis://:pw@10.0.0.5:6379/0", str(v)), {})
+           for k, v in extra["environment"].items()}
+    settings = Settings.from_env(env)
+    assert settings.name == interpolate(first["worker"]["environment"]["WKR_NAME"], {})
+    assert settings.broker == "redis://:pw@10.0.0.5:6379/0"
+    assert REQUIRED.fullmatch(extra["environment"]["WKR_BROKER_URL"]), "no default broker"

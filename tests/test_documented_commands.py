@@ -67,6 +67,10 @@ COMPAT_DECENTRAL = RunBy(
 BENCH_HELP = RunBy(f"{HERE}::test_the_benchmark_help_runs_as_written")
 QUICK_BENCH = "tests/test_benchmark.py::test_quick_benchmark_exits_zero_and_prints_the_table"
 COMPOSE = "tests/test_compose.py::test_the_compose_stack_answers_encode_through_the_rest_port"
+MANY_HOSTS = RunBy("tests/faults/test_many_hosts.py::"
+                   "test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written")
+SCALE_OUT_COMPOSE = ("tests/test_compose.py::"
+                     "test_the_scale_out_files_are_valid_and_every_worker_host_joins_the_same_service")
 SYSTEMD = ("tests/test_production_tools.py::"
            "test_make_systemd_prints_a_unit_running_the_same_command_with_a_graceful_stop")
 
@@ -78,9 +82,10 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
         ".ci/run runs it as written (a fresh venv, Ctrl+C through a pseudo-terminal) before the "
         "suite; tests/test_examples.py::test_every_python_block_in_the_readme_runs serves its "
         "wkr-serving-start command and runs the README's client on it"),
-    "apt-get install -y chromium redis-server": CannotRun(
+    "apt-get install -y chromium redis-server iproute2": CannotRun(
         "installs Debian packages as root", "tests/test_dashboard.py and tests/faults/test_tls.py "
-        "fail, never skip, without them; .ci/run installs them"),
+        "fail, never skip, without them, as tests/faults/test_many_hosts.py does as root; "
+        ".ci/run installs them"),
     "pip install '.[test]' && python -m pytest": CannotRun(
         "runs the whole suite, this test included", "the suite itself"),
     "cd examples && wkr-serving-start server.Worker -model_dir /path/to/model -model_name "
@@ -181,6 +186,22 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
                   "loopback and serves through them with these flags",
                   "tests/faults/test_sentinel.py::test_master_killed_under_load_fails_over_and_"
                   "every_request_ends_answered_or_lost"),
+    'redis-server --bind 0.0.0.0 --port 6379 --requirepass "$REDIS_PASSWORD" --appendonly yes '
+    "--dir /var/lib/redis": MANY_HOSTS,
+    "cd wkr-celery": MANY_HOSTS,
+    "wkr-serving-start workers.linear.Worker -name linear -protocol npy -broker_url "
+    '"redis://:$REDIS_PASSWORD@10.0.0.5:6379/0" -num_worker 2 -device_map 0 1': MANY_HOSTS,
+    "python3 -c 'from wkr_celery.client import WKRClient\nimport numpy as np\nwith WKRClient("
+    'name="linear", broker_url="redis://:PASSWORD@10.0.0.5:6379/0") as c:\n    print(c.encode('
+    "np.zeros(512, np.float32), timeout=10).result())'": MANY_HOSTS,
+    "REDIS_PASSWORD=$(openssl rand -hex 16)": CannotRun(
+        "sets a shell variable for the docker compose commands below it", SCALE_OUT_COMPOSE),
+    "REDIS_PASSWORD=$REDIS_PASSWORD docker compose -f docker-compose.yml -f "
+    "docker-compose.scale-out.yml up -d --build": CannotRun(
+        "no Docker engine runs in CI", SCALE_OUT_COMPOSE),
+    'WKR_BROKER_URL="redis://:$REDIS_PASSWORD@FIRST_HOST:6379/0" docker compose -f '
+    "docker-compose.worker-host.yml up -d --build": CannotRun(
+        "no Docker engine runs in CI", SCALE_OUT_COMPOSE),
     "docker compose up -d --build": CannotRun(
         "no Docker engine runs in CI", "tests/test_compose.py: the compose file is checked "
         "against the Compose Specification and each service's command runs as a process"),

@@ -40,7 +40,8 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
                             timeout=60, check=True).stdout.split()
     assert loaded == sorted(f"wkr_celery{m}" for m in (
         "", ".broker", ".client", ".client.client", ".client.discovery", ".client.doubt",
-        ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".codec",
+        ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".clock",
+        ".codec",
         ".connections", ".errors", ".inputs", ".keys", ".messages", ".scripts", ".version"))
 
 

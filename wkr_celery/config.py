@@ -32,6 +32,9 @@ RUNTIME_ENV = frozenset(
     {"WKR_WORKER_ID", "WKR_WORKER_INDEX", "WKR_DEVICE_ID", "WKR_RUNNING_FILE"}
 )
 
+#: Variables for tests only, read where they act (``clock.TEST_OFFSET_ENV``); not settings.
+TEST_ENV = frozenset({"WKR_TEST_CLOCK_OFFSET"})
+
 _ENV_PREFIX = "WKR_"
 
 
@@ -205,7 +208,7 @@ class Settings:
         by_env = {_ENV_PREFIX + f.name.upper(): f for f in fields(cls)}
         values: dict[str, Any] = {}
         for key, text in environ.items():
-            if not key.startswith(_ENV_PREFIX) or key in RUNTIME_ENV:
+            if not key.startswith(_ENV_PREFIX) or key in RUNTIME_ENV or key in TEST_ENV:
                 continue
             f = by_env.get(key)
             if f is None:

@@ -3,7 +3,8 @@
 Requests are real Celery messages (task ``wkr_celery.predict``, args ``[input]``), so a plain
 ``app.send_task("wkr_celery.predict", args=[x], queue=<name>)`` is served too, and results are
 stored where ``AsyncResult(task_id)`` finds them. Two headers are ours: ``x-wkr-deadline``
-(epoch seconds after which the worker drops the request) and ``x-wkr-client`` (the client whose
+(epoch seconds on the broker Redis's clock, see :mod:`.clock`, after which the worker drops the
+request) and ``x-wkr-client`` (the client whose
 reply list gets the result; absent for foreign producers, whose results are published the way
 Celery's Redis backend does).
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import binascii
 import json
 import socket
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +26,7 @@ import orjson
 import pybase64
 
 from . import codec
+from .clock import wall_time
 from .errors import DecodeError, InputError, RequestFailed, RequestTooLarge, remote_error
 
 __all__ = [
@@ -94,14 +95,18 @@ def build_request(
 MAX_TIMEOUT = 365 * 24 * 3600.0
 
 
-def deadline_after(timeout: float | None) -> float | None:
-    """The epoch deadline ``timeout`` seconds from now, for the ``x-wkr-deadline`` header."""
+def deadline_after(timeout: float | None, now: float) -> float | None:
+    """The deadline ``timeout`` seconds after ``now``, for the ``x-wkr-deadline`` header.
+
+    ``now`` is the broker Redis's time (``RedisClock.now()``), the clock the worker checks
+    deadlines on, so hosts whose own clocks disagree still agree on every deadline.
+    """
     if timeout is None:
         return None
     if not 0 < timeout <= MAX_TIMEOUT:  # also refuses NaN
         raise InputError(
             f"timeout {timeout!r} must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
-    return time.time() + timeout
+    return now + timeout
 
 
 def encode_body(payload: Any) -> bytes:
@@ -271,7 +276,7 @@ def error_of(meta: dict[str, Any]) -> RequestFailed:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.fromtimestamp(wall_time(), timezone.utc).isoformat()
 
 
 def encode_meta(meta: dict[str, Any]) -> bytes:

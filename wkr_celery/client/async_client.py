@@ -28,6 +28,7 @@ import redis.asyncio
 
 from .. import scripts
 from ..broker import publish_call
+from ..clock import RedisClock
 from ..codec import loads
 from ..connections import REDIS_ERRORS, close_async, connect_async
 from ..errors import WKRError
@@ -94,6 +95,7 @@ class AsyncWKRClient:
         self._wake: asyncio.Event | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
+        self._clock = RedisClock()  # deadlines are on the broker's clock; read by _sync_clock
 
     # Connecting ---------------------------------------------------------------------------
 
@@ -124,6 +126,7 @@ class AsyncWKRClient:
                 name = await discovery.find_service(broker, self.broker_url,
                                                     self._connect_timeout)
             keys = ServiceKeys(name)
+            await self._sync_clock(broker)
             info = await discovery.read_info(broker, keys, self.broker_url,
                                              self._ignore_all_checks)
             if not self._ignore_all_checks:
@@ -156,7 +159,20 @@ class AsyncWKRClient:
         self._wake = asyncio.Event()
         self._publisher = asyncio.ensure_future(self._publish_loop())
         self._requests = Requests(keys, info, self.client_id, timeout=self.timeout,
-                                  priority=self.priority)
+                                  priority=self.priority, clock=self._clock.now)
+
+    async def _sync_clock(self, broker: redis.asyncio.Redis) -> None:
+        """Read the broker's ``TIME`` when the last reading is due for renewal; an unreachable
+        broker keeps the last reading (see :class:`~wkr_celery.clock.RedisClock`)."""
+        if not self._clock.due:
+            return
+        before = time.monotonic()
+        try:
+            reply = await broker.time()
+        except REDIS_ERRORS as exc:
+            log.debug("could not read the Redis clock: %s", exc)
+            return
+        self._clock.record(reply, before, time.monotonic())
 
     async def _grace(self) -> float:
         """How long requests in doubt may go unanswered (:func:`~.doubt.grace_from`), from the
@@ -264,7 +280,9 @@ class AsyncWKRClient:
         """Send ``items`` in one round trip; retried while the broker is away, up to
         ``connect_timeout``."""
         assert self._requests is not None and self._replies is not None
+        assert self._broker is not None
         requests, replies = self._requests, self._replies
+        await self._sync_clock(self._broker)
         keys, args = publish_call(requests.keys, [(w.request.index, w.request.message)
                                                   for w in items],
                                   cap=requests.max_queue,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..broker import Broker
+from ..clock import RedisClock
 from ..codec import loads
 from ..connections import REDIS_ERRORS, connect
 from ..errors import WKRError
@@ -66,6 +67,7 @@ class WKRClient:
         self.client_id = uuid.uuid4().hex
         self._reply_key = reply_key(self.client_id)
         self._broker_redis = connect(self.broker_url, sentinel_master=sentinel_master)
+        self._clock = RedisClock(self._broker_redis)  # deadlines are on the broker's clock
         opened = [self._broker_redis]
         try:
             if name or ignore_all_checks:
@@ -74,6 +76,7 @@ class WKRClient:
                 self.name = find_service(self._broker_redis, self.broker_url, connect_timeout)
             self.keys = ServiceKeys(self.name)
             self._broker = Broker(self._broker_redis, self.keys)
+            self._clock.sync_if_due()
             self.server_config = read_info(self._broker, self.broker_url, ignore_all_checks)
             if not ignore_all_checks:
                 self.server_config = wait_until_serving(
@@ -91,7 +94,7 @@ class WKRClient:
         if show_server_config:
             log.info("service %r: %s", self.name, self.server_config)
         self._requests = Requests(self.keys, self.server_config, self.client_id,
-                                  timeout=timeout, priority=self.priority)
+                                  timeout=timeout, priority=self.priority, clock=self._clock.now)
         self.max_queue = self._requests.max_queue
         self.batch_size = self._requests.batch_size
         self._connect_timeout = connect_timeout
@@ -188,6 +191,8 @@ class WKRClient:
         """Send ``items`` in one round trip; retried (by the publisher thread) while the broker
         is away, up to ``connect_timeout``."""
         wake = wake_count(len(items), self.batch_size)
+        if not inline:  # the caller's thread never waits on a clock reading
+            self._clock.sync_if_due()
         give_up = time.monotonic() + self._connect_timeout
         delay = 0.05
         while True:

@@ -13,7 +13,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,11 +84,15 @@ class Reply:
 
 
 class Requests:
-    """Builds one client's requests to one service: task ids, checked bodies, envelopes."""
+    """Builds one client's requests to one service: task ids, checked bodies, envelopes.
+
+    ``clock`` is the broker Redis's time (``RedisClock.now``): deadlines are stamped on it.
+    """
 
     def __init__(self, keys: ServiceKeys, info: Mapping[str, str], client_id: str, *,
-                 timeout: float | None, priority: int) -> None:
+                 timeout: float | None, priority: int, clock: Callable[[], float]) -> None:
         self.keys = keys
+        self.clock = clock
         self.spec = InputSpec.from_info(info)
         self.max_queue = int(info.get("max_queue") or 0)
         self.batch_size = int(info.get("batch_size") or 32)
@@ -105,7 +109,7 @@ class Requests:
         """The request for ``x``; ``InputError`` (naming the service) when it cannot be sent."""
         body = self._body(x)
         timeout = self.timeout if timeout is None else timeout
-        deadline = deadline_after(timeout)
+        deadline = deadline_after(timeout, self.clock())
         expiry = None if timeout is None else time.monotonic() + timeout
         step = self.priority if priority is None else priority_step(priority)
         task_id = next(self._task_ids)

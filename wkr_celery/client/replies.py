@@ -18,7 +18,8 @@ about an outage or an empty restart:
 * the result Redis unreachable for ``connect_timeout`` fails every pending request with
   ``RequestLost``: no answer can reach the client, the service has gone away.
 
-The listener also fails requests past their deadline, so no future waits forever.
+A timer thread of its own fails requests past their deadline, on time even while the listener
+waits on an unreachable Redis (up to its socket timeout), so no future waits past its timeout.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class Replies:
         self._threads += [threading.Thread(target=self._watch_loop, args=(watch,), daemon=True,
                                            name=f"wkr-client-watch-{watch.role.split()[0]}")
                           for _, watch in watches]
+        self._deadline_wake = threading.Event()
+        self._threads.append(threading.Thread(target=self._deadline_loop, daemon=True,
+                                              name="wkr-client-deadlines"))
 
     def start(self) -> None:
         for thread in self._threads:
@@ -90,6 +94,8 @@ class Replies:
         if expiry is not None:
             with self._deadline_lock:
                 heapq.heappush(self._deadlines, (expiry, task_id))
+                if self._deadlines[0][1] == task_id:  # sooner than the timer waits for
+                    self._deadline_wake.set()
 
     def published(self, task_ids: list[str], when: float) -> None:
         """Note when requests reached the broker: a Redis restart after it may have lost them."""
@@ -109,6 +115,7 @@ class Replies:
     def close(self) -> None:
         """Stop the threads, cancel what is still pending, delete the reply list."""
         self._closed.set()
+        self._deadline_wake.set()
         try:
             self._redis.rpush(self._key, _CLOSE_TOKEN)
         except REDIS_ERRORS:
@@ -183,6 +190,14 @@ class Replies:
                     self._resolve(data)
         self._recover_due = False
         self._recovered = seen
+
+    def _deadline_loop(self) -> None:
+        """The timer thread: the listener may be blocked on an unreachable Redis while
+        deadlines pass."""
+        while not self._closed.is_set():
+            wait = self._expire()
+            self._deadline_wake.wait(wait)
+            self._deadline_wake.clear()
 
     def _expire(self) -> float:
         """Fail requests past their deadline, and those in doubt past the grace; returns how

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from ..clock import wall_time
 from ..connections import redacted
 from ..errors import ConfigError, WKRError
 from ..logs import LogRouter, configure_stderr
@@ -96,7 +97,7 @@ class WKRDecentralizeCentral:
         self._terminating: list[_Command] = []
         self._stop_flag: str | None = None  # set from signal handlers: a plain attribute only
         self._stopped = False
-        self._started_at = time.time()
+        self._started_at = wall_time()
         self._snapshot: dict[str, Any] = {}
 
     # Start --------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ class WKRDecentralizeCentral:
         return {
             "name": s.name, "pid": os.getpid(), "worker_class": s.worker_class,
             "mode": self.pool.mode, "started": self._started_at,
-            "uptime": round(time.time() - self._started_at, 3), "updated": time.time(),
+            "uptime": round(wall_time() - self._started_at, 3), "updated": wall_time(),
             "num_client": s.num_client,
             "remote_servers": [r.as_list() for r in s.remote_servers],
             "control": redacted(s.control_url), "status_redis": redacted(s.status_url),

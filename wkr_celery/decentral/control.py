@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import Any, cast
 
+from ..clock import wall_time
 from ..connections import REDIS_ERRORS, connect, redacted
 from ..errors import ConfigError, ServiceUnavailable
 from ..keys import DecentralKeys
@@ -86,7 +87,7 @@ class ControlServer:
         """The holder wrote its status within two seconds: alive, no use waiting it out."""
         try:
             raw = self._status.get(self.keys.status)
-            return raw is not None and time.time() - float(json.loads(raw)["updated"]) < 2.0
+            return raw is not None and wall_time() - float(json.loads(raw)["updated"]) < 2.0
         except (ValueError, KeyError, TypeError, *REDIS_ERRORS):
             return False
 
@@ -114,7 +115,7 @@ class ControlServer:
             except (ValueError, KeyError, TypeError):
                 log.error("dropped an unreadable control message: %r", item[1][:200])
                 continue
-            if expires and time.time() > expires:
+            if expires and wall_time() > expires:
                 log.warning("dropped command %s (%s): its sender stopped waiting",
                             command_id, message.get("command"))
                 continue
@@ -185,7 +186,7 @@ class ControlClient:
             command_id = uuid.uuid4().hex
             message = json.dumps({
                 "id": command_id, "command": command, "args": args,
-                "expires": time.time() + self.timeout, "wait": max(0.5, self.timeout - 1.0),
+                "expires": wall_time() + self.timeout, "wait": max(0.5, self.timeout - 1.0),
             })
             self._control.rpush(self.keys.control, message)
             reply = self._wait(self.keys.reply(command_id))

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..clock import wall_time
 from ..logs import LogRouter
 from ..processes import die_with_parent
 from .config import RemoteServer
@@ -34,7 +35,7 @@ class UnitProcess:
                  pump: threading.Thread | None) -> None:
         self.popen = popen
         self.started = time.monotonic()
-        self.started_at = time.time()
+        self.started_at = wall_time()
         self.ready = threading.Event()
         self.off = False
         self.calls = 0

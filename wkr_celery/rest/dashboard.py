@@ -7,7 +7,6 @@ cached heartbeat read each.
 
 from __future__ import annotations
 
-import time
 from importlib import resources
 from typing import Any
 
@@ -16,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from ..clock import wall_time
 from .auth import require_key
 from .encoding import render
 from .gateway import Gateway
@@ -46,7 +46,7 @@ async def data(request: Request) -> Response:
     def build() -> dict[str, Any]:
         snap = snapshot(gateway)
         info = gateway.info()
-        now = time.time()
+        now = wall_time()
         workers = [{"id": wid, "device": beat.get("device_id"), "host": beat.get("host"),
                     "requests": beat.get("requests", 0), "batches": beat.get("batches", 0),
                     "failed": beat.get("failed", 0), "buffered": beat.get("buffered", 0),

@@ -27,6 +27,7 @@ import redis
 
 from ..broker import Broker
 from ..client import AsyncWKRClient
+from ..clock import RedisClock, wall_time
 from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect, redacted, result_url_from
@@ -83,8 +84,9 @@ class Gateway:
         self.redis = settings.connect_broker()
         self._results: tuple[str, redis.Redis] | None = None
         self.broker = Broker(self.redis, self.keys)
+        self.clock = RedisClock(self.redis)  # deadlines are on the broker's clock
         self.registry = TaskRegistry()
-        self.started = time.time()
+        self.started = wall_time()
         self._client: AsyncWKRClient | None = None
         self._lock = threading.Lock()
         self._live: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
@@ -197,7 +199,8 @@ class Gateway:
         body = self._checked_body(data)
         step = priority_step(priority)
         task_id = uuid.uuid4().hex
-        deadline = deadline_after(timeout)
+        self.clock.sync_if_due()
+        deadline = deadline_after(timeout, self.clock.now())
         message = build_request(task_id, body, queue=self.keys.queue, priority=step,
                                 client_id=None, deadline=deadline, argsrepr=argsrepr(data))
         index = PRIORITY_STEPS.index(step)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import time
 from typing import Any
 
 import celery
@@ -13,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from ..clock import wall_time
 from ..connections import REDIS_ERRORS, redacted
 from ..errors import ServiceUnavailable
 from ..version import __version__
@@ -43,7 +43,7 @@ async def server_status(request: Request) -> Response:
     def build() -> dict[str, Any]:
         snap = snapshot(gateway)
         info = gateway.info()
-        now = time.time()
+        now = wall_time()
         workers = [{**beat, "worker_id": wid, "alive_s": now - float(beat.get("started", now))}
                    for wid, beat in sorted(snap["workers"].items())]
         oldest = min((float(w.get("started", now)) for w in workers), default=now)
@@ -82,7 +82,7 @@ async def client_status(request: Request) -> Response:
         "broker": redacted(settings.broker), "results": redacted(settings.backend),
         "pending": client.pending if client else 0, "tasks_revocable": len(gateway.registry),
         "api_key_required": bool(settings.http_api_key), "max_body": settings.http_max_body,
-        "uptime_s": time.time() - gateway.started, "requests": counts,
+        "uptime_s": wall_time() - gateway.started, "requests": counts,
     }, msgpack=wants_msgpack(request))
 
 

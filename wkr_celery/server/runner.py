@@ -11,13 +11,13 @@ The worker's ``batch_key`` / ``batch_cost``, when it declares them, are called h
 from __future__ import annotations
 
 import math
-import time
 import traceback
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..clock import wall_time
 from ..config import Settings
 from ..errors import (
     BatchContractError,
@@ -35,10 +35,16 @@ __all__ = ["ModelRunner"]
 
 
 class ModelRunner:
-    """Holds one model and turns batches of requests into outcomes."""
+    """Holds one model and turns batches of requests into outcomes.
 
-    def __init__(self, worker: WKRHardWorker, settings: Settings, device_id: int) -> None:
+    ``clock`` tells the time deadlines are checked against: the broker Redis's
+    (``RedisClock.now``) in a worker, the clock clients set them on.
+    """
+
+    def __init__(self, worker: WKRHardWorker, settings: Settings, device_id: int,
+                 clock: Callable[[], float] = wall_time) -> None:
         self.worker = worker
+        self.clock = clock
         self.settings = settings
         self.device_id = device_id
         self.model: Any = None
@@ -59,7 +65,7 @@ class ModelRunner:
     def run(self, batch: Sequence[Request]) -> list[Outcome]:
         """One outcome per request, in order; never raises for a request's sake."""
         outcomes: list[Outcome | None] = [None] * len(batch)
-        now = time.time()
+        now = self.clock()
         groups: dict[Any, list[int]] = {}
         for i, request in enumerate(batch):
             problem = self._refusal(request, now)

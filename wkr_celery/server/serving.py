@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..broker import Broker
+from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS
@@ -66,7 +67,8 @@ class ServingLoop:
         same_redis = settings.backend == settings.broker
         self.backend = self.broker.client if same_redis else settings.connect_backend()
         self._same_redis = same_redis
-        self.runner = ModelRunner(worker, settings, device_id)
+        self.clock = RedisClock(self.broker.client)  # deadlines are on the broker's clock
+        self.runner = ModelRunner(worker, settings, device_id, clock=self.clock.now)
         capacity = settings.prefetch * settings.batch_size
         self.buffer = (
             KeyedRequestBuffer(capacity, self.runner.batch_traits, settings.max_batch_cost)
@@ -313,6 +315,7 @@ class ServingLoop:
     # Heartbeat ----------------------------------------------------------------------------
 
     def _beat(self) -> None:
+        self.clock.sync_if_due()
         stats = self.stats
         status = dumps({
             "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
+from ..clock import wall_time
 from ..config import Settings
 from ..inputs import InputSpec
 from ..version import __version__
@@ -35,7 +35,7 @@ class ServingStats:
     """Counters shipped with every heartbeat."""
 
     def __init__(self) -> None:
-        self.started = time.time()
+        self.started = wall_time()
         self.requests = 0
         self.failed = 0
         self.batches = 0

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..clock import wall_time
 from ..messages import TASK_NAME
 from .request import Outcome, Request
 
@@ -52,7 +53,7 @@ class TaskEvents:
     def __call__(self, batch: Sequence[Request], outcomes: Sequence[Outcome],
                  predict_seconds: float) -> None:
         dispatcher = self._ensure()
-        now, mono = time.time(), time.monotonic()
+        now, mono = wall_time(), time.monotonic()
         started = now - predict_seconds
         for request, outcome in zip(batch, outcomes, strict=True):
             if request.task_id is None:
