@@ -144,6 +144,17 @@ class Broker:
     def info(self) -> dict[str, str]:
         return {as_str(k): as_str(v) for k, v in self.client.hgetall(self.keys.info).items()}
 
+    def write_scaling(self, state: Mapping[str, Any], ttl: float) -> None:
+        """The supervisor's elastic-worker state; it expires when no supervisor renews it."""
+        pipe = self.client.pipeline()
+        pipe.hset(self.keys.scaling, mapping={k: str(v) for k, v in state.items()})
+        pipe.expire(self.keys.scaling, max(1, math.ceil(ttl)))
+        pipe.execute()
+
+    def scaling(self) -> dict[str, str]:
+        """What :meth:`write_scaling` wrote; empty when the service is not elastic."""
+        return {as_str(k): as_str(v) for k, v in self.client.hgetall(self.keys.scaling).items()}
+
     def live_workers(self) -> dict[str, bytes]:
         """Heartbeat payloads of workers alive now, by worker id."""
         ids = sorted(as_str(w) for w in self.client.smembers(self.keys.workers))

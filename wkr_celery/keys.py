@@ -6,6 +6,7 @@ Broker Redis (``-port_in`` / ``-broker_url``):
 ``wkr:services``                   set of service names on this Redis
 ``<name>`` and ``<name>\\x06\\x16<p>``  the service's request lists, kombu's priority naming
 ``wkr:<name>:info``                hash: version, protocol, batch_size, limits, input spec
+``wkr:<name>:scaling``             hash: elastic workers: floor, ceiling, wait, last decision
 ``wkr:<name>:workers``             set of registered worker ids
 ``wkr:<name>:hb:<wid>``            heartbeat (expires after the visibility timeout)
 ``wkr:<name>:inflight:<wid>``      hash: messages a worker holds, field = seq*8 + list index
@@ -103,6 +104,11 @@ class ServiceKeys:
     @property
     def info(self) -> str:
         return f"wkr:{self.name}:info"
+
+    @property
+    def scaling(self) -> str:
+        """Hash: the supervisor's elastic-worker state and its last decision (expires)."""
+        return f"wkr:{self.name}:scaling"
 
     @property
     def workers(self) -> str:
