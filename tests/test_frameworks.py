@@ -168,6 +168,25 @@ def test_the_torch_worker_names_the_setup_step_when_its_weights_are_missing(
         worker.get_model(envs, "", "", str(tmp_path))
 
 
+def test_the_torch_worker_refuses_a_gpu_its_process_cannot_see(tmp_path: Path) -> None:
+    """GPU 1000 exists nowhere: pinned to it, torch sees no GPU, on any machine."""
+    code = "from torch_worker import Worker; Worker().get_env(1000, '.')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "examples", env=user_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "ConfigError: -device_map 1000 asks for a GPU, but torch" in proc.stderr, proc.stderr
+    assert "CUDA_VISIBLE_DEVICES='1000'" in proc.stderr, proc.stderr
+
+
+def test_the_onnx_worker_refuses_a_gpu_without_a_cuda_build_of_onnxruntime() -> None:
+    """The extra installs ``onnxruntime``, the CPU package: no CUDAExecutionProvider."""
+    code = "from onnx_worker import Worker; Worker().get_env(0, '.')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "examples", env=user_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "has no CUDAExecutionProvider; install onnxruntime-gpu" in proc.stderr, proc.stderr
+
+
 def test_the_benchmark_torch_workload_checks_every_answer_against_torch(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.run(
