@@ -92,7 +92,7 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
         "installs Debian packages as root", "tests/test_dashboard.py and tests/faults/test_tls.py "
         "fail, never skip, without them, as tests/faults/test_many_hosts.py does as root; "
         ".ci/run installs them"),
-    "pip install '.[test]' && python -m pytest": CannotRun(
+    "pip install '.[test,frameworks]' && python -m pytest": CannotRun(
         "runs the whole suite, this test included", "the suite itself"),
     "cd examples && wkr-serving-start server.Worker -model_dir /path/to/model -model_name "
     "model.hdf5 -port_in 8996 -port_out 8998 -num_worker 2 -batch_size 1 -device_map -1 "
