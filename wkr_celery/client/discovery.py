@@ -68,6 +68,9 @@ def wait_until_serving(broker: Broker, result_redis: redis.Redis, broker_url: st
         if live and info:  # info is rewritten by the workers after Redis restarts empty
             break
         if time.monotonic() >= deadline:
+            failure = _last_failure(broker)
+            if failure:  # a supervisor runs, but its workers keep dying
+                raise ServiceUnavailable(f"service {name!r} has no live worker: {failure}")
             raise ServiceUnavailable(
                 f"no worker of service {name!r} is alive on {redacted(broker_url)} after "
                 f"{timeout:.0f}s; start one with `wkr-serving-start module.Worker -name {name}`")
@@ -79,3 +82,10 @@ def wait_until_serving(broker: Broker, result_redis: redis.Redis, broker_url: st
             f"service {name!r} runs wkr-celery {theirs or '(unknown)'}, this client "
             f"{__version__}; upgrade one, or pass check_version=False")
     return info
+
+
+def _last_failure(broker: Broker) -> str:
+    try:
+        return broker.last_failure()
+    except REDIS_ERRORS:
+        return ""

@@ -1,0 +1,158 @@
+"""Ctrl+C typed into the terminal that runs ``wkr-serving-start``, with requests in flight.
+
+The terminal driver sends SIGINT to the whole foreground process group, so this is the only
+honest way to test it: a SIGTERM to one pid skips what goes wrong when Redis, REST or a worker
+shares the supervisor's group.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, wait
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+
+from tests.helpers import ROOT, free_port, wait_until
+from wkr_celery.client import WKRClient
+from wkr_celery.errors import RequestLost
+
+from .terminal import Terminal
+
+WORKER = "tests.faults.workers.SlowDoubler"
+REQUESTS = 2000
+
+
+class TerminalService:
+    """``wkr-serving-start`` in a pty, on embedded Redis ports of its own."""
+
+    def __init__(self, tmp_path: Path, *extra: str) -> None:
+        self.name = f"f{uuid.uuid4().hex[:10]}"
+        self.port_in, self.port_out = free_port(), free_port()
+        self.log_dir = tmp_path / "logs"
+        self.args = [WORKER, "-name", self.name, "-port_in", str(self.port_in),
+                     "-port_out", str(self.port_out), "-num_worker", "2", "-batch_size", "8",
+                     "-log_dir", str(self.log_dir), *extra]
+        self.terminals: list[Terminal] = []
+        self.clients: list[WKRClient] = []
+
+    def start(self) -> Terminal:
+        terminal = Terminal(["wkr-serving-start", *self.args], cwd=ROOT)
+        self.terminals.append(terminal)
+        try:
+            wait_until(self.serving, 60, what="the service to serve")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; terminal:\n{terminal.output[-4000:]}") from None
+        return terminal
+
+    def serving(self) -> bool:
+        try:
+            with redis_py.Redis(port=self.port_in, socket_timeout=1) as probe:
+                return len(probe.keys(f"wkr:{self.name}:hb:*")) == 2
+        except redis_py.RedisError:
+            return False
+
+    def client(self) -> WKRClient:
+        client = WKRClient(name=self.name, broker_url=f"redis://127.0.0.1:{self.port_in}/0",
+                           result_url=f"redis://127.0.0.1:{self.port_out}/0",
+                           connect_timeout=30)
+        self.clients.append(client)
+        return client
+
+    def log(self) -> str:
+        path = self.log_dir / f"{self.name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def redis_answers(self, port: int) -> bool:
+        try:
+            with redis_py.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as probe:
+                return bool(probe.ping())
+        except redis_py.RedisError:
+            return False
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for terminal in self.terminals:
+            terminal.close(5)
+
+
+@pytest.fixture
+def terminal_service(tmp_path: Path) -> Iterator[TerminalService]:
+    service = TerminalService(tmp_path)
+    yield service
+    service.close()
+
+
+def _interrupt_under_load(service: TerminalService, terminal: Terminal) -> list[Future]:
+    client = service.client()
+    futures = [client.encode(n) for n in range(REQUESTS)]
+    wait_until(lambda: sum(f.done() for f in futures) >= 50, 30, what="the first answers")
+    terminal.press_ctrl_c()
+    code = terminal.close(timeout=30)
+    log = service.log()
+    assert code == 0, f"exit code {code}; terminal:\n{terminal.output[-3000:]}\nlog:\n{log[-4000:]}"
+    return futures
+
+
+def _assert_clean_stop(service: TerminalService) -> None:
+    log = service.log()
+    assert "restarting" not in log, log[-4000:]
+    assert "killing it" not in log, "a child was SIGKILLed: " + log[-4000:]
+    assert "while stopping" not in log, "a worker exited non-zero: " + log[-4000:]
+    assert "could not" not in log, log[-4000:]
+    assert log.count("worker shutting down") or log.count("stopped"), log[-4000:]
+    # Redis is stopped last: the supervisor's final line comes after the workers' stop.
+    assert not service.redis_answers(service.port_in)
+    assert not service.redis_answers(service.port_out)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_without_persistence_answers_batches_in_predict_and_fails_the_queued_once(
+    terminal_service: TerminalService,
+) -> None:
+    terminal = terminal_service.start()
+    futures = _interrupt_under_load(terminal_service, terminal)
+    _assert_clean_stop(terminal_service)
+
+    finished, unfinished = wait(futures, timeout=15)
+    assert not unfinished, f"{len(unfinished)} callers still wait after the stop"
+    answered = [(n, f.result()) for n, f in enumerate(futures) if f.exception() is None]
+    lost = [f.exception() for f in futures if f.exception() is not None]
+    assert all(result == 2 * n for n, result in answered)
+    assert lost, "every request was answered before the stop; the test proved nothing"
+    assert all(isinstance(e, RequestLost) for e in lost), lost[:3]
+    assert "stopped before serving this request" in str(lost[0])
+    assert f"{len(lost)} queued request(s) failed with RequestLost" in terminal_service.log()
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_with_persistence_keeps_queued_requests_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    service = TerminalService(tmp_path, "-data_dir", str(tmp_path / "redis-data"))
+    try:
+        terminal = service.start()
+        futures = _interrupt_under_load(service, terminal)
+        _assert_clean_stop(service)
+        waiting = sum(not f.done() for f in futures)
+        assert waiting, "nothing was left queued at the stop; the test proved nothing"
+
+        service.start()  # the same command again: the queue comes back from the AOF
+        finished, unfinished = wait(futures, timeout=60)
+        assert not unfinished, f"{len(unfinished)} of {waiting} queued requests never answered"
+        assert [f.result() for f in futures] == [2 * n for n in range(REQUESTS)]
+    finally:
+        service.close()
+
+
+def test_terminal_helper_delivers_ctrl_c_to_the_foreground_group(tmp_path: Path) -> None:
+    """The helper itself: a shell in the pty dies of the SIGINT the driver sends."""
+    terminal = Terminal(["sh", "-c", "echo ready; sleep 30"], cwd=tmp_path,
+                        env={**os.environ})
+    wait_until(lambda: "ready" in terminal.output, 10, what="the shell")
+    terminal.press_ctrl_c()
+    assert terminal.close(10) == -2
