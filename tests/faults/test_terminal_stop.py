@@ -8,81 +8,23 @@ shares the supervisor's group.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from pathlib import Path
 
 import pytest
-import redis as redis_py
 
-from tests.helpers import ROOT, free_port, wait_until
-from wkr_celery.client import WKRClient
+from tests.helpers import wait_until
 from wkr_celery.errors import RequestLost
 
-from .terminal import Terminal
+from .terminal import Terminal, TerminalService
 
-WORKER = "tests.faults.workers.SlowDoubler"
 REQUESTS = 2000
-
-
-class TerminalService:
-    """``wkr-serving-start`` in a pty, on embedded Redis ports of its own."""
-
-    def __init__(self, tmp_path: Path, *extra: str) -> None:
-        self.name = f"f{uuid.uuid4().hex[:10]}"
-        self.port_in, self.port_out = free_port(), free_port()
-        self.log_dir = tmp_path / "logs"
-        self.args = [WORKER, "-name", self.name, "-port_in", str(self.port_in),
-                     "-port_out", str(self.port_out), "-num_worker", "2", "-batch_size", "8",
-                     "-log_dir", str(self.log_dir), *extra]
-        self.terminals: list[Terminal] = []
-        self.clients: list[WKRClient] = []
-
-    def start(self) -> Terminal:
-        terminal = Terminal(["wkr-serving-start", *self.args], cwd=ROOT)
-        self.terminals.append(terminal)
-        try:
-            wait_until(self.serving, 60, what="the service to serve")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; terminal:\n{terminal.output[-4000:]}") from None
-        return terminal
-
-    def serving(self) -> bool:
-        try:
-            with redis_py.Redis(port=self.port_in, socket_timeout=1) as probe:
-                return len(probe.keys(f"wkr:{self.name}:hb:*")) == 2
-        except redis_py.RedisError:
-            return False
-
-    def client(self) -> WKRClient:
-        client = WKRClient(name=self.name, broker_url=f"redis://127.0.0.1:{self.port_in}/0",
-                           result_url=f"redis://127.0.0.1:{self.port_out}/0",
-                           connect_timeout=30)
-        self.clients.append(client)
-        return client
-
-    def log(self) -> str:
-        path = self.log_dir / f"{self.name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def redis_answers(self, port: int) -> bool:
-        try:
-            with redis_py.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as probe:
-                return bool(probe.ping())
-        except redis_py.RedisError:
-            return False
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-        for terminal in self.terminals:
-            terminal.close(5)
 
 
 @pytest.fixture
 def terminal_service(tmp_path: Path) -> Iterator[TerminalService]:
-    service = TerminalService(tmp_path)
+    service = TerminalService(tmp_path, "tests.faults.workers.SlowDoubler")
     yield service
     service.close()
 
@@ -133,7 +75,8 @@ def test_ctrl_c_without_persistence_answers_batches_in_predict_and_fails_the_que
 def test_ctrl_c_with_persistence_keeps_queued_requests_for_the_next_start(
     tmp_path: Path,
 ) -> None:
-    service = TerminalService(tmp_path, "-data_dir", str(tmp_path / "redis-data"))
+    service = TerminalService(tmp_path, "tests.faults.workers.SlowDoubler",
+                              "-data_dir", str(tmp_path / "redis-data"))
     try:
         terminal = service.start()
         futures = _interrupt_under_load(service, terminal)

@@ -296,7 +296,7 @@ class WKRServer:
         self._record_failure(f"worker {slot.index} {why}")
         log.error("worker %d (%s) exited with code %s after %.1fs%s; requeued %d request(s) "
                   "(%d were in predict); restarting in %.1fs", slot.index, slot.worker_id, code,
-                  lived, f" ({failure})" if failure else "", requeued, len(blamed), delay)
+                  lived, f"; failed to start: {failure}" if failure else "", requeued, len(blamed), delay)
 
     def _record_failure(self, text: str) -> None:
         """Keep the last worker failure where clients look when no worker is live."""
