@@ -8,14 +8,20 @@ shares the supervisor's group.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from pathlib import Path
 
 import pytest
+import redis as redis_py
 
-from tests.helpers import wait_until
+from tests.decentral_support import Sink
+from tests.helpers import ROOT, Service, free_port, wait_until
+from wkr_celery.client.helper import RedisHandler
 from wkr_celery.errors import RequestLost
+from wkr_celery.redis_embedded import EmbeddedRedis
+from workers.linear import IN_DIM
 
 from .terminal import Terminal, TerminalService
 
@@ -99,3 +105,40 @@ def test_terminal_helper_delivers_ctrl_c_to_the_foreground_group(tmp_path: Path)
     wait_until(lambda: "ready" in terminal.output, 10, what="the shell")
     terminal.press_ctrl_c()
     assert terminal.close(10) == -2
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_a_decentralize_central_after_the_job_in_hand(
+    make_service: Callable[..., Service], redis_server: EmbeddedRedis, tmp_path: Path,
+) -> None:
+    service = make_service("workers.linear.Worker", "-protocol", "npy")
+    name, port, port_out = f"dc{uuid.uuid4().hex[:8]}", free_port(), free_port()
+    sink = Sink()
+    with RedisHandler(f"jobs-{uuid.uuid4().hex[:8]}", "127.0.0.1", redis_server.port) as jobs:
+        env = {**os.environ, "DECENTRAL_TEST_SINK": sink.url,
+               "DECENTRAL_TEST_QUEUE": jobs.queue_key,
+               "DECENTRAL_TEST_REDIS_PORT": str(redis_server.port)}
+        terminal = Terminal(
+            ["wkr-decentral-start", "tests.decentral_units.ForwardUnit", "-name", name,
+             "-port", str(port), "-port_out", str(port_out), "-num_client", "2",
+             "-remote_servers", f"[[127.0.0.1, {redis_server.port}, {redis_server.port}, "
+             f"{service.name}]]", "-log_dir", str(tmp_path)], cwd=ROOT, env=env)
+        try:
+            sink.wait(lambda s: len(s.events("on")) == 2, 60, what="two units up")
+            jobs.push({"id": 1, "x": [0.5] * IN_DIM, "announce": True, "work_seconds": 1.5})
+            sink.wait(lambda s: s.events("begin"), 30, what="the job to begin")
+            terminal.press_ctrl_c()
+            code = terminal.close(60)
+        finally:
+            terminal.close(5)
+            sink.close()
+    log = (tmp_path / f"{name}.log").read_text()
+    assert code == 0, f"{terminal.output}\n{log[-3000:]}"
+    assert [e["id"] for e in sink.events("result")] == [1], "the job in hand was not finished"
+    assert len(sink.events("off")) == 2, "a unit did not call off_model"
+    assert "killing it" not in log and "restarting" not in log, log[-3000:]
+    # Its own Redis is stopped last: the central talked to it until the end.
+    assert "unreachable" not in log and "could not" not in log, log[-3000:]
+    with redis_py.Redis(port=port, socket_connect_timeout=1) as probe:
+        with pytest.raises(redis_py.ConnectionError):
+            probe.ping()
