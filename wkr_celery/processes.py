@@ -27,7 +27,6 @@ log = logging.getLogger("wkr_celery.processes")
 _PR_SET_PDEATHSIG = 1
 #: The pid of the process that made a temporary directory, written inside it.
 OWNER_FILE = "owner.pid"
-_UNCLAIMED_GRACE = 60.0  # a directory with no owner file yet may be a start in progress
 
 
 @dataclass(frozen=True)
@@ -124,20 +123,17 @@ def owned_temp_dir(prefix: str) -> str:
 
 
 def clean_stale_dirs(prefix: str) -> list[str]:
-    """Remove the temporary directories named ``<prefix>*`` whose owner process is gone;
-    returns the paths removed. Processes killed with SIGKILL cannot clean up after themselves."""
+    """Remove the temporary directories named ``<prefix>*`` whose owner process (its pid in
+    :data:`OWNER_FILE`) is gone; returns the paths removed. A process killed with SIGKILL cannot
+    clean up after itself. A directory without an owner file is left alone: nothing says
+    whether whoever made it still uses it."""
     removed = []
     for path in glob.glob(os.path.join(tempfile.gettempdir(), glob.escape(prefix) + "*")):
         try:
-            pid = int(Path(path, OWNER_FILE).read_text().strip() or "0")
+            pid = int(Path(path, OWNER_FILE).read_text().strip())
         except (OSError, ValueError):
-            pid = 0
-        try:
-            if pid == 0 and time.time() - os.stat(path).st_mtime < _UNCLAIMED_GRACE:
-                continue
-        except OSError:
             continue
-        if pid == 0 or not pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import signal
+import subprocess
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import pytest
 
 from tests.helpers import free_port, wait_until
 from wkr_celery.errors import RequestLost, ServiceUnavailable
-from wkr_celery.processes import pid_alive
+from wkr_celery.processes import OWNER_FILE, clean_stale_dirs, pid_alive
 from wkr_celery.redis_embedded import EmbeddedRedis
 
 from .terminal import TerminalService
@@ -171,3 +173,18 @@ def test_client_of_a_crash_looping_service_is_told_the_worker_error(
 
     model_file.write_text("weights")  # fixed: the next restart serves
     assert service.client(connect_timeout=60).encode(3).result(timeout=30) == 6
+
+
+def test_stale_temp_dirs_are_removed_only_when_their_owner_is_gone(tmp_path: Path) -> None:
+    prefix = f"wkr-stale{os.getpid()}-"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine, orphan, unknown = (tempfile.mkdtemp(prefix=prefix) for _ in range(3))
+    Path(mine, OWNER_FILE).write_text(str(os.getpid()))
+    Path(orphan, OWNER_FILE).write_text(str(dead.pid))
+    try:
+        assert clean_stale_dirs(prefix) == [orphan]
+        assert os.path.isdir(mine) and os.path.isdir(unknown) and not os.path.exists(orphan)
+    finally:
+        for path in (mine, unknown):
+            shutil.rmtree(path, ignore_errors=True)
