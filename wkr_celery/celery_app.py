@@ -17,27 +17,33 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
+from .broker import Broker
 from .codec import SERIALIZER, register_serializer
 from .config import Settings
+from .connections import REDIS_ERRORS, result_url_from
 from .errors import ConfigError
 from .keys import ServiceKeys
 from .logs import configure_stderr
 from .messages import TASK_NAME
 
-__all__ = ["make_app", "get_app", "load_worker_class", "ServingStep"]
+__all__ = ["make_app", "get_app", "producer_backend", "load_worker_class", "ServingStep"]
 
 log = logging.getLogger("wkr_celery.app")
 
 
-def make_app(settings: Settings) -> Celery:
-    """A Celery app whose broker, backend, serializers and routes follow ``settings``."""
+def make_app(settings: Settings, backend: str | None = None) -> Celery:
+    """A Celery app whose broker, backend, serializers and routes follow ``settings``;
+    ``backend`` overrides the result URL (a producer's, found from the service)."""
     register_serializer()
     keys = ServiceKeys(settings.name)
     accept = [SERIALIZER, "json"] + (["pickle"] if settings.allow_pickle else [])
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.sentinel_master:  # Celery's spelling for sentinel:// broker and backend URLs
+        transport["master_name"] = settings.sentinel_master
     app = Celery("wkr_celery", set_as_current=False)
     app.conf.update(
         broker_url=settings.broker,
-        result_backend=settings.backend,
+        result_backend=backend or settings.backend,
         task_serializer=SERIALIZER,
         result_serializer=SERIALIZER,
         accept_content=accept,
@@ -51,8 +57,8 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=settings.task_events,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
     app.wkr_settings = settings  # type: ignore[attr-defined]
@@ -73,8 +79,29 @@ def get_app() -> Celery:
     """The process's app, built once from the environment (what ``celery -A`` needs)."""
     global _app
     if _app is None:
-        _app = make_app(Settings.from_env())
+        settings = Settings.from_env()
+        _app = make_app(settings, backend=producer_backend(settings))
     return _app
+
+
+def producer_backend(settings: Settings) -> str:
+    """Where a process that only sends tasks finds their results.
+
+    A worker stores them where its settings say. A producer (``app.send_task``, ``celery
+    inspect``) given only the broker asks the service's info where its workers store them, as
+    ``WKRClient`` does; an explicit result URL wins, and an unreachable broker or a service
+    with no info yet leaves the settings' own answer.
+    """
+    if settings.worker_class or settings.result_url:
+        return settings.backend
+    client = settings.connect_broker()
+    try:
+        store = Broker(client, ServiceKeys(settings.name)).info().get("result_store")
+    except REDIS_ERRORS:
+        return settings.backend
+    finally:
+        client.close()
+    return result_url_from(settings.broker, store, fallback=settings.backend)
 
 
 def load_worker_class(path: str) -> type:

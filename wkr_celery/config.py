@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .connections import with_tls_defaults
+import redis
+
+from .connections import connect, is_sentinel, redacted, with_tls_defaults, without_credentials
 from .errors import ConfigError
 
 __all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device_map"]
@@ -70,8 +72,9 @@ class Settings:
     model_name: str = _opt("", "model file name, passed to get_model")
     port_in: int = _opt(8996, "broker Redis port (embedded Redis when no -broker_url)")
     port_out: int = _opt(8998, "result Redis port (same as port_in: one Redis for both)")
-    broker_url: str = _opt("", "redis:// or rediss:// URL of an existing broker Redis")
-    result_url: str = _opt("", "redis:// or rediss:// URL of an existing result Redis")
+    broker_url: str = _opt("", "redis://, rediss:// or sentinel:// URL of an existing broker Redis")
+    result_url: str = _opt("", "redis://, rediss:// or sentinel:// URL of an existing result Redis")
+    sentinel_master: str = _opt("", "master name the sentinel:// URLs watch")
     http_port: int = _opt(0, "port of the REST API and dashboard; 0 = none")
     http_host: str = _opt("127.0.0.1", "address the REST API binds to")
     http_api_key: str = _opt("", "API key the REST API requires in the X-API-Key header")
@@ -124,8 +127,11 @@ class Settings:
             raise ConfigError(f"name {self.name!r} must be non-empty without spaces, ':' or braces")
         for name in ("broker_url", "result_url"):
             url = getattr(self, name)
-            if url and not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(f"{name} {url!r} must start with redis://, rediss:// or unix://")
+            if url and not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+                raise ConfigError(f"{name} {redacted(url)!r} must start with redis://, rediss://, "
+                                  "unix:// or sentinel://")
+            if is_sentinel(url) and not self.sentinel_master:
+                raise ConfigError(f"{name} is a Sentinel URL: give -sentinel_master NAME")
 
     # Derived values -------------------------------------------------------------------------
 
@@ -140,6 +146,24 @@ class Settings:
         if self.result_url or self.broker_url:
             return with_tls_defaults(self.result_url or self.broker_url)
         return f"redis://127.0.0.1:{self.port_out}/0"
+
+    def connect_broker(self, **options: Any) -> redis.Redis:
+        """A client of the broker Redis (``connections.connect`` options), Sentinel-aware."""
+        return connect(self.broker, sentinel_master=self.sentinel_master, **options)
+
+    def connect_backend(self, **options: Any) -> redis.Redis:
+        """A client of the result Redis, Sentinel-aware."""
+        return connect(self.backend, sentinel_master=self.sentinel_master, **options)
+
+    @property
+    def result_store(self) -> str:
+        """Where results live, as workers advertise it (``connections.result_url_from`` reads
+        it): ``""`` on the broker, ``port:N`` embedded beside it, ``url:U`` elsewhere."""
+        if self.backend == self.broker:
+            return ""
+        if not self.broker_url and not self.result_url:
+            return f"port:{self.port_out}"
+        return f"url:{without_credentials(self.backend)}"
 
     def device_for(self, index: int) -> int:
         """Device of worker ``index``: the map is cycled when there are more workers than ids."""

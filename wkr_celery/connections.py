@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
-__all__ = ["connect", "redacted", "explain", "with_tls_defaults", "REDIS_ERRORS"]
+from .errors import ConfigError
+
+__all__ = [
+    "connect", "is_sentinel", "redacted", "explain", "with_tls_defaults", "result_url_from",
+    "without_credentials", "REDIS_ERRORS",
+]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 
 
-def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False) -> redis.Redis:
+def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
+            sentinel_master: str = "") -> redis.Redis:
     """A client for ``url`` whose reads wait at most ``blocking_timeout`` + 10 s.
 
     ``blocking_timeout`` is the longest server-side block (BLPOP/BRPOP) the client will issue,
-    so a blocked call is never mistaken for a dead connection.
+    so a blocked call is never mistaken for a dead connection. A ``sentinel://`` URL (Celery's
+    spelling: ``sentinel://h1:26379;sentinel://h2:26379``) gives a client of the current master
+    of ``sentinel_master``, found again through the sentinels after a failover.
     """
-    return redis.Redis.from_url(
-        url,
+    options: dict[str, Any] = dict(
         socket_connect_timeout=5.0,
         socket_timeout=blocking_timeout + 10.0,
         socket_keepalive=True,
@@ -30,10 +39,43 @@ def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False) ->
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         decode_responses=decode,
     )
+    if is_sentinel(url):
+        return _sentinel_master(url, sentinel_master, options)
+    return redis.Redis.from_url(url, **options)
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith("sentinel://")
+
+
+def _sentinel_master(url: str, master: str, options: dict[str, Any]) -> redis.Redis:
+    if not master:
+        raise ConfigError(f"{redacted(url)} is a Sentinel URL: name the master with "
+                          "-sentinel_master NAME (WKR_SENTINEL_MASTER, sentinel_master=)")
+    nodes: list[tuple[str, int]] = []
+    auth: dict[str, Any] = {}
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        if parts.scheme != "sentinel" or not parts.hostname:
+            raise ConfigError(f"{redacted(url)}: {part!r} is not sentinel://host:port")
+        nodes.append((parts.hostname, parts.port or 26379))
+        if parts.password is not None:
+            auth = {"password": parts.password, "username": parts.username or None}
+        if parts.path.strip("/").isdigit():
+            auth["db"] = int(parts.path.strip("/"))
+    probe = {k: options[k] for k in ("socket_connect_timeout", "socket_timeout")}
+    sentinel = Sentinel(nodes, sentinel_kwargs=probe, **options, **auth)
+    return sentinel.master_for(master, **options, **auth)
 
 
 def redacted(url: str) -> str:
-    """``url`` with any password replaced, for messages and logs."""
+    """``url`` with any password replaced, for messages and logs (each part of a Sentinel URL)."""
+    if ";" in url:
+        return ";".join(redacted(part) for part in url.split(";"))
+    return _redacted_one(url)
+
+
+def _redacted_one(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -61,6 +103,40 @@ def with_tls_defaults(url: str) -> str:
         return url
     query = f"{parts.query}&ssl_cert_reqs=required" if parts.query else "ssl_cert_reqs=required"
     return urlunsplit(parts._replace(query=query))
+
+
+def result_url_from(broker_url: str, result_store: str | None, fallback: str) -> str:
+    """The URL of a service's result Redis, from what its workers advertise (``result_store``
+    in the service info), so a producer that knows only the broker finds the results.
+
+    ``""`` means the broker Redis itself; ``port:N`` the service's own Redis on port N of the
+    broker's host (reached with the broker URL's scheme, password and options); ``url:U`` a
+    Redis of its own, advertised without credentials, which take the broker URL's when absent.
+    ``None`` (no info yet, or a service older than the field) gives ``fallback``.
+    """
+    if result_store is None:
+        return fallback
+    if result_store == "":
+        return broker_url
+    kind, _, value = result_store.partition(":")
+    broker = urlsplit(broker_url)
+    if kind == "port" and value.isdigit():
+        netloc = broker.netloc.rpartition("@")
+        host = netloc[2].rpartition(":")[0] if ":" in netloc[2] else netloc[2]
+        return urlunsplit(broker._replace(netloc=f"{netloc[0]}{netloc[1]}{host}:{value}"))
+    if kind == "url":
+        parts = urlsplit(value)
+        if parts.password is None and broker.password is not None and "@" not in parts.netloc:
+            credentials = broker.netloc.rpartition("@")[0]
+            return urlunsplit(parts._replace(netloc=f"{credentials}@{parts.netloc}"))
+        return value
+    return fallback
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with user and password removed: what may be written where others read it."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def explain(exc: BaseException) -> str:

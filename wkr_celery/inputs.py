@@ -25,7 +25,7 @@ Shape = tuple[int | None, ...]
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A service's input contract; ``shape`` and ``dtype`` only bind under protocol ``npy``."""
+    """A service's input contract: protocol, the shape and dtype the worker declares, size limit."""
 
     protocol: str = "obj"
     shape: Shape | None = None
@@ -60,17 +60,33 @@ class InputSpec:
                 "max_payload": str(self.max_payload)}
 
     def problem(self, x: Any) -> str | None:
-        """Why ``x`` is not what the service takes, or ``None`` when it is."""
-        if self.protocol != "npy":
-            return None
-        if not isinstance(x, np.ndarray):
+        """Why ``x`` is not what the service takes, or ``None`` when it is.
+
+        A declared shape and dtype bind under both protocols: under ``obj`` an input that is not
+        an array is checked as the array it makes (a list of 512 numbers is a ``(512,)`` input),
+        so a worker that declares them never sees an input of another shape in ``predict``.
+        """
+        if self.protocol == "npy" and not isinstance(x, np.ndarray):
             return f"input is {type(x).__name__}; this service (protocol npy) takes numpy arrays"
-        if self.shape is not None and (len(self.shape) != x.ndim or any(
-                want is not None and want != got for want, got in zip(self.shape, x.shape))):
-            return f"input has shape {x.shape}; this service takes {self.show_shape()}"
-        if self.dtype is not None and x.dtype != self.dtype:
-            return f"input has dtype {x.dtype}; this service takes {self.dtype}"
+        if self.shape is None and self.dtype is None:
+            return None
+        array = x if isinstance(x, np.ndarray) else _as_array(x)
+        if array is None:
+            return f"input is {type(x).__name__}; this service takes {self.show_contract()}"
+        if self.shape is not None and (len(self.shape) != array.ndim or any(
+                want is not None and want != got for want, got in zip(self.shape, array.shape))):
+            return f"input has shape {array.shape}; this service takes {self.show_shape()}"
+        if self.dtype is not None and array.dtype != self.dtype and (
+                array is x or not np.can_cast(array.dtype, self.dtype, "same_kind")):
+            # An array must match exactly; numbers in a list only need to fit the dtype's kind.
+            return f"input has dtype {array.dtype}; this service takes {self.dtype}"
         return None
+
+    def show_contract(self) -> str:
+        """``arrays of shape (512,) and dtype float32``, with the parts the service declares."""
+        parts = [f"shape {self.show_shape()}"] if self.shape is not None else []
+        parts += [f"dtype {self.dtype}"] if self.dtype is not None else []
+        return "arrays of " + " and ".join(parts)
 
     def show_shape(self) -> str:
         assert self.shape is not None
@@ -91,6 +107,17 @@ class InputSpec:
                 f"encoded input is {len(body)} bytes; this service takes at most "
                 f"{self.max_payload} bytes (-max_payload)")
         return body
+
+
+def _as_array(x: Any) -> np.ndarray | None:
+    """``x`` as a numeric array when it is array-like (numbers, nested lists); else ``None``."""
+    if isinstance(x, (str, bytes, dict)) or x is None:
+        return None
+    try:
+        array = np.asarray(x)
+    except (ValueError, TypeError):  # ragged lists, objects numpy cannot make an array of
+        return None
+    return array if array.dtype.kind in "biufc" else None
 
 
 def argsrepr(x: Any) -> str:

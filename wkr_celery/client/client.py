@@ -23,12 +23,12 @@ import numpy as np
 
 from ..broker import Broker
 from ..codec import loads
-from ..connections import REDIS_ERRORS, connect, redacted
+from ..connections import REDIS_ERRORS, connect, redacted, result_url_from
 from ..errors import InputError, ServiceOverloaded, ServiceUnavailable, WKRError
 from ..inputs import InputSpec, argsrepr
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step, reply_key
 from ..messages import build_request, deadline_after
-from .discovery import find_service, read_info, wait_until_serving
+from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RestartWatch
 
@@ -44,7 +44,7 @@ class WKRClient:
         self,
         ip: str = "127.0.0.1",
         port: int = 8996,
-        port_out: int = 8998,
+        port_out: int | None = 8998,
         *,
         name: str | None = None,
         broker_url: str | None = None,
@@ -55,10 +55,13 @@ class WKRClient:
         connect_timeout: float = 10.0,
         priority: int | str = "normal",
         show_server_config: bool = False,
+        sentinel_master: str = "",
     ) -> None:
         self.broker_url = broker_url or f"redis://{ip}:{port}/0"
-        # As on the server (Settings.backend): a broker URL alone serves for results too.
-        self.result_url = result_url or broker_url or f"redis://{ip}:{port_out}/0"
+        # Results: the URL given; else ``port_out`` on the broker's host (the seed's form); else
+        # where the service's workers say they store them (``result_store`` in its info).
+        given = result_url or (f"redis://{ip}:{port_out}/0" if port_out and not broker_url
+                               else None)
         self.timeout = timeout
         self.priority = priority_step(priority)
         self.client_id = uuid.uuid4().hex
@@ -67,8 +70,8 @@ class WKRClient:
         self._task_ids = (f"{self.client_id[:20]}{n:012x}" for n in itertools.count())
         self._argsreprs: dict[tuple[Any, ...], str] = {}
         self._reply_key = reply_key(self.client_id)
-        self._broker_redis = connect(self.broker_url)
-        self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS)
+        self._broker_redis = connect(self.broker_url, sentinel_master=sentinel_master)
+        opened = [self._broker_redis]
         try:
             if name or ignore_all_checks:
                 self.name = name or "default"
@@ -79,11 +82,18 @@ class WKRClient:
             self.server_config = read_info(self._broker, self.broker_url, ignore_all_checks)
             if not ignore_all_checks:
                 self.server_config = wait_until_serving(
-                    self._broker, self._result_redis, self.broker_url, connect_timeout,
-                    check_version)
+                    self._broker, self.broker_url, connect_timeout, check_version)
+            self.result_url = given or result_url_from(
+                self.broker_url, self.server_config.get("result_store"),
+                fallback=broker_url or f"redis://{ip}:8998/0")
+            self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
+                                         sentinel_master=sentinel_master)
+            opened.append(self._result_redis)
+            if not ignore_all_checks:
+                check_reachable(self._result_redis, "result Redis", self.result_url)
         except BaseException:  # no half-made client keeps its connections open
-            self._broker_redis.close()
-            self._result_redis.close()
+            for connection in opened:
+                connection.close()
             raise
         if show_server_config:
             log.info("service %r: %s", self.name, self.server_config)

@@ -16,7 +16,7 @@ from ..errors import ServiceUnavailable, VersionMismatch
 from ..keys import SERVICES
 from ..version import __version__
 
-__all__ = ["find_service", "read_info", "wait_until_serving"]
+__all__ = ["check_reachable", "find_service", "read_info", "wait_until_serving"]
 
 
 def find_service(client: redis.Redis, broker_url: str, timeout: float) -> str:
@@ -53,8 +53,8 @@ def read_info(broker: Broker, broker_url: str, ignore_errors: bool) -> dict[str,
         raise ServiceUnavailable(f"broker {redacted(broker_url)}: {explain(exc)}") from exc
 
 
-def wait_until_serving(broker: Broker, result_redis: redis.Redis, broker_url: str,
-                       timeout: float, check_version: bool) -> dict[str, str]:
+def wait_until_serving(broker: Broker, broker_url: str, timeout: float, check_version: bool
+                       ) -> dict[str, str]:
     """Wait for a live worker of the service; returns its info after the version check."""
     name = broker.keys.name
     deadline = time.monotonic() + timeout
@@ -62,7 +62,6 @@ def wait_until_serving(broker: Broker, result_redis: redis.Redis, broker_url: st
         try:
             live = broker.live_workers()
             info = broker.info()
-            result_redis.ping()
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"Redis not reachable: {exc}") from exc
         if live and info:  # info is rewritten by the workers after Redis restarts empty
@@ -89,3 +88,11 @@ def _last_failure(broker: Broker) -> str:
         return broker.last_failure()
     except REDIS_ERRORS:
         return ""
+
+
+def check_reachable(client: redis.Redis, what: str, url: str) -> None:
+    """Fail now, naming ``what`` and where, when the Redis at ``url`` does not answer."""
+    try:
+        client.ping()
+    except REDIS_ERRORS as exc:
+        raise ServiceUnavailable(f"{what} {redacted(url)}: {explain(exc)}") from exc

@@ -116,7 +116,8 @@ class WKRDecentralizeCentral:
                 self.redis_servers.append(server)
                 log.info("%s Redis on 127.0.0.1:%d", "started" if server.owned else "reusing",
                          port)
-        self.control = ControlServer(s.name, s.control_url, s.status_url, self.inbox)
+        self.control = ControlServer(s.name, s.control_url, s.status_url, self.inbox,
+                                     sentinel_master=s.sentinel_master)
         self.control.claim()
         self.control.start()
         if s.http_port:

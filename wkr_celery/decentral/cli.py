@@ -55,12 +55,12 @@ def _run(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     try:
         args = build(ns) if build else {}
         where = DecentralSettings(name=ns.name, port=ns.port, port_out=ns.port_out,
-                                  broker_url=ns.broker_url)
+                                  broker_url=ns.broker_url, sentinel_master=ns.sentinel_master)
     except WKRError as exc:
         parser.error(str(exc))
     try:
         with ControlClient(where.name, where.control_url, where.status_url,
-                           timeout=ns.timeout) as client:
+                           timeout=ns.timeout, sentinel_master=where.sentinel_master) as client:
             reply = client.send(command, **args)
     except ServiceUnavailable as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

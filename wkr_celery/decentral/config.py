@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..connections import is_sentinel, redacted
 from ..errors import ConfigError
 
 __all__ = [
@@ -131,6 +132,7 @@ class DecentralSettings:
     port: int = 21324
     port_out: int = 21326
     broker_url: str = ""
+    sentinel_master: str = ""
     http_port: int = 0
     http_host: str = "127.0.0.1"
     num_client: int = 1
@@ -149,9 +151,12 @@ class DecentralSettings:
                 raise ConfigError(f"{label} {value} is out of range")
         if not _NAME_OK.match(self.name):
             raise ConfigError(f"name {self.name!r} must be non-empty without spaces, ':' or braces")
-        if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"broker_url {self.broker_url!r} must start with redis://, rediss:// or unix://")
+        if self.broker_url and not self.broker_url.startswith(
+                ("redis://", "rediss://", "unix://", "sentinel://")):
+            raise ConfigError(f"broker_url {redacted(self.broker_url)!r} must start with "
+                              "redis://, rediss://, unix:// or sentinel://")
+        if is_sentinel(self.broker_url) and not self.sentinel_master:
+            raise ConfigError("broker_url is a Sentinel URL: give -sentinel_master NAME")
         if self.stop_timeout <= 0:
             raise ConfigError(f"stop_timeout must be positive, got {self.stop_timeout}")
 
@@ -184,7 +189,9 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-port_out", type=int, default=defaults.port_out,
                         help=f"Redis port of status and replies (default: {defaults.port_out})")
     parser.add_argument("-broker_url", default="",
-                        help="redis:// URL used for both instead of the two ports")
+                        help="redis:// (or sentinel://) URL used for both instead of the two ports")
+    parser.add_argument("-sentinel_master", default="",
+                        help="master name the sentinel:// URL watches")
 
 
 def build_start_parser() -> argparse.ArgumentParser:

@@ -51,11 +51,14 @@ class ControlServer:
     """The central's end: takes commands into ``inbox``, writes replies and the status."""
 
     def __init__(self, name: str, control_url: str, status_url: str,
-                 inbox: queue.Queue[dict[str, Any]] | None = None) -> None:
+                 inbox: queue.Queue[dict[str, Any]] | None = None, *,
+                 sentinel_master: str = "") -> None:
         self.keys = DecentralKeys(name)
         self.control_url, self.status_url = control_url, status_url
-        self._control = connect(control_url, blocking_timeout=_POLL)
-        self._status = self._control if status_url == control_url else connect(status_url)
+        self._control = connect(control_url, blocking_timeout=_POLL,
+                                sentinel_master=sentinel_master)
+        self._status = self._control if status_url == control_url else connect(
+            status_url, sentinel_master=sentinel_master)
         self._renew = self._status.register_script(_RENEW)
         self._release = self._status.register_script(_RELEASE)
         self.token = uuid.uuid4().hex
@@ -155,13 +158,14 @@ class ControlClient:
     """The commands' end: send one command and wait for the central's answer."""
 
     def __init__(self, name: str, control_url: str, status_url: str,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, *, sentinel_master: str = "") -> None:
         self.keys = DecentralKeys(name)
         self.control_url, self.status_url = control_url, status_url
         self.timeout = timeout
-        self._control = connect(control_url)
+        self._control = connect(control_url, sentinel_master=sentinel_master)
         self._status = (self._control if status_url == control_url
-                        else connect(status_url, blocking_timeout=_POLL))
+                        else connect(status_url, blocking_timeout=_POLL,
+                                     sentinel_master=sentinel_master))
 
     def alive(self) -> bool:
         """True when a central of this name holds its token."""

@@ -21,7 +21,7 @@ import numpy as np
 from ..broker import Broker
 from ..codec import loads
 from ..config import Settings
-from ..connections import REDIS_ERRORS, connect, redacted
+from ..connections import REDIS_ERRORS, redacted
 from ..errors import WKRError
 from ..keys import ServiceKeys
 
@@ -82,7 +82,7 @@ def check_service(
     """
     name, broker_url = settings.name, redacted(settings.broker)
     report = HealthReport(name, broker_url)
-    client = connect(settings.broker)
+    client = settings.connect_broker()
     try:
         beats = Broker(client, ServiceKeys(name)).live_workers()
     except REDIS_ERRORS as exc:
@@ -154,7 +154,8 @@ def _probe(settings: Settings, timeout: float) -> str:
 
     try:
         with WKRClient(name=settings.name, broker_url=settings.broker,
-                       result_url=settings.backend, connect_timeout=timeout) as client:
+                       result_url=settings.backend, connect_timeout=timeout,
+                       sentinel_master=settings.sentinel_master) as client:
             shape = client.input_shape
             if shape is None or any(d is None for d in shape):
                 return (f"-probe needs a fixed input shape, and {settings.name!r} advertises "

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..broker import Broker
 from ..codec import loads
 from ..config import Settings
-from ..connections import REDIS_ERRORS, connect, redacted
+from ..connections import REDIS_ERRORS, redacted
 from ..errors import ConfigError
 from ..keys import ServiceKeys
 from . import procs
@@ -65,7 +65,7 @@ def find_targets(settings: Settings) -> tuple[dict[int, Target], list[str], list
     targets: dict[int, Target] = {}
     elsewhere: list[str] = []
     notes: list[str] = []
-    client = connect(settings.broker)
+    client = settings.connect_broker()
     try:
         beats = Broker(client, ServiceKeys(settings.name)).live_workers()
     except REDIS_ERRORS as exc:
@@ -149,7 +149,7 @@ def _kill(
         procs.send(pid, signal.SIGKILL)
     left = procs.wait_gone(doomed, _FORCE_WAIT)
     requeued, notes = 0, list(report.notes)
-    client = connect(settings.broker)
+    client = settings.connect_broker()
     broker = Broker(client, ServiceKeys(settings.name))
     try:
         for worker_id in workers.values():

@@ -23,12 +23,13 @@ from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
+import redis
 
 from ..broker import Broker
 from ..client import WKRClient
 from ..codec import loads
 from ..config import Settings
-from ..connections import REDIS_ERRORS, connect, redacted
+from ..connections import REDIS_ERRORS, connect, redacted, result_url_from
 from ..errors import InputError, ServiceOverloaded, ServiceUnavailable
 from ..inputs import InputSpec, argsrepr
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step, task_meta_key
@@ -78,9 +79,8 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = ServiceKeys(settings.name)
-        self.redis = connect(settings.broker)
-        self.results = (self.redis if settings.backend == settings.broker
-                        else connect(settings.backend))
+        self.redis = settings.connect_broker()
+        self._results: tuple[str, redis.Redis] | None = None
         self.broker = Broker(self.redis, self.keys)
         self.registry = TaskRegistry()
         self.started = time.time()
@@ -120,6 +120,26 @@ class Gateway:
             self._info = (time.monotonic(), info)
         return info
 
+    def result_url(self) -> str:
+        """Where the service stores results: ``-result_url``, else what its workers advertise
+        (so ``wkr-serving-http`` needs only the broker), else the settings' own answer."""
+        s = self.settings
+        if s.result_url:
+            return s.backend
+        return result_url_from(s.broker, self.info().get("result_store"), fallback=s.backend)
+
+    @property
+    def results(self) -> redis.Redis:
+        """A connection to :meth:`result_url`, made again if the advertised place changes."""
+        url = self.result_url()
+        with self._lock:
+            if self._results is None or self._results[0] != url:
+                if self._results is not None and self._results[1] is not self.redis:
+                    self._results[1].close()
+                self._results = (url, self.redis if url == self.settings.broker else connect(
+                    url, sentinel_master=self.settings.sentinel_master))
+            return self._results[1]
+
     def mean_batch_seconds(self) -> float:
         """Mean predict time of a batch over the live workers' lifetimes (0 before any)."""
         live = self._live[1]
@@ -144,8 +164,9 @@ class Gateway:
             if self._client is None:
                 self.require_worker()
                 s = self.settings
-                self._client = WKRClient(name=s.name, broker_url=s.broker, result_url=s.backend,
-                                         connect_timeout=5.0)
+                self._client = WKRClient(name=s.name, broker_url=s.broker,
+                                         result_url=self.result_url(), connect_timeout=5.0,
+                                         sentinel_master=s.sentinel_master)
             return self._client
 
     # Inputs -------------------------------------------------------------------------------
@@ -243,6 +264,6 @@ class Gateway:
                 self._client.close()
                 self._client = None
         self.redis.close()
-        if self.results is not self.redis:
-            self.results.close()
+        if self._results is not None and self._results[1] is not self.redis:
+            self._results[1].close()
 

@@ -91,7 +91,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@open_router.get("/readyz", response_model=Ready, summary="Broker reachable, a worker alive",
+@open_router.get("/readyz", response_model=Ready, summary="Broker and result Redis reachable, a worker alive",
                  responses={503: {"model": Ready, "description": "not ready; see reason"}})
 async def readyz(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
@@ -103,8 +103,15 @@ async def readyz(request: Request) -> Response:
         except (ServiceUnavailable, *REDIS_ERRORS) as exc:
             return {"ready": False, "broker": False, "workers": 0,
                     "reason": f"broker not reachable: {exc}"}
-        reason = "" if workers else f"no worker of service {gateway.settings.name!r} is alive"
-        return {"ready": workers > 0, "broker": True, "workers": workers, "reason": reason}
+        if not workers:
+            return {"ready": False, "broker": True, "workers": 0,
+                    "reason": f"no worker of service {gateway.settings.name!r} is alive"}
+        try:
+            gateway.results.ping()
+        except (ServiceUnavailable, *REDIS_ERRORS) as exc:
+            return {"ready": False, "broker": True, "workers": workers,
+                    "reason": f"result Redis {redacted(gateway.result_url())} not reachable: {exc}"}
+        return {"ready": True, "broker": True, "workers": workers, "reason": ""}
 
     state = await run_in_threadpool(check)
     headers = None if state["ready"] else {"Retry-After": str(RETRY_AFTER)}

@@ -23,7 +23,7 @@ from typing import Any
 from ..broker import Broker
 from ..codec import dumps
 from ..config import Settings
-from ..connections import REDIS_ERRORS, connect
+from ..connections import REDIS_ERRORS
 from ..errors import PredictError
 from ..keys import ServiceKeys
 from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
@@ -62,9 +62,9 @@ class ServingLoop:
         self.worker_id = worker_id
         self.device_id = device_id
         self.keys = ServiceKeys(settings.name)
-        self.broker = Broker(connect(settings.broker, blocking_timeout=_POLL_SECONDS), self.keys)
+        self.broker = Broker(settings.connect_broker(blocking_timeout=_POLL_SECONDS), self.keys)
         same_redis = settings.backend == settings.broker
-        self.backend = self.broker.client if same_redis else connect(settings.backend)
+        self.backend = self.broker.client if same_redis else settings.connect_backend()
         self._same_redis = same_redis
         self.runner = ModelRunner(worker, settings, device_id)
         self.buffer = RequestBuffer(settings.prefetch * settings.batch_size)

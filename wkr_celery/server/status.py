@@ -26,6 +26,7 @@ def service_info(settings: Settings, worker: WKRHardWorker | type[WKRHardWorker]
         "result_expires": settings.result_expires,
         "num_worker": settings.num_worker,
         "worker_class": settings.worker_class,
+        "result_store": settings.result_store,
         **spec.info(),
     }
 

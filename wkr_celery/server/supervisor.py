@@ -34,7 +34,7 @@ from typing import Any
 from ..broker import Broker
 from ..celery_app import load_worker_class
 from ..config import Settings
-from ..connections import REDIS_ERRORS, connect, explain, redacted
+from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ConfigError, ServiceUnavailable
 from ..keys import ServiceKeys
 from ..logs import LogRouter, configure_stderr
@@ -130,7 +130,7 @@ class WKRServer:
         elif not logging.getLogger().handlers:
             configure_stderr()
         self._start_redis()
-        self.broker = Broker(connect(s.broker), self.keys)
+        self.broker = Broker(s.connect_broker(), self.keys)
         try:
             self.broker.client.ping()
         except REDIS_ERRORS as exc:
@@ -350,7 +350,7 @@ class WKRServer:
         if self.broker is None or not self.redis_servers or self._persist():
             return
         try:
-            failed = fail_queued(self.broker, connect(s.backend), int(s.result_expires),
+            failed = fail_queued(self.broker, s.connect_backend(), int(s.result_expires),
                                  f"service {s.name!r} stopped before serving this request, and "
                                  "its embedded Redis keeps nothing across a stop (start it "
                                  "with -data_dir to keep queued requests); send it again")

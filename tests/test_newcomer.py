@@ -1,0 +1,179 @@
+"""What a new user meets first, the way they meet it: the quickstart's two embedded Redis ports,
+a producer that knows only the broker, and the input contract in the README's own words.
+
+The service is ``wkr-serving-start`` as the user types it (the venv's console script, run from
+the repository root where ``workers/`` lives), on free ports, with no broker URL: it runs the
+embedded Redis on ``-port_in`` and stores results on ``-port_out``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from wkr_celery import InputError, InvalidInput, WKRClient
+from workers.linear import make_weights
+
+from .helpers import ROOT, free_port, wait_until
+
+BIN = Path(sys.executable).parent
+
+
+def readme_input_message() -> str:
+    """The refusal the README quotes for a wrong input shape."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"each with the same words: `([^`]+)`", text)
+    assert match, "README no longer quotes the input refusal"
+    return match.group(1)
+
+
+class Quickstart:
+    """``wkr-serving-start workers.linear.Worker -port_in P -port_out Q`` in its own session."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port_in, self.port_out = free_port(), free_port()
+        self.log_path = tmp_path / "service.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "wkr-serving-start"), "workers.linear.Worker", "-num_worker", "1",
+                 "-port_in", str(self.port_in), "-port_out", str(self.port_out)],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=_user_env())
+        self.client = WKRClient(port=self.port_in, port_out=self.port_out, connect_timeout=60)
+
+    @property
+    def broker_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port_in}/0"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.client.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"service did not stop; log:\n{self.log()}") from None
+
+
+def _user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no PYTHONPATH, no WKR_* variables of the test run."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "PYTHONPATH" and not k.startswith("WKR_")}
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
+    service = Quickstart(tmp_path_factory.mktemp("quickstart"))
+    yield service
+    service.stop()
+
+
+def test_send_task_with_only_the_broker_url_finds_the_results_on_port_out(
+        quickstart: Quickstart, tmp_path: Path) -> None:
+    script = tmp_path / "producer.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from wkr_celery import app\n"
+        "x = np.ones(512, dtype=np.float32)\n"
+        "result = app.send_task('wkr_celery.predict', args=[x])\n"
+        "y = result.get(timeout=30)\n"
+        "assert app.AsyncResult(result.id).get(timeout=10).shape == y.shape\n"
+        "np.save(__import__('sys').argv[1], y)\n")
+    out = tmp_path / "y.npy"
+    done = subprocess.run([sys.executable, str(script), str(out)], cwd=tmp_path, timeout=90,
+                          capture_output=True, text=True,
+                          env=_user_env(WKR_BROKER_URL=quickstart.broker_url))
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = np.tanh(np.ones(512, np.float32) @ make_weights())
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_client_with_only_the_broker_url_finds_the_results_on_port_out(
+        quickstart: Quickstart) -> None:
+    with WKRClient(broker_url=quickstart.broker_url, connect_timeout=30) as client:
+        assert client.result_url == f"redis://127.0.0.1:{quickstart.port_out}/0"
+        assert client.encode(np.zeros(512, np.float32)).result(timeout=30).shape == (128,)
+
+
+def test_rest_without_port_out_serves_and_is_ready_only_with_its_result_store(
+        quickstart: Quickstart, tmp_path: Path) -> None:
+    def start_http(*flags: str) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(BIN / "wkr-serving-http"), "-port_in", str(quickstart.port_in),
+             "-http_port", str(port), *flags], cwd=tmp_path, env=_user_env(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+        def up() -> bool:
+            try:
+                return http.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+        wait_until(up, 60, what="wkr-serving-http")
+        return proc, http
+
+    found, found_http = start_http()
+    wrong, wrong_http = start_http("-result_url", f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        assert found_http.get("/readyz").status_code == 200
+        answer = found_http.post("/encode", json={"id": 1, "data": [0.0] * 512})
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["result"]) == 128
+
+        not_ready = wrong_http.get("/readyz")
+        assert not_ready.status_code == 503
+        assert "result Redis" in not_ready.json()["reason"]
+    finally:
+        for proc, http in ((found, found_http), (wrong, wrong_http)):
+            http.close()
+            proc.terminate()
+            proc.wait(15)
+
+
+def test_wrong_shape_is_refused_in_the_readme_words_by_client_and_worker_under_obj(
+        quickstart: Quickstart) -> None:
+    message = readme_input_message()
+    assert quickstart.client.server_config["protocol"] == "obj"
+
+    with pytest.raises(InputError) as refused:
+        quickstart.client.encode(np.ones((4, 5), np.float32))
+    assert str(refused.value).endswith(message)
+
+    # The worker refuses the same input when it arrives by another door (checks off here).
+    unchecked = WKRClient(port=quickstart.port_in, port_out=quickstart.port_out,
+                          ignore_all_checks=True)
+    unchecked.spec = type(unchecked.spec)()  # a client that knows no contract
+    try:
+        with pytest.raises(InvalidInput) as failed:
+            unchecked.encode(np.ones((4, 5), np.float32)).result(timeout=30)
+        assert message in str(failed.value)
+    finally:
+        unchecked.close()
+
+
+def test_array_like_inputs_are_checked_as_arrays_under_obj(quickstart: Quickstart) -> None:
+    client = quickstart.client
+    x = np.linspace(-1, 1, 512, dtype=np.float32)
+    y = client.encode(x.tolist()).result(timeout=30)
+    np.testing.assert_allclose(y, np.tanh(x @ make_weights()), rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match=r"input has shape \(4,\); this service takes \(512,\)"):
+        client.encode([1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(InputError, match=r"input is dict; this service takes arrays of shape"):
+        client.encode({"x": 1})
+    with pytest.raises(InputError, match="input has dtype float64; this service takes float32"):
+        client.encode(np.ones(512))
