@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..broker import Broker
@@ -50,6 +49,7 @@ from ..redis_embedded import EmbeddedRedis
 from .children import SideProcess, WatchedRedis
 from .hardworker import WKRHardWorker
 from .leftovers import fail_queued
+from .worker_slot import WorkerProcess
 
 __all__ = ["WKRServer", "WorkerProcess"]
 
@@ -58,29 +58,6 @@ log = logging.getLogger("wkr_celery.server")
 _CHECK_SECONDS = 0.1
 _THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _FAILURE_TTL = 600  # seconds a worker's last failure stays readable for clients
-
-
-@dataclass
-class WorkerProcess:
-    """One worker slot: its device, and the process currently filling it."""
-
-    index: int
-    device_id: int
-    worker_id: str = ""
-    process: subprocess.Popen[bytes] | None = None
-    running_file: str = ""
-    failure_file: str = ""
-    tmp_dir: str = ""
-    started: float = 0.0
-    restarts: int = 0
-    failures: int = 0  # deaths in a row, each soon after its start (see Backoff)
-    next_start: float = 0.0
-    pump: threading.Thread | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
 
 
 class WKRServer:
@@ -181,20 +158,14 @@ class WKRServer:
 
     def _spawn(self, slot: WorkerProcess) -> None:
         s = self.settings
-        slot.worker_id = f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}"
-        slot.running_file = os.path.join(self._run_dir, f"{slot.worker_id}.running")
-        slot.failure_file = os.path.join(self._run_dir, f"{slot.worker_id}.failed")
-        slot.tmp_dir = os.path.join(self._run_dir, slot.worker_id)
-        os.makedirs(slot.tmp_dir, exist_ok=True)
+        files = slot.prepare(f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}", self._run_dir)
         env = dict(os.environ)
         env.update(s.to_env())
+        env.update(files)  # TMPDIR among them: what a killed worker leaves is removed
         env.update({
             "WKR_WORKER_ID": slot.worker_id,
             "WKR_WORKER_INDEX": str(slot.index),
             "WKR_DEVICE_ID": str(slot.device_id),
-            "WKR_RUNNING_FILE": slot.running_file,
-            "WKR_FAILURE_FILE": slot.failure_file,
-            "TMPDIR": slot.tmp_dir,  # removed when it dies: a killed worker leaves nothing
             "CUDA_VISIBLE_DEVICES": "" if slot.device_id < 0 else str(slot.device_id),
             "PYTHONPATH": os.pathsep.join(
                 p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p
@@ -269,8 +240,8 @@ class WKRServer:
                 self._spawn(slot)
 
     def _on_death(self, slot: WorkerProcess, code: int, stopping: bool = False) -> None:
-        blamed = _read_running(slot.running_file)
-        failure = _read_text(slot.failure_file)
+        blamed = slot.in_predict()
+        failure = slot.start_failure()
         lived = time.monotonic() - slot.started
         slot.process = None
         if slot.pump is not None:
@@ -281,9 +252,7 @@ class WKRServer:
                 requeued = self.broker.requeue_dead(slot.worker_id, blamed)
             except REDIS_ERRORS as exc:  # the sweep of a live worker requeues them later
                 log.error("could not requeue worker %s's requests now: %s", slot.worker_id, exc)
-        for path in (slot.running_file, slot.failure_file):
-            _remove(path)
-        shutil.rmtree(slot.tmp_dir, ignore_errors=True)
+        slot.clean_up()
         if stopping:
             log.warning("worker %d (%s) exited with code %s while stopping; requeued %d "
                         "request(s)", slot.index, slot.worker_id, code, requeued)
@@ -367,30 +336,6 @@ class WKRServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-
-def _read_running(path: str) -> list[int]:
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read().decode().strip()
-    except OSError:
-        return []
-    return [int(part) for part in text.split(",") if part.strip().isdigit()]
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _settings_from(args: Settings | argparse.Namespace | None) -> Settings:
