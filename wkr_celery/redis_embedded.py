@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import ConfigError, ServiceUnavailable
-from .processes import die_with_parent, owned_temp_dir, pid_alive, port_holder
+from .processes import clean_stale_dirs, die_with_parent, owned_temp_dir, pid_alive, port_holder
 
 __all__ = ["EmbeddedRedis", "redis_server_binary"]
 
@@ -94,6 +94,7 @@ class EmbeddedRedis:
             os.makedirs(self._data_dir, exist_ok=True)
             return os.path.abspath(self._data_dir)
         if self._tmp is None:
+            clean_stale_dirs("wkr-redis-")  # those of servers whose owner was killed
             self._tmp = owned_temp_dir(f"wkr-redis-{self.port}-")
         return self._tmp
 

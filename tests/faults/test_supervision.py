@@ -92,6 +92,11 @@ def _run_dirs(name: str) -> list[str]:
     return glob.glob(os.path.join(tempfile.gettempdir(), f"wkr-{name}-*"))
 
 
+def _redis_dirs(service: TerminalService) -> list[str]:
+    return [path for port in (service.port_in, service.port_out)
+            for path in glob.glob(os.path.join(tempfile.gettempdir(), f"wkr-redis-{port}-*"))]
+
+
 @pytest.mark.timeout(120)
 def test_redis_dies_with_a_killed_supervisor_and_the_next_start_cleans_up(
     services: list[TerminalService], tmp_path: Path
@@ -104,14 +109,16 @@ def test_redis_dies_with_a_killed_supervisor_and_the_next_start_cleans_up(
     os.kill(first.proc.pid, signal.SIGKILL)
     wait_until(lambda: not any(pid_alive(p) for p in redis_pids), 15,
                what="the embedded Redis servers to exit with their supervisor")
-    assert _run_dirs(service.name), "nothing to clean; the test proves less"
+    left = _redis_dirs(service)
+    assert _run_dirs(service.name) and len(left) == 2, "nothing to clean; the test proves less"
 
     service.start()  # the same command again: fresh Redis servers of its own
     assert "reusing" not in service.log()
     assert len(_run_dirs(service.name)) == 1, _run_dirs(service.name)
+    assert not set(left) & set(_redis_dirs(service)), "the killed run's Redis dirs stayed"
     assert service.client().encode(4).result(timeout=30) == 8
     service.close()
-    assert _run_dirs(service.name) == []
+    assert _run_dirs(service.name) == [] and _redis_dirs(service) == []
     assert not service.redis_answers(service.port_in)
 
 
