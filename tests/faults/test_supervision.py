@@ -24,7 +24,7 @@ from wkr_celery.redis_embedded import EmbeddedRedis
 
 from .terminal import TerminalService
 
-SLOW = "tests.faults.workers.SlowDoubler"
+SLOW = "tests.faults.workers.TenthDoubler"
 REDIS_PID = r"started Redis on 127\.0\.0\.1:{port}, pid (?P<pid>\d+)"
 
 

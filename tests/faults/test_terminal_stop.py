@@ -30,7 +30,7 @@ REQUESTS = 2000
 
 @pytest.fixture
 def terminal_service(tmp_path: Path) -> Iterator[TerminalService]:
-    service = TerminalService(tmp_path, "tests.faults.workers.SlowDoubler")
+    service = TerminalService(tmp_path, "tests.faults.workers.TenthDoubler")
     yield service
     service.close()
 
@@ -81,7 +81,7 @@ def test_ctrl_c_without_persistence_answers_batches_in_predict_and_fails_the_que
 def test_ctrl_c_with_persistence_keeps_queued_requests_for_the_next_start(
     tmp_path: Path,
 ) -> None:
-    service = TerminalService(tmp_path, "tests.faults.workers.SlowDoubler",
+    service = TerminalService(tmp_path, "tests.faults.workers.TenthDoubler",
                               "-data_dir", str(tmp_path / "redis-data"))
     try:
         terminal = service.start()
