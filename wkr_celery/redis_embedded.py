@@ -3,7 +3,8 @@
 Used when no broker URL is given, so a fresh machine needs no Redis service. It binds to
 127.0.0.1 only, runs in a session of its own (a terminal's Ctrl+C goes to the supervisor, which
 stops Redis last, not to Redis) and gets SIGTERM when the process that started it dies, so it
-never outlives its owner.
+never outlives its owner. Its admin commands (:data:`DISABLED_COMMANDS`) are renamed away, so a
+local user who reaches the port cannot make it write files or load code.
 
 It never shares a port: when something already listens there, it is stopped only if it is
 provably an earlier run of this same server (a pid file in the data directory naming a live
@@ -29,7 +30,16 @@ from redis.retry import Retry
 from .errors import ConfigError, ServiceUnavailable
 from .processes import clean_stale_dirs, die_with_parent, owned_temp_dir, pid_alive, port_holder
 
-__all__ = ["EmbeddedRedis", "redis_server_binary"]
+__all__ = ["EmbeddedRedis", "redis_server_binary", "DISABLED_COMMANDS"]
+
+#: Admin commands the embedded Redis does not have (renamed to nothing at start): with them, any
+#: local user who can reach the port could write files as this user (CONFIG SET dir + SAVE),
+#: load code (MODULE LOAD), crash or freeze it (DEBUG), or hand its data to another server
+#: (REPLICAOF). The framework and Celery use none of them; the supervisor stops Redis by signal.
+DISABLED_COMMANDS = (
+    "CONFIG", "DEBUG", "MODULE", "SAVE", "BGSAVE", "BGREWRITEAOF", "REPLICAOF", "SLAVEOF",
+    "SYNC", "PSYNC", "FAILOVER", "SHUTDOWN", "ACL", "MIGRATE",
+)
 
 log = logging.getLogger("wkr_celery.redis")
 
@@ -159,6 +169,8 @@ class EmbeddedRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        for command in DISABLED_COMMANDS:
+            args += ["--rename-command", command, ""]
         self._proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=die_with_parent,
