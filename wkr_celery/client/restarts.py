@@ -42,11 +42,17 @@ class RestartWatch:
         run_id, uptime = self._server()
         if run_id == self.run_id:
             return None
-        first, self.run_id = self.run_id is None, run_id
-        if first:
+        if self.run_id is None:
+            self.run_id = run_id
             return None
+        persistence = self.client.info("persistence")
+        if int(persistence.get("loading", 0)):
+            # Still replaying its append-only file, and reporting aof_enabled:0 meanwhile
+            # (Redis 6.2): judge it once loaded, at the next check.
+            return None
+        self.run_id = run_id
         self.restarts += 1
-        if int(self.client.info("persistence").get("aof_enabled", 0)) == 1:
+        if int(persistence.get("aof_enabled", 0)) == 1:
             return None
         # Redis counts uptime in whole wall-clock seconds, so it may read one second long:
         # round the restart late, never early, so no lost request is taken for a served one.
