@@ -20,6 +20,7 @@ from tests.decentral_support import Sink
 from tests.helpers import ROOT, Service, free_port, wait_until
 from wkr_celery.client.helper import RedisHandler
 from wkr_celery.errors import RequestLost
+from wkr_celery.keys import ServiceKeys
 from wkr_celery.redis_embedded import EmbeddedRedis
 from workers.linear import IN_DIM
 
@@ -35,10 +36,22 @@ def terminal_service(tmp_path: Path) -> Iterator[TerminalService]:
     service.close()
 
 
+def _in_redis(service: TerminalService) -> int:
+    """Requests the service's Redis holds: queued, or fetched by a worker and not yet acked."""
+    keys = ServiceKeys(service.name)
+    with redis_py.Redis(port=service.port_in) as probe:
+        queued = sum(probe.llen(name) for name in (*keys.queues, keys.suspect))
+        return queued + sum(probe.hlen(key) for key in probe.scan_iter(
+            keys.inflight_prefix + "*"))
+
+
 def _interrupt_under_load(service: TerminalService, terminal: Terminal) -> list[Future]:
     client = service.client()
     futures = [client.encode(n) for n in range(REQUESTS)]
     wait_until(lambda: sum(f.done() for f in futures) >= 50, 30, what="the first answers")
+    # All in flight: the client has published every request (it publishes from a thread).
+    wait_until(lambda: _in_redis(service) + sum(f.done() for f in futures) >= REQUESTS, 30,
+               what="every request to be published")
     terminal.press_ctrl_c()
     code = terminal.close(timeout=30)
     log = service.log()

@@ -48,7 +48,7 @@ from ..processes import (
 from ..redis_embedded import EmbeddedRedis
 from .children import SideProcess, WatchedRedis
 from .hardworker import WKRHardWorker
-from .leftovers import fail_queued
+from .leftovers import fail_queued, wait_taken
 from .worker_slot import WorkerProcess
 
 __all__ = ["WKRServer", "WorkerProcess"]
@@ -58,6 +58,7 @@ log = logging.getLogger("wkr_celery.server")
 _CHECK_SECONDS = 0.1
 _THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _FAILURE_TTL = 600  # seconds a worker's last failure stays readable for clients
+_TAKE_SECONDS = 3.0  # how long a stop waits for clients to take their RequestLost answers
 
 
 class WKRServer:
@@ -319,16 +320,19 @@ class WKRServer:
         if self.broker is None or not self.redis_servers or self._persist():
             return
         try:
-            failed = fail_queued(self.broker, s.connect_backend(), int(s.result_expires),
-                                 f"service {s.name!r} stopped before serving this request, and "
-                                 "its embedded Redis keeps nothing across a stop (start it "
-                                 "with -data_dir to keep queued requests); send it again")
+            backend = s.connect_backend()
+            told = fail_queued(self.broker, backend, int(s.result_expires),
+                               f"service {s.name!r} stopped before serving this request, and "
+                               "its embedded Redis keeps nothing across a stop (start it with "
+                               "-data_dir to keep queued requests); send it again")
+            if told:
+                log.warning("%d queued request(s) failed with RequestLost: no AOF keeps them",
+                            len(told))
+                if not wait_taken(backend, told, _TAKE_SECONDS):
+                    log.warning("some clients did not take their RequestLost answers within "
+                                "%.0fs (closed, or too slow)", _TAKE_SECONDS)
         except REDIS_ERRORS as exc:
             log.error("could not tell the callers of queued requests: %s", exc)
-            return
-        if failed:
-            log.warning("%d queued request(s) failed with RequestLost: no AOF keeps them",
-                        failed)
 
     def __enter__(self) -> WKRServer:
         return self.start()
