@@ -139,6 +139,14 @@ class Broker:
         pipe.sadd(SERVICES, self.keys.name)
         pipe.execute()
 
+    def record_failure(self, text: str, ttl: float) -> None:
+        """Keep why the last worker died (supervisor side); the service is listed, so a client
+        that names no service finds it and reports this instead of "no service"."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.failure, text, ex=max(1, int(ttl)))
+        pipe.sadd(SERVICES, self.keys.name)
+        pipe.execute()
+
     # Shared --------------------------------------------------------------------------------
 
     def info(self) -> dict[str, str]:
@@ -154,6 +162,11 @@ class Broker:
     def scaling(self) -> dict[str, str]:
         """What :meth:`write_scaling` wrote; empty when the service is not elastic."""
         return {as_str(k): as_str(v) for k, v in self.client.hgetall(self.keys.scaling).items()}
+
+    def last_failure(self) -> str:
+        """The last worker failure the supervisor recorded, or ``""``."""
+        value = self.client.get(self.keys.failure)
+        return as_str(value) if value is not None else ""
 
     def live_workers(self) -> dict[str, bytes]:
         """Heartbeat payloads of workers alive now, by worker id."""

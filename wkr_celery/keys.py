@@ -14,6 +14,7 @@ Broker Redis (``-port_in`` / ``-broker_url``):
 ``wkr:<name>:wake``                list of wake-up tokens workers block on
 ``wkr:<name>:suspect``             requests held by a worker that died, served one at a time
 ``wkr:<name>:deaths``              hash: message -> number of worker deaths it was part of
+``wkr:<name>:failure``             the last worker failure, for clients (expires)
 =================================  ====================================================
 
 Result Redis (``-port_out`` / ``-result_url``):
@@ -143,6 +144,12 @@ class ServiceKeys:
     @property
     def deaths(self) -> str:
         return f"wkr:{self.name}:deaths"
+
+    @property
+    def failure(self) -> str:
+        """Why the last worker died, set by the supervisor; a client that finds no live worker
+        reports it."""
+        return f"wkr:{self.name}:failure"
 
 
 def reply_key(client_id: str) -> str:
