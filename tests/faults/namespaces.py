@@ -102,6 +102,9 @@ class Host:
                 raise AssertionError(f"processes of {self.name} survive SIGKILL: {pids}")
             time.sleep(0.02)  # the kernel tears them down; poll until the namespace is empty
         for proc in self.procs:
+            if proc.poll() is None:  # started just now, not yet in the namespace when listed
+                proc.kill()
+                killed.append(proc.pid)
             proc.wait(timeout)
         return killed
 

@@ -49,6 +49,7 @@ def _kill_redis_under_load(service: TerminalService, port: int) -> list:
     wait_until(lambda: any(f.done() for f in futures), 30, what="the first answers")
     [pid] = service.pids(REDIS_PID.format(port=port))
     os.kill(pid, signal.SIGKILL)
+    assert not all(f.done() for f in futures), "everything was answered before the kill"
     wait_until(lambda: f"embedded Redis on 127.0.0.1:{port} exited with code -9"
                in service.log(), 10, what="the supervisor to notice the dead Redis")
     wait_until(lambda: f"embedded Redis on 127.0.0.1:{port} restarted" in service.log(), 20,
@@ -81,7 +82,9 @@ def test_redis_killed_without_aof_tells_every_waiting_caller_request_lost(
     finished, unfinished = wait(futures, timeout=30)
     assert not unfinished, f"{len(unfinished)} callers still wait; log:\n{service.log()[-3000:]}"
     lost = [f.exception() for f in futures if f.exception() is not None]
-    assert lost, "the kill lost no request; the test proved nothing"
+    # Queued requests die with an empty broker; an empty result Redis loses only the answers
+    # stored and not yet taken at the kill, which may be none (the workers go on serving).
+    assert lost or which == "result", "the kill lost no request; the test proved nothing"
     assert all(isinstance(e, RequestLost) for e in lost), lost[:3]
     answered = [(n, f.result()) for n, f in enumerate(futures) if f.exception() is None]
     assert all(result == 2 * n for n, result in answered)
