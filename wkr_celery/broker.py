@@ -102,7 +102,8 @@ class Broker:
         ))
 
     def requeue_dead(self, worker_id: str, blamed: Sequence[int] | None = None) -> int:
-        """Requeue everything a dead worker held; ``blamed`` (default: all) count a death."""
+        """Requeue everything a worker held and take it out of the registry: a dead worker's
+        (``blamed``, default all, count a death) or a stopping one's leftovers (``blamed=()``)."""
         k = self.keys
         blame = ["*"] if blamed is None else [str(i) for i in blamed]
         return int(self._requeue(
@@ -125,12 +126,6 @@ class Broker:
         pipe.set(self.keys.heartbeat(worker_id), status, px=int(ttl * 1000))
         pipe.sadd(self.keys.workers, worker_id)
         pipe.sadd(SERVICES, self.keys.name)
-        pipe.execute()
-
-    def unregister(self, worker_id: str) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.delete(self.keys.heartbeat(worker_id))
-        pipe.srem(self.keys.workers, worker_id)
         pipe.execute()
 
     def write_info(self, info: Mapping[str, Any]) -> None:
