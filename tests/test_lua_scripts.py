@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -181,11 +182,11 @@ def test_publish_refuses_the_tail_past_the_cap(
 
 def store_call(keys: ServiceKeys, worker: str, results: list[tuple[str, bytes, int]],
                replies: list[str], acks: list[int], suspects: list[bytes], expires: int = 60
-               ) -> tuple[list[str], list[object]]:
+               ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one store.lua call: ``results`` are (task id, data, reply target)."""
     call_keys = [keys.inflight(worker), keys.deaths, *(task_meta_key(t) for t, _, _ in results),
                  *replies]
-    args: list[object] = [expires, len(results), len(acks), len(suspects),
+    args: list[Any] = [expires, len(results), len(acks), len(suspects),
                           *(d for _, d, _ in results), *(r for _, _, r in results),
                           *acks, *suspects]
     return call_keys, args
