@@ -1,7 +1,9 @@
-"""Broker operations on one service's keys: the only code that runs the Lua scripts.
+"""Broker operations on one service's keys, each one round trip, most of them a Lua script.
 
-Workers fetch, ack, return and heartbeat here; the supervisor requeues a dead worker's
-messages here; clients publish here. Each method is one round trip.
+Worker processes fetch, store, ack, give back and heartbeat here; the supervisor requeues a dead
+worker's messages here; clients publish here (the words are defined in docs/design.md). No other
+code runs the scripts on a service's keys but the asyncio client, which runs ``publish.lua``
+with the arguments :func:`publish_call` builds.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ class Broker:
         ack: tuple[str, Sequence[int], Sequence[bytes]] | None = None,
     ) -> None:
         """Store ``(task_id, encoded meta, client id or None)`` results on ``backend`` in one
-        command: each client's answers go onto its reply list, a foreign producer's are
-        published. With ``ack`` = (worker id, ids, suspects), also forget those messages, which
+        command: each client's results go onto its reply list, a foreign producer's are
+        ``PUBLISH``ed. With ``ack`` = (worker id, ids, suspects), also forget those messages, which
         is only right when ``backend`` is this broker's Redis."""
         targets: dict[str, int] = {}
         keys: list[Any] = [self.keys.inflight(ack[0]) if ack else "", self.keys.deaths]

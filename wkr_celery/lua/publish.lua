@@ -1,4 +1,4 @@
--- publish.lua: a client enqueues a batch of requests in one round trip and wakes workers.
+-- publish.lua: a client publishes its outbox of requests in one round trip and wakes workers.
 --
 -- Messages are pushed in order onto the queue list each names; with a cap, only as many as fit
 -- under it (counting every queue list) are taken, and the rest (the tail) are refused, so the

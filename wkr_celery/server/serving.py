@@ -1,4 +1,4 @@
-"""The batching consumer of one worker process: fetch → predict → store, each in its own thread.
+"""The batching loop of one worker process: fetch → predict → store, each in its own thread.
 
 Three stages overlap so ``predict`` never waits on Redis: the fetcher keeps up to
 ``prefetch × batch_size`` decoded requests buffered (one scripted round trip moves a whole group
