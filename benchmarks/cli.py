@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .model import WORKLOADS, physical_limit
+from .model import WORKLOADS, physical_limit, prepare
 from .report import aggregate, print_table, ratios, write_plots
 from .scenarios import Pool, Run, one_at_a_time, stream, sweep
 from .systems import CLASSES, LABELS, SYSTEMS
 
-WORKERS = {"tiny": 1, "gpu-sim": 2}
+WORKERS = {"tiny": 1, "gpu-sim": 2, "torch": 2}
 
 
 def _csv(choices: tuple[str, ...]) -> Any:
@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewer requests and sweep points (under 2 minutes on 2 cores)")
     p.add_argument("--systems", type=_csv(SYSTEMS), default=list(SYSTEMS),
                    help="comma list of " + ",".join(SYSTEMS))
-    p.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
-                   help="comma list of " + ",".join(WORKLOADS))
+    p.add_argument("--workloads", type=_csv(WORKLOADS), default=None,
+                   help="comma list of " + ",".join(WORKLOADS) + " (default: all; torch only "
+                   "with the frameworks extra installed)")
     p.add_argument("--requests", type=int, default=None,
                    help="requests in the stream (default 20000, quick 1000)")
     p.add_argument("--latency-requests", type=int, default=None,
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     quick = args.quick
+    if args.workloads is None:
+        args.workloads = list(WORKLOADS)
+        if importlib.util.find_spec("torch") is None:
+            args.workloads.remove("torch")
+            print("torch not installed (pip install '.[frameworks]'), torch workload skipped",
+                  flush=True)
     args.requests = args.requests or (1000 if quick else 20000)
     args.latency_requests = min(args.latency_requests or (100 if quick else 1000), args.requests)
     args.warmup = min(100 if quick else 300, args.requests)
@@ -145,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("ray is installed, but this harness has no Ray Serve adapter yet; skipped",
               flush=True)
-    pool = Pool.make()
     work = Path(tempfile.mkdtemp(prefix="wkr-bench-"))
     began = time.time()
     reps: list[dict[str, dict[str, dict[str, Any]]]] = []
     try:
+        prepare(args.workloads, work)
+        pools = {workload: Pool.make(workload=workload) for workload in args.workloads}
         for rep in range(args.repeat):
             runs: dict[str, dict[str, dict[str, Any]]] = {}
             for workload in args.workloads:
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_dir.mkdir(parents=True)
                     print(f"[{rep + 1}/{args.repeat}] {workload:7s} {LABELS[key]:15s} ...",
                           end=" ", flush=True)
-                    record = run_one(key, workload, args, pool, run_dir)
+                    record = run_one(key, workload, args, pools[workload], run_dir)
                     runs.setdefault(workload, {})[key] = record
                     print("ok" if record["ok"] else f"FAILED: {record['error']}",
                           f"({record['seconds']} s)", flush=True)

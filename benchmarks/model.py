@@ -3,6 +3,10 @@
 ``tiny`` is ``tanh(x @ W)`` on a float32 (512,) input: it costs microseconds, so what is measured
 is the framework. ``gpu-sim`` adds a sleep of ``3 ms + 0.1 ms × n`` per batch of ``n`` with the CPU
 idle, standing in for a GPU kernel: it measures how well batching and overlap hide the framework.
+``torch`` is the PyTorch example (``examples/torch_worker.py``: a two-layer transformer encoder,
+(16, 32) → 128, one math thread per process) on the CPU: a real framework's cost per batch.
+Its weights are written once per run by the example's own setup step (:func:`prepare`) and every
+process loads them from ``$BENCH_MODEL_DIR``; the answers are checked against torch run directly.
 
 Each worker process writes its cumulative counters (simulated-GPU busy seconds, batches, inputs)
 to ``$BENCH_STATS_DIR/<pid>.stats`` after every batch: one ``pwrite`` of 32 bytes, the same cost
@@ -21,9 +25,10 @@ import numpy as np
 
 from workers.linear import make_weights
 
-WORKLOADS = ("tiny", "gpu-sim")
+WORKLOADS = ("tiny", "gpu-sim", "torch")
 GPU_BASE_S, GPU_PER_INPUT_S = 0.003, 0.0001
 STATS_ENV = "BENCH_STATS_DIR"
+MODEL_DIR_ENV = "BENCH_MODEL_DIR"
 _RECORD = struct.Struct("<dddd")  # nominal busy s, batches, inputs, measured (slept) busy s
 
 
@@ -32,14 +37,45 @@ def gpu_seconds(n: int) -> float:
     return GPU_BASE_S + GPU_PER_INPUT_S * n
 
 
-class Model:
-    """``tanh(x @ W)``, optionally with the simulated GPU, counting what it did."""
+def prepare(workloads: list[str], work: Path) -> None:
+    """Write what the workloads' workers load, before any starts: the torch example's weights,
+    in ``work/torch-model``, named to every worker process by ``$BENCH_MODEL_DIR``."""
+    if "torch" in workloads:
+        from examples.torch_worker import save_weights
 
-    def __init__(self, workload: str) -> None:
-        if workload not in WORKLOADS:
-            raise ValueError(f"workload {workload!r} is not one of {WORKLOADS}")
-        self.workload = workload
-        self.weights = make_weights()
+        model_dir = work / "torch-model"
+        save_weights(model_dir)
+        os.environ[MODEL_DIR_ENV] = str(model_dir)
+
+
+class TorchNet:
+    """The torch example's model on the CPU: inputs (16, 32), (512,) or a batch of either."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from examples.torch_worker import FEATURES, SEQ_LEN, load_model, threads_per_worker
+
+        model_dir = os.environ.get(MODEL_DIR_ENV, "")
+        if not model_dir:
+            raise RuntimeError(f"${MODEL_DIR_ENV} is not set: benchmarks.model.prepare() first")
+        torch.set_num_threads(threads_per_worker())
+        self.torch = torch
+        self.shape = (SEQ_LEN, FEATURES)
+        self.net = load_model(torch, model_dir)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        single = x.ndim < 3 and x.size == self.shape[0] * self.shape[1]
+        batch = np.ascontiguousarray(x.reshape(-1, *self.shape), dtype=np.float32)
+        with self.torch.inference_mode():
+            out = self.net(self.torch.from_numpy(batch)).numpy()
+        return out[0] if single else out
+
+
+class Counters:
+    """What one worker process did, rewritten to ``$BENCH_STATS_DIR/<pid>.stats`` per batch."""
+
+    def __init__(self) -> None:
         self.busy = 0.0  # nominal kernel seconds: what a GPU would have spent
         self.slept = 0.0  # what time.sleep really took (more on a loaded machine)
         self.batches = 0
@@ -51,25 +87,48 @@ class Model:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             self._flush()
 
-    def __call__(self, x: Any) -> np.ndarray:
-        """Results for a batch (n, 512) → (n, 128), or one input (512,) → (128,)."""
-        x = np.asarray(x, dtype=np.float32)
-        n = 1 if x.ndim == 1 else len(x)
-        out = np.tanh(x @ self.weights)
-        if self.workload == "gpu-sim":
-            kernel = gpu_seconds(n)
-            start = time.perf_counter()
-            time.sleep(kernel)
-            self.slept += time.perf_counter() - start
-            self.busy += kernel
+    def add(self, n: int, busy: float = 0.0, slept: float = 0.0) -> None:
+        """One more batch of ``n`` inputs (and its simulated kernel time)."""
+        self.busy += busy
+        self.slept += slept
         self.batches += 1
         self.inputs += n
         self._flush()
-        return out
 
     def _flush(self) -> None:
         if self._fd is not None:
             os.pwrite(self._fd, _RECORD.pack(self.busy, self.batches, self.inputs, self.slept), 0)
+
+
+class Model:
+    """``tanh(x @ W)`` or the torch model, optionally with the simulated GPU, counting batches."""
+
+    def __init__(self, workload: str) -> None:
+        if workload not in WORKLOADS:
+            raise ValueError(f"workload {workload!r} is not one of {WORKLOADS}")
+        self.workload = workload
+        self.weights = make_weights()
+        self.net = TorchNet() if workload == "torch" else None
+        self.counters = Counters()
+
+    @property
+    def busy(self) -> float:
+        return self.counters.busy
+
+    def __call__(self, x: Any) -> np.ndarray:
+        """Results for a batch (n, 512) → (n, 128), or one input (512,) → (128,); ``torch``
+        takes (16, 32) inputs too."""
+        x = np.asarray(x, dtype=np.float32)
+        out = self.net(x) if self.net is not None else np.tanh(x @ self.weights)
+        n = 1 if out.ndim == 1 else len(out)
+        kernel = slept = 0.0
+        if self.workload == "gpu-sim":
+            kernel = gpu_seconds(n)
+            start = time.perf_counter()
+            time.sleep(kernel)
+            slept = time.perf_counter() - start
+        self.counters.add(n, kernel, slept)
+        return out
 
 
 def physical_limit(workers: int, batch_size: int) -> float:

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from .cli import WORKERS
+from .model import prepare
 from .scenarios import Pool, Run
 from .systems import CLASSES, SYSTEMS, free_port
 
@@ -61,13 +62,14 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="wkr-profile-"))
     server = EmbeddedRedis(free_port()).start()
+    prepare([args.workload], work)
     system = CLASSES[args.system](args.workload, WORKERS[args.workload], 32, server.url, work)
     spies: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
     client = None
     try:
         system.start(timeout=90)
         client = system.client()
-        run = Run(client, Pool.make(), 30.0)
+        run = Run(client, Pool.make(workload=args.workload), 30.0)
         run.drive(64, count=500)
         targets = [("client", os.getpid())] + [(f"worker-{pid}", pid)
                                                for pid in system.worker_pids()]

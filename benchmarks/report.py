@@ -104,7 +104,7 @@ def print_table(result: dict[str, Any]) -> None:
             lat, st = rec.get("latency", {}), rec.get("stream", {})
             single = "/".join(_f(_get(rec, "latency", n)) for n in ("p50_ms", "p90_ms", "p99_ms"))
             busy = st.get("gpu_busy_per_worker", {})
-            busy_text = ("-" if workload == "tiny" or not busy
+            busy_text = ("-" if workload != "gpu-sim" or not busy
                          else "/".join(f"{v * 100:.0f}%" for v in busy.values()))
             client = st.get("rss_client_mib", [math.nan, math.nan])
             workers_rss = list(st.get("rss_workers_mib", {}).values())
@@ -200,7 +200,7 @@ def markdown(result: dict[str, Any]) -> str:
             single = " / ".join(_f(_get(rec, "latency", n), ".1f")
                                 for n in ("p50_ms", "p90_ms", "p99_ms"))
             busy = st.get("gpu_busy_per_worker", {})
-            busy_text = ("–" if workload == "tiny" or not busy
+            busy_text = ("–" if workload != "gpu-sim" or not busy
                          else " / ".join(f"{v * 100:.0f}%" for v in busy.values()))
             client = st.get("rss_client_mib", [math.nan, math.nan])
             workers = ", ".join(f"{a:.0f} → {b:.0f}" for a, b in

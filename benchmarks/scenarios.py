@@ -1,6 +1,7 @@
 """The scenarios: one request at a time, a stream with N in flight, and a sweep over N.
 
-Every answer is checked against ``numpy.tanh(x @ W)`` (atol 1e-4); a wrong, failed or missing
+Every answer is checked against ``numpy.tanh(x @ W)``, or for ``torch`` against torch run directly
+in the harness on the same weights (atol 1e-4); a wrong, failed or missing
 answer is counted, and a scenario with any is a failure. Latency is measured from just before
 ``submit`` to the moment the client holds the checked result, oldest request first, the way an
 application consuming results in order sees it.
@@ -19,7 +20,7 @@ import numpy as np
 
 from workers.linear import make_weights
 
-from .model import read_stats
+from .model import TorchNet, read_stats
 from .systems import Client
 
 ATOL = 1e-4
@@ -34,8 +35,12 @@ class Pool:
     expected: np.ndarray
 
     @classmethod
-    def make(cls, size: int = 1024, seed: int = 1) -> Pool:
+    def make(cls, size: int = 1024, seed: int = 1, workload: str = "tiny") -> Pool:
         rng = np.random.default_rng(seed)
+        if workload == "torch":  # the example's (16, 32) inputs, answers from torch itself
+            net = TorchNet()
+            inputs = rng.standard_normal((size, *net.shape)).astype(np.float32)
+            return cls(inputs, net(inputs))
         inputs = rng.standard_normal((size, 512)).astype(np.float32)
         return cls(inputs, np.tanh(inputs @ make_weights()))
 

@@ -122,13 +122,16 @@ class WKRSystem(System):
     key = "wkr"
 
     def start(self, timeout: float) -> None:
+        from .model import MODEL_DIR_ENV
         from .workers import WORKER_CLASSES
 
         self.name = f"bench{uuid.uuid4().hex[:6]}"
+        model_dir = os.environ.get(MODEL_DIR_ENV, "") if self.workload == "torch" else ""
         self.spawn([sys.executable, "-m", "wkr_celery.server.cli", WORKER_CLASSES[self.workload],
                     "-name", self.name, "-protocol", "npy", "-batch_size", str(self.batch_size),
                     "-num_worker", str(self.workers), "-broker_url", self.url,
-                    "-result_url", self.url, "-log_dir", str(self.run_dir)], "wkr.log")
+                    "-result_url", self.url, "-log_dir", str(self.run_dir),
+                    "-model_dir", model_dir], "wkr.log")
         from wkr_celery.broker import Broker
         from wkr_celery.keys import ServiceKeys
 

@@ -1,4 +1,4 @@
-"""wkr-celery worker classes for the benchmark: ``benchmarks.workers.Tiny`` / ``GpuSim``."""
+"""wkr-celery worker classes for the benchmark: ``benchmarks.workers.Tiny`` / ``GpuSim`` / ``Torch``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from examples.torch_worker import Worker as TorchWorker
 from wkr_celery.server import WKRHardWorker
 
-from .model import Model
+from .model import Counters, Model
 
 
 class Tiny(WKRHardWorker):
@@ -34,4 +35,20 @@ class GpuSim(Tiny):
     workload = "gpu-sim"
 
 
-WORKER_CLASSES = {"tiny": "benchmarks.workers.Tiny", "gpu-sim": "benchmarks.workers.GpuSim"}
+class Torch(TorchWorker):
+    """The PyTorch example worker as users run it, plus the batch counters every system writes."""
+
+    workload = "torch"
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        self.counters = Counters()
+        return super().get_model(envs, model_dir, model_name, tmp_dir)
+
+    def predict(self, model: Any, input: Any) -> Any:
+        out = super().predict(model, input)
+        self.counters.add(len(out))
+        return out
+
+
+WORKER_CLASSES = {"tiny": "benchmarks.workers.Tiny", "gpu-sim": "benchmarks.workers.GpuSim",
+                  "torch": "benchmarks.workers.Torch"}

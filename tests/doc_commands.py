@@ -11,8 +11,8 @@ after these substitutions and no others (:meth:`Substitutions.apply`):
 - each port number the docs use (:data:`DOC_PORTS`) becomes one free port, the same one
   everywhere within a test, so a service and the commands that talk to it still agree;
 - a Redis on another machine (:data:`REMOTE_REDIS`) becomes the Redis the test runs on;
-- the example directories ``/tmp/log_dir`` and ``/var/lib/wkr/linear`` move into the test's
-  temporary folder;
+- the example directories ``/tmp/log_dir``, ``/var/lib/wkr/linear`` and ``/tmp/torch-model``
+  move into the test's temporary folder;
 - a command that names no port at all while ``wkr-serving-start`` defaults to 8996/8998 gets
   those ports' substitutes through ``WKR_PORT_IN`` / ``WKR_PORT_OUT``, the variables its flag
   table documents.
@@ -52,7 +52,7 @@ DOC_PORTS = ("8996", "8998", "8900", "8901", "5555", "21324", "21326", "8000")
 #: Redis servers the docs place on other machines, replaced by the test's own Redis.
 REMOTE_REDIS = ("redis-host:6379", "10.0.0.5:6379")
 
-_TEMP_DIRS = ("/tmp/log_dir", "/var/lib/wkr/linear")
+_TEMP_DIRS = ("/tmp/log_dir", "/var/lib/wkr/linear", "/tmp/torch-model")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,12 @@ COMPAT_DECENTRAL = RunBy(
     f"{COMPAT}::test_the_guides_decentralize_example_posts_a_result_for_every_queued_job")
 BENCH_HELP = RunBy(f"{HERE}::test_the_benchmark_help_runs_as_written")
 QUICK_BENCH = "tests/test_benchmark.py::test_quick_benchmark_exits_zero_and_prints_the_table"
+FRAMEWORKS_TORCH = RunBy("tests/test_frameworks.py::"
+                         "test_the_documented_torch_service_answers_as_torch_run_directly")
+FRAMEWORKS_ONNX = RunBy("tests/test_frameworks.py::"
+                        "test_the_documented_onnx_service_answers_as_onnxruntime_run_directly")
+FRAMEWORKS_BENCH = ("tests/test_frameworks.py::"
+                    "test_the_benchmark_torch_workload_checks_every_answer_against_torch")
 COMPOSE = "tests/test_compose.py::test_the_compose_stack_answers_encode_through_the_rest_port"
 MANY_HOSTS = RunBy("tests/faults/test_many_hosts.py::"
                    "test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written")
@@ -86,7 +92,7 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
         "installs Debian packages as root", "tests/test_dashboard.py and tests/faults/test_tls.py "
         "fail, never skip, without them, as tests/faults/test_many_hosts.py does as root; "
         ".ci/run installs them"),
-    "pip install '.[test]' && python -m pytest": CannotRun(
+    "pip install '.[test,frameworks]' && python -m pytest": CannotRun(
         "runs the whole suite, this test included", "the suite itself"),
     "cd examples && wkr-serving-start server.Worker -model_dir /path/to/model -model_name "
     "model.hdf5 -port_in 8996 -port_out 8998 -num_worker 2 -batch_size 1 -device_map -1 "
@@ -157,6 +163,23 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     "python -m benchmarks --requests 100000 --systems wkr --workloads tiny": CannotRun(
         "100,000 requests", QUICK_BENCH),
     "python -m benchmarks --help": BENCH_HELP,
+    # docs/performance.md, Real frameworks (also in the README)
+    "pip install '.[frameworks]'": CannotRun(
+        "installs torch, onnxruntime and onnx from the package index",
+        ".ci/run installs the extra before the suite; tests/test_frameworks.py fails, never "
+        "skips, without it"),
+    "cd examples && python torch_worker.py --setup /tmp/torch-model": FRAMEWORKS_TORCH,
+    "cd examples && wkr-serving-start torch_worker.Worker -model_dir /tmp/torch-model "
+    "-num_worker 2 -protocol npy": FRAMEWORKS_TORCH,
+    "cd examples && wkr-serving-start onnx_worker.Worker -model_dir /tmp/torch-model "
+    "-protocol npy": FRAMEWORKS_ONNX,
+    "cd examples && wkr-serving-start torch_worker.Worker -model_dir /tmp/torch-model "
+    "-device_map 0 -protocol npy": CannotRun(
+        "needs a GPU and a CUDA build of torch", "tests/gpu/check_torch_worker.py runs it on a "
+        "GPU machine; tests/test_frameworks.py::test_the_documented_torch_service_answers_as_"
+        "torch_run_directly runs the same worker on the CPU"),
+    "python -m benchmarks --workloads torch": CannotRun(
+        "minutes of every core", FRAMEWORKS_BENCH),
     "python -m benchmarks.profile --system wkr --workload tiny --inflight 256 --seconds 10":
         CannotRun("a 10 s profile of a service under full load, minutes on 2 cores",
                   QUICK_BENCH),

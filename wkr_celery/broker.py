@@ -136,10 +136,34 @@ class Broker:
         pipe.sadd(SERVICES, self.keys.name)
         pipe.execute()
 
+    def record_failure(self, text: str, ttl: float) -> None:
+        """Keep why the last worker died (supervisor side); the service is listed, so a client
+        that names no service finds it and reports this instead of "no service"."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.failure, text, ex=max(1, int(ttl)))
+        pipe.sadd(SERVICES, self.keys.name)
+        pipe.execute()
+
     # Shared --------------------------------------------------------------------------------
 
     def info(self) -> dict[str, str]:
         return {as_str(k): as_str(v) for k, v in self.client.hgetall(self.keys.info).items()}
+
+    def write_scaling(self, state: Mapping[str, Any], ttl: float) -> None:
+        """The supervisor's elastic-worker state; it expires when no supervisor renews it."""
+        pipe = self.client.pipeline()
+        pipe.hset(self.keys.scaling, mapping={k: str(v) for k, v in state.items()})
+        pipe.expire(self.keys.scaling, max(1, math.ceil(ttl)))
+        pipe.execute()
+
+    def scaling(self) -> dict[str, str]:
+        """What :meth:`write_scaling` wrote; empty when the service is not elastic."""
+        return {as_str(k): as_str(v) for k, v in self.client.hgetall(self.keys.scaling).items()}
+
+    def last_failure(self) -> str:
+        """The last worker failure the supervisor recorded, or ``""``."""
+        value = self.client.get(self.keys.failure)
+        return as_str(value) if value is not None else ""
 
     def live_workers(self) -> dict[str, bytes]:
         """Heartbeat payloads of workers alive now, by worker id."""

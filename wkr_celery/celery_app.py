@@ -130,6 +130,18 @@ def _setup_logging(loglevel: Any = logging.INFO, **_: Any) -> None:
     configure_stderr(level if isinstance(level, int) else logging.INFO)
 
 
+def _report_failure(exc: BaseException) -> None:
+    """Leave why this worker cannot start where its supervisor reads it (``WKR_FAILURE_FILE``),
+    so clients of a crash-looping service are told the error, not "no service"."""
+    path = os.environ.get("WKR_FAILURE_FILE")
+    if path:
+        try:
+            with open(path, "w") as handle:
+                handle.write(f"{type(exc).__name__}: {exc}"[:2000])
+        except OSError:
+            pass
+
+
 class ServingStep(bootsteps.StartStopStep):
     """Runs the batching loop inside a Celery worker; stops it gracefully on warm shutdown."""
 
@@ -152,7 +164,11 @@ class ServingStep(bootsteps.StartStopStep):
         if "CUDA_VISIBLE_DEVICES" not in os.environ:
             os.environ["CUDA_VISIBLE_DEVICES"] = "" if device_id < 0 else str(device_id)
         worker_id = os.environ.get("WKR_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
-        cls = load_worker_class(settings.worker_class)
+        try:
+            cls = load_worker_class(settings.worker_class)
+        except ConfigError as exc:
+            _report_failure(exc)
+            raise
         self.loop = ServingLoop(
             settings, cls(name=settings.name), worker_id=worker_id, device_id=device_id,
             running_file=os.environ.get("WKR_RUNNING_FILE") or None,
@@ -165,6 +181,7 @@ class ServingStep(bootsteps.StartStopStep):
         self.loop.ready.wait()
         if self.loop.failed is not None:
             # Exit non-zero so the supervisor restarts us; the traceback is already logged.
+            _report_failure(self.loop.failed)
             os._exit(3)
 
     def stop(self, worker: Any) -> None:

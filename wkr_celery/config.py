@@ -36,7 +36,7 @@ PROTOCOLS = {"npy": "npy", "numpy": "npy", "obj": "obj"}
 
 #: Variables the supervisor sets per worker process; they are not settings.
 RUNTIME_ENV = frozenset(
-    {"WKR_WORKER_ID", "WKR_WORKER_INDEX", "WKR_DEVICE_ID", "WKR_RUNNING_FILE"}
+    {"WKR_WORKER_ID", "WKR_WORKER_INDEX", "WKR_DEVICE_ID", "WKR_RUNNING_FILE", "WKR_FAILURE_FILE"}
 )
 
 #: Variables for tests only, read where they act (``clock.TEST_OFFSET_ENV``); not settings.
@@ -94,6 +94,12 @@ class Settings:
     flower_port: int = _opt(0, "also start Flower on this port; 0 = none")
     flower_basic_auth: str = _opt("", "user:pass for Flower")
     num_worker: int = _opt(1, "number of worker processes, each holding one model")
+    num_worker_max: int = _opt(
+        0, "most worker processes: more are added while requests wait; 0 = -num_worker, fixed")
+    scale_up_wait: float = _opt(
+        0.5, "seconds the estimated queue wait must pass before a worker is added")
+    scale_down_after: float = _opt(
+        30.0, "seconds of short waits and idle workers before an added worker retires")
     batch_size: int = _opt(32, "largest batch passed to predict")
     batch_timeout: float = _opt(
         0.002, "ms the oldest request may wait for a fuller batch while more arrive", ms=True
@@ -139,6 +145,12 @@ class Settings:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if not self.http_read_timeout > 0:
             raise ConfigError(f"http_read_timeout must be more than 0, got {self.http_read_timeout}")
+        if self.num_worker_max and self.num_worker_max < self.num_worker:
+            raise ConfigError(f"num_worker_max {self.num_worker_max} is below num_worker "
+                              f"{self.num_worker}; give 0 for a fixed number of workers")
+        for name in ("scale_up_wait", "scale_down_after"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.visibility_timeout < 2:
             raise ConfigError("visibility_timeout must be at least 2 seconds")
         if self.redis_persist not in ("on", "off", "auto"):

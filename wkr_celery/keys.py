@@ -6,6 +6,7 @@ Broker Redis (``-port_in`` / ``-broker_url``):
 ``wkr:services``                   set of service names on this Redis
 ``<name>`` and ``<name>\\x06\\x16<p>``  the service's request lists, kombu's priority naming
 ``wkr:<name>:info``                hash: version, protocol, batch_size, limits, input spec
+``wkr:<name>:scaling``             hash: elastic workers: floor, ceiling, wait, last decision
 ``wkr:<name>:workers``             set of registered worker ids
 ``wkr:<name>:hb:<wid>``            heartbeat (expires after the visibility timeout)
 ``wkr:<name>:inflight:<wid>``      hash: messages a worker holds, field = seq*8 + list index
@@ -13,6 +14,7 @@ Broker Redis (``-port_in`` / ``-broker_url``):
 ``wkr:<name>:wake``                list of wake-up tokens workers block on
 ``wkr:<name>:suspect``             requests held by a worker that died, served one at a time
 ``wkr:<name>:deaths``              hash: message -> number of worker deaths it was part of
+``wkr:<name>:failure``             the last worker failure, for clients (expires)
 =================================  ====================================================
 
 Result Redis (``-port_out`` / ``-result_url``):
@@ -105,6 +107,11 @@ class ServiceKeys:
         return f"wkr:{self.name}:info"
 
     @property
+    def scaling(self) -> str:
+        """Hash: the supervisor's elastic-worker state and its last decision (expires)."""
+        return f"wkr:{self.name}:scaling"
+
+    @property
     def workers(self) -> str:
         return f"wkr:{self.name}:workers"
 
@@ -137,6 +144,12 @@ class ServiceKeys:
     @property
     def deaths(self) -> str:
         return f"wkr:{self.name}:deaths"
+
+    @property
+    def failure(self) -> str:
+        """Why the last worker died, set by the supervisor; a client that finds no live worker
+        reports it."""
+        return f"wkr:{self.name}:failure"
 
 
 def reply_key(client_id: str) -> str:

@@ -1,22 +1,52 @@
-"""Child processes the framework supervises (workers, decentralize units, REST, Flower).
+"""Child processes the framework supervises (workers, decentralize units, Redis, REST, Flower).
 
 Every child asks the kernel for SIGTERM when its parent dies, so none keeps running
-unsupervised, and every stop is bounded: SIGTERM, wait until a deadline, then SIGKILL.
+unsupervised, and every stop is bounded: SIGTERM, wait until a deadline, then SIGKILL. A child
+that dies is restarted after a :class:`Backoff` delay.
 """
 
 from __future__ import annotations
 
 import ctypes
+import glob
 import logging
+import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["die_with_parent", "send", "wait_or_kill"]
+__all__ = ["Backoff", "die_with_parent", "send", "wait_or_kill", "pid_alive", "port_holder",
+           "owned_temp_dir", "clean_stale_dirs", "OWNER_FILE"]
 
 log = logging.getLogger("wkr_celery.processes")
 
 _PR_SET_PDEATHSIG = 1
+#: The pid of the process that made a temporary directory, written inside it.
+OWNER_FILE = "owner.pid"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """The delay before restarting a process that died, from how long it lived.
+
+    A process that dies young again doubles the delay (``first``, 2×, 4×… up to ``most``), so a
+    crash loop does not spin; one that ran ``healthy_after`` seconds or more is forgiven and
+    starts again from ``first``, however often it crashed before.
+    """
+
+    first: float = 0.5
+    most: float = 30.0
+    healthy_after: float = 60.0
+
+    def after_death(self, failures: int, lived: float) -> tuple[int, float]:
+        """``(failures, delay)`` after a death: the new count of young deaths in a row and the
+        seconds to wait before the next start."""
+        failures = 1 if lived >= self.healthy_after else failures + 1
+        return failures, min(self.most, self.first * 2 ** (failures - 1))
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -44,3 +74,66 @@ def wait_or_kill(proc: subprocess.Popen[bytes], deadline: float, what: str) -> i
         log.error("%s did not stop in time; killing it", what)
         proc.kill()
         return proc.wait(10)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process ``pid`` exists (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def port_holder(port: int) -> str:
+    """Who listens on TCP ``port``: ``"pid 123 (redis-server …)"``, as far as /proc tells this
+    user; for the error that names the process in the way."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for entry in os.listdir("/proc") if inodes else ():
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+            if any(os.readlink(f"/proc/{entry}/fd/{fd}") in inodes for fd in fds):
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+                return f"pid {entry} ({command.strip()[:120]})"
+        except OSError:
+            continue
+    return "a process this user cannot see" if inodes else "no listening process found"
+
+
+def owned_temp_dir(prefix: str) -> str:
+    """A new temporary directory holding the creator's pid, so a later start can tell a
+    directory whose owner was killed (and remove it) from one in use."""
+    clean_stale_dirs(prefix)
+    path = tempfile.mkdtemp(prefix=prefix)
+    Path(path, OWNER_FILE).write_text(str(os.getpid()))
+    return path
+
+
+def clean_stale_dirs(prefix: str) -> list[str]:
+    """Remove the temporary directories named ``<prefix>*`` whose owner process (its pid in
+    :data:`OWNER_FILE`) is gone; returns the paths removed. A process killed with SIGKILL cannot
+    clean up after itself. A directory without an owner file is left alone: nothing says
+    whether whoever made it still uses it."""
+    removed = []
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), glob.escape(prefix) + "*")):
+        try:
+            pid = int(Path(path, OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if not pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

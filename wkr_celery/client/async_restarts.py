@@ -30,11 +30,9 @@ class AsyncRedisWatch(RedisState):
         """:meth:`RedisWatch.check <.restarts.RedisWatch.check>`, awaited."""
         try:
             info = await self.client.info("server")
-            if not self.saw(str(info["run_id"])):
-                return None
-            if int((await self.client.info("persistence")).get("aof_enabled", 0)) == 1:
-                return None
-            return self.lost_before(int(info.get("uptime_in_seconds", 0)))
+            run_id = str(info["run_id"])
+            persistence = await self.client.info("persistence") if self.is_new(run_id) else {}
+            return self.judged(run_id, persistence, int(info.get("uptime_in_seconds", 0)))
         except REDIS_ERRORS as exc:
             self.failed(exc)
         except redis.ResponseError as exc:

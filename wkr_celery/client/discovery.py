@@ -71,7 +71,7 @@ def wait_until_serving(broker: Broker, broker_url: str, timeout: float, check_ve
         if live and info:  # info is rewritten by the workers after Redis restarts empty
             break
         if time.monotonic() >= deadline:
-            raise no_live_worker(name, broker_url, timeout)
+            raise no_live_worker(name, broker_url, timeout, _last_failure(broker))
         time.sleep(POLL_SECONDS)
     return checked_version(broker.info(), name, check_version)
 
@@ -105,7 +105,12 @@ def no_service(broker_url: str, timeout: float) -> ServiceUnavailable:
         "start one with wkr-serving-start")
 
 
-def no_live_worker(name: str, broker_url: str, timeout: float) -> ServiceUnavailable:
+def no_live_worker(name: str, broker_url: str, timeout: float, failure: str = ""
+                   ) -> ServiceUnavailable:
+    """No worker after ``timeout``; ``failure``: why the last one died, when a supervisor runs
+    but its workers keep dying (``wkr:<name>:failure``)."""
+    if failure:
+        return ServiceUnavailable(f"service {name!r} has no live worker: {failure}")
     return ServiceUnavailable(
         f"no worker of service {name!r} is alive on {redacted(broker_url)} after "
         f"{timeout:.0f}s; start one with `wkr-serving-start module.Worker -name {name}`")
@@ -123,3 +128,10 @@ def checked_version(info: dict[str, str], name: str, check_version: bool) -> dic
 
 def unreachable(what: str, url: str, exc: BaseException) -> ServiceUnavailable:
     return ServiceUnavailable(f"{what} {redacted(url)}: {explain(exc)}")
+
+
+def _last_failure(broker: Broker) -> str:
+    try:
+        return broker.last_failure()
+    except REDIS_ERRORS:
+        return ""

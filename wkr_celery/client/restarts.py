@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import redis
 
@@ -94,6 +96,21 @@ class RedisState:
             self.changes += 1
         return True
 
+    def is_new(self, run_id: str) -> bool:
+        """Whether ``run_id`` is another run than the one seen last (not the first seen)."""
+        return self.run_id is not None and run_id != self.run_id
+
+    def judged(self, run_id: str, persistence: Mapping[str, Any], uptime: int) -> float | None:
+        """What a check that reached the server means: the moment it restarted empty, or
+        ``None``. A server still replaying its append-only file reports ``aof_enabled:0``
+        until it has loaded (Redis 6.2), so a new run is judged only once loading is over."""
+        if int(persistence.get("loading", 0)):
+            self.reached()
+            return None
+        if not self.saw(run_id) or int(persistence.get("aof_enabled", 0)) == 1:
+            return None
+        return self.lost_before(uptime)
+
     def refused_info(self, exc: BaseException) -> None:
         """The server refuses INFO (a managed Redis may rename it): said once."""
         self.reached()
@@ -135,11 +152,9 @@ class RedisWatch(RedisState):
         """
         try:
             info = self.client.info("server")
-            if not self.saw(str(info["run_id"])):
-                return None
-            if int(self.client.info("persistence").get("aof_enabled", 0)) == 1:
-                return None
-            return self.lost_before(int(info.get("uptime_in_seconds", 0)))
+            run_id = str(info["run_id"])
+            persistence = self.client.info("persistence") if self.is_new(run_id) else {}
+            return self.judged(run_id, persistence, int(info.get("uptime_in_seconds", 0)))
         except REDIS_ERRORS as exc:
             self.failed(exc)
         except redis.ResponseError as exc:

@@ -1,9 +1,10 @@
 """``UnitPool``: the central's units, kept matching ``remote_servers`` × ``num_client``.
 
 Only the central's main loop calls it, so no lock guards the units. A unit that exits on its
-own (its ``do_work`` raised, or it crashed) is restarted after 0.5 s, doubling while it keeps
-failing within a minute of starting, up to 30 s; a unit that was told to stop is not counted as
-a failure.
+own (its ``do_work`` raised, or it crashed) is restarted after a
+:class:`~wkr_celery.processes.Backoff` delay, the supervisor's rule: 0.5 s, doubling while it
+keeps failing within a minute of starting, up to 30 s, and back to 0.5 s after a healthy run; a
+unit that was told to stop is not counted as a failure.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..logs import LogRouter
-from ..processes import wait_or_kill
+from ..processes import Backoff, wait_or_kill
 from .config import RemoteServer
 from .process import Unit, UnitProcess, spawn
 
@@ -23,13 +24,15 @@ __all__ = ["UnitPool", "MODES"]
 
 log = logging.getLogger("wkr_celery.decentral")
 
-_RESTART_MIN, _RESTART_MAX, _HEALTHY_AFTER = 0.5, 30.0, 60.0
 #: ``running``: units are kept alive; ``idle``: standby, none run; ``stopping``: shutting down.
 MODES = ("running", "idle", "stopping")
 
 
 class UnitPool:
     """Starts, watches and stops the unit processes of one central."""
+
+    #: Restart delays of units that exit on their own.
+    backoff = Backoff()
 
     def __init__(self, name: str, worker_class: str, pythonpath: Sequence[str]) -> None:
         self.name = name
@@ -117,7 +120,7 @@ class UnitPool:
             unit.process = spawn(unit, self.worker_class, self.router, self.pythonpath)
         except OSError as exc:
             log.error("could not start unit %s: %s", unit.id, exc)
-            unit.next_start = time.monotonic() + _RESTART_MAX
+            unit.next_start = time.monotonic() + self.backoff.most
             return
         log.info("unit %s started, pid %d, remote %s", unit.id, unit.process.pid, unit.remote)
 
@@ -135,9 +138,8 @@ class UnitPool:
             log.info("unit %s (pid %d) stopped with code %s", unit.id, proc.pid, code)
             return
         lived = time.monotonic() - proc.started
-        unit.failures = 1 if lived > _HEALTHY_AFTER else unit.failures + 1
+        unit.failures, delay = self.backoff.after_death(unit.failures, lived)
         unit.restarts += 1
-        delay = min(_RESTART_MAX, _RESTART_MIN * 2 ** (unit.failures - 1))
         unit.last_delay = delay
         unit.next_start = time.monotonic() + delay
         log.error("unit %s (pid %d) exited with code %s after %.1fs (%s); restarting in %.1fs",

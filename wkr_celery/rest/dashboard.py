@@ -65,6 +65,7 @@ async def data(request: Request) -> Response:
                 "version": info.get("version", ""), "queue_length": snap["queue_length"],
                 "totals": snap["totals"], "batch_sizes": snap["batch_sizes"],
                 "statistics": snap["statistics"], "workers": workers,
-                "http_errors": http_errors, "flower_port": settings.flower_port}
+                "http_errors": http_errors, "flower_port": settings.flower_port,
+                "scaling": snap["scaling"]}
 
     return render(await run_in_threadpool(build))

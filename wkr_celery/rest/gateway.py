@@ -150,6 +150,17 @@ class Gateway:
         seconds = sum(float(b.get("predict_seconds", 0.0)) for b in live.values())
         return seconds / batches if batches else 0.0
 
+    def scaling(self) -> dict[str, Any]:
+        """The supervisor's elastic-worker state (empty when the service is not elastic)."""
+        try:
+            raw = self.broker.scaling()
+        except REDIS_ERRORS as exc:
+            raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
+        numbers = {"workers", "floor", "ceiling", "grown", "retired"}
+        floats = {"wait_s", "rate", "busy", "decided_at"}
+        return {k: int(v) if k in numbers else float(v) if k in floats else v
+                for k, v in raw.items()}
+
     def queue_length(self) -> int:
         try:
             return self.broker.queue_length()

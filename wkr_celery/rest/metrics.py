@@ -50,7 +50,8 @@ class ApiMetrics:
         self.registry.register(ServiceCollector(snapshot))
 
 
-def service_snapshot(live: dict[str, dict[str, Any]], queue_length: int) -> dict[str, Any]:
+def service_snapshot(live: dict[str, dict[str, Any]], queue_length: int,
+                     scaling: dict[str, Any] | None = None) -> dict[str, Any]:
     """Totals over live workers: what the dashboard and the collector both show."""
     totals = {"responses": 0, "failed": 0, "batches": 0, "predict_seconds": 0.0, "buffered": 0}
     sizes: dict[int, int] = {}
@@ -73,7 +74,7 @@ def service_snapshot(live: dict[str, dict[str, Any]], queue_length: int) -> dict
     # Every request is answered, queued or buffered: arrivals = responses + what still waits.
     totals["requests"] = totals["responses"] + queue_length + totals["buffered"]
     return {"totals": totals, "batch_sizes": dict(sorted(sizes.items())), "statistics": stats,
-            "queue_length": queue_length, "workers": live}
+            "queue_length": queue_length, "workers": live, "scaling": scaling or {}}
 
 
 def _metric_name(key: str) -> str:
@@ -97,6 +98,20 @@ class ServiceCollector(Collector):
                                 value=len(live))
         yield GaugeMetricFamily("wkr_queue_depth", "requests waiting in the broker lists",
                                 value=snap["queue_length"])
+        scaling = snap["scaling"]
+        if scaling:  # -num_worker_max: what the supervisor sees and decided
+            yield GaugeMetricFamily("wkr_workers_running", "worker processes the supervisor runs",
+                                    value=scaling.get("workers", 0))
+            yield GaugeMetricFamily("wkr_workers_max", "most worker processes (-num_worker_max)",
+                                    value=scaling.get("ceiling", 0))
+            yield GaugeMetricFamily("wkr_queue_wait_seconds",
+                                    "estimated queue wait: queued / served rate",
+                                    value=scaling.get("wait_s", 0.0))
+            events = CounterMetricFamily("wkr_scale_events", "workers added and retired",
+                                         labels=["direction"])
+            events.add_metric(["up"], scaling.get("grown", 0))
+            events.add_metric(["down"], scaling.get("retired", 0))
+            yield events
         per_worker = (
             ("wkr_worker_requests", "requests answered by this worker process", "requests"),
             ("wkr_worker_failed", "requests this worker answered with an error", "failed"),

@@ -80,6 +80,9 @@ class ServerStatus(_Open):
     workers: list[dict[str, Any]] = Field(..., description="each live worker's heartbeat")
     queue_length: int
     totals: dict[str, Any]
+    scaling: dict[str, Any] = Field(
+        default_factory=dict, description="elastic workers (-num_worker_max): workers, floor, "
+        "ceiling, estimated wait, the last decision and its reason; empty when fixed")
     uptime_s: float = Field(..., description="seconds since the oldest live worker started")
     api_uptime_s: float
     versions: dict[str, Any]

@@ -30,8 +30,8 @@ open_router = APIRouter()
 
 
 def snapshot(gateway: Gateway) -> dict[str, Any]:
-    """Live workers and totals; blocking (two round trips at most, heartbeats cached)."""
-    return service_snapshot(gateway.live_workers(), gateway.queue_length())
+    """Live workers, totals and elastic state; blocking (heartbeats cached)."""
+    return service_snapshot(gateway.live_workers(), gateway.queue_length(), gateway.scaling())
 
 
 @router.get("/status/server", response_model=ServerStatus,
@@ -55,6 +55,7 @@ async def server_status(request: Request) -> Response:
             "devices": sorted({int(w.get("device_id", -1)) for w in workers}),
             "workers": workers, "queue_length": snap["queue_length"], "totals": snap["totals"],
             "batch_sizes": snap["batch_sizes"], "statistics": snap["statistics"],
+            "scaling": snap["scaling"],
             "uptime_s": now - oldest, "api_uptime_s": now - gateway.started,
             "versions": {"api": __version__, "service": info.get("version"),
                          "workers": sorted({str(w.get("version")) for w in workers}),

@@ -1,7 +1,9 @@
 """``wkr-serving-start module.Worker -flags…``: start a service and supervise it until stopped.
 
-SIGTERM or SIGINT stops gracefully (batches in predict finish, buffered requests go back to the
-queue); a second SIGINT kills the workers at once.
+SIGTERM or SIGINT (Ctrl+C: the terminal signals only this process, as every child runs in a
+session of its own) stops gracefully: batches in predict finish, buffered requests go back to the
+queue, Redis stops last; a second SIGINT kills the workers at once. docs/guarantees.md says what
+a stop promises to each request.
 """
 
 from __future__ import annotations

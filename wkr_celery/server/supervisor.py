@@ -4,23 +4,30 @@ them alive.
 Each worker is ``celery -A wkr_celery worker`` in its own process, given its settings and
 device through the environment (``CUDA_VISIBLE_DEVICES`` is set before anything is imported).
 When one dies, the supervisor requeues what it held at once (the requests that were in predict
-count a death against them, the rest go back untouched), then restarts it with a backoff that
-grows while it keeps dying young.
+count a death against them, the rest go back untouched), records why it died where clients look
+(so a client of a crash-looping service is told the worker's error), then restarts it with a
+:class:`~wkr_celery.processes.Backoff` that grows while it keeps dying young and is forgiven
+after a healthy run. The embedded redis-servers, the REST API and Flower are watched the same
+way (:mod:`.children`).
+
+Everything a worker writes to its temporary directory lives under the supervisor's run
+directory (``/tmp/wkr-<name>-run-*``), removed when the worker dies, at stop, and, for a
+supervisor that was killed, by the next start.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..broker import Broker
@@ -30,9 +37,19 @@ from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ConfigError, ServiceUnavailable
 from ..keys import ServiceKeys
 from ..logs import LogRouter, configure_stderr
-from ..processes import die_with_parent, send, wait_or_kill
+from ..processes import (
+    Backoff,
+    clean_stale_dirs,
+    die_with_parent,
+    owned_temp_dir,
+    send,
+    wait_or_kill,
+)
 from ..redis_embedded import EmbeddedRedis
+from .children import SideProcess, WatchedRedis
 from .hardworker import WKRHardWorker
+from .leftovers import fail_queued, wait_taken
+from .worker_slot import WorkerProcess
 
 __all__ = ["WKRServer", "WorkerProcess"]
 
@@ -40,31 +57,15 @@ log = logging.getLogger("wkr_celery.server")
 
 _CHECK_SECONDS = 0.1
 _THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-_RESTART_MIN, _RESTART_MAX, _HEALTHY_AFTER = 0.5, 30.0, 60.0
-
-
-@dataclass
-class WorkerProcess:
-    """One worker slot: its device, and the process currently filling it."""
-
-    index: int
-    device_id: int
-    worker_id: str = ""
-    process: subprocess.Popen[bytes] | None = None
-    running_file: str = ""
-    started: float = 0.0
-    restarts: int = 0
-    next_start: float = 0.0
-    pump: threading.Thread | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
+_FAILURE_TTL = 600  # seconds a worker's last failure stays readable for clients
+_TAKE_SECONDS = 3.0  # how long a stop waits for clients to take their RequestLost answers
 
 
 class WKRServer:
     """Runs a service: ``WKRServer(Worker, args).start()`` then ``serve_forever()`` or ``stop()``."""
+
+    #: Restart delays of every child (workers, Redis, REST, Flower).
+    backoff = Backoff()
 
     def __init__(
         self,
@@ -83,7 +84,8 @@ class WKRServer:
             for i in range(self.settings.num_worker)
         ]
         self.redis_servers: list[EmbeddedRedis] = []
-        self.extras: list[subprocess.Popen[bytes]] = []
+        self._redis_watch: list[WatchedRedis] = []
+        self.extras: list[SideProcess] = []
         self.router: LogRouter | None = None
         self.broker: Broker | None = None
         # A plain flag, not an Event: the CLI's signal handler sets it, and Event.set() in a
@@ -91,7 +93,8 @@ class WKRServer:
         # lock inside wait() (seen in CI: a SIGTERM left the service running until killed).
         self._stop_requested = False
         self._stopped = False
-        self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{self.settings.name}-run-")
+        clean_stale_dirs(f"wkr-{self.settings.name}-")  # left by a killed supervisor or worker
+        self._run_dir = owned_temp_dir(f"wkr-{self.settings.name}-run-")
 
     # Start --------------------------------------------------------------------------------
 
@@ -122,13 +125,19 @@ class WKRServer:
         s = self.settings
         if s.broker_url:
             return
-        persist = s.redis_persist == "on" or (s.redis_persist == "auto" and bool(s.data_dir))
+        persist = self._persist()
         ports = [s.port_in] if s.port_out == s.port_in or s.result_url else [s.port_in, s.port_out]
         for port in ports:
             server = EmbeddedRedis(port, data_dir=s.data_dir or None, persist=persist).start()
             self.redis_servers.append(server)
-            log.info("%s Redis on 127.0.0.1:%d%s", "started" if server.owned else "reusing",
-                     port, " (AOF on)" if persist and server.owned else "")
+            self._redis_watch.append(WatchedRedis(server))
+            log.info("started Redis on 127.0.0.1:%d, pid %s%s", port, server.pid,
+                     " (AOF on)" if persist else "")
+
+    def _persist(self) -> bool:
+        """Whether the embedded Redis keeps an append-only file (survives a stop)."""
+        s = self.settings
+        return s.redis_persist == "on" or (s.redis_persist == "auto" and bool(s.data_dir))
 
     def _start_extras(self) -> None:
         """Processes beside the workers (REST API, Flower), when their ports are given."""
@@ -140,26 +149,24 @@ class WKRServer:
             wanted.append(("REST API", extras.rest_command(s), f"http://{s.http_host}:{s.http_port}"))
         if s.flower_port:
             wanted.append(("Flower", extras.flower_command(s), f"http://127.0.0.1:{s.flower_port}"))
+        piped = self.router is not None
         for what, command, url in wanted:
-            proc = extras.start(command, s, piped=self.router is not None,
-                                 preexec_fn=die_with_parent)
-            if self.router is not None and proc.stdout is not None:
-                threading.Thread(target=self.router.pump, args=(proc.stdout,), daemon=True,
-                                 name=f"wkr-log-{what}").start()
-            self.extras.append(proc)
-            log.info("%s on %s, pid %d", what, url, proc.pid)
+            launch = functools.partial(extras.start, command, s, piped=piped,
+                                       preexec_fn=die_with_parent)
+            side = SideProcess(what, url, launch)
+            side.spawn(self.router)
+            self.extras.append(side)
 
     def _spawn(self, slot: WorkerProcess) -> None:
         s = self.settings
-        slot.worker_id = f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}"
-        slot.running_file = os.path.join(self._tmp.name, f"{slot.worker_id}.running")
+        files = slot.prepare(f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}", self._run_dir)
         env = dict(os.environ)
         env.update(s.to_env())
+        env.update(files)  # TMPDIR among them: what a killed worker leaves is removed
         env.update({
             "WKR_WORKER_ID": slot.worker_id,
             "WKR_WORKER_INDEX": str(slot.index),
             "WKR_DEVICE_ID": str(slot.device_id),
-            "WKR_RUNNING_FILE": slot.running_file,
             "CUDA_VISIBLE_DEVICES": "" if slot.device_id < 0 else str(slot.device_id),
             "PYTHONPATH": os.pathsep.join(
                 p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p
@@ -201,7 +208,7 @@ class WKRServer:
             live = self.broker.live_workers()
             if all(w.worker_id in live for w in self.workers):
                 return
-            self._check_workers()
+            self._check_children()
             time.sleep(_CHECK_SECONDS)
         raise ServiceUnavailable(
             f"service {self.settings.name!r}: workers not ready after {timeout:.0f}s; see the log"
@@ -212,7 +219,7 @@ class WKRServer:
         while not self._stop_requested:
             time.sleep(_CHECK_SECONDS)
             if not self._stop_requested:
-                self._check_workers()
+                self._check_children()
         self.stop()
 
     def request_stop(self) -> None:
@@ -220,7 +227,11 @@ class WKRServer:
         is safe in a signal handler."""
         self._stop_requested = True
 
-    def _check_workers(self) -> None:
+    def _check_children(self) -> None:
+        for watch in self._redis_watch:
+            watch.check(self.backoff)
+        for side in self.extras:
+            side.check(self.backoff, self.router)
         now = time.monotonic()
         for slot in self.workers:
             proc = slot.process
@@ -229,8 +240,9 @@ class WKRServer:
             if slot.process is None and now >= slot.next_start and not self._stop_requested:
                 self._spawn(slot)
 
-    def _on_death(self, slot: WorkerProcess, code: int) -> None:
-        blamed = _read_running(slot.running_file)
+    def _on_death(self, slot: WorkerProcess, code: int, stopping: bool = False) -> None:
+        blamed = slot.in_predict()
+        failure = slot.start_failure()
         lived = time.monotonic() - slot.started
         slot.process = None
         if slot.pump is not None:
@@ -241,18 +253,38 @@ class WKRServer:
                 requeued = self.broker.requeue_dead(slot.worker_id, blamed)
             except REDIS_ERRORS as exc:  # the sweep of a live worker requeues them later
                 log.error("could not requeue worker %s's requests now: %s", slot.worker_id, exc)
+        slot.clean_up()
+        if stopping:
+            log.warning("worker %d (%s) exited with code %s while stopping; requeued %d "
+                        "request(s)", slot.index, slot.worker_id, code, requeued)
+            return
         slot.restarts += 1
-        delay = _RESTART_MIN if lived > _HEALTHY_AFTER else min(
-            _RESTART_MAX, _RESTART_MIN * 2 ** min(slot.restarts, 6))
-        slot.next_start = time.monotonic() + (0 if lived > _HEALTHY_AFTER else delay)
-        log.error("worker %d (%s) exited with code %s after %.1fs; requeued %d request(s) "
+        slot.failures, delay = self.backoff.after_death(slot.failures, lived)
+        slot.next_start = time.monotonic() + delay
+        why = (f"failed to start: {failure}" if failure
+               else f"exited with code {code} after {lived:.1f}s")
+        self._record_failure(f"worker {slot.index} {why}")
+        log.error("worker %d (%s) exited with code %s after %.1fs%s; requeued %d request(s) "
                   "(%d were in predict); restarting in %.1fs", slot.index, slot.worker_id, code,
-                  lived, requeued, len(blamed), max(0.0, slot.next_start - time.monotonic()))
+                  lived, f"; failed to start: {failure}" if failure else "", requeued, len(blamed), delay)
+
+    def _record_failure(self, text: str) -> None:
+        """Keep the last worker failure where clients look when no worker is live."""
+        if self.broker is None:
+            return
+        where = self.router.err_path if self.router is not None else "the supervisor's output"
+        try:
+            self.broker.record_failure(f"{text}; see {where}", _FAILURE_TTL)
+        except REDIS_ERRORS as exc:
+            log.warning("could not record the worker failure for clients: %s", exc)
 
     # Stop ---------------------------------------------------------------------------------
 
     def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
-        """Graceful: each worker finishes its batch and gives buffered requests back."""
+        """Graceful: each worker finishes its batch and gives buffered requests back; then
+        REST and Flower stop; Redis stops last. Requests still queued in an embedded Redis that
+        keeps nothing (no AOF) are failed with ``RequestLost`` first, so no caller waits on
+        them."""
         if self._stopped:
             return
         self._stopped = True
@@ -263,22 +295,44 @@ class WKRServer:
         deadline = time.monotonic() + timeout
         for slot in live:
             assert slot.process is not None
-            wait_or_kill(slot.process, deadline, f"worker {slot.index}")
-            if slot.process.returncode != 0 or not graceful:
-                self._on_death(slot, slot.process.returncode)
+            code = wait_or_kill(slot.process, deadline, f"worker {slot.index}")
+            if code != 0 or not graceful:
+                self._on_death(slot, code, stopping=True)
             slot.process = None
             if slot.pump is not None:
                 slot.pump.join(2)
-        for proc in self.extras:
-            send(proc, signal.SIGTERM)
-        for proc in self.extras:
-            wait_or_kill(proc, time.monotonic() + 10, f"process {proc.pid}")
-        for server in self.redis_servers:
+        for side in self.extras:
+            send(side.process, signal.SIGTERM)
+        for side in self.extras:
+            if side.process is not None:
+                wait_or_kill(side.process, time.monotonic() + 10, f"{side.what} pid "
+                             f"{side.process.pid}")
+        self._fail_what_redis_forgets()
+        for server in reversed(self.redis_servers):
             server.stop()
         if self.router is not None:
             self.router.close()
-        self._tmp.cleanup()
+        shutil.rmtree(self._run_dir, ignore_errors=True)
         log.info("service %r stopped", self.settings.name)
+
+    def _fail_what_redis_forgets(self) -> None:
+        s = self.settings
+        if self.broker is None or not self.redis_servers or self._persist():
+            return
+        try:
+            backend = s.connect_backend()
+            told = fail_queued(self.broker, backend, int(s.result_expires),
+                               f"service {s.name!r} stopped before serving this request, and "
+                               "its embedded Redis keeps nothing across a stop (start it with "
+                               "-data_dir to keep queued requests); send it again")
+            if told:
+                log.warning("%d queued request(s) failed with RequestLost: no AOF keeps them",
+                            len(told))
+                if not wait_taken(backend, told, _TAKE_SECONDS):
+                    log.warning("some clients did not take their RequestLost answers within "
+                                "%.0fs (closed, or too slow)", _TAKE_SECONDS)
+        except REDIS_ERRORS as exc:
+            log.error("could not tell the callers of queued requests: %s", exc)
 
     def __enter__(self) -> WKRServer:
         return self.start()
@@ -286,15 +340,6 @@ class WKRServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-
-def _read_running(path: str) -> list[int]:
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read().decode().strip()
-    except OSError:
-        return []
-    return [int(part) for part in text.split(",") if part.strip().isdigit()]
 
 
 def _settings_from(args: Settings | argparse.Namespace | None) -> Settings:

@@ -158,6 +158,13 @@
     setValue("total-failed", t.failed);
     $("total-failed").classList.toggle("bad", t.failed > 0);
     setValue("total-workers", d.workers.length);
+    const sc = d.scaling || {};
+    $("scaling").hidden = !sc.ceiling;
+    if (sc.ceiling) {  // -num_worker_max: the range, and the supervisor's last decision
+      $("scaling").textContent = "elastic " + sc.floor + "–" + sc.ceiling +
+        (sc.reason ? " · " + sc.last + ": " + sc.reason : "");
+      $("scaling").title = "estimated queue wait " + Number(sc.wait_s).toFixed(2) + " s";
+    }
     setValue("total-queue", d.queue_length);
     setValue("total-uptime", d.uptime_s, duration(d.uptime_s));
     $("max-batch").textContent = d.batch_size;

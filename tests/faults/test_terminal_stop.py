@@ -1,0 +1,157 @@
+"""Ctrl+C typed into the terminal that runs ``wkr-serving-start``, with requests in flight.
+
+The terminal driver sends SIGINT to the whole foreground process group, so this is the only
+honest way to test it: a SIGTERM to one pid skips what goes wrong when Redis, REST or a worker
+shares the supervisor's group.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+
+from tests.decentral_support import Sink
+from tests.helpers import ROOT, Service, free_port, wait_until
+from wkr_celery.client.helper import RedisHandler
+from wkr_celery.errors import RequestLost
+from wkr_celery.keys import ServiceKeys
+from wkr_celery.redis_embedded import EmbeddedRedis
+from workers.linear import IN_DIM
+
+from .terminal import Terminal, TerminalService
+
+REQUESTS = 2000
+
+
+@pytest.fixture
+def terminal_service(tmp_path: Path) -> Iterator[TerminalService]:
+    service = TerminalService(tmp_path, "tests.faults.workers.TenthDoubler")
+    yield service
+    service.close()
+
+
+def _in_redis(service: TerminalService) -> int:
+    """Requests the service's Redis holds: queued, or fetched by a worker and not yet acked."""
+    keys = ServiceKeys(service.name)
+    with redis_py.Redis(port=service.port_in) as probe:
+        queued = sum(probe.llen(name) for name in (*keys.queues, keys.suspect))
+        return queued + sum(probe.hlen(key) for key in probe.scan_iter(
+            keys.inflight_prefix + "*"))
+
+
+def _interrupt_under_load(service: TerminalService, terminal: Terminal) -> list[Future]:
+    client = service.client()
+    futures = [client.encode(n) for n in range(REQUESTS)]
+    wait_until(lambda: sum(f.done() for f in futures) >= 50, 30, what="the first answers")
+    # All in flight: the client has published every request (it publishes from a thread).
+    wait_until(lambda: _in_redis(service) + sum(f.done() for f in futures) >= REQUESTS, 30,
+               what="every request to be published")
+    terminal.press_ctrl_c()
+    code = terminal.close(timeout=30)
+    log = service.log()
+    assert code == 0, f"exit code {code}; terminal:\n{terminal.output[-3000:]}\nlog:\n{log[-4000:]}"
+    return futures
+
+
+def _assert_clean_stop(service: TerminalService) -> None:
+    log = service.log()
+    assert "restarting" not in log, log[-4000:]
+    assert "killing it" not in log, "a child was SIGKILLed: " + log[-4000:]
+    assert "while stopping" not in log, "a worker exited non-zero: " + log[-4000:]
+    assert "could not" not in log, log[-4000:]
+    assert log.count("worker shutting down") or log.count("stopped"), log[-4000:]
+    # Redis is stopped last: the supervisor's final line comes after the workers' stop.
+    assert not service.redis_answers(service.port_in)
+    assert not service.redis_answers(service.port_out)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_without_persistence_answers_batches_in_predict_and_fails_the_queued_once(
+    terminal_service: TerminalService,
+) -> None:
+    terminal = terminal_service.start()
+    futures = _interrupt_under_load(terminal_service, terminal)
+    _assert_clean_stop(terminal_service)
+
+    finished, unfinished = wait(futures, timeout=15)
+    assert not unfinished, f"{len(unfinished)} callers still wait after the stop"
+    answered = [(n, f.result()) for n, f in enumerate(futures) if f.exception() is None]
+    lost = [f.exception() for f in futures if f.exception() is not None]
+    assert all(result == 2 * n for n, result in answered)
+    assert lost, "every request was answered before the stop; the test proved nothing"
+    assert all(isinstance(e, RequestLost) for e in lost), lost[:3]
+    assert "stopped before serving this request" in str(lost[0])
+    assert f"{len(lost)} queued request(s) failed with RequestLost" in terminal_service.log()
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_with_persistence_keeps_queued_requests_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    service = TerminalService(tmp_path, "tests.faults.workers.TenthDoubler",
+                              "-data_dir", str(tmp_path / "redis-data"))
+    try:
+        terminal = service.start()
+        futures = _interrupt_under_load(service, terminal)
+        _assert_clean_stop(service)
+        waiting = sum(not f.done() for f in futures)
+        assert waiting, "nothing was left queued at the stop; the test proved nothing"
+
+        service.start()  # the same command again: the queue comes back from the AOF
+        finished, unfinished = wait(futures, timeout=60)
+        assert not unfinished, f"{len(unfinished)} of {waiting} queued requests never answered"
+        assert [f.result() for f in futures] == [2 * n for n in range(REQUESTS)]
+    finally:
+        service.close()
+
+
+def test_terminal_helper_delivers_ctrl_c_to_the_foreground_group(tmp_path: Path) -> None:
+    """The helper itself: a shell in the pty dies of the SIGINT the driver sends."""
+    terminal = Terminal(["sh", "-c", "echo ready; sleep 30"], cwd=tmp_path,
+                        env={**os.environ})
+    wait_until(lambda: "ready" in terminal.output, 10, what="the shell")
+    terminal.press_ctrl_c()
+    assert terminal.close(10) == -2
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_a_decentralize_central_after_the_job_in_hand(
+    make_service: Callable[..., Service], redis_server: EmbeddedRedis, tmp_path: Path,
+) -> None:
+    service = make_service("workers.linear.Worker", "-protocol", "npy")
+    name, port, port_out = f"dc{uuid.uuid4().hex[:8]}", free_port(), free_port()
+    sink = Sink()
+    with RedisHandler(f"jobs-{uuid.uuid4().hex[:8]}", "127.0.0.1", redis_server.port) as jobs:
+        env = {**os.environ, "DECENTRAL_TEST_SINK": sink.url,
+               "DECENTRAL_TEST_QUEUE": jobs.queue_key,
+               "DECENTRAL_TEST_REDIS_PORT": str(redis_server.port)}
+        terminal = Terminal(
+            ["wkr-decentral-start", "tests.decentral_units.ForwardUnit", "-name", name,
+             "-port", str(port), "-port_out", str(port_out), "-num_client", "2",
+             "-remote_servers", f"[[127.0.0.1, {redis_server.port}, {redis_server.port}, "
+             f"{service.name}]]", "-log_dir", str(tmp_path)], cwd=ROOT, env=env)
+        try:
+            sink.wait(lambda s: len(s.events("on")) == 2, 60, what="two units up")
+            jobs.push({"id": 1, "x": [0.5] * IN_DIM, "announce": True, "work_seconds": 1.5})
+            sink.wait(lambda s: s.events("begin"), 30, what="the job to begin")
+            terminal.press_ctrl_c()
+            code = terminal.close(60)
+        finally:
+            terminal.close(5)
+            sink.close()
+    log = (tmp_path / f"{name}.log").read_text()
+    assert code == 0, f"{terminal.output}\n{log[-3000:]}"
+    assert [e["id"] for e in sink.events("result")] == [1], "the job in hand was not finished"
+    assert len(sink.events("off")) == 2, "a unit did not call off_model"
+    assert "killing it" not in log and "restarting" not in log, log[-3000:]
+    # Its own Redis is stopped last: the central talked to it until the end.
+    assert "unreachable" not in log and "could not" not in log, log[-3000:]
+    with redis_py.Redis(port=port, socket_connect_timeout=1) as probe:
+        with pytest.raises(redis_py.ConnectionError):
+            probe.ping()

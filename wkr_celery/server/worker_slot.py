@@ -1,0 +1,76 @@
+"""``WorkerProcess``: one worker slot of the supervisor and the files it shares with the worker
+process filling it, all under the supervisor's run directory:
+
+- ``<worker id>.running``: the ids of the requests in ``predict`` (the worker rewrites it per
+  batch), so a death is counted against those only;
+- ``<worker id>.failed``: why the worker could not start (``WKR_FAILURE_FILE``);
+- ``<worker id>/``: the worker's ``TMPDIR``, so whatever it leaves is removed when it dies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass, field
+
+__all__ = ["WorkerProcess"]
+
+
+@dataclass
+class WorkerProcess:
+    """One worker slot: its device, and the process currently filling it."""
+
+    index: int
+    device_id: int
+    worker_id: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    running_file: str = ""
+    failure_file: str = ""
+    tmp_dir: str = ""
+    started: float = 0.0
+    restarts: int = 0
+    failures: int = 0  # deaths in a row, each soon after its start (see Backoff)
+    next_start: float = 0.0
+    pump: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def prepare(self, worker_id: str, run_dir: str) -> dict[str, str]:
+        """Name a new process's files; returns the environment that tells it where they are."""
+        self.worker_id = worker_id
+        self.running_file = os.path.join(run_dir, f"{worker_id}.running")
+        self.failure_file = os.path.join(run_dir, f"{worker_id}.failed")
+        self.tmp_dir = os.path.join(run_dir, worker_id)
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        return {"WKR_RUNNING_FILE": self.running_file, "WKR_FAILURE_FILE": self.failure_file,
+                "TMPDIR": self.tmp_dir}
+
+    def in_predict(self) -> list[int]:
+        """Inflight ids of the requests that were in ``predict`` when the process died."""
+        text = _read(self.running_file)
+        return [int(part) for part in text.split(",") if part.strip().isdigit()]
+
+    def start_failure(self) -> str:
+        """``"Type: message"`` when the process could not start, else ``""``."""
+        return _read(self.failure_file)
+
+    def clean_up(self) -> None:
+        """Remove the dead process's files and temporary directory."""
+        for path in (self.running_file, self.failure_file):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
