@@ -64,6 +64,7 @@ DECENTRAL = RunBy("tests/test_decentral_example.py::"
 COMPAT = "tests/test_wkr_serving_compat.py"
 COMPAT_DECENTRAL = RunBy(
     f"{COMPAT}::test_the_guides_decentralize_example_posts_a_result_for_every_queued_job")
+ELASTIC = RunBy(f"{HERE}::test_the_elastic_command_serves_and_reports_its_worker_range")
 BENCH_HELP = RunBy(f"{HERE}::test_the_benchmark_help_runs_as_written")
 QUICK_BENCH = "tests/test_benchmark.py::test_quick_benchmark_exits_zero_and_prints_the_table"
 FRAMEWORKS_TORCH = RunBy("tests/test_frameworks.py::"
@@ -235,6 +236,8 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     "python3 -c 'import json; print(json.dumps({\"id\": 1, \"data\": [0.5] * 512}))' | curl -s "
     "-X POST -H 'Content-Type: application/json' --data @- localhost:8900/encode": CannotRun(
         "asks the compose stack", COMPOSE),
+    "wkr-serving-start workers.linear.Worker -num_worker 1 -num_worker_max 4 -scale_up_wait 0.5 "
+    "-scale_down_after 30 -http_port 8900": ELASTIC,
     # docs/rest.md
     "wkr-serving-http -name echo -port_in 8996 -http_port 8901": REST,
     "wkr-serving-http -name echo -broker_url redis://10.0.0.5:6379/0 -http_port 8901 "
@@ -407,6 +410,27 @@ def test_the_seed_server_starts_from_examples_and_celery_sees_its_workers(
     session.stop(server)
     log = session.subs.tmp / "tmp_log_dir" / "default.log"
     assert "Begin load model" in log.read_text()
+
+
+def test_the_elastic_command_serves_and_reports_its_worker_range(session: Session) -> None:
+    (command,) = commands_run_by(ELASTIC.test)
+    server = session.start(command)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{session.subs.port('8900')}", timeout=10)
+
+    def scaling() -> dict[str, object]:
+        try:
+            return dict(api.get("/status/server").json().get("scaling") or {})
+        except (httpx.TransportError, ValueError):
+            return {}
+    try:
+        state = wait_until(lambda: (lambda s: s if s.get("workers") == 1 else None)(scaling()),
+                           60, what="the elastic state in /status/server")
+        assert (state["floor"], state["ceiling"]) == (1, 4)
+        answer = api.post("/encode", json={"data": [0.0] * 512})
+        assert answer.status_code == 200, answer.text
+    finally:
+        api.close()
+    session.stop(server)
 
 
 def test_the_production_commands_run_as_written(session: Session) -> None:

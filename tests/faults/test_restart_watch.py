@@ -11,7 +11,7 @@ import pytest
 import redis as redis_py
 
 from tests.helpers import free_port, wait_until
-from wkr_celery.client.restarts import RestartWatch
+from wkr_celery.client.restarts import RedisWatch
 from wkr_celery.redis_embedded import EmbeddedRedis
 
 
@@ -26,7 +26,8 @@ def test_a_redis_replaying_its_aof_is_not_taken_for_one_that_lost_everything(
         for n in range(300_000):  # enough AOF that loading it takes a while
             pipe.rpush("queue", f"request {n:08d} " * 3)
         pipe.execute()
-    watch = RestartWatch(redis_py.Redis(port=port, socket_timeout=2))
+    watch = RedisWatch("broker", f"redis://127.0.0.1:{port}/0",
+                       redis_py.Redis(port=port, socket_timeout=2))
     server.stop()
 
     verdicts: list[float | None] = []
@@ -38,7 +39,7 @@ def test_a_redis_replaying_its_aof_is_not_taken_for_one_that_lost_everything(
             try:
                 if int(watch.client.info("persistence").get("loading", 0)):
                     loading_seen.set()
-                verdicts.append(watch.lost_before())
+                verdicts.append(watch.check())
             except (redis_py.RedisError, OSError):
                 pass  # down, or too busy loading to answer: the watch tries again
 

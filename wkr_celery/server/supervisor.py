@@ -47,6 +47,7 @@ from ..processes import (
 )
 from ..redis_embedded import EmbeddedRedis
 from .children import SideProcess, WatchedRedis
+from .elastic import Elastic
 from .hardworker import WKRHardWorker
 from .leftovers import fail_queued, wait_taken
 from .worker_slot import WorkerProcess
@@ -88,6 +89,7 @@ class WKRServer:
         self.extras: list[SideProcess] = []
         self.router: LogRouter | None = None
         self.broker: Broker | None = None
+        self.elastic: Elastic | None = None
         # A plain flag, not an Event: the CLI's signal handler sets it, and Event.set() in a
         # handler deadlocks when the signal lands while the main thread holds the Event's own
         # lock inside wait() (seen in CI: a SIGTERM left the service running until killed).
@@ -113,6 +115,8 @@ class WKRServer:
             self.broker.client.ping()
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"broker {redacted(s.broker)}: {explain(exc)}") from exc
+        if s.num_worker_max > s.num_worker:
+            self.elastic = Elastic(s, self.broker)
         for slot in self.workers:
             self._spawn(slot)
         self._start_extras()
@@ -233,12 +237,50 @@ class WKRServer:
         for side in self.extras:
             side.check(self.backoff, self.router)
         now = time.monotonic()
-        for slot in self.workers:
+        for slot in list(self.workers):
             proc = slot.process
             if proc is not None and proc.poll() is not None:
+                if slot.retiring:
+                    self._retired(slot, proc.returncode)
+                    continue
                 self._on_death(slot, proc.returncode)
             if slot.process is None and now >= slot.next_start and not self._stop_requested:
                 self._spawn(slot)
+        if self.elastic is not None and not self._stop_requested:
+            decision = self.elastic.tick(now, self.workers)
+            if decision is not None and decision.change > 0:
+                self._grow(decision.reason)
+            elif decision is not None:
+                self._retire(decision.reason)
+
+    # Elastic workers (-num_worker_max) ----------------------------------------------------
+
+    def _grow(self, reason: str) -> None:
+        index = max(slot.index for slot in self.workers) + 1
+        slot = WorkerProcess(index=index, device_id=self.settings.device_for(index))
+        self.workers.append(slot)
+        log.info("adding worker %d on device %d: %s", index, slot.device_id, reason)
+        self._spawn(slot)
+
+    def _retire(self, reason: str) -> None:
+        """The newest added worker stops gracefully: its batch finishes, its buffer goes back."""
+        extra = [s for s in self.workers if s.index >= self.settings.num_worker
+                 and s.process is not None and not s.retiring]
+        if not extra:
+            return
+        slot = max(extra, key=lambda s: s.index)
+        slot.retiring = True
+        log.info("retiring worker %d (%s): %s", slot.index, slot.worker_id, reason)
+        send(slot.process, signal.SIGTERM)
+
+    def _retired(self, slot: WorkerProcess, code: int) -> None:
+        if code != 0:  # requeue whatever it still held, as for any death
+            self._on_death(slot, code, stopping=True)
+        else:
+            slot.process = None
+            slot.clean_up()
+        self.workers.remove(slot)
+        log.info("worker %d retired (exit code %s)", slot.index, code)
 
     def _on_death(self, slot: WorkerProcess, code: int, stopping: bool = False) -> None:
         blamed = slot.in_predict()

@@ -33,6 +33,7 @@ class WorkerProcess:
     restarts: int = 0
     failures: int = 0  # deaths in a row, each soon after its start (see Backoff)
     next_start: float = 0.0
+    retiring: bool = False  # told to stop for good (an elastic worker no longer needed)
     pump: threading.Thread | None = field(default=None, repr=False)
 
     @property
