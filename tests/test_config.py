@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wkr_celery import ConfigError, Settings
+from wkr_celery.config import seconds_from_flags
 from wkr_celery.server.helper import get_args_parser
 
 
@@ -20,6 +21,19 @@ def test_seed_flags_parse_into_settings_with_durations_converted() -> None:
     assert s.device_map == (-1,) and s.gpu_memory_fraction == 0.25
     assert s.batch_timeout == pytest.approx(0.007)
     assert s.broker == "redis://127.0.0.1:8996/0" and s.backend == "redis://127.0.0.1:8998/0"
+
+
+def test_every_parser_of_the_serving_flags_converts_milliseconds_the_same_way() -> None:
+    """``wkr-serving-start`` and the production tools (``wkr-serving-check``) parse the same
+    flags with two parsers; both take ``-batch_timeout`` in ms through ``seconds_from_flags``."""
+    from wkr_celery.production.args import parse_service_flags
+
+    argv = ["server.Worker", "-batch_timeout", "250"]
+    assert Settings.from_args(argv, environ={}).batch_timeout == pytest.approx(0.25)
+    assert parse_service_flags("wkr-serving-check", argv, environ={}).batch_timeout == (
+        pytest.approx(0.25))
+    assert seconds_from_flags({"batch_timeout": 5.0, "batch_size": 5}) == {
+        "batch_timeout": 0.005, "batch_size": 5}
 
 
 def test_numpy_is_the_same_protocol_as_npy() -> None:

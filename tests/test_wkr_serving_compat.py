@@ -260,3 +260,5 @@ def test_the_wheel_holds_wkr_serving_beside_every_wkr_celery_package(tmp_path: P
     assert not [n for n in names if n.startswith("wkr_celery/_wkr_serving")]
     static = ROOT / "wkr_celery" / "rest" / "static"
     assert {f"wkr_celery/rest/static/{p.name}" for p in static.iterdir()} <= names
+    lua = ROOT / "wkr_celery" / "lua"
+    assert {f"wkr_celery/{p.relative_to(lua.parent).as_posix()}" for p in lua.rglob("*.lua")} <= names

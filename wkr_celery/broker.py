@@ -1,7 +1,9 @@
-"""Broker operations on one service's keys: the only code that runs the Lua scripts.
+"""Broker operations on one service's keys, each one round trip, most of them a Lua script.
 
-Workers fetch, ack, return and heartbeat here; the supervisor requeues a dead worker's
-messages here; clients publish here. Each method is one round trip.
+Worker processes fetch, store, ack, give back and heartbeat here; the supervisor requeues a dead
+worker's messages here; clients publish here (the words are defined in docs/design.md). No other
+code runs the scripts on a service's keys but the asyncio client, which runs ``publish.lua``
+with the arguments :func:`publish_call` builds.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ class Broker:
         ack: tuple[str, Sequence[int], Sequence[bytes]] | None = None,
     ) -> None:
         """Store ``(task_id, encoded meta, client id or None)`` results on ``backend`` in one
-        command: each client's answers go onto its reply list, a foreign producer's are
-        published. With ``ack`` = (worker id, ids, suspects), also forget those messages, which
+        command: each client's results go onto its reply list, a foreign producer's are
+        ``PUBLISH``ed. With ``ack`` = (worker id, ids, suspects), also forget those messages, which
         is only right when ``backend`` is this broker's Redis."""
         targets: dict[str, int] = {}
         keys: list[Any] = [self.keys.inflight(ack[0]) if ack else "", self.keys.deaths]
@@ -102,7 +104,8 @@ class Broker:
         ))
 
     def requeue_dead(self, worker_id: str, blamed: Sequence[int] | None = None) -> int:
-        """Requeue everything a dead worker held; ``blamed`` (default: all) count a death."""
+        """Requeue everything a worker held and take it out of the registry: a dead worker's
+        (``blamed``, default all, count a death) or a stopping one's leftovers (``blamed=()``)."""
         k = self.keys
         blame = ["*"] if blamed is None else [str(i) for i in blamed]
         return int(self._requeue(
@@ -125,12 +128,6 @@ class Broker:
         pipe.set(self.keys.heartbeat(worker_id), status, px=int(ttl * 1000))
         pipe.sadd(self.keys.workers, worker_id)
         pipe.sadd(SERVICES, self.keys.name)
-        pipe.execute()
-
-    def unregister(self, worker_id: str) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.delete(self.keys.heartbeat(worker_id))
-        pipe.srem(self.keys.workers, worker_id)
         pipe.execute()
 
     def write_info(self, info: Mapping[str, Any]) -> None:

@@ -19,10 +19,17 @@ from typing import Any
 
 import redis
 
-from .connections import connect, is_sentinel, redacted, with_tls_defaults, without_credentials
+from .connections import (
+    check_url,
+    connect,
+    redis_url,
+    with_tls_defaults,
+    without_credentials,
+)
 from .errors import ConfigError
 
-__all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device_map"]
+__all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device_map",
+           "seconds_from_flags"]
 
 #: ``-protocol`` values; ``numpy`` is the original code's spelling of ``npy``.
 PROTOCOLS = {"npy": "npy", "numpy": "npy", "obj": "obj"}
@@ -151,26 +158,19 @@ class Settings:
         if not self.name or any(c in self.name for c in " :{}\n\t"):
             raise ConfigError(f"name {self.name!r} must be non-empty without spaces, ':' or braces")
         for name in ("broker_url", "result_url"):
-            url = getattr(self, name)
-            if url and not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
-                raise ConfigError(f"{name} {redacted(url)!r} must start with redis://, rediss://, "
-                                  "unix:// or sentinel://")
-            if is_sentinel(url) and not self.sentinel_master:
-                raise ConfigError(f"{name} is a Sentinel URL: give -sentinel_master NAME")
+            check_url(name, getattr(self, name), self.sentinel_master)
 
     # Derived values -------------------------------------------------------------------------
 
     @property
     def broker(self) -> str:
         """The broker URL: the given one, or the embedded Redis on ``port_in``."""
-        return with_tls_defaults(self.broker_url) or f"redis://127.0.0.1:{self.port_in}/0"
+        return redis_url(with_tls_defaults(self.broker_url), port=self.port_in)
 
     @property
     def backend(self) -> str:
         """The result URL: the given one; else the given broker; else embedded on ``port_out``."""
-        if self.result_url or self.broker_url:
-            return with_tls_defaults(self.result_url or self.broker_url)
-        return f"redis://127.0.0.1:{self.port_out}/0"
+        return redis_url(with_tls_defaults(self.result_url or self.broker_url), port=self.port_out)
 
     def connect_broker(self, **options: Any) -> redis.Redis:
         """A client of the broker Redis (``connections.connect`` options), Sentinel-aware."""
@@ -239,10 +239,17 @@ class Settings:
         """Parse ``wkr-serving-start`` flags on top of the environment's settings."""
         base = cls.from_env(environ)
         namespace = build_parser(base).parse_args(argv)
-        values = {k: v for k, v in vars(namespace).items()}
-        if "batch_timeout" in values:
-            values["batch_timeout"] = values["batch_timeout"] / 1000.0
-        return base.replace(**values)
+        return base.replace(**seconds_from_flags(vars(namespace)))
+
+
+def seconds_from_flags(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parsed flag values as settings: durations the command line takes in milliseconds
+    (fields marked ``ms``, like ``-batch_timeout``) become seconds. Every parser of
+    ``wkr-serving-start``'s flags goes through here, so the conversion happens once."""
+    return {k: v / 1000.0 if k in _MS_FIELDS and v is not None else v for k, v in values.items()}
+
+
+_MS_FIELDS = frozenset(f.name for f in fields(Settings) if f.metadata.get("ms"))
 
 
 def _convert(f: dataclasses.Field[Any], text: str, *, source: str) -> Any:

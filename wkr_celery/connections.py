@@ -18,11 +18,33 @@ from .errors import ConfigError
 
 __all__ = [
     "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
-    "result_url_from", "without_credentials", "REDIS_ERRORS",
+    "result_url_from", "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
+    "check_url",
 ]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+
+
+#: The spellings of a Redis address a URL may take; a bare port is the fifth (:func:`redis_url`).
+URL_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+
+
+def redis_url(url: str | None, *, port: int | None, host: str = "127.0.0.1") -> str:
+    """The URL every connection is made from: ``url`` when given (any of :data:`URL_SCHEMES`),
+    else the Redis on ``host:port`` (the seed's ``-port_in``/``-port_out``, a client's ip and
+    port), database 0."""
+    return url or f"redis://{host}:{port}/0"
+
+
+def check_url(label: str, url: str, sentinel_master: str) -> None:
+    """Refuse (``ConfigError``) a URL no connection can be made from: another scheme, or a
+    Sentinel URL without the master's name."""
+    if url and not url.startswith(URL_SCHEMES):
+        raise ConfigError(f"{label} {redacted(url)!r} must start with redis://, rediss://, "
+                          "unix:// or sentinel://")
+    if is_sentinel(url) and not sentinel_master:
+        raise ConfigError(f"{label} is a Sentinel URL: give -sentinel_master NAME")
 
 
 def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..codec import loads
-from ..connections import redacted, result_url_from
+from ..connections import redacted, redis_url, result_url_from
 from ..errors import (
     DeadlineExceeded,
     InputError,
@@ -53,10 +53,10 @@ class Address:
            result_url: str | None) -> Address:
         """Results: the URL given; else ``port_out`` on the broker's host (the seed's form);
         else where the service's workers say they store them (``result_store``)."""
-        given = result_url or (f"redis://{ip}:{port_out}/0" if port_out and not broker_url
-                               else None)
-        return cls(broker_url or f"redis://{ip}:{port}/0", given,
-                   broker_url or f"redis://{ip}:8998/0")
+        given = result_url or (redis_url(None, host=ip, port=port_out)
+                               if port_out and not broker_url else None)
+        return cls(redis_url(broker_url, host=ip, port=port), given,
+                   redis_url(broker_url, host=ip, port=8998))
 
     def result_url(self, info: Mapping[str, str]) -> str:
         return self.given_result_url or result_url_from(

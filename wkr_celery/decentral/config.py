@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..connections import is_sentinel, redacted
+from ..connections import check_url, redis_url
 from ..errors import ConfigError
 
 __all__ = [
@@ -151,24 +151,19 @@ class DecentralSettings:
                 raise ConfigError(f"{label} {value} is out of range")
         if not _NAME_OK.match(self.name):
             raise ConfigError(f"name {self.name!r} must be non-empty without spaces, ':' or braces")
-        if self.broker_url and not self.broker_url.startswith(
-                ("redis://", "rediss://", "unix://", "sentinel://")):
-            raise ConfigError(f"broker_url {redacted(self.broker_url)!r} must start with "
-                              "redis://, rediss://, unix:// or sentinel://")
-        if is_sentinel(self.broker_url) and not self.sentinel_master:
-            raise ConfigError("broker_url is a Sentinel URL: give -sentinel_master NAME")
+        check_url("broker_url", self.broker_url, self.sentinel_master)
         if self.stop_timeout <= 0:
             raise ConfigError(f"stop_timeout must be positive, got {self.stop_timeout}")
 
     @property
     def control_url(self) -> str:
         """Where commands are pushed: ``-broker_url``, else the Redis on ``-port``."""
-        return self.broker_url or f"redis://127.0.0.1:{self.port}/0"
+        return redis_url(self.broker_url, port=self.port)
 
     @property
     def status_url(self) -> str:
         """Where status and replies are written: ``-broker_url``, else Redis on ``-port_out``."""
-        return self.broker_url or f"redis://127.0.0.1:{self.port_out}/0"
+        return redis_url(self.broker_url, port=self.port_out)
 
     def replace(self, **changes: Any) -> DecentralSettings:
         return dataclasses.replace(self, **changes)

@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import Any, cast
 
+from .. import scripts
 from ..clock import wall_time
 from ..connections import REDIS_ERRORS, connect, redacted
 from ..errors import ConfigError, ServiceUnavailable
@@ -34,19 +35,6 @@ OWNER_TTL = 5
 _REPLY_TTL = 60
 _POLL = 1.0
 
-# Renew the owner token only while it is still ours (a stalled central must not steal it back).
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1], KEYS[2]) end
-return 0
-"""
-
 
 class ControlServer:
     """The central's end: takes commands into ``inbox``, writes replies and the status."""
@@ -60,8 +48,8 @@ class ControlServer:
                                 sentinel_master=sentinel_master)
         self._status = self._control if status_url == control_url else connect(
             status_url, sentinel_master=sentinel_master)
-        self._renew = self._status.register_script(_RENEW)
-        self._release = self._status.register_script(_RELEASE)
+        self._renew = self._status.register_script(scripts.RENEW_OWNER)
+        self._release = self._status.register_script(scripts.RELEASE_OWNER)
         self.token = uuid.uuid4().hex
         self.inbox: queue.Queue[dict[str, Any]] = queue.Queue() if inbox is None else inbox
         self._closing = threading.Event()

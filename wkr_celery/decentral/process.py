@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..child_env import build_child_env
 from ..clock import wall_time
 from ..logs import LogRouter
 from ..processes import die_with_parent
@@ -130,10 +131,7 @@ def spawn(unit: Unit, worker_class: str, router: LogRouter | None,
     read_fd, write_fd = os.pipe()
     spec = {"worker_class": worker_class, "unit_id": unit.id, "remote": unit.remote.as_list(),
             "events_fd": write_fd}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (*pythonpath, env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
+    env = build_child_env(import_first=pythonpath)
     piped = router is not None
     try:
         popen = subprocess.Popen(

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Settings, build_parser
+from ..config import Settings, build_parser, seconds_from_flags
 from ..errors import ConfigError
 
 __all__ = ["Option", "take_options", "parse_service_flags", "refuse_like_decentral_start",
@@ -84,9 +84,7 @@ def parse_service_flags(
     """
     base = Settings.from_env(environ)
     parser = _service_parser(prog, base, worker_class_optional)
-    values = vars(parser.parse_args(list(argv)))
-    values["batch_timeout"] = values["batch_timeout"] / 1000.0
-    return base.replace(**values)
+    return base.replace(**seconds_from_flags(vars(parser.parse_args(list(argv)))))
 
 
 def refuse_like_decentral_start(prog: str, argv: Sequence[str]) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from ..child_env import build_child_env
 from ..config import Settings
 
 __all__ = ["rest_command", "flower_command", "child_env"]
@@ -28,15 +29,13 @@ def flower_command(settings: Settings) -> list[str]:
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """This process's environment with the settings as ``WKR_*`` (importable from here)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WKR_")}
-    env.update(settings.to_env())
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
+    """The environment of the REST API or Flower: the settings as ``WKR_*``, importing from the
+    folder ``wkr-serving-start`` was run in (see :mod:`wkr_celery.child_env`)."""
+    extra = {}
     if settings.flower_port and not settings.flower_basic_auth:
         # Flower refuses its JSON API without auth unless told; it only listens on loopback.
-        env["FLOWER_UNAUTHENTICATED_API"] = "true"
-    return env
+        extra["FLOWER_UNAUTHENTICATED_API"] = "true"
+    return build_child_env(import_first=[os.getcwd()], settings=settings, extra=extra)
 
 
 def start(command: list[str], settings: Settings, *, piped: bool,

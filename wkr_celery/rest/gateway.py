@@ -9,7 +9,7 @@ message each, without a reply list: the worker stores the result under
 
 Revoking: this process keeps the exact envelope of each task it queued (bounded, oldest
 forgotten first), so ``DELETE /tasks/<id>`` removes that one message from its list with
-``LREM``. That is atomic against workers' ``FETCH.lua``: either the message is removed before
+``LREM``. That is atomic against workers' ``fetch.lua``: either the message is removed before
 any worker saw it (revoked; a ``REVOKED`` result is stored in Celery's format), or a worker
 already holds it and it will finish (409). Workers need no revoked-set check on the hot path.
 """

@@ -50,7 +50,6 @@ class ModelRunner:
         self.model: Any = None
         self.spec = InputSpec.of_worker(settings.protocol, worker.input_shape, worker.input_dtype,
                                         settings.max_payload)
-        self.predict_calls = 0
         self._keyed = _overrides(worker, "batch_key")
         self._costed = settings.max_batch_cost > 0 and _overrides(worker, "batch_cost")
         #: Batches form by key and cost (a KeyedRequestBuffer), not by count alone.
@@ -139,7 +138,6 @@ class ModelRunner:
     def _predict(
         self, batch: Sequence[Request], indices: list[int], outcomes: list[Outcome | None]
     ) -> None:
-        self.predict_calls += 1
         try:
             results = self.worker.predict(self.model, self._inputs(batch, indices))
         except Exception as exc:

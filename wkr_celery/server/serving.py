@@ -1,4 +1,4 @@
-"""The batching consumer of one worker process: fetch → predict → store, each in its own thread.
+"""The batching loop of one worker process: fetch → predict → store, each in its own thread.
 
 Three stages overlap so ``predict`` never waits on Redis: the fetcher keeps up to
 ``prefetch × batch_size`` decoded requests buffered (one scripted round trip moves a whole group
@@ -43,6 +43,8 @@ _POLL_SECONDS = 1.0  # idle wait; also how soon messages from plain Celery produ
 _BACKOFF_CAP = 2.0
 _RECONCILE_SECONDS = 2.0  # how often a worker looks for messages it holds without knowing
 
+#: Called with each stored batch, its outcomes and its predict seconds, on the thread that stored
+#: it; one with a ``close()`` method is closed when the loop stops.
 BatchListener = Callable[[Sequence[Request], Sequence[Outcome], float], None]
 
 
@@ -127,12 +129,15 @@ class ServingLoop:
             self._retry(lambda: self.broker.give_back(self.worker_id, [r.id for r in left]),
                         "give back buffered requests", deadline)
             log.info("gave %d buffered requests back to the queue", len(left))
-        for name in ("wkr-predict", "wkr-write"):
-            thread = self._thread(name)
-            if thread is not None:
-                thread.join(max(0.1, deadline - time.monotonic()))
+        batch_threads = [t for t in map(self._thread, ("wkr-predict", "wkr-write")) if t]
+        for thread in batch_threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        if not any(t.is_alive() for t in batch_threads):
+            self._close_listeners()  # no thread calls them any more
+        # Whatever is still inflight (a batch not stored by the deadline) goes back unblamed, and the
+        # worker leaves the registry, so no peer's sweep waits out its heartbeat.
         self._retry(lambda: self.broker.requeue_dead(self.worker_id, blamed=()),
-                    "unregister", deadline)
+                    "put back what is left and leave the worker registry", deadline)
         heart = self._thread("wkr-heartbeat")
         if heart is not None:
             heart.join(5)
@@ -140,6 +145,16 @@ class ServingLoop:
             os.close(self._running_fd)
             self._running_fd = None
         self._tmp.cleanup()
+
+    def _close_listeners(self) -> None:
+        """Close the listeners that hold something (``TaskEvents``: its events connection)."""
+        for listener in self.listeners:
+            close = getattr(listener, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    log.exception("could not close the batch listener %r", listener)
 
     def _thread(self, name: str) -> threading.Thread | None:
         return next((t for t in self._threads if t.name == name), None)
@@ -206,7 +221,7 @@ class ServingLoop:
     def _reconcile(self) -> None:
         """Give back messages in our inflight hash that we never received.
 
-        A FETCH whose reply is lost (connection dropped, then retried by redis-py or by us)
+        A fetch.lua call whose reply is lost (connection dropped, then retried by redis-py or us)
         has still moved its messages into our hash; nobody would requeue them while we live.
         Runs on the fetcher thread, so no fetch is half-recorded while it looks.
         """

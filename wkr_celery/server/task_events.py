@@ -4,7 +4,8 @@ Celery workers send ``task-received``/``task-started``/``task-succeeded`` per ta
 loop runs no Celery task, so this listener sends the same three events for each request of a
 batch after its results are stored, buffered into **one** publish per batch (kombu's
 ``task.multi`` routing key, which Flower and ``celery events`` read as a list). It is only
-registered with ``-task_events``, and it runs on the writer thread, never in predict's way.
+registered with ``-task_events``. It runs on the thread that stored the batch: the writer, or the
+predictor when nothing waits to be predicted and the writer is idle; never two at once.
 
 Times are reconstructed: received is when the worker fetched the request, started is when the
 batch entered predict, and every request of the batch reports the batch's predict time as its
@@ -41,8 +42,8 @@ class TaskEvents:
         self._dispatcher: Any = None
 
     def _ensure(self) -> Any:
-        # Created on the writer thread, the only one that uses it (kombu connections are not
-        # thread-safe).
+        # Made on first use; one thread at a time uses it (see the module docstring), as kombu
+        # connections need.
         if self._dispatcher is None:
             self._connection = self.app.connection_for_write()
             self._dispatcher = self.app.events.Dispatcher(
@@ -74,6 +75,7 @@ class TaskEvents:
         dispatcher.flush(errors=False)
 
     def close(self) -> None:
+        """Release the events connection; the serving loop calls this when it stops."""
         if self._dispatcher is not None:
             self._dispatcher.close()
             self._connection.release()
