@@ -26,7 +26,7 @@ from .keys import ServiceKeys
 from .logs import configure_stderr
 from .messages import TASK_NAME
 
-__all__ = ["make_app", "get_app", "producer_backend", "load_worker_class", "ServingStep"]
+__all__ = ["make_app", "get_app", "import_path", "producer_backend", "load_worker_class", "ServingStep"]
 
 log = logging.getLogger("wkr_celery.app")
 
@@ -51,6 +51,9 @@ def make_app(settings: Settings, backend: str | None = None) -> Celery:
         result_expires=int(settings.result_expires),
         task_default_queue=keys.control_queue,
         task_routes={TASK_NAME: {"queue": keys.queue}},
+        # Served requests never pass through Celery's consumer (the batching loop fetches them
+        # with its own inflight hash); acks_late and the transport's visibility_timeout apply
+        # to ordinary tasks a user registers on the control queue <name>.celery.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -191,3 +194,21 @@ class ServingStep(bootsteps.StartStopStep):
 
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
+
+
+def import_path(cls: type) -> str:
+    """``module.Class`` of ``cls``, the form worker processes load with
+    :func:`load_worker_class`; a class defined in the script being run gets its file's folder
+    put on the import path of this process and its children."""
+    module = cls.__module__
+    if module == "__main__":
+        main_file = getattr(sys.modules["__main__"], "__file__", None)
+        if not main_file:
+            raise ConfigError("define the worker class in a module file to serve it")
+        module = os.path.splitext(os.path.basename(main_file))[0]
+        directory = os.path.dirname(os.path.abspath(main_file))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (directory, os.environ.get("PYTHONPATH", "")) if p)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    return f"{module}.{cls.__qualname__}"

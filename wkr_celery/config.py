@@ -29,7 +29,7 @@ from .connections import (
 from .errors import ConfigError
 
 __all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device_map",
-           "seconds_from_flags"]
+           "seconds_from_flags", "settings_from"]
 
 #: ``-protocol`` values; ``numpy`` is the original code's spelling of ``npy``.
 PROTOCOLS = {"npy": "npy", "numpy": "npy", "obj": "obj"}
@@ -305,3 +305,17 @@ def _show(value: Any, f: dataclasses.Field[Any]) -> str:
     if isinstance(value, tuple):
         return " ".join(str(v) for v in value)
     return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def settings_from(args: Settings | argparse.Namespace | None) -> Settings:
+    """What ``WKRServer(Worker, args)`` takes: settings, parsed flags (the seed's
+    ``get_args_parser().parse_args()``) on top of the environment, or the environment alone."""
+    if args is None:
+        return Settings.from_env()
+    if isinstance(args, Settings):
+        return args
+    values = seconds_from_flags({k: v for k, v in vars(args).items() if k != "worker_class"})
+    try:
+        return Settings.from_env().replace(**values)
+    except TypeError as exc:
+        raise ConfigError(f"unknown setting in args: {exc}") from None

@@ -31,10 +31,11 @@ import uuid
 from typing import Any
 
 from ..broker import Broker
-from ..celery_app import load_worker_class
-from ..config import Settings
+from ..celery_app import import_path, load_worker_class
+from ..child_env import build_child_env
+from ..config import Settings, settings_from
 from ..connections import REDIS_ERRORS, explain, redacted
-from ..errors import ConfigError, ServiceUnavailable
+from ..errors import ServiceUnavailable
 from ..keys import ServiceKeys
 from ..logs import LogRouter, configure_stderr
 from ..processes import (
@@ -74,9 +75,9 @@ class WKRServer:
         args: Settings | argparse.Namespace | None = None,
         **overrides: Any,
     ) -> None:
-        settings = _settings_from(args).replace(**overrides)
+        settings = settings_from(args).replace(**overrides)
         if not isinstance(worker, str):
-            worker = _import_path(worker)
+            worker = import_path(worker)
         self.settings = settings.replace(worker_class=worker)
         self.worker_class = load_worker_class(worker)
         self.keys = ServiceKeys(self.settings.name)
@@ -164,18 +165,12 @@ class WKRServer:
     def _spawn(self, slot: WorkerProcess) -> None:
         s = self.settings
         files = slot.prepare(f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}", self._run_dir)
-        env = dict(os.environ)
-        env.update(s.to_env())
-        env.update(files)  # TMPDIR among them: what a killed worker leaves is removed
-        env.update({
+        env = build_child_env(import_first=[os.getcwd()], settings=s, extra={
+            **files,  # TMPDIR among them: what a killed worker leaves is removed
             "WKR_WORKER_ID": slot.worker_id,
             "WKR_WORKER_INDEX": str(slot.index),
             "WKR_DEVICE_ID": str(slot.device_id),
             "CUDA_VISIBLE_DEVICES": "" if slot.device_id < 0 else str(slot.device_id),
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p
-            ),
-            "PYTHONUNBUFFERED": "1",
         })
         for variable in _THREAD_POOL_VARIABLES:
             # One math thread per worker unless the user says otherwise: several workers (plus
@@ -381,33 +376,3 @@ class WKRServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-
-def _settings_from(args: Settings | argparse.Namespace | None) -> Settings:
-    if args is None:
-        return Settings.from_env()
-    if isinstance(args, Settings):
-        return args
-    values = {k: v for k, v in vars(args).items() if k != "worker_class"}
-    if "batch_timeout" in values:
-        values["batch_timeout"] = values["batch_timeout"] / 1000.0
-    try:
-        return Settings.from_env().replace(**values)
-    except TypeError as exc:
-        raise ConfigError(f"unknown setting in args: {exc}") from None
-
-
-def _import_path(cls: type) -> str:
-    module = cls.__module__
-    if module == "__main__":
-        main_file = getattr(sys.modules["__main__"], "__file__", None)
-        if not main_file:
-            raise ConfigError("define the worker class in a module file to serve it")
-        module = os.path.splitext(os.path.basename(main_file))[0]
-        directory = os.path.dirname(os.path.abspath(main_file))
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (directory, os.environ.get("PYTHONPATH", "")) if p)
-        if directory not in sys.path:
-            sys.path.insert(0, directory)
-    return f"{module}.{cls.__qualname__}"
