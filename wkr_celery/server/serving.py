@@ -25,9 +25,8 @@ from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS
-from ..errors import PredictError, RequestFailed, ResultTooLarge
 from ..keys import ServiceKeys
-from ..messages import encode_meta, failure_meta, now_iso, parse_request, success_meta
+from ..messages import now_iso, parse_request
 from ..version import __version__
 from .buffer import KeyedRequestBuffer, RequestBuffer
 from .hardworker import WKRHardWorker
@@ -310,7 +309,7 @@ class ServingLoop:
             if outcome.error is not None:
                 log.error("request %s failed: %s%s", task_id, outcome.error,
                           f"\n{outcome.traceback}" if outcome.traceback else "")
-            results.append((task_id, _encode_outcome(task_id, outcome, date, max_result),
+            results.append((task_id, outcome.stored(task_id, date, max_result),
                             request.client_id or None))
         ids = [r.id for r in batch]
         suspects = [r.raw for r in batch if r.suspect]
@@ -374,29 +373,3 @@ def _exit_on_error(target: Callable[[], None]) -> Callable[[], None]:
             os._exit(70)
 
     return run
-
-
-def _encode_outcome(task_id: str, outcome: Outcome, date: str, max_result: int) -> bytes:
-    """The stored result; one over ``max_result`` bytes (``-max_result``) is stored as a
-    ``ResultTooLarge`` failure instead, so no caller's answer fills the result Redis.
-
-    A result that cannot be stored turns ``outcome`` into that failure, so the batch's
-    statistics and listeners (task events) count it as failed.
-    """
-    if outcome.error is None:
-        try:
-            stored = encode_meta(success_meta(task_id, outcome.value, date))
-        except (TypeError, ValueError, OverflowError) as exc:
-            error: RequestFailed = PredictError(
-                f"predict returned a {type(outcome.value).__name__} result that cannot be "
-                f"encoded: {exc}"
-            )
-        else:
-            if len(stored) <= max_result:
-                return stored
-            error = ResultTooLarge(
-                f"predict's result for this input encodes to {len(stored)} bytes; this service "
-                f"stores at most {max_result} bytes (-max_result); not stored")
-        log.error("request %s failed: %s", task_id, error)
-        outcome.value, outcome.error = None, error
-    return encode_meta(failure_meta(task_id, outcome.error, outcome.traceback, date))
