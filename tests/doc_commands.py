@@ -25,21 +25,17 @@ pid files, ``logs/``) stay out of the repository.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
 import shlex
 import shutil
 import signal
 import subprocess
-import termios
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .helpers import ROOT, free_port
-from .scripts import user_env
+from .scripts import PtyProcess, user_env
 
 __all__ = ["Command", "documented_commands", "Substitutions", "Shell", "Session", "make_project",
            "DOC_PORTS", "REMOTE_REDIS"]
@@ -155,39 +151,12 @@ def make_project(tmp: Path) -> Path:
     return project
 
 
-def _take_terminal() -> None:
-    """In the child, after setsid: make the pty on stdin the controlling terminal."""
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-class Shell:
+class Shell(PtyProcess):
     """One command line running under ``bash -c`` in its own pseudo-terminal."""
 
     def __init__(self, text: str, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.text = text
-        master, slave = pty.openpty()
-        self._master = master
-        self.proc = subprocess.Popen(
-            ["bash", "-c", text], cwd=cwd, env=user_env(env), stdin=slave, stdout=slave,
-            stderr=slave, start_new_session=True, preexec_fn=_take_terminal)
-        os.close(slave)
-        self._chunks: list[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self._master, 65536)
-            except OSError:  # EIO once every process holding the terminal has exited
-                return
-            if not chunk:
-                return
-            self._chunks.append(chunk)
-
-    @property
-    def output(self) -> str:
-        return b"".join(self._chunks).decode(errors="replace").replace("\r\n", "\n")
+        super().__init__(["bash", "-c", text], cwd, user_env(env))
 
     def running(self) -> bool:
         """True while the command runs; fails the test, with its output, once it has exited."""
@@ -199,8 +168,7 @@ class Shell:
 
     def ctrl_c(self, timeout: float = 60.0) -> int:
         """Press Ctrl+C in the terminal; the exit status once everything has stopped."""
-        if self.proc.poll() is None:
-            os.write(self._master, b"\x03")
+        self.press_ctrl_c()
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -231,11 +199,7 @@ class Shell:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.kill()
-        self._reader.join(5)
-        try:
-            os.close(self._master)
-        except OSError:
-            pass
+        self._close_terminal()
 
 
 class Session:

@@ -7,12 +7,18 @@ that ``cd examples && wkr-… module.Class`` finds ``module``.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import shutil
+import subprocess
 import sys
+import termios
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["BIN", "script", "user_env"]
+__all__ = ["BIN", "PtyProcess", "script", "user_env"]
 
 #: The venv's ``bin/``: where ``pip install`` put the console scripts and ``python``.
 BIN = Path(sys.executable).parent
@@ -32,3 +38,53 @@ def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
     env["VIRTUAL_ENV"] = str(BIN.parent)
     return {**env, **(extra or {})}
+
+
+class PtyProcess:
+    """``argv`` in a new session whose controlling terminal is a fresh pseudo-terminal, as a
+    user's shell runs a command: Ctrl+C is the byte 0x03 typed into it, which the kernel's
+    terminal driver turns into SIGINT for the foreground process group, whatever it holds."""
+
+    def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str] | None) -> None:
+        self._master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            list(argv), cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
+            start_new_session=True, preexec_fn=_take_terminal)
+        os.close(slave)
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # EIO once every process holding the terminal has exited
+                return
+            if not chunk:
+                return
+            self._chunks.append(chunk)
+
+    @property
+    def output(self) -> str:
+        """What the terminal showed so far."""
+        return b"".join(self._chunks).decode(errors="replace").replace("\r\n", "\n")
+
+    def press_ctrl_c(self) -> None:
+        if self.proc.poll() is None:
+            os.write(self._master, b"\x03")
+
+    def _close_terminal(self) -> None:
+        self._reader.join(5)
+        if self._master >= 0:
+            try:
+                os.close(self._master)
+            except OSError:
+                pass
+            self._master = -1
+
+
+def _take_terminal() -> None:
+    """In the child, after setsid: make the pty on stdin the controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
