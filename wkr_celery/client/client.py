@@ -167,8 +167,8 @@ class WKRClient:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
         window: deque[Future[Any]] = deque()
-        for x in inputs:
-            window.append(self.encode(x, timeout=timeout, priority=priority))
+        for x in inputs:  # this class's encode: a subclass's may block (wkr_serving's does)
+            window.append(WKRClient.encode(self, x, timeout=timeout, priority=priority))
             if len(window) >= max_inflight:
                 yield window.popleft().result()
         while window:
