@@ -92,7 +92,9 @@ def group(tmp_path: Path) -> Iterator[Group]:
             f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
             f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n"
             f"sentinel down-after-milliseconds {MASTER} 1000\n"
-            f"sentinel failover-timeout {MASTER} 5000\n"
+            # A failed election is tried again after twice this: seconds, not tens of them,
+            # on a loaded machine.
+            f"sentinel failover-timeout {MASTER} 2000\n"
             f"sentinel parallel-syncs {MASTER} 1\n")
         sentinels.append(_redis([str(conf), "--sentinel"], tmp_path / f"sentinel-{port}.log"))
     found = Group(master, replica, sentinels, master_port, replica_port, sentinel_ports)
@@ -159,8 +161,10 @@ def test_master_killed_under_load_fails_over_and_every_request_ends_answered_or_
         wait_until(lambda: len(outcomes) > 300, 30, what="load before the kill")
         killed_at = time.monotonic()
         group.master.send_signal(signal.SIGKILL)
-        wait_until(lambda: group.current_master_port() == group.replica_port, 30,
-                   what="the sentinels to promote the replica")
+        wait_until(lambda: group.current_master_port() == group.replica_port, 60,
+                   what="the sentinels to promote the replica; sentinel logs:\n" + "\n".join(
+                       p.read_text(errors="replace")[-800:]
+                       for p in sorted(tmp_path.glob("sentinel-*.log"))))
         promoted_at = time.monotonic()
 
         def answered_after_kill() -> bool:
