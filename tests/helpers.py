@@ -116,3 +116,31 @@ def start_service(
     if wait:
         service.wait_workers(wait)
     return service
+
+
+def late_request_is_dropped_before_predict(client: WKRClient, results: redis.Redis
+                                           ) -> dict[str, Any]:
+    """Against ``VerySlowDoubler -batch_size 1``: a request queued behind a half-second batch
+    with a 0.1 s deadline fails with ``DeadlineExceeded`` for its caller, and the worker stores
+    that it dropped it before ``predict``. Returns that stored result."""
+    from wkr_celery.errors import DeadlineExceeded
+    from wkr_celery.keys import task_meta_key
+    from wkr_celery.messages import decode_meta
+
+    busy = client.encode(1)  # half a second in predict
+    late = client.encode(2, timeout=0.1)
+    try:
+        late.result(timeout=10)
+    except DeadlineExceeded:
+        pass
+    else:
+        raise AssertionError("the late request was answered")
+    assert busy.result(timeout=10) == 2
+    task_id: str = late.task_id  # type: ignore[attr-defined]
+    stored = wait_until(lambda: results.get(task_meta_key(task_id)), timeout=10,
+                        what="the worker's answer to the late request")
+    meta: dict[str, Any] = decode_meta(stored)
+    assert meta["result"]["exc_type"] == "DeadlineExceeded", meta
+    assert "before predict" in meta["result"]["exc_message"][0]
+    return meta
+

@@ -14,13 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.helpers import ROOT, Service, wait_until
+from tests.helpers import ROOT, Service, late_request_is_dropped_before_predict
 from wkr_celery import clock
 from wkr_celery.client import AsyncWKRClient
 from wkr_celery.clock import TEST_OFFSET_ENV, RedisClock, wall_time
-from wkr_celery.errors import DeadlineExceeded
-from wkr_celery.keys import task_meta_key
-from wkr_celery.messages import decode_meta
 
 HOUR = 3600.0
 
@@ -106,14 +103,4 @@ def test_a_worker_whose_clock_is_behind_still_drops_a_request_past_its_deadline(
                            env={TEST_OFFSET_ENV: str(-HOUR)})
     skew_this_process(HOUR / 2)
     client = service.client()
-    busy = client.encode(1)  # half a second in predict
-    late = client.encode(2, timeout=0.1)
-    with pytest.raises(DeadlineExceeded):
-        late.result(timeout=10)
-    assert busy.result(timeout=10) == 2
-    task_id: str = late.task_id  # type: ignore[attr-defined]
-    stored = wait_until(lambda: redis_client.get(task_meta_key(task_id)), timeout=10,
-                        what="the worker's answer to the late request")
-    meta = decode_meta(stored)
-    assert meta["result"]["exc_type"] == "DeadlineExceeded", meta
-    assert "before predict" in meta["result"]["exc_message"][0]
+    late_request_is_dropped_before_predict(client, redis_client)

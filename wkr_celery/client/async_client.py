@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
-import numpy as np
 import redis.asyncio
 
 from .. import scripts
@@ -32,12 +31,13 @@ from ..clock import RedisClock
 from ..codec import loads
 from ..connections import REDIS_ERRORS, close_async, connect_async
 from ..errors import WKRError
+from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from . import async_discovery as discovery
 from .async_replies import AsyncReplies, Waiting
 from .async_restarts import AsyncRedisWatch
 from .doubt import grace_from
-from .protocol import Address, Outgoing, Requests, overloaded, publish_failed, wake_count
+from .protocol import Address, InputContract, Outgoing, Requests, overloaded, publish_failed, wake_count
 from .replies import LISTEN_SECONDS
 from .verdicts import watched
 
@@ -45,7 +45,7 @@ __all__ = ["AsyncWKRClient"]
 
 log = logging.getLogger("wkr_celery.client")
 
-class AsyncWKRClient:
+class AsyncWKRClient(InputContract):
     """Asyncio client of one service; the arguments are :class:`WKRClient`'s.
 
     Nothing is connected in the constructor: ``async with`` (or :meth:`connect`) finds the
@@ -333,20 +333,9 @@ class AsyncWKRClient:
         return self._connected().keys
 
     @property
-    def protocol(self) -> str:
-        return self._connected().spec.protocol
-
-    @property
-    def max_payload(self) -> int:
-        return self._connected().spec.max_payload
-
-    @property
-    def input_shape(self) -> tuple[int | None, ...] | None:
-        return self._connected().spec.shape
-
-    @property
-    def input_dtype(self) -> np.dtype[Any] | None:
-        return self._connected().spec.dtype
+    def spec(self) -> InputSpec:
+        """The input contract this client checks before sending (from the service info)."""
+        return self._connected().spec
 
     @property
     def pending(self) -> int:

@@ -19,8 +19,6 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-import numpy as np
-
 from ..broker import Broker
 from ..clock import RedisClock
 from ..codec import loads
@@ -30,7 +28,7 @@ from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
-from .protocol import Address, Outgoing, Requests, overloaded, publish_failed, wake_count
+from .protocol import Address, InputContract, Outgoing, Requests, overloaded, publish_failed, wake_count
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
 from .verdicts import watched
@@ -40,7 +38,7 @@ __all__ = ["WKRClient"]
 log = logging.getLogger("wkr_celery.client")
 
 
-class WKRClient:
+class WKRClient(InputContract):
     """Client of one service. ``name`` may be left out when the broker serves only one."""
 
     def __init__(
@@ -230,22 +228,6 @@ class WKRClient:
     @spec.setter
     def spec(self, spec: InputSpec) -> None:
         self._requests.spec = spec
-
-    @property
-    def protocol(self) -> str:
-        return self.spec.protocol
-
-    @property
-    def max_payload(self) -> int:
-        return self.spec.max_payload
-
-    @property
-    def input_shape(self) -> tuple[int | None, ...] | None:
-        return self.spec.shape
-
-    @property
-    def input_dtype(self) -> np.dtype[Any] | None:
-        return self.spec.dtype
 
     @property
     def pending(self) -> int:

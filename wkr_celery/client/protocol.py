@@ -32,7 +32,7 @@ from ..inputs import InputSpec, argsrepr
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
 from ..messages import build_request, deadline_after, error_of
 
-__all__ = ["Address", "Outgoing", "Reply", "Requests", "read_reply", "wake_count",
+__all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "read_reply", "wake_count",
            "overloaded", "publish_failed", "deadline_exceeded"]
 
 log = logging.getLogger("wkr_celery.client")
@@ -81,6 +81,30 @@ class Reply:
     task_id: str
     result: Any
     error: RequestFailed | None
+
+
+class InputContract:
+    """What both clients tell about the inputs their service takes, read from :attr:`spec`."""
+
+    @property
+    def spec(self) -> InputSpec:
+        raise NotImplementedError
+
+    @property
+    def protocol(self) -> str:
+        return self.spec.protocol
+
+    @property
+    def max_payload(self) -> int:
+        return self.spec.max_payload
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        return self.spec.shape
+
+    @property
+    def input_dtype(self) -> np.dtype[Any] | None:
+        return self.spec.dtype
 
 
 class Requests:
