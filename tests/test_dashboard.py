@@ -75,7 +75,14 @@ class Traffic:
     def __enter__(self) -> Traffic:
         self.thread.start()
         wait_until(lambda: self.sent >= 40, 30, what="traffic to flow")
+        # Figures reach the page through worker heartbeats (about one a second): wait until
+        # one carries this traffic, or a browser that loads fast sees the pre-traffic zeros.
+        wait_until(self.reported, 30, interval=0.2, what="a heartbeat that counts the traffic")
         return self
+
+    def reported(self) -> bool:
+        data = httpx.get(f"{self.url}/dashboard/data", timeout=10).json()
+        return data["totals"]["responses"] >= 40
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
