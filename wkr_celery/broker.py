@@ -181,13 +181,13 @@ class Broker:
 
     # Client side ---------------------------------------------------------------------------
 
-    def publish(self, items: Sequence[tuple[int, str]], *, cap: int, wake: int) -> int:
+    def publish(self, items: Sequence[tuple[int, str | bytes]], *, cap: int, wake: int) -> int:
         """Push ``(list index, envelope)`` items in order; returns how many fit under ``cap``."""
         keys, args = publish_call(self.keys, items, cap=cap, wake=wake)
         return int(self._publish(keys=keys, args=args))
 
 
-def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str]], *, cap: int, wake: int
+def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str | bytes]], *, cap: int, wake: int
                  ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of one ``PUBLISH`` script call; the asyncio client runs the same
     script with them on its own connection."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import envelope
 from ..codec import loads
 from ..connections import redacted, redis_url, result_url_from
 from ..errors import (
@@ -28,9 +29,9 @@ from ..errors import (
     ServiceOverloaded,
     ServiceUnavailable,
 )
-from ..inputs import InputSpec, argsrepr
+from ..inputs import InputSpec
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
-from ..messages import build_request, deadline_after, error_of
+from ..messages import deadline_after, error_of
 
 __all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "read_reply", "wake_count",
            "overloaded", "publish_failed", "deadline_exceeded"]
@@ -66,11 +67,12 @@ class Address:
 @dataclass(frozen=True)
 class Outgoing:
     """One request, ready to publish: its list (index into ``ServiceKeys.queues``), its exact
-    envelope (what a revoke removes with ``LREM``) and its ``time.monotonic()`` deadline."""
+    envelope (:mod:`wkr_celery.envelope`; what a revoke removes with ``LREM``) and its
+    ``time.monotonic()`` deadline."""
 
     task_id: str
     index: int
-    message: str
+    message: bytes
     expiry: float | None
 
 
@@ -126,7 +128,6 @@ class Requests:
         # Task ids: this client's random prefix plus a counter. Unique like uuid4 (64 random
         # bits per client, never reused within one), at a tenth of the cost per request.
         self._task_ids = (f"{client_id[:20]}{n:012x}" for n in itertools.count())
-        self._argsreprs: dict[tuple[Any, ...], str] = {}
 
     def make(self, x: Any, *, timeout: float | None = None,
              priority: int | str | None = None) -> Outgoing:
@@ -137,10 +138,8 @@ class Requests:
         expiry = None if timeout is None else time.monotonic() + timeout
         step = self.priority if priority is None else priority_step(priority)
         task_id = next(self._task_ids)
-        message = build_request(
-            task_id, body, queue=self.keys.queue, priority=step, client_id=self.client_id,
-            deadline=deadline, argsrepr=self._argsrepr(x),
-        )
+        message = envelope.build(task_id, body, client_id=self.client_id, deadline=deadline,
+                                 priority=step)
         return Outgoing(task_id, PRIORITY_STEPS.index(step), message, expiry)
 
     def queue_of(self, request: Outgoing) -> str:
@@ -151,16 +150,6 @@ class Requests:
             return self.spec.encode(x)
         except InputError as exc:  # say which service, for callers talking to several
             raise type(exc)(f"service {self.keys.name!r}: {exc}") from None
-
-    def _argsrepr(self, x: Any) -> str:
-        """What Flower and ``inspect`` show for an input: its kind and shape, cached."""
-        key = (x.shape, x.dtype.num) if isinstance(x, np.ndarray) else (type(x),)
-        text = self._argsreprs.get(key)
-        if text is None:
-            text = argsrepr(x)
-            if len(self._argsreprs) < 1024:
-                self._argsreprs[key] = text
-        return text
 
 
 def wake_count(published: int, batch_size: int) -> int:
