@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..broker import Broker
+from ..broker import RequestQueue, ResultStore, ServiceRegistry
 from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
@@ -64,11 +64,13 @@ class ServingLoop:
         self.worker_id = worker_id
         self.device_id = device_id
         self.keys = ServiceKeys(settings.name)
-        self.broker = Broker(settings.connect_broker(blocking_timeout=_POLL_SECONDS), self.keys)
+        broker = settings.connect_broker(blocking_timeout=_POLL_SECONDS)
+        self.queue = RequestQueue(broker, self.keys)
+        self.registry = ServiceRegistry(broker, self.keys)
         same_redis = settings.backend == settings.broker
-        self.backend = self.broker.client if same_redis else settings.connect_backend()
+        self.results = ResultStore(broker if same_redis else settings.connect_backend(), self.keys)
         self._same_redis = same_redis
-        self.clock = RedisClock(self.broker.client)  # deadlines are on the broker's clock
+        self.clock = RedisClock(broker)  # deadlines are on the broker's clock
         self.runner = ModelRunner(worker, settings, device_id, clock=self.clock.now)
         capacity = settings.prefetch * settings.batch_size
         self.buffer = (
@@ -125,7 +127,7 @@ class ServingLoop:
             fetcher.join(_POLL_SECONDS + 11)
         left = self.buffer.close()
         if left:
-            self._retry(lambda: self.broker.give_back(self.worker_id, [r.id for r in left]),
+            self._retry(lambda: self.queue.give_back(self.worker_id, [r.id for r in left]),
                         "give back buffered requests", deadline)
             log.info("gave %d buffered requests back to the queue", len(left))
         batch_threads = [t for t in map(self._thread, ("wkr-predict", "wkr-write")) if t]
@@ -135,7 +137,7 @@ class ServingLoop:
             self._close_listeners()  # no thread calls them any more
         # Whatever is still inflight (a batch not stored by the deadline) goes back unblamed, and the
         # worker leaves the registry, so no peer's sweep waits out its heartbeat.
-        self._retry(lambda: self.broker.requeue_dead(self.worker_id, blamed=()),
+        self._retry(lambda: self.queue.requeue_dead(self.worker_id, blamed=()),
                     "put back what is left and leave the worker registry", deadline)
         heart = self._thread("wkr-heartbeat")
         if heart is not None:
@@ -181,7 +183,7 @@ class ServingLoop:
             self.ready.set()
             return
         info = self._info = service_info(self.settings, self.worker)
-        self._retry(lambda: self.broker.write_info(info), "write service info",
+        self._retry(lambda: self.registry.write_info(info), "write service info",
                     time.monotonic() + 60)
         self._beat()
         self._start_io()
@@ -224,11 +226,11 @@ class ServingLoop:
         has still moved its messages into our hash; nobody would requeue them while we live.
         Runs on the fetcher thread, so no fetch is half-recorded while it looks.
         """
-        ids = [int(i) for i in self.broker.client.hkeys(self.keys.inflight(self.worker_id))]
+        ids = self.queue.held(self.worker_id)
         with self._held_lock:
             orphans = [i for i in ids if i not in self._held]
         if orphans:
-            count = self.broker.give_back(self.worker_id, orphans)
+            count = self.queue.give_back(self.worker_id, orphans)
             log.warning("gave back %d request(s) fetched without a reply (connection lost)",
                         count)
 
@@ -248,10 +250,10 @@ class ServingLoop:
                 continue
             room = self.buffer.room()
             try:
-                fetched = self.broker.fetch(self.worker_id, room)
+                fetched = self.queue.fetch(self.worker_id, room)
                 if not fetched:
                     self.buffer.set_more_waiting(False)
-                    self.broker.wait_for_work(_POLL_SECONDS)
+                    self.queue.wait_for_work(_POLL_SECONDS)
                     continue
             except REDIS_ERRORS as exc:
                 next_reconcile = 0.0  # the lost reply may have moved messages to us
@@ -314,14 +316,14 @@ class ServingLoop:
         ids = [r.id for r in batch]
         suspects = [r.raw for r in batch if r.suspect]
         if self._same_redis:  # one round trip: results and acks in the same script
-            self._retry(lambda: self.broker.store_results(
-                self.backend, results, expires, ack=(self.worker_id, ids, suspects)),
+            self._retry(lambda: self.results.store(
+                results, expires, ack=(self.worker_id, ids, suspects)),
                 "store results", float("inf"))
         else:
             if results:
-                self._retry(lambda: self.broker.store_results(self.backend, results, expires),
+                self._retry(lambda: self.results.store(results, expires),
                             "store results", float("inf"))
-            self._retry(lambda: self.broker.ack(self.worker_id, ids, suspects), "ack",
+            self._retry(lambda: self.queue.ack(self.worker_id, ids, suspects), "ack",
                         float("inf"))
         with self._held_lock:  # after the ack, so _reconcile never sees an id in neither
             self._held.difference_update(ids)
@@ -340,7 +342,7 @@ class ServingLoop:
             "batch_sizes": dict(stats.batch_sizes), "buffered": len(self.buffer),
             "statistics": self.worker.statistics.snapshot(), "version": __version__,
         })
-        self.broker.heartbeat(self.worker_id, status, self.settings.visibility_timeout)
+        self.registry.heartbeat(self.worker_id, status, self.settings.visibility_timeout)
 
     def _heartbeat_loop(self) -> None:
         interval = min(1.0, self.settings.visibility_timeout / 5)
@@ -349,10 +351,10 @@ class ServingLoop:
             beats += 1
             try:
                 self._beat()
-                if not self.broker.client.exists(self.keys.info):  # Redis restarted empty
-                    self.broker.write_info(self._info)
+                if not self.registry.has_info():  # Redis restarted empty
+                    self.registry.write_info(self._info)
                 if beats % 2 == 0:
-                    for dead, count in self.broker.sweep().items():
+                    for dead, count in self.queue.sweep().items():
                         log.warning("worker %s missed its heartbeat; requeued its %d requests",
                                     dead, count)
             except REDIS_ERRORS as exc:
