@@ -132,20 +132,20 @@ class WKRSystem(System):
                     "-num_worker", str(self.workers), "-broker_url", self.url,
                     "-result_url", self.url, "-log_dir", str(self.run_dir),
                     "-model_dir", model_dir], "wkr.log")
-        from wkr_celery.broker import Broker
+        from wkr_celery.broker import ServiceRegistry
         from wkr_celery.keys import ServiceKeys
 
-        broker = Broker(redis.Redis.from_url(self.url), ServiceKeys(self.name))
+        registry = ServiceRegistry(redis.Redis.from_url(self.url), ServiceKeys(self.name))
         deadline = time.monotonic() + timeout
         try:
-            while len(broker.live_workers()) < self.workers:
+            while len(registry.live_workers()) < self.workers:
                 self.check_alive()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"wkr-celery: {self.workers} workers not live in "
                                        f"{timeout:.0f}s; see {self.run_dir}")
                 time.sleep(0.05)
         finally:
-            broker.client.close()
+            registry.client.close()
 
     def client(self) -> Client:
         from wkr_celery.client import WKRClient

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from wkr_celery.broker import Broker
+from wkr_celery.broker import RequestQueue, ServiceRegistry
 from wkr_celery.client import WKRClient
 from wkr_celery.keys import ServiceKeys
 
@@ -55,13 +55,17 @@ class Service:
     clients: list[WKRClient] = field(default_factory=list)
 
     @property
-    def broker(self) -> Broker:
-        return Broker(redis.Redis.from_url(self.broker_url), ServiceKeys(self.name))
+    def queue(self) -> RequestQueue:
+        return RequestQueue(redis.Redis.from_url(self.broker_url), ServiceKeys(self.name))
+
+    @property
+    def registry(self) -> ServiceRegistry:
+        return ServiceRegistry(redis.Redis.from_url(self.broker_url), ServiceKeys(self.name))
 
     def live_workers(self) -> dict[str, dict[str, Any]]:
         from wkr_celery.codec import loads
 
-        return {w: loads(b) for w, b in self.broker.live_workers().items()}
+        return {w: loads(b) for w, b in self.registry.live_workers().items()}
 
     def wait_workers(self, count: int, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
         return wait_until(lambda: (lambda live: live if len(live) >= count else None)(

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from wkr_celery import ConfigError
-from wkr_celery.broker import Broker
+from wkr_celery.broker import ServiceRegistry
 from wkr_celery.codec import loads
 from wkr_celery.keys import ServiceKeys
 
@@ -107,16 +107,16 @@ def _served(session: Session, command: Command, workers: int, loaded: str) -> np
 def _statistics(session: Session, workers: int, *keys: str) -> list[dict[str, Any]]:
     """The ``record_statistic`` figures of each live worker, once all of them report ``keys``."""
     client = redis.Redis(host="127.0.0.1", port=session.subs.port("8996"))
-    broker = Broker(client, ServiceKeys("default"))
+    registry = ServiceRegistry(client, ServiceKeys("default"))
 
     def reported() -> list[dict[str, Any]] | None:
-        stats = [loads(beat)["statistics"] for beat in broker.live_workers().values()]
+        stats = [loads(beat)["statistics"] for beat in registry.live_workers().values()]
         return stats if len(stats) == workers and all(k in s for s in stats for k in keys) \
             else None
 
     try:
         return wait_until(reported, 30, what=f"{workers} workers reporting {keys}: "
-                          f"{[loads(b) for b in broker.live_workers().values()]}")
+                          f"{[loads(b) for b in registry.live_workers().values()]}")
     finally:
         client.close()
 

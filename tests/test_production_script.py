@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from wkr_celery.broker import Broker
+from wkr_celery.broker import RequestQueue, ServiceRegistry
 from wkr_celery.client import WKRClient
 from wkr_celery.codec import loads
 from wkr_celery.connections import connect
@@ -78,11 +78,15 @@ class Deployment:
         return client
 
     @property
-    def broker(self) -> Broker:
-        return Broker(connect(self.redis_url), ServiceKeys(self.name))
+    def queue(self) -> RequestQueue:
+        return RequestQueue(connect(self.redis_url), ServiceKeys(self.name))
+
+    @property
+    def registry(self) -> ServiceRegistry:
+        return ServiceRegistry(connect(self.redis_url), ServiceKeys(self.name))
 
     def workers(self) -> dict[str, dict[str, Any]]:
-        return {w: loads(b) for w, b in self.broker.live_workers().items()}
+        return {w: loads(b) for w, b in self.registry.live_workers().items()}
 
     def supervisors(self) -> list[int]:
         """Every ``wkr-serving-start`` process on this host serving this name."""
@@ -169,7 +173,7 @@ def test_graceful_stop_answers_the_request_in_predict_and_the_next_start_serves_
     in_predict = client.encode(10)
     wait_until(svc.predicting, 30, what="the first request to reach predict")
     queued = [client.encode(x) for x in (11, 12, 13)]
-    wait_until(lambda: svc.broker.queue_length() <= 2, 30, what="the worker to buffer one")
+    wait_until(lambda: svc.queue.queue_length() <= 2, 30, what="the worker to buffer one")
 
     stopping = svc.popen("stop")
     wait_until(lambda: "gave 1 buffered requests back" in svc.log, 30,
@@ -181,7 +185,7 @@ def test_graceful_stop_answers_the_request_in_predict_and_the_next_start_serves_
 
     assert in_predict.result(10) == 20
     assert not any(f.done() for f in queued)
-    assert svc.broker.queue_length() == 3, "buffered requests go back to the queue"
+    assert svc.queue.queue_length() == 3, "buffered requests go back to the queue"
     assert len(svc.predicting()) == 1
     assert svc.run("status").returncode == 3
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from wkr_celery.broker import Broker
+from wkr_celery.broker import RequestQueue, ServiceRegistry
 from wkr_celery.codec import dumps
 from wkr_celery.connections import connect
 from wkr_celery.keys import ServiceKeys
@@ -91,16 +91,17 @@ def test_a_worker_on_another_host_counts_by_heartbeat_but_not_for_a_local_probe(
     """A worker started without the supervisor has no node name to ping: its heartbeat is the
     evidence. ``-local`` (a container's own probe) ignores workers on other hosts."""
     name = f"n{uuid.uuid4().hex[:8]}"
-    broker = Broker(connect(redis_url), ServiceKeys(name))
+    registry = ServiceRegistry(connect(redis_url), ServiceKeys(name))
     beat = {"worker_id": "gpu-box-4242", "pid": 4242, "host": "gpu-box", "requests": 9}
-    broker.heartbeat("gpu-box-4242", dumps(beat), ttl=30)
+    registry.heartbeat("gpu-box-4242", dumps(beat), ttl=30)
     try:
         anywhere = tool("check", "-name", name, "-broker_url", redis_url)
         assert anywhere.returncode == 0 and "gpu-box-4242 (pid 4242, 9 requests)" in anywhere.stdout
         here = tool("check", "-name", name, "-broker_url", redis_url, "-local")
         assert here.returncode == 1 and "runs on this host" in here.stderr
     finally:
-        broker.requeue_dead("gpu-box-4242", blamed=())  # holds nothing: only leaves the registry
+        # it holds nothing: this only takes it out of the registry
+        RequestQueue(registry.client, registry.keys).requeue_dead("gpu-box-4242", blamed=())
 
 
 # wkr-serving-terminate -----------------------------------------------------------------------
@@ -135,7 +136,7 @@ def test_terminate_force_kills_at_once_and_requeues_the_request_in_predict(
     assert "1 request(s) put back on the queue" in killed.stdout
     assert service.proc is not None and service.proc.wait(10) == -signal.SIGKILL
     assert not procs.alive(beat["pid"])
-    assert not service.live_workers() and service.broker.queue_length() == 1
+    assert not service.live_workers() and service.queue.queue_length() == 1
 
     (gate / "hold").unlink()
     make_service(GATED, "-model_dir", str(gate), name=service.name)

@@ -43,5 +43,5 @@ def test_a_stopping_loop_closes_its_listeners_and_leaves_the_worker_registry(
     finally:
         loop.stop(timeout=30)
     assert listener.batches >= 1 and listener.closed
-    assert not loop.broker.live_workers()
-    loop.broker.client.close()
+    assert not loop.registry.live_workers()
+    loop.queue.client.close()

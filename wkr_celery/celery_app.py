@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
-from .broker import Broker
+from .broker import ServiceRegistry
 from .codec import SERIALIZER, register_serializer
 from .config import Settings
 from .connections import REDIS_ERRORS, result_url_from
@@ -99,7 +99,7 @@ def producer_backend(settings: Settings) -> str:
         return settings.backend
     client = settings.connect_broker()
     try:
-        store = Broker(client, ServiceKeys(settings.name)).info().get("result_store")
+        store = ServiceRegistry(client, ServiceKeys(settings.name)).info().get("result_store")
     except REDIS_ERRORS:
         return settings.backend
     finally:

@@ -61,8 +61,8 @@ def test_a_worker_that_ran_healthily_restarts_from_the_smallest_delay(
         wait_until(lambda: len(_delays(log_path.read_text())) >= 3, 60, what="three crashes")
         model_file.write_text("weights")
         slot = server.workers[0]
-        wait_until(lambda: server.broker is not None and slot.worker_id
-                   in server.broker.live_workers(), 60, what="the worker to serve")
+        wait_until(lambda: server.registry is not None and slot.worker_id
+                   in server.registry.live_workers(), 60, what="the worker to serve")
         before = _delays(log_path.read_text())
         assert before[:3] == [0.5, 1.0, 2.0], before
         healthy_since = slot.started

@@ -91,7 +91,7 @@ def test_garbage_in_the_queue_is_refused_and_logged_and_the_worker_keeps_serving
     make_service: Callable[..., Service], redis_client: redis.Redis
 ) -> None:
     service = make_service(WORKER)
-    keys = service.broker.keys
+    keys = service.queue.keys
     ids = {what: uuid.uuid4().hex for what in (
         "content type", "unknown task", "properties", "base64", "pickle", "args", "headers")}
     with_id = {
@@ -131,7 +131,7 @@ def test_garbage_in_the_queue_is_refused_and_logged_and_the_worker_keeps_serving
     client = service.client()
     assert [client.encode(n).result(timeout=15) for n in range(5)] == [0, 2, 4, 6, 8]
     assert set(service.live_workers()) == first_workers, "a worker crashed on garbage"
-    assert service.broker.queue_length() == 0
+    assert service.queue.queue_length() == 0
     assert service.log().count("refused message") >= len(with_id) + len(without_id)
 
 
@@ -144,4 +144,4 @@ def test_oversized_input_is_refused_at_the_client_naming_the_limit(
     with pytest.raises(PayloadTooLarge, match=r"takes at most 1000 bytes \(-max_payload\)"):
         client.encode(np.zeros(512, dtype=np.float32))
     assert client.pending == 0
-    assert service.broker.queue_length() == 0
+    assert service.queue.queue_length() == 0

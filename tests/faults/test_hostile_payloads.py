@@ -97,7 +97,7 @@ def test_unsafe_arrays_pushed_onto_the_queue_fail_only_their_own_request(
     messages = [_envelope(poison_ids[what], _packed([[poison], {}, _EMBED]))
                 for what, poison in POISONS.items()]
     messages += [_envelope(task_id, encode_body(n)) for n, task_id in enumerate(good_ids)]
-    keys = service.broker.keys
+    keys = service.queue.keys
     redis_client.lpush(keys.queue_for(3), *messages)  # one push: fetched as one batch
     redis_client.lpush(keys.wake, 1)
 
@@ -125,8 +125,8 @@ def test_input_over_max_payload_is_refused_by_the_worker_undecoded_and_its_calle
     big = "x" * 5000
     futures = [client.encode(x) for x in (1, big, 2, 3)]
     foreign_id = uuid.uuid4().hex
-    redis_client.lpush(service.broker.keys.queue_for(3), _envelope(foreign_id, encode_body(big)))
-    redis_client.lpush(service.broker.keys.wake, 1)
+    redis_client.lpush(service.queue.keys.queue_for(3), _envelope(foreign_id, encode_body(big)))
+    redis_client.lpush(service.queue.keys.wake, 1)
 
     wait(futures, timeout=20)
     error = futures[1].exception(timeout=0)

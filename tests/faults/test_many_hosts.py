@@ -37,7 +37,7 @@ from tests.faults.namespaces import (
     unavailable_reason,
 )
 from tests.helpers import ROOT, wait_until
-from wkr_celery.broker import Broker
+from wkr_celery.broker import RequestQueue, ServiceRegistry
 from wkr_celery.clock import TEST_OFFSET_ENV
 from wkr_celery.codec import loads
 from wkr_celery.keys import ServiceKeys, task_meta_key
@@ -93,7 +93,8 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.watcher = self.redis.watcher()
-        self.broker = Broker(self.watcher, ServiceKeys(self.name))
+        self.queue = RequestQueue(self.watcher, ServiceKeys(self.name))
+        self.registry = ServiceRegistry(self.watcher, ServiceKeys(self.name))
 
     def host(self, name: str) -> Host:
         return self.net[name]
@@ -105,14 +106,14 @@ class Cluster:
     def workers(self) -> dict[str, tuple[str, int]]:
         """Live workers by host: (worker id, pid), from their heartbeats."""
         live = {}
-        for wid, beat in self.broker.live_workers().items():
+        for wid, beat in self.registry.live_workers().items():
             status = loads(beat)
             live[self._host_of(status["host"])] = (wid, int(status["pid"]))
         return live
 
     def answered(self) -> int:
         """Requests the live workers have answered, by their heartbeats."""
-        return sum(int(loads(beat)["requests"]) for beat in self.broker.live_workers().values())
+        return sum(int(loads(beat)["requests"]) for beat in self.registry.live_workers().values())
 
     def _host_of(self, hostname: str) -> str:
         return next(h.name for h in self.net.hosts.values() if h.hostname == hostname)
@@ -138,7 +139,7 @@ class Cluster:
 
     def held(self, wid: str) -> set[str]:
         """Task ids in worker ``wid``'s inflight hash."""
-        raws = self.watcher.hvals(self.broker.keys.inflight(wid))
+        raws = self.watcher.hvals(self.queue.keys.inflight(wid))
         return {str(parse_request(raw).task_id) for raw in raws}
 
     def stored_host(self, task_id: str) -> str | None:
@@ -194,7 +195,7 @@ def test_a_whole_host_killed_under_load_has_every_request_answered_by_the_other(
     killed = cluster.host("gpu-a").kill_all()
     held = cluster.held(gpu_a_worker)  # frozen now: these needed another host
     answered = cluster.answered_ids()  # everything else needs gpu-b from now on
-    queued = cluster.broker.queue_length()
+    queued = cluster.queue.queue_length()
 
     rows = run.report(timeout=90)
     _check_answers(rows, LOAD)
@@ -211,7 +212,7 @@ def test_a_whole_host_killed_under_load_has_every_request_answered_by_the_other(
     assert after == {cluster.host("gpu-b").hostname}, after
     assert late <= VISIBILITY_TIMEOUT + SLACK
     assert "gpu-a" not in cluster.workers()
-    assert not cluster.watcher.exists(cluster.broker.keys.inflight(gpu_a_worker))
+    assert not cluster.watcher.exists(cluster.queue.keys.inflight(gpu_a_worker))
 
 
 @pytest.mark.timeout(150)
@@ -229,7 +230,7 @@ def test_a_host_cut_off_under_load_has_its_requests_answered_once_and_rejoins_un
     try:
         held = cluster.held(gpu_a_worker[0])  # what gpu-a holds and cannot answer now
         wait_until(lambda: "gpu-a" not in cluster.workers() and not cluster.watcher.exists(
-            cluster.broker.keys.inflight(gpu_a_worker[0])), timeout=VISIBILITY_TIMEOUT + SLACK,
+            cluster.queue.keys.inflight(gpu_a_worker[0])), timeout=VISIBILITY_TIMEOUT + SLACK,
             what="a sweep requeueing the cut-off host's requests")
         wait_until(lambda: all(cluster.stored_host(t) == gpu_b.hostname for t in held),
                    timeout=30, what="gpu-b answering what gpu-a held")
@@ -332,9 +333,9 @@ def test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written(
         wait_until(lambda: answers_ping(watcher), timeout=15, what="Redis")
         for host in ("gpu-a", "gpu-b"):
             net[host].popen(as_here(worker_cmd), log=f"{host}.log", env=env)
-        broker = Broker(watcher, ServiceKeys("linear"))
+        registry = ServiceRegistry(watcher, ServiceKeys("linear"))
         try:
-            wait_until(lambda: {loads(b)["host"] for b in broker.live_workers().values()} == {
+            wait_until(lambda: {loads(b)["host"] for b in registry.live_workers().values()} == {
                 net["gpu-a"].hostname, net["gpu-b"].hostname}, timeout=90,
                 what="workers of both GPU hosts")
         except AssertionError as exc:

@@ -43,7 +43,7 @@ def test_queue_at_its_cap_refuses_fast_with_service_overloaded_and_memory_stays_
     service = make_service("tests.faults.workers.VerySlowDoubler", "-batch_size", "4",
                            "-max_queue", str(cap))
     client = service.client()
-    broker = service.broker
+    queue = service.queue
     memory: list[int] = []
     queue_lengths: list[int] = []
     everything: list[Future[Any]] = []
@@ -53,8 +53,8 @@ def test_queue_at_its_cap_refuses_fast_with_service_overloaded_and_memory_stays_
         wait_until(partial(_overloaded, futures, 2000 - 3 * cap),
                    timeout=20, what="the requests over the cap to be refused")
         # Refused while the accepted ones still wait: nobody queued behind the cap.
-        assert broker.queue_length() > 0
-        queue_lengths.append(broker.queue_length())
+        assert queue.queue_length() > 0
+        queue_lengths.append(queue.queue_length())
         memory.append(int(redis_client.info("memory")["used_memory"]))
     overloaded = [f.exception() for f in everything
                   if f.done() and isinstance(f.exception(), ServiceOverloaded)]

@@ -43,7 +43,7 @@ def _restart_under_load(
     client = service.client()
     before = [client.encode(n) for n in range(600)]
     wait_until(lambda: any(f.done() for f in before), timeout=20, what="the first answers")
-    assert service.broker.queue_length() > 100, "the queue drained before the restart"
+    assert service.queue.queue_length() > 100, "the queue drained before the restart"
     worker_ids = set(service.live_workers())
     redis.restart()
     wait_until(lambda: set(service.live_workers()) == worker_ids, timeout=20,
@@ -61,10 +61,10 @@ def test_redis_restart_with_aof_loses_no_queued_request(
     service = serve_on(redis.url, WORKER, "-batch_size", "4", "-num_worker", "2", wait=2)
     before, after, worker_ids = _restart_under_load(redis, service)
     finished, unfinished = wait(before + after, timeout=45)
-    broker = service.broker
+    queue = service.queue
     assert not unfinished, (
-        f"{len(unfinished)} unanswered; queue {broker.queue_length()}; inflight "
-        f"{ {w: broker.client.hlen(broker.keys.inflight(w)) for w in worker_ids} }; "
+        f"{len(unfinished)} unanswered; queue {queue.queue_length()}; inflight "
+        f"{ {w: queue.client.hlen(queue.keys.inflight(w)) for w in worker_ids} }; "
         f"workers {service.live_workers()}")
     assert [f.result() for f in before] == [2 * n for n in range(600)]
     assert [f.result() for f in after] == [2 * n for n in range(600, 700)]
@@ -84,7 +84,7 @@ def test_redis_restart_without_persistence_fails_lost_requests_with_request_lost
     assert not unfinished, (
         f"callers left waiting: {[n for n, f in enumerate(before) if not f.done()][:50]} of "
         f"those sent before, {sum(not f.done() for f in after)} of those after; "
-        f"queue {service.broker.queue_length()}; log:\n{service.log()[-4000:]}")
+        f"queue {service.queue.queue_length()}; log:\n{service.log()[-4000:]}")
     lost = [f.exception() for f in before if f.exception() is not None]
     assert lost, "the restart lost no request; the test proved nothing"
     assert all(isinstance(e, RequestLost) for e in lost), lost[:3]

@@ -31,12 +31,12 @@ ARGS = ("-batch_size", "2", "-num_worker", "1", "-visibility_timeout", "2")
 
 def _fetched(service: Service, at_least: int) -> set[str]:
     """Task ids in the worker's inflight hash, once it holds ``at_least`` requests."""
-    broker = service.broker
+    queue = service.queue
     (worker_id,) = service.live_workers()
-    key = broker.keys.inflight(worker_id)
-    wait_until(lambda: broker.client.hlen(key) >= at_least, timeout=20,
+    key = queue.keys.inflight(worker_id)
+    wait_until(lambda: queue.client.hlen(key) >= at_least, timeout=20,
                what=f"the worker to fetch {at_least} requests")
-    return {str(parse_request(raw).task_id) for raw in broker.client.hvals(key)}
+    return {str(parse_request(raw).task_id) for raw in queue.client.hvals(key)}
 
 
 def _stored(results: OwnRedis, futures: list[Future]) -> list[bool]:
@@ -60,7 +60,7 @@ def test_broker_restart_without_aof_delivers_what_workers_held_and_fails_only_qu
     client = service.client()
     futures = [client.encode(n) for n in range(16)]
     held = _fetched(service, at_least=4)
-    assert service.broker.queue_length() > 0, "nothing was still queued; the test proves nothing"
+    assert service.queue.queue_length() > 0, "nothing was still queued; the test proves nothing"
 
     broker.restart()
     open_after_restart = {n for n, f in enumerate(futures) if not f.done()}

@@ -91,18 +91,18 @@ def test_frozen_worker_past_visibility_timeout_has_its_requests_served_by_a_peer
                            "-batch_size", "4", "-prefetch", "4", "-visibility_timeout", "3",
                            wait=2)
     client = service.client()
-    broker = service.broker
+    queue = service.queue
     futures = [client.encode(n) for n in range(400)]
     frozen_pid, frozen_id = wait_until(
         lambda: next(((p, w) for p, w in _live_pids(service).items()
-                      if broker.client.hlen(broker.keys.inflight(w)) > 0), None),
+                      if queue.client.hlen(queue.keys.inflight(w)) > 0), None),
         timeout=20, what="a worker holding requests")
     os.kill(frozen_pid, signal.SIGSTOP)
     try:
         finished, unfinished = wait(futures, timeout=45)
         assert not unfinished, f"{len(unfinished)} requests waited on the frozen worker"
         assert frozen_id not in service.live_workers(), "the frozen worker still looks alive"
-        assert not broker.client.exists(broker.keys.inflight(frozen_id))
+        assert not queue.client.exists(queue.keys.inflight(frozen_id))
     finally:
         os.kill(frozen_pid, signal.SIGCONT)
 

@@ -46,13 +46,13 @@ def fail(why: str) -> None:
 def live_workers(port: int) -> list[dict]:
     import redis
 
-    from wkr_celery.broker import Broker
+    from wkr_celery.broker import ServiceRegistry
     from wkr_celery.codec import loads
     from wkr_celery.keys import ServiceKeys
 
     client = redis.Redis(host="127.0.0.1", port=port)
     try:
-        return [loads(b) for b in Broker(client, ServiceKeys("default")).live_workers().values()]
+        return [loads(b) for b in ServiceRegistry(client, ServiceKeys("default")).live_workers().values()]
     except redis.ConnectionError:
         return []
     finally:

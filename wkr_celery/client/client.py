@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from ..broker import Broker
+from ..broker import RequestQueue, ServiceRegistry
 from ..clock import RedisClock
 from ..codec import loads
 from ..connections import REDIS_ERRORS, connect
@@ -73,12 +73,13 @@ class WKRClient(InputContract):
             else:
                 self.name = find_service(self._broker_redis, self.broker_url, connect_timeout)
             self.keys = ServiceKeys(self.name)
-            self._broker = Broker(self._broker_redis, self.keys)
+            self._queue = RequestQueue(self._broker_redis, self.keys)
+            self._registry = ServiceRegistry(self._broker_redis, self.keys)
             self._clock.sync_if_due()
-            self.server_config = read_info(self._broker, self.broker_url, ignore_all_checks)
+            self.server_config = read_info(self._registry, self.broker_url, ignore_all_checks)
             if not ignore_all_checks:
                 self.server_config = wait_until_serving(
-                    self._broker, self.broker_url, connect_timeout, check_version)
+                    self._registry, self.broker_url, connect_timeout, check_version)
             self.result_url = address.result_url(self.server_config)
             self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
                                          sentinel_master=sentinel_master)
@@ -115,7 +116,7 @@ class WKRClient(InputContract):
 
     def _answer_grace(self) -> float:
         visibility = float(self.server_config.get("visibility_timeout") or 10.0)
-        return answer_grace(self._broker, visibility)
+        return answer_grace(self._registry, visibility)
 
     # Sending ------------------------------------------------------------------------------
 
@@ -195,7 +196,7 @@ class WKRClient(InputContract):
         delay = 0.05
         while True:
             try:
-                accepted = self._broker.publish(
+                accepted = self._queue.publish(
                     [(item.index, item.message) for item in items],
                     cap=self.max_queue, wake=wake)
                 published = time.monotonic()
@@ -236,9 +237,9 @@ class WKRClient(InputContract):
 
     def server_status(self) -> dict[str, Any]:
         """Service config, live workers (their heartbeat figures) and queue length."""
-        workers = {wid: loads(beat) for wid, beat in self._broker.live_workers().items()}
-        return {"name": self.name, "config": self._broker.info(), "workers": workers,
-                "queue_length": self._broker.queue_length()}
+        workers = {wid: loads(beat) for wid, beat in self._registry.live_workers().items()}
+        return {"name": self.name, "config": self._registry.info(), "workers": workers,
+                "queue_length": self._queue.queue_length()}
 
     def close(self) -> None:
         """Stop the I/O threads; requests still pending are cancelled."""

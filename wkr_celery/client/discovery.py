@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from ..broker import Broker, as_str
+from ..broker import ServiceRegistry, as_str
 from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ServiceUnavailable, VersionMismatch
 from ..keys import SERVICES
@@ -47,33 +47,33 @@ def find_service(client: redis.Redis, broker_url: str, timeout: float) -> str:
         time.sleep(POLL_SECONDS)
 
 
-def read_info(broker: Broker, broker_url: str, ignore_errors: bool) -> dict[str, str]:
+def read_info(registry: ServiceRegistry, broker_url: str, ignore_errors: bool) -> dict[str, str]:
     """The service info hash; empty when Redis is unreachable and checks are off."""
     try:
-        return broker.info()
+        return registry.info()
     except REDIS_ERRORS as exc:
         if ignore_errors:
             return {}
         raise unreachable("broker", broker_url, exc) from exc
 
 
-def wait_until_serving(broker: Broker, broker_url: str, timeout: float, check_version: bool
+def wait_until_serving(registry: ServiceRegistry, broker_url: str, timeout: float, check_version: bool
                        ) -> dict[str, str]:
     """Wait for a live worker of the service; returns its info after the version check."""
-    name = broker.keys.name
+    name = registry.keys.name
     deadline = time.monotonic() + timeout
     while True:
         try:
-            live = broker.live_workers()
-            info = broker.info()
+            live = registry.live_workers()
+            info = registry.info()
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"Redis not reachable: {exc}") from exc
         if live and info:  # info is rewritten by the workers after Redis restarts empty
             break
         if time.monotonic() >= deadline:
-            raise no_live_worker(name, broker_url, timeout, _last_failure(broker))
+            raise no_live_worker(name, broker_url, timeout, _last_failure(registry))
         time.sleep(POLL_SECONDS)
-    return checked_version(broker.info(), name, check_version)
+    return checked_version(registry.info(), name, check_version)
 
 
 def check_reachable(client: redis.Redis, what: str, url: str) -> None:
@@ -130,8 +130,8 @@ def unreachable(what: str, url: str, exc: BaseException) -> ServiceUnavailable:
     return ServiceUnavailable(f"{what} {redacted(url)}: {explain(exc)}")
 
 
-def _last_failure(broker: Broker) -> str:
+def _last_failure(registry: ServiceRegistry) -> str:
     try:
-        return broker.last_failure()
+        return registry.last_failure()
     except REDIS_ERRORS:
         return ""

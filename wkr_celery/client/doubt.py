@@ -28,7 +28,7 @@ from ..connections import REDIS_ERRORS
 from ..errors import WKRError
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from ..broker import ServiceRegistry
 
 __all__ = ["Doubt", "answer_grace", "grace_from"]
 
@@ -76,14 +76,14 @@ class Doubt:
             return lost
 
 
-def answer_grace(broker: Broker, visibility_timeout: float) -> float:
+def answer_grace(registry: ServiceRegistry, visibility_timeout: float) -> float:
     """The grace of :class:`Doubt` for this service, from its workers' heartbeats.
 
     Falls back to ``visibility_timeout`` alone when no heartbeat can be read (the broker is
     down, or the workers have not beaten on a restarted one yet).
     """
     try:
-        beats = list(broker.live_workers().values())
+        beats = list(registry.live_workers().values())
     except REDIS_ERRORS:
         beats = []
     return grace_from(beats, visibility_timeout)

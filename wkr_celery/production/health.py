@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..broker import Broker
+from ..broker import ServiceRegistry
 from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS, redacted
@@ -84,7 +84,7 @@ def check_service(
     report = HealthReport(name, broker_url)
     client = settings.connect_broker()
     try:
-        beats = Broker(client, ServiceKeys(name)).live_workers()
+        beats = ServiceRegistry(client, ServiceKeys(name)).live_workers()
     except REDIS_ERRORS as exc:
         return _with(report, problem=f"broker {broker_url} is not reachable: {exc}")
     finally:

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..broker import Broker
+from ..broker import RequestQueue, ServiceRegistry
 from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS, redacted
@@ -67,7 +67,7 @@ def find_targets(settings: Settings) -> tuple[dict[int, Target], list[str], list
     notes: list[str] = []
     client = settings.connect_broker()
     try:
-        beats = Broker(client, ServiceKeys(settings.name)).live_workers()
+        beats = ServiceRegistry(client, ServiceKeys(settings.name)).live_workers()
     except REDIS_ERRORS as exc:
         beats = {}
         notes.append(f"broker {redacted(settings.broker)} is not reachable ({exc}); "
@@ -150,10 +150,10 @@ def _kill(
     left = procs.wait_gone(doomed, _FORCE_WAIT)
     requeued, notes = 0, list(report.notes)
     client = settings.connect_broker()
-    broker = Broker(client, ServiceKeys(settings.name))
+    queue = RequestQueue(client, ServiceKeys(settings.name))
     try:
         for worker_id in workers.values():
-            requeued += broker.requeue_dead(worker_id, blamed=[])
+            requeued += queue.requeue_dead(worker_id, blamed=[])
     except REDIS_ERRORS as exc:
         notes.append(f"could not requeue the killed workers' requests now ({exc}); the next "
                      "worker to start requeues them after the visibility timeout")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from ..broker import Broker
+from ..broker import RequestQueue, ServiceRegistry
 from ..client import AsyncWKRClient
 from ..clock import RedisClock, wall_time
 from ..codec import loads
@@ -83,7 +83,8 @@ class Gateway:
         self.keys = ServiceKeys(settings.name)
         self.redis = settings.connect_broker()
         self._results: tuple[str, redis.Redis] | None = None
-        self.broker = Broker(self.redis, self.keys)
+        self.queue = RequestQueue(self.redis, self.keys)
+        self.service = ServiceRegistry(self.redis, self.keys)
         self.clock = RedisClock(self.redis)  # deadlines are on the broker's clock
         self.registry = TaskRegistry()
         self.started = wall_time()
@@ -99,7 +100,7 @@ class Gateway:
         at, live = self._live
         if fresh or time.monotonic() - at > _LIVE_TTL:
             try:
-                live = {w: loads(b) for w, b in self.broker.live_workers().items()}
+                live = {w: loads(b) for w, b in self.service.live_workers().items()}
             except REDIS_ERRORS as exc:
                 raise ServiceUnavailable(
                     f"broker {redacted(self.settings.broker)} is not reachable: {exc}") from exc
@@ -117,7 +118,7 @@ class Gateway:
         at, info = self._info
         if not info or time.monotonic() - at > _LIVE_TTL:
             try:
-                info = self.broker.info()
+                info = self.service.info()
             except REDIS_ERRORS as exc:
                 raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
             self._info = (time.monotonic(), info)
@@ -153,7 +154,7 @@ class Gateway:
     def scaling(self) -> dict[str, Any]:
         """The supervisor's elastic-worker state (empty when the service is not elastic)."""
         try:
-            raw = self.broker.scaling()
+            raw = self.service.scaling()
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
         numbers = {"workers", "floor", "ceiling", "grown", "retired"}
@@ -163,7 +164,7 @@ class Gateway:
 
     def queue_length(self) -> int:
         try:
-            return self.broker.queue_length()
+            return self.queue.queue_length()
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
 
@@ -217,7 +218,7 @@ class Gateway:
         index = PRIORITY_STEPS.index(step)
         cap = int(self.info().get("max_queue") or self.settings.max_queue)
         try:
-            accepted = self.broker.publish([(index, message)], cap=cap, wake=1)
+            accepted = self.queue.publish([(index, message)], cap=cap, wake=1)
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"could not publish: {exc}") from exc
         if not accepted:

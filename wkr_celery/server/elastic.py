@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..broker import Broker
+from ..broker import RequestQueue, ServiceRegistry
 from ..clock import wall_time
 from ..codec import loads
 from ..config import Settings
@@ -30,8 +30,10 @@ _TICK = 1.0  # seconds between looks at the queue
 class Elastic:
     """Decides, for one supervisor, when its service grows or shrinks."""
 
-    def __init__(self, settings: Settings, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(self, settings: Settings, queue: RequestQueue, registry: ServiceRegistry
+                 ) -> None:
+        self.queue = queue
+        self.registry = registry
         self.policy = ScalePolicy(floor=settings.num_worker, ceiling=settings.num_worker_max,
                                   up_wait=settings.scale_up_wait,
                                   down_after=settings.scale_down_after)
@@ -48,8 +50,8 @@ class Elastic:
         self._next = now + _TICK
         running = [s for s in slots if s.process is not None and not s.retiring]
         try:
-            live = {w: loads(b) for w, b in self.broker.live_workers().items()}
-            queued = self.broker.queue_length()
+            live = {w: loads(b) for w, b in self.registry.live_workers().items()}
+            queued = self.queue.queue_length()
         except REDIS_ERRORS as exc:  # the broker's outage is logged where it is used
             log.debug("elastic check skipped: %s", exc)
             return None
@@ -82,6 +84,6 @@ class Elastic:
             "last": self.last, "reason": self.reason, "decided_at": self.decided_at,
         }
         try:
-            self.broker.write_scaling(state, ttl=10 * _TICK)
+            self.registry.write_scaling(state, ttl=10 * _TICK)
         except REDIS_ERRORS as exc:
             log.debug("could not report the elastic state: %s", exc)

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Collection
 
-from ..broker import Broker
+from ..broker import RequestQueue
 from ..config import Settings
 from ..connections import REDIS_ERRORS
 from ..messages import parse_request
@@ -43,9 +43,9 @@ _RECONCILE_SECONDS = 2.0  # how often a worker looks for messages it holds witho
 class Fetcher:
     """Fetches for one worker into ``buffer``; :meth:`run` is the fetcher thread's loop."""
 
-    def __init__(self, broker: Broker, worker_id: str, buffer: RequestBuffer,
+    def __init__(self, queue: RequestQueue, worker_id: str, buffer: RequestBuffer,
                  settings: Settings, stopping: threading.Event, poll: float) -> None:
-        self.broker = broker
+        self.queue = queue
         self.worker_id = worker_id
         self.buffer = buffer
         self.stopping = stopping
@@ -111,12 +111,12 @@ class Fetcher:
             room = self.buffer.room()
             if room <= 0:
                 return 0
-            fetched = self.broker.fetch(self.worker_id, room)
+            fetched = self.queue.fetch(self.worker_id, room)
             if not fetched:
                 self.buffer.set_more_waiting(False)
-                if wait <= 0 or not self.broker.wait_for_work(wait) or self.stopping.is_set():
+                if wait <= 0 or not self.queue.wait_for_work(wait) or self.stopping.is_set():
                     return 0
-                fetched = self.broker.fetch(self.worker_id, room)
+                fetched = self.queue.fetch(self.worker_id, room)
         except REDIS_ERRORS as exc:
             self._next_reconcile = 0.0  # a lost reply may have moved messages to us
             log.warning("broker unreachable (%s); retrying in %.2fs", exc, self._backoff)
@@ -149,11 +149,10 @@ class Fetcher:
         has still moved its messages into our hash; nobody would requeue them while we live.
         Runs holding the turn, so no fetch is half-recorded while it looks.
         """
-        keys = self.broker.keys
-        ids = [int(i) for i in self.broker.client.hkeys(keys.inflight(self.worker_id))]
+        ids = self.queue.held(self.worker_id)
         with self._held_lock:
             orphans = [i for i in ids if i not in self.held]
         if orphans:
-            count = self.broker.give_back(self.worker_id, orphans)
+            count = self.queue.give_back(self.worker_id, orphans)
             log.warning("gave back %d request(s) fetched without a reply (connection lost)",
                         count)

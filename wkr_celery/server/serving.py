@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..broker import Broker
+from ..broker import RequestQueue, ResultStore, ServiceRegistry
 from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
@@ -66,11 +66,13 @@ class ServingLoop:
         self.worker_id = worker_id
         self.device_id = device_id
         self.keys = ServiceKeys(settings.name)
-        self.broker = Broker(settings.connect_broker(blocking_timeout=_POLL_SECONDS), self.keys)
+        broker = settings.connect_broker(blocking_timeout=_POLL_SECONDS)
+        self.queue = RequestQueue(broker, self.keys)
+        self.registry = ServiceRegistry(broker, self.keys)
         same_redis = settings.backend == settings.broker
-        self.backend = self.broker.client if same_redis else settings.connect_backend()
+        self.results = ResultStore(broker if same_redis else settings.connect_backend(), self.keys)
         self._same_redis = same_redis
-        self.clock = RedisClock(self.broker.client)  # deadlines are on the broker's clock
+        self.clock = RedisClock(broker)  # deadlines are on the broker's clock
         self.runner = ModelRunner(worker, settings, device_id, clock=self.clock.now)
         capacity = settings.prefetch * settings.batch_size
         self.buffer = (
@@ -91,7 +93,7 @@ class ServingLoop:
         )
         self._threads: list[threading.Thread] = []
         self._info: dict[str, Any] = {}
-        self.fetcher = Fetcher(self.broker, worker_id, self.buffer, settings, self._stopping,
+        self.fetcher = Fetcher(self.queue, worker_id, self.buffer, settings, self._stopping,
                                _POLL_SECONDS)
         self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{settings.name}-")
 
@@ -127,7 +129,7 @@ class ServingLoop:
             fetcher.join(_POLL_SECONDS + 11)
         left = self.buffer.close()
         if left:
-            self._retry(lambda: self.broker.give_back(self.worker_id, [r.id for r in left]),
+            self._retry(lambda: self.queue.give_back(self.worker_id, [r.id for r in left]),
                         "give back buffered requests", deadline)
             log.info("gave %d buffered requests back to the queue", len(left))
         batch_threads = [t for t in map(self._thread, ("wkr-predict", "wkr-write")) if t]
@@ -137,7 +139,7 @@ class ServingLoop:
             self._close_listeners()  # no thread calls them any more
         # Whatever is still inflight (a batch not stored by the deadline) goes back unblamed, and the
         # worker leaves the registry, so no peer's sweep waits out its heartbeat.
-        self._retry(lambda: self.broker.requeue_dead(self.worker_id, blamed=()),
+        self._retry(lambda: self.queue.requeue_dead(self.worker_id, blamed=()),
                     "put back what is left and leave the worker registry", deadline)
         heart = self._thread("wkr-heartbeat")
         if heart is not None:
@@ -183,7 +185,7 @@ class ServingLoop:
             self.ready.set()
             return
         info = self._info = service_info(self.settings, self.worker)
-        self._retry(lambda: self.broker.write_info(info), "write service info",
+        self._retry(lambda: self.registry.write_info(info), "write service info",
                     time.monotonic() + 60)
         self._beat()
         self._start_io()
@@ -276,14 +278,14 @@ class ServingLoop:
         ids = [r.id for r in batch]
         suspects = [r.raw for r in batch if r.suspect]
         if self._same_redis:  # one round trip: results and acks in the same script
-            self._retry(lambda: self.broker.store_results(
-                self.backend, results, expires, ack=(self.worker_id, ids, suspects)),
+            self._retry(lambda: self.results.store(
+                results, expires, ack=(self.worker_id, ids, suspects)),
                 "store results", float("inf"))
         else:
             if results:
-                self._retry(lambda: self.broker.store_results(self.backend, results, expires),
+                self._retry(lambda: self.results.store(results, expires),
                             "store results", float("inf"))
-            self._retry(lambda: self.broker.ack(self.worker_id, ids, suspects), "ack",
+            self._retry(lambda: self.queue.ack(self.worker_id, ids, suspects), "ack",
                         float("inf"))
         self.fetcher.forget(ids)  # after the ack, so reconcile never sees an id in neither
 
@@ -301,7 +303,7 @@ class ServingLoop:
             "batch_sizes": dict(stats.batch_sizes), "buffered": len(self.buffer),
             "statistics": self.worker.statistics.snapshot(), "version": __version__,
         })
-        self.broker.heartbeat(self.worker_id, status, self.settings.visibility_timeout)
+        self.registry.heartbeat(self.worker_id, status, self.settings.visibility_timeout)
 
     def _heartbeat_loop(self) -> None:
         interval = min(1.0, self.settings.visibility_timeout / 5)
@@ -310,10 +312,10 @@ class ServingLoop:
             beats += 1
             try:
                 self._beat()
-                if not self.broker.client.exists(self.keys.info):  # Redis restarted empty
-                    self.broker.write_info(self._info)
+                if not self.registry.has_info():  # Redis restarted empty
+                    self.registry.write_info(self._info)
                 if beats % 2 == 0:
-                    for dead, count in self.broker.sweep().items():
+                    for dead, count in self.queue.sweep().items():
                         log.warning("worker %s missed its heartbeat; requeued its %d requests",
                                     dead, count)
             except REDIS_ERRORS as exc:

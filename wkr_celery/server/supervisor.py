@@ -30,7 +30,7 @@ import time
 import uuid
 from typing import Any
 
-from ..broker import Broker
+from ..broker import RequestQueue, ResultStore, ServiceRegistry
 from ..celery_app import import_path, load_worker_class
 from ..child_env import build_child_env
 from ..config import Settings, settings_from
@@ -89,7 +89,8 @@ class WKRServer:
         self._redis_watch: list[WatchedRedis] = []
         self.extras: list[SideProcess] = []
         self.router: LogRouter | None = None
-        self.broker: Broker | None = None
+        self.queue: RequestQueue | None = None
+        self.registry: ServiceRegistry | None = None
         self.elastic: Elastic | None = None
         # A plain flag, not an Event: the CLI's signal handler sets it, and Event.set() in a
         # handler deadlocks when the signal lands while the main thread holds the Event's own
@@ -111,13 +112,15 @@ class WKRServer:
         elif not logging.getLogger().handlers:
             configure_stderr()
         self._start_redis()
-        self.broker = Broker(s.connect_broker(), self.keys)
+        broker = s.connect_broker()
+        self.queue = RequestQueue(broker, self.keys)
+        self.registry = ServiceRegistry(broker, self.keys)
         try:
-            self.broker.client.ping()
+            broker.ping()
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"broker {redacted(s.broker)}: {explain(exc)}") from exc
         if s.num_worker_max > s.num_worker:
-            self.elastic = Elastic(s, self.broker)
+            self.elastic = Elastic(s, self.queue, self.registry)
         for slot in self.workers:
             self._spawn(slot)
         self._start_extras()
@@ -201,10 +204,10 @@ class WKRServer:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until every worker has loaded its model and sent a heartbeat."""
-        assert self.broker is not None, "start() first"
+        assert self.registry is not None, "start() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            live = self.broker.live_workers()
+            live = self.registry.live_workers()
             if all(w.worker_id in live for w in self.workers):
                 return
             self._check_children()
@@ -285,9 +288,9 @@ class WKRServer:
         if slot.pump is not None:
             slot.pump.join(1)
         requeued = 0
-        if self.broker is not None:
+        if self.queue is not None:
             try:
-                requeued = self.broker.requeue_dead(slot.worker_id, blamed)
+                requeued = self.queue.requeue_dead(slot.worker_id, blamed)
             except REDIS_ERRORS as exc:  # the sweep of a live worker requeues them later
                 log.error("could not requeue worker %s's requests now: %s", slot.worker_id, exc)
         slot.clean_up()
@@ -307,11 +310,11 @@ class WKRServer:
 
     def _record_failure(self, text: str) -> None:
         """Keep the last worker failure where clients look when no worker is live."""
-        if self.broker is None:
+        if self.registry is None:
             return
         where = self.router.err_path if self.router is not None else "the supervisor's output"
         try:
-            self.broker.record_failure(f"{text}; see {where}", _FAILURE_TTL)
+            self.registry.record_failure(f"{text}; see {where}", _FAILURE_TTL)
         except REDIS_ERRORS as exc:
             log.warning("could not record the worker failure for clients: %s", exc)
 
@@ -354,18 +357,18 @@ class WKRServer:
 
     def _fail_what_redis_forgets(self) -> None:
         s = self.settings
-        if self.broker is None or not self.redis_servers or self._persist():
+        if self.queue is None or not self.redis_servers or self._persist():
             return
         try:
-            backend = s.connect_backend()
-            told = fail_queued(self.broker, backend, int(s.result_expires),
+            results = ResultStore(s.connect_backend(), self.keys)
+            told = fail_queued(self.queue, results, int(s.result_expires),
                                f"service {s.name!r} stopped before serving this request, and "
                                "its embedded Redis keeps nothing across a stop (start it with "
                                "-data_dir to keep queued requests); send it again")
             if told:
                 log.warning("%d queued request(s) failed with RequestLost: no AOF keeps them",
                             len(told))
-                if not wait_taken(backend, told, _TAKE_SECONDS):
+                if not wait_taken(results, told, _TAKE_SECONDS):
                     log.warning("some clients did not take their RequestLost answers within "
                                 "%.0fs (closed, or too slow)", _TAKE_SECONDS)
         except REDIS_ERRORS as exc:

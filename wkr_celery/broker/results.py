@@ -1,0 +1,64 @@
+"""The result store of one service: where worker processes store results, in Celery's format.
+
+A result is kept under ``celery-task-meta-<task id>`` for ``result_expires`` seconds (so a plain
+Celery ``AsyncResult`` finds it) and handed to its caller at once: pushed onto the client's reply
+list, or ``PUBLISH``ed on the task's key for a producer with no reply list. One ``store.lua``
+call stores a whole batch; when the result store is the broker's Redis, the same call acks the
+batch's messages, so a crash can never leave an acked request unanswered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from .. import scripts
+from ..keys import ServiceKeys, reply_key, task_meta_key
+
+__all__ = ["ResultStore", "StoredResult"]
+
+StoredResult = tuple[str, bytes, str | None]
+"""One result to store: task id, encoded Celery meta, the id of the client waiting or ``None``."""
+
+
+class ResultStore:
+    """Results of service ``keys.name`` on the result Redis ``client``."""
+
+    def __init__(self, client: redis.Redis, keys: ServiceKeys) -> None:
+        self.client = client
+        self.keys = keys
+        self._store = client.register_script(scripts.STORE)
+
+    def store(
+        self,
+        results: Sequence[StoredResult],
+        expires: int,
+        *,
+        ack: tuple[str, Sequence[int], Sequence[bytes]] | None = None,
+    ) -> None:
+        """Store ``results`` in one command: each client's results go onto its reply list, a
+        foreign producer's are ``PUBLISH``ed. With ``ack`` = (worker id, ids, suspects), also
+        forget those messages, which is only right when this store is the broker's Redis."""
+        targets: dict[str, int] = {}
+        keys: list[Any] = [self.keys.inflight(ack[0]) if ack else "", self.keys.deaths]
+        datas: list[Any] = []
+        where: list[int] = []
+        for task_id, data, client_id in results:
+            keys.append(task_meta_key(task_id))
+            datas.append(data)
+            where.append(0 if client_id is None
+                         else targets.setdefault(client_id, len(targets) + 1))
+        keys.extend(reply_key(client_id) for client_id in targets)
+        ids, suspects = (ack[1], ack[2]) if ack else ((), ())
+        self._store(keys=keys, args=[expires, len(results), len(ids), len(suspects), *datas,
+                                     *where, *ids, *suspects])
+
+    def untaken(self, reply_lists: Sequence[str]) -> list[str]:
+        """Those of ``reply_lists`` that still hold replies no client has popped."""
+        names = list(reply_lists)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(name)
+        return [name for name, left in zip(names, pipe.execute()) if left]
