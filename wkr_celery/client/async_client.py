@@ -37,7 +37,7 @@ from . import async_discovery as discovery
 from .async_replies import AsyncReplies, Waiting
 from .async_restarts import AsyncRedisWatch
 from .doubt import grace_from
-from .protocol import Address, InputContract, Outgoing, Requests, overloaded, publish_failed, wake_count
+from .protocol import Address, InputContract, Outgoing, Requests, overloaded, publish_failed
 from .replies import LISTEN_SECONDS
 from .verdicts import watched
 
@@ -285,8 +285,7 @@ class AsyncWKRClient(InputContract):
         await self._sync_clock(self._broker)
         keys, args = publish_call(requests.keys, [(w.request.index, w.request.message)
                                                   for w in items],
-                                  cap=requests.max_queue,
-                                  wake=wake_count(len(items), requests.batch_size))
+                                  cap=requests.max_queue)
         give_up = time.monotonic() + self._connect_timeout
         delay = 0.05
         while True:

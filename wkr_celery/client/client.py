@@ -28,7 +28,7 @@ from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
-from .protocol import Address, InputContract, Outgoing, Requests, overloaded, publish_failed, wake_count
+from .protocol import Address, InputContract, Outgoing, Requests, overloaded, publish_failed
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
 from .verdicts import watched
@@ -189,7 +189,6 @@ class WKRClient(InputContract):
     def _publish(self, items: list[Outgoing], inline: bool = False) -> None:
         """Send ``items`` in one round trip; retried (by the publisher thread) while the broker
         is away, up to ``connect_timeout``."""
-        wake = wake_count(len(items), self.batch_size)
         if not inline:  # the caller's thread never waits on a clock reading
             self._clock.sync_if_due()
         give_up = time.monotonic() + self._connect_timeout
@@ -198,7 +197,7 @@ class WKRClient(InputContract):
             try:
                 accepted = self._queue.publish(
                     [(item.index, item.message) for item in items],
-                    cap=self.max_queue, wake=wake)
+                    cap=self.max_queue)
                 published = time.monotonic()
                 break
             except REDIS_ERRORS as exc:

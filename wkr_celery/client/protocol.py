@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,12 +32,11 @@ from ..inputs import InputSpec
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
 from ..messages import deadline_after, error_of
 
-__all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "read_reply", "wake_count",
+__all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "read_reply",
            "overloaded", "publish_failed", "deadline_exceeded"]
 
 log = logging.getLogger("wkr_celery.client")
 
-_MAX_WAKE = 8
 
 
 @dataclass(frozen=True)
@@ -150,11 +148,6 @@ class Requests:
             return self.spec.encode(x)
         except InputError as exc:  # say which service, for callers talking to several
             raise type(exc)(f"service {self.keys.name!r}: {exc}") from None
-
-
-def wake_count(published: int, batch_size: int) -> int:
-    """Wake tokens for ``published`` new requests: one per batch they make, at most 8."""
-    return min(published, max(1, math.ceil(published / batch_size)), _MAX_WAKE)
 
 
 def read_reply(data: Any) -> Reply | None:

@@ -218,7 +218,7 @@ class Gateway:
         index = PRIORITY_STEPS.index(step)
         cap = int(self.info().get("max_queue") or self.settings.max_queue)
         try:
-            accepted = self.queue.publish([(index, message)], cap=cap, wake=1)
+            accepted = self.queue.publish([(index, message)], cap=cap)
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"could not publish: {exc}") from exc
         if not accepted:
