@@ -140,7 +140,7 @@ def late_request_is_dropped_before_predict(client: WKRClient, results: redis.Red
     else:
         raise AssertionError("the late request was answered")
     assert busy.result(timeout=10) == 2
-    task_id: str = late.task_id  # type: ignore[attr-defined]
+    task_id = late.task_id
     stored = wait_until(lambda: results.get(task_meta_key(task_id)), timeout=10,
                         what="the worker's answer to the late request")
     meta: dict[str, Any] = decode_meta(stored)

@@ -14,13 +14,13 @@ import wkr_celery.server
 
 def test_package_root_exports() -> None:
     assert sorted(wkr_celery.__all__) == sorted([
-        "WKRClient", "AsyncWKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError",
+        "WKRClient", "TaskFuture", "AsyncWKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError",
         "ConfigError",
         "ServiceUnavailable", "VersionMismatch", "InputError", "PayloadTooLarge",
         "RequestFailed", "PredictError", "BatchContractError", "DecodeError", "InvalidInput",
         "RequestTooLarge", "ResultTooLarge", "DeadlineExceeded", "ServiceOverloaded",
         "PoisonInput", "RequestLost", "__version__"])
-    assert sorted(wkr_celery.client.__all__) == ["AsyncWKRClient", "WKRClient",
+    assert sorted(wkr_celery.client.__all__) == ["AsyncWKRClient", "TaskFuture", "WKRClient",
                                                  "WKRDecentralizeCentral", "WKRWorker"]
     assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer", "pad_batch"]
     for module in (wkr_celery, wkr_celery.client, wkr_celery.server):

@@ -28,14 +28,24 @@ from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
-from .protocol import Address, InputContract, Outgoing, Requests, overloaded, publish_failed, wake_count
+from .protocol import Address, InputContract, Outgoing, Requests, publish_failed
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
 from .verdicts import watched
 
-__all__ = ["WKRClient"]
+__all__ = ["TaskFuture", "WKRClient"]
 
 log = logging.getLogger("wkr_celery.client")
+
+
+class TaskFuture(Future[Any]):
+    """The future :meth:`WKRClient.encode` returns: a ``concurrent.futures.Future`` that also
+    names its request, so ``AsyncResult(future.task_id)`` finds the result too until it
+    expires."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__()
+        self.task_id = task_id
 
 
 class WKRClient(InputContract):
@@ -92,7 +102,7 @@ class WKRClient(InputContract):
             raise
         if show_server_config:
             log.info("service %r: %s", self.name, self.server_config)
-        self._requests = Requests(self.keys, self.server_config, self.client_id,
+        self._requests = Requests(self.keys, self.server_config, reply_to=self.client_id,
                                   timeout=timeout, priority=self.priority, clock=self._clock.now)
         self.max_queue = self._requests.max_queue
         self.batch_size = self._requests.batch_size
@@ -122,7 +132,7 @@ class WKRClient(InputContract):
 
     def encode(
         self, x: Any, *, timeout: float | None = None, priority: int | str | None = None
-    ) -> Future[Any]:
+    ) -> TaskFuture:
         """Send one input; the future resolves to its result or raises a ``RequestFailed``.
 
         The future's ``task_id`` is the Celery task id: ``AsyncResult(task_id)`` finds the
@@ -134,8 +144,7 @@ class WKRClient(InputContract):
         if self._closed:
             raise WKRError("client is closed")
         item = self._requests.make(x, timeout=timeout, priority=priority)
-        future: Future[Any] = Future()
-        future.task_id = item.task_id  # type: ignore[attr-defined]
+        future = TaskFuture(item.task_id)
         self._replies.expect(item.task_id, future, item.expiry)
         idle = len(self._replies.pending) == 1  # nothing else in flight: no batch to gather
         with self._outbox_cond:
@@ -189,16 +198,13 @@ class WKRClient(InputContract):
     def _publish(self, items: list[Outgoing], inline: bool = False) -> None:
         """Send ``items`` in one round trip; retried (by the publisher thread) while the broker
         is away, up to ``connect_timeout``."""
-        wake = wake_count(len(items), self.batch_size)
         if not inline:  # the caller's thread never waits on a clock reading
             self._clock.sync_if_due()
         give_up = time.monotonic() + self._connect_timeout
         delay = 0.05
         while True:
             try:
-                accepted = self._queue.publish(
-                    [(item.index, item.message) for item in items],
-                    cap=self.max_queue, wake=wake)
+                sent = self._requests.enqueue(self._queue, items)
                 published = time.monotonic()
                 break
             except REDIS_ERRORS as exc:
@@ -213,11 +219,10 @@ class WKRClient(InputContract):
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        self._replies.published([item.task_id for item in items[:accepted]], published)
-        if accepted < len(items):
-            refused = overloaded(self.name, self.max_queue)
-            for item in items[accepted:]:
-                self._replies.fail(item.task_id, refused)
+        self._replies.published([item.task_id for item in sent.accepted], published)
+        for item in sent.refused:
+            assert sent.error is not None
+            self._replies.fail(item.task_id, sent.error)
 
     # Status and shutdown ------------------------------------------------------------------
 
