@@ -4,7 +4,8 @@ A result is kept under ``celery-task-meta-<task id>`` for ``result_expires`` sec
 Celery ``AsyncResult`` finds it) and handed to its caller at once: pushed onto the client's reply
 list, or ``PUBLISH``ed on the task's key for a producer with no reply list. One ``store.lua``
 call stores a whole batch; when the result store is the broker's Redis, the same call acks the
-batch's messages, so a crash can never leave an acked request unanswered.
+batch's messages, so a crash can never leave an acked request unanswered. The REST API reads
+results here by task id, and stores the ``REVOKED`` result of a task it withdrew.
 """
 
 from __future__ import annotations
