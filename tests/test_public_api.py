@@ -42,8 +42,8 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
         "", ".broker", ".broker.queue", ".broker.registry", ".broker.results", ".client",
         ".client.client", ".client.discovery", ".client.doubt",
         ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".clock",
-        ".codec",
-        ".connections", ".errors", ".inputs", ".keys", ".messages", ".scripts", ".version"))
+        ".codec", ".connections", ".envelope", ".errors", ".inputs", ".keys", ".messages",
+        ".scripts", ".version"))
 
 
 def test_seed_import_paths() -> None:

@@ -27,6 +27,8 @@ import pybase64
 
 from . import codec
 from .clock import wall_time
+from .envelope import is_compact
+from .envelope import read as read_compact
 from .errors import DecodeError, InputError, RequestFailed, RequestTooLarge, remote_error
 
 __all__ = [
@@ -133,7 +135,12 @@ def parse_request(raw: bytes | str, *, allow_pickle: bool = False,
     A body over ``max_payload`` bytes (``-max_payload``, the limit the client checks) is refused
     with :class:`RequestTooLarge` before it is base64- or msgpack-decoded, so a producer that
     skips the client's check cannot make a worker decode, predict and store a huge input.
+    Our clients' compact envelopes (:mod:`wkr_celery.envelope`) and Celery's kombu envelopes are both
+    read here, told apart by their first byte.
     """
+    if is_compact(raw):
+        assert isinstance(raw, bytes)
+        return _parse_compact(raw, max_payload)
     try:
         envelope = _loads_json(raw)
     except (ValueError, TypeError):
@@ -155,6 +162,23 @@ def parse_request(raw: bytes | str, *, allow_pickle: bool = False,
     except Exception as exc:  # a shape no check above foresaw: still this message's problem
         return DecodedRequest(task_id, None, None, None, DecodeError(
             f"malformed message: {type(exc).__name__}: {exc}"))
+
+
+def _parse_compact(raw: bytes, max_payload: int | None) -> DecodedRequest:
+    fields = read_compact(raw)
+    meta = (fields.task_id, fields.client_id, fields.deadline)
+    if fields.problem is not None:
+        return DecodedRequest(*meta, None, DecodeError(fields.problem))
+    size = len(fields.body)
+    if max_payload is not None and size > max_payload:
+        return DecodedRequest(*meta, None, RequestTooLarge(
+            f"encoded input is {size} bytes; this service takes at most {max_payload} bytes "
+            "(-max_payload); refused undecoded"))
+    try:
+        payload = _payload_of(codec.loads(fields.body))
+    except DecodeError as exc:
+        return DecodedRequest(*meta, None, exc)
+    return DecodedRequest(*meta, payload, None)
 
 
 def _loads_json(raw: bytes | str) -> Any:
@@ -238,6 +262,11 @@ def _decode_payload(envelope: dict[str, Any], allow_pickle: bool, max_payload: i
         raise
     except Exception as exc:  # any decoder failure is this input's problem alone
         raise DecodeError(f"cannot decode {content_type} body: {exc}") from None
+    return _payload_of(decoded)
+
+
+def _payload_of(decoded: Any) -> Any:
+    """The one input of a decoded protocol-2 body ``[[input], kwargs, embed]``."""
     try:
         args = decoded[0]
         (payload,) = args

@@ -42,7 +42,7 @@ class RequestQueue:
 
     # Client side ---------------------------------------------------------------------------
 
-    def publish(self, items: Sequence[tuple[int, str]], *, cap: int, wake: int) -> int:
+    def publish(self, items: Sequence[tuple[int, str | bytes]], *, cap: int, wake: int) -> int:
         """Push ``(list index, envelope)`` items in order; returns how many fit under ``cap``."""
         keys, args = publish_call(self.keys, items, cap=cap, wake=wake)
         return int(self._publish(keys=keys, args=args))
@@ -122,12 +122,13 @@ class RequestQueue:
         taken = pipe.execute()[:-1]
         return [message for messages in taken for message in messages]
 
-    def withdraw(self, queue: str, message: str) -> bool:
+    def withdraw(self, queue: str, message: bytes) -> bool:
         """Take one exact envelope back from list ``queue`` (or the suspect list) if no worker
         has fetched it yet; atomic against ``fetch.lua``. Returns whether it was still there."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.lrem(queue, 1, message)
-        pipe.lrem(self.keys.suspect, 1, message)
+        # redis-py's hints say str; LREM compares the bytes it is given, which is what we need
+        pipe.lrem(queue, 1, message)  # type: ignore[arg-type]
+        pipe.lrem(self.keys.suspect, 1, message)  # type: ignore[arg-type]
         return sum(pipe.execute()) > 0
 
     # Shared --------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ class RequestQueue:
         return int(sum(pipe.execute()))
 
 
-def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str]], *, cap: int, wake: int
+def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str | bytes]], *, cap: int, wake: int
                  ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of one ``PUBLISH`` script call; the asyncio client runs the same
     script with them on its own connection."""

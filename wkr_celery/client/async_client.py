@@ -312,8 +312,8 @@ class AsyncWKRClient(InputContract):
         assert self._broker is not None and self._requests is not None
         pipe = self._broker.pipeline(transaction=False)
         for request in requests:
-            pipe.lrem(self._requests.queue_of(request), 1, request.message)
-            pipe.lrem(self._requests.keys.suspect, 1, request.message)
+            pipe.lrem(self._requests.queue_of(request), 1, request.message)  # type: ignore[arg-type]
+            pipe.lrem(self._requests.keys.suspect, 1, request.message)  # type: ignore[arg-type]
         try:
             removed = sum(await pipe.execute())
         except REDIS_ERRORS as exc:  # the answers, if any come, are dropped all the same

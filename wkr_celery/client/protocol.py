@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import envelope
 from ..broker import RequestQueue, publish_call
 from ..codec import loads
 from ..connections import redacted, redis_url, result_url_from
@@ -30,9 +31,9 @@ from ..errors import (
     ServiceOverloaded,
     ServiceUnavailable,
 )
-from ..inputs import DEFAULT_MAX_PAYLOAD, InputSpec, argsrepr
+from ..inputs import DEFAULT_MAX_PAYLOAD, InputSpec
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
-from ..messages import build_request, deadline_after, error_of
+from ..messages import deadline_after, error_of
 
 __all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "Sent", "read_reply", "wake_count",
            "overloaded", "publish_failed", "deadline_exceeded"]
@@ -68,11 +69,12 @@ class Address:
 @dataclass(frozen=True)
 class Outgoing:
     """One request, ready to publish: its list (index into ``ServiceKeys.queues``), its exact
-    envelope (what a revoke removes with ``LREM``) and its ``time.monotonic()`` deadline."""
+    envelope (:mod:`wkr_celery.envelope`; what a revoke removes with ``LREM``) and its
+    ``time.monotonic()`` deadline."""
 
     task_id: str
     index: int
-    message: str
+    message: bytes
     expiry: float | None
 
 
@@ -142,7 +144,6 @@ class Requests:
         # random bits per sender, never reused within one), at a tenth of the cost per request.
         prefix = (reply_to or uuid.uuid4().hex)[:20]
         self._task_ids = (f"{prefix}{n:012x}" for n in itertools.count())
-        self._argsreprs: dict[tuple[Any, ...], str] = {}
 
     def follow(self, info: Mapping[str, str], *, max_payload: int = DEFAULT_MAX_PAYLOAD,
                max_queue: int = 0) -> None:
@@ -161,10 +162,8 @@ class Requests:
         expiry = None if timeout is None else time.monotonic() + timeout
         step = self.priority if priority is None else priority_step(priority)
         task_id = next(self._task_ids)
-        message = build_request(
-            task_id, body, queue=self.keys.queue, priority=step, client_id=self.reply_to,
-            deadline=deadline, argsrepr=self._argsrepr(x),
-        )
+        message = envelope.build(task_id, body, client_id=self.reply_to, deadline=deadline,
+                                 priority=step)
         return Outgoing(task_id, PRIORITY_STEPS.index(step), message, expiry)
 
     def enqueue(self, queue: RequestQueue, requests: Sequence[Outgoing]) -> Sent:
@@ -194,16 +193,6 @@ class Requests:
             return self.spec.encode(x)
         except InputError as exc:  # say which service, for callers talking to several
             raise type(exc)(f"service {self.keys.name!r}: {exc}") from None
-
-    def _argsrepr(self, x: Any) -> str:
-        """What Flower and ``inspect`` show for an input: its kind and shape, cached."""
-        key = (x.shape, x.dtype.num) if isinstance(x, np.ndarray) else (type(x),)
-        text = self._argsreprs.get(key)
-        if text is None:
-            text = argsrepr(x)
-            if len(self._argsreprs) < 1024:
-                self._argsreprs[key] = text
-        return text
 
 
 def wake_count(published: int, batch_size: int) -> int:

@@ -52,11 +52,11 @@ class TaskRegistry:
 
     def __init__(self, budget: int = _ENVELOPE_BUDGET) -> None:
         self.budget = budget
-        self._items: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def add(self, task_id: str, queue: str, message: str) -> None:
+    def add(self, task_id: str, queue: str, message: bytes) -> None:
         with self._lock:
             self._items[task_id] = (queue, message)
             self._bytes += len(message)
@@ -64,7 +64,7 @@ class TaskRegistry:
                 _, (_, old) = self._items.popitem(last=False)
                 self._bytes -= len(old)
 
-    def pop(self, task_id: str) -> tuple[str, str] | None:
+    def pop(self, task_id: str) -> tuple[str, bytes] | None:
         with self._lock:
             entry = self._items.pop(task_id, None)
             if entry is not None:

@@ -65,15 +65,30 @@ class RequestBuffer:
                 lambda: self._closed or len(self) < self.capacity, timeout
             ) and not self._closed
 
-    def take(self, batch_size: int, batch_timeout: float) -> list[Request] | None:
+    def poke(self) -> None:
+        """Wake a ``take`` waiting for a first request, so its caller can look again."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def take(self, batch_size: int, batch_timeout: float, wait: float | None = None
+             ) -> list[Request] | None:
         """Next batch, oldest first; ``None`` once closed and empty.
 
-        A suspect request (one that was in a worker that died) is always taken alone.
+        With ``wait`` (seconds), an empty buffer is waited on at most once, up to ``wait``, and
+        ``[]`` comes back if it is still empty (woken by :meth:`poke`, or timed out): the
+        predictor then looks at the queue itself. A suspect request (one that was in a worker
+        that died) is always taken alone.
         """
         with self._cond:
             while not len(self):
                 if self._closed:
                     return None
+                if wait is not None:
+                    if wait > 0:
+                        self._cond.wait(wait)
+                    if not len(self):
+                        return None if self._closed else []
+                    break
                 self._cond.wait()
             if batch_timeout > 0:
                 deadline = self._oldest().received + batch_timeout

@@ -1,10 +1,12 @@
 """The batching loop of one worker process: fetch → predict → store, each in its own thread.
 
-Three stages overlap so ``predict`` never waits on Redis: the fetcher keeps up to
+Under load three stages overlap so ``predict`` never waits on Redis: the fetcher keeps up to
 ``prefetch × batch_size`` decoded requests buffered (one scripted round trip moves a whole group
 into this worker's inflight hash), the predictor takes a batch whenever it is free, and the
-writer stores a batch's results (one scripted command) and only then acks its messages. A heartbeat
-thread proves the worker alive; when it stops, any worker's sweep requeues what it held.
+writer stores a batch's results (one scripted command) and only then acks its messages. Idle,
+one thread does all three: the predictor waits on the queue itself, predicts what it fetched and
+stores it (:mod:`.fetcher`). A heartbeat thread proves the worker alive; when it stops, any
+worker's sweep requeues what it held.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS
 from ..keys import ServiceKeys
-from ..messages import now_iso, parse_request
+from ..messages import now_iso
 from ..version import __version__
 from .buffer import KeyedRequestBuffer, RequestBuffer
+from .fetcher import Fetcher
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
 from .runner import ModelRunner
@@ -40,7 +43,6 @@ log = logging.getLogger("wkr_celery.serving")
 
 _POLL_SECONDS = 1.0  # idle wait; also how soon messages from plain Celery producers are seen
 _BACKOFF_CAP = 2.0
-_RECONCILE_SECONDS = 2.0  # how often a worker looks for messages it holds without knowing
 
 #: Called with each stored batch, its outcomes and its predict seconds, on the thread that stored
 #: it; one with a ``close()`` method is closed when the loop stops.
@@ -91,8 +93,8 @@ class ServingLoop:
         )
         self._threads: list[threading.Thread] = []
         self._info: dict[str, Any] = {}
-        self._held: set[int] = set()  # inflight ids fetched and not yet acked
-        self._held_lock = threading.Lock()
+        self.fetcher = Fetcher(self.queue, worker_id, self.buffer, settings, self._stopping,
+                               _POLL_SECONDS)
         self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{settings.name}-")
 
     # Lifecycle ----------------------------------------------------------------------------
@@ -108,7 +110,7 @@ class ServingLoop:
 
     def _start_io(self) -> None:
         for target, name in (
-            (self._fetch_loop, "wkr-fetch"),
+            (self.fetcher.run, "wkr-fetch"),
             (self._write_loop, "wkr-write"),
             (self._heartbeat_loop, "wkr-heartbeat"),
         ):
@@ -191,9 +193,8 @@ class ServingLoop:
         log.info("worker %s serving %r on device %s (batch_size %d, protocol %s)",
                  self.worker_id, self.settings.name, self.device_id,
                  self.settings.batch_size, self.settings.protocol)
-        settings = self.settings
         while True:
-            batch = self.buffer.take(settings.batch_size, settings.batch_timeout)
+            batch = self._next_batch()
             if batch is None:
                 break
             self._mark_running(batch)
@@ -209,6 +210,24 @@ class ServingLoop:
                 self._results.put((batch, outcomes, elapsed))
         self._results.put(None)
 
+    def _next_batch(self) -> list[Request] | None:
+        """The next batch; ``None`` once stopped. With nothing buffered this thread waits on
+        the queue itself (no hand-off from the fetcher thread for a lone request) unless the
+        fetcher thread is fetching, whose result it then waits for on the buffer."""
+        size, timeout = self.settings.batch_size, self.settings.batch_timeout
+        while True:
+            batch = self.buffer.take(size, timeout, wait=0)
+            if batch != []:
+                return batch
+            self.fetcher.busy.clear()  # the fetcher thread stands down
+            try:
+                if not self.fetcher.fetch_when_idle():
+                    batch = self.buffer.take(size, timeout, wait=_POLL_SECONDS)
+                    if batch != []:
+                        return batch
+            finally:
+                self.fetcher.busy.set()
+
     def _mark_running(self, batch: Sequence[Request]) -> None:
         """Tell the supervisor which requests are in predict, in case this process dies now."""
         if self._running_fd is None:
@@ -216,63 +235,6 @@ class ServingLoop:
         os.ftruncate(self._running_fd, 0)
         if batch:
             os.pwrite(self._running_fd, ",".join(str(r.id) for r in batch).encode(), 0)
-
-    # Fetcher ------------------------------------------------------------------------------
-
-    def _reconcile(self) -> None:
-        """Give back messages in our inflight hash that we never received.
-
-        A fetch.lua call whose reply is lost (connection dropped, then retried by redis-py or us)
-        has still moved its messages into our hash; nobody would requeue them while we live.
-        Runs on the fetcher thread, so no fetch is half-recorded while it looks.
-        """
-        ids = self.queue.held(self.worker_id)
-        with self._held_lock:
-            orphans = [i for i in ids if i not in self._held]
-        if orphans:
-            count = self.queue.give_back(self.worker_id, orphans)
-            log.warning("gave back %d request(s) fetched without a reply (connection lost)",
-                        count)
-
-    def _fetch_loop(self) -> None:
-        backoff = 0.05
-        allow_pickle = self.settings.allow_pickle
-        max_payload = self.settings.max_payload
-        next_reconcile = time.monotonic() + _RECONCILE_SECONDS
-        while not self._stopping.is_set():
-            if time.monotonic() >= next_reconcile:
-                try:
-                    self._reconcile()
-                    next_reconcile = time.monotonic() + _RECONCILE_SECONDS
-                except REDIS_ERRORS as exc:
-                    log.warning("broker unreachable (%s) while reconciling", exc)
-            if not self.buffer.wait_for_room(_POLL_SECONDS):
-                continue
-            room = self.buffer.room()
-            try:
-                fetched = self.queue.fetch(self.worker_id, room)
-                if not fetched:
-                    self.buffer.set_more_waiting(False)
-                    self.queue.wait_for_work(_POLL_SECONDS)
-                    continue
-            except REDIS_ERRORS as exc:
-                next_reconcile = 0.0  # the lost reply may have moved messages to us
-                log.warning("broker unreachable (%s); retrying in %.2fs", exc, backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, _BACKOFF_CAP)
-                continue
-            backoff = 0.05
-            with self._held_lock:
-                self._held.update(inflight_id for inflight_id, _, _ in fetched)
-            now = time.monotonic()
-            requests = []
-            for inflight_id, raw, deaths in fetched:
-                msg = parse_request(raw, allow_pickle=allow_pickle, max_payload=max_payload)
-                if msg.error is not None:
-                    log.error("refused message %s: %s", msg.task_id or "(no task id)", msg.error)
-                requests.append(Request(inflight_id, raw, deaths, msg.task_id, msg.client_id,
-                                        msg.deadline, msg.payload, msg.error, now))
-            self.buffer.put_many(requests, more_waiting=len(fetched) >= room)
 
     # Writer -------------------------------------------------------------------------------
 
@@ -325,8 +287,7 @@ class ServingLoop:
                             "store results", float("inf"))
             self._retry(lambda: self.queue.ack(self.worker_id, ids, suspects), "ack",
                         float("inf"))
-        with self._held_lock:  # after the ack, so _reconcile never sees an id in neither
-            self._held.difference_update(ids)
+        self.fetcher.forget(ids)  # after the ack, so reconcile never sees an id in neither
 
     # Heartbeat ----------------------------------------------------------------------------
 

@@ -1,0 +1,158 @@
+"""Fetching for one worker process: moving messages from the service's queue into the buffer.
+
+Two threads fetch, never both at once (whoever holds :attr:`Fetcher.turn`):
+
+* **the predictor**, when it is idle: nothing buffered, so it waits on the queue itself and
+  predicts what it fetched on the same thread. A lone request then crosses no thread hand-off
+  inside the worker: the thread that wakes on it predicts it (and, with nothing else to do,
+  stores it).
+* **the fetcher thread** (:meth:`Fetcher.run`), while the predictor is busy (predicting, storing
+  or holding a partial batch for ``-batch_timeout``): it keeps the buffer filled so the next
+  batch is ready when ``predict`` returns. It never blocks on Redis: with nothing waiting it looks
+  again every :data:`PREFETCH_POLL` seconds while the predictor stays busy, and stands down when
+  the predictor goes idle.
+
+Every message fetched is in this worker's inflight hash until its result is stored (see
+docs/design.md); :attr:`held` is what this process knows it holds, for :meth:`reconcile`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Collection
+
+from ..broker import RequestQueue
+from ..config import Settings
+from ..connections import REDIS_ERRORS
+from ..messages import parse_request
+from .buffer import RequestBuffer
+from .request import Request
+
+__all__ = ["Fetcher", "PREFETCH_POLL"]
+
+log = logging.getLogger("wkr_celery.serving")
+
+#: How often the fetcher thread looks at an empty queue while the predictor is busy.
+PREFETCH_POLL = 0.002
+_BACKOFF_CAP = 2.0
+_RECONCILE_SECONDS = 2.0  # how often a worker looks for messages it holds without knowing
+
+
+class Fetcher:
+    """Fetches for one worker into ``buffer``; :meth:`run` is the fetcher thread's loop."""
+
+    def __init__(self, queue: RequestQueue, worker_id: str, buffer: RequestBuffer,
+                 settings: Settings, stopping: threading.Event, poll: float) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self.buffer = buffer
+        self.stopping = stopping
+        self.poll = poll
+        self.turn = threading.Lock()
+        #: Set while the predictor is not waiting on the queue: the fetcher thread's cue.
+        self.busy = threading.Event()
+        self.busy.set()
+        self.held: set[int] = set()  # inflight ids fetched and not yet acked
+        self._held_lock = threading.Lock()
+        self._allow_pickle = settings.allow_pickle
+        self._max_payload = settings.max_payload
+        self._next_reconcile = time.monotonic() + _RECONCILE_SECONDS
+        self._backoff = 0.05
+
+    def forget(self, ids: Collection[int]) -> None:
+        """Acked ids: no longer held (called after the ack, so :meth:`reconcile` never sees an
+        id in neither place)."""
+        with self._held_lock:
+            self.held.difference_update(ids)
+
+    # The fetcher thread ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Prefetch while the predictor is busy; stand down while it waits on the queue."""
+        while not self.stopping.is_set():
+            if not self.buffer.wait_for_room(self.poll) or not self.busy.wait(self.poll):
+                continue
+            if not self.turn.acquire(timeout=self.poll):
+                continue
+            try:
+                got = self.fetch(wait=0)
+            finally:
+                self.turn.release()
+                self.buffer.poke()  # an idle predictor waiting for the turn looks again
+            if not got:
+                self.stopping.wait(PREFETCH_POLL)
+
+    # The predictor, idle --------------------------------------------------------------------
+
+    def fetch_when_idle(self) -> bool:
+        """The predictor found nothing buffered: wait on the queue itself (up to ``poll``) and
+        buffer what comes. False when the fetcher thread has the turn (or the worker stops):
+        the caller waits on the buffer, where that fetch lands."""
+        if self.stopping.is_set() or not self.turn.acquire(blocking=False):
+            return False
+        try:
+            self.fetch(wait=self.poll)
+        finally:
+            self.turn.release()
+        return True
+
+    # Either thread, holding the turn --------------------------------------------------------
+
+    def fetch(self, wait: float) -> int:
+        """Fetch as much as the buffer has room for; with nothing waiting, wait up to ``wait``
+        seconds for a wake token and fetch once more. Returns how many were buffered; a broker
+        error is logged and backed off here (the caller just looks again)."""
+        try:
+            if time.monotonic() >= self._next_reconcile:
+                self.reconcile()
+                self._next_reconcile = time.monotonic() + _RECONCILE_SECONDS
+            room = self.buffer.room()
+            if room <= 0:
+                return 0
+            fetched = self.queue.fetch(self.worker_id, room)
+            if not fetched:
+                self.buffer.set_more_waiting(False)
+                if wait <= 0 or not self.queue.wait_for_work(wait) or self.stopping.is_set():
+                    return 0
+                fetched = self.queue.fetch(self.worker_id, room)
+        except REDIS_ERRORS as exc:
+            self._next_reconcile = 0.0  # a lost reply may have moved messages to us
+            log.warning("broker unreachable (%s); retrying in %.2fs", exc, self._backoff)
+            self.stopping.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, _BACKOFF_CAP)
+            return 0
+        self._backoff = 0.05
+        if fetched:
+            self._buffer(fetched, more_waiting=len(fetched) >= room)
+        return len(fetched)
+
+    def _buffer(self, fetched: list[tuple[int, bytes, int]], more_waiting: bool) -> None:
+        with self._held_lock:
+            self.held.update(inflight_id for inflight_id, _, _ in fetched)
+        now = time.monotonic()
+        requests = []
+        for inflight_id, raw, deaths in fetched:
+            msg = parse_request(raw, allow_pickle=self._allow_pickle,
+                                max_payload=self._max_payload)
+            if msg.error is not None:
+                log.error("refused message %s: %s", msg.task_id or "(no task id)", msg.error)
+            requests.append(Request(inflight_id, raw, deaths, msg.task_id, msg.client_id,
+                                    msg.deadline, msg.payload, msg.error, now))
+        self.buffer.put_many(requests, more_waiting=more_waiting)
+
+    def reconcile(self) -> None:
+        """Give back messages in our inflight hash that we never received.
+
+        A fetch.lua call whose reply is lost (connection dropped, then retried by redis-py or us)
+        has still moved its messages into our hash; nobody would requeue them while we live.
+        Runs holding the turn, so no fetch is half-recorded while it looks.
+        """
+        ids = self.queue.held(self.worker_id)
+        with self._held_lock:
+            orphans = [i for i in ids if i not in self.held]
+        if orphans:
+            count = self.queue.give_back(self.worker_id, orphans)
+            log.warning("gave back %d request(s) fetched without a reply (connection lost)",
+                        count)
