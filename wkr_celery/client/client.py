@@ -76,29 +76,12 @@ class WKRClient(InputContract):
         self._reply_key = reply_key(self.client_id)
         self._broker_redis = connect(self.broker_url, sentinel_master=sentinel_master)
         self._clock = RedisClock(self._broker_redis)  # deadlines are on the broker's clock
-        opened = [self._broker_redis]
         try:
-            if name or ignore_all_checks:
-                self.name = name or "default"
-            else:
-                self.name = find_service(self._broker_redis, self.broker_url, connect_timeout)
-            self.keys = ServiceKeys(self.name)
-            self._queue = RequestQueue(self._broker_redis, self.keys)
-            self._registry = ServiceRegistry(self._broker_redis, self.keys)
-            self._clock.sync_if_due()
-            self.server_config = read_info(self._registry, self.broker_url, ignore_all_checks)
-            if not ignore_all_checks:
-                self.server_config = wait_until_serving(
-                    self._registry, self.broker_url, connect_timeout, check_version)
-            self.result_url = address.result_url(self.server_config)
-            self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
-                                         sentinel_master=sentinel_master)
-            opened.append(self._result_redis)
-            if not ignore_all_checks:
-                check_reachable(self._result_redis, "result Redis", self.result_url)
+            self._find_service(name, address, ignore_all_checks=ignore_all_checks,
+                               connect_timeout=connect_timeout, check_version=check_version,
+                               sentinel_master=sentinel_master)
         except BaseException:  # no half-made client keeps its connections open
-            for connection in opened:
-                connection.close()
+            self._broker_redis.close()
             raise
         if show_server_config:
             log.info("service %r: %s", self.name, self.server_config)
@@ -117,6 +100,32 @@ class WKRClient(InputContract):
                                            name="wkr-client-publish")
         self._publisher.start()
         self._replies.start()
+
+    def _find_service(self, name: str | None, address: Address, *, ignore_all_checks: bool,
+                      connect_timeout: float, check_version: bool, sentinel_master: str) -> None:
+        """Find the service on the broker, wait for a live worker, and connect to where it
+        stores results; a failure closes the result connection it opened."""
+        if name or ignore_all_checks:
+            self.name = name or "default"
+        else:
+            self.name = find_service(self._broker_redis, self.broker_url, connect_timeout)
+        self.keys = ServiceKeys(self.name)
+        self._queue = RequestQueue(self._broker_redis, self.keys)
+        self._registry = ServiceRegistry(self._broker_redis, self.keys)
+        self._clock.sync_if_due()
+        self.server_config = read_info(self._registry, self.broker_url, ignore_all_checks)
+        if not ignore_all_checks:
+            self.server_config = wait_until_serving(
+                self._registry, self.broker_url, connect_timeout, check_version)
+        self.result_url = address.result_url(self.server_config)
+        self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
+                                     sentinel_master=sentinel_master)
+        if not ignore_all_checks:
+            try:
+                check_reachable(self._result_redis, "result Redis", self.result_url)
+            except BaseException:
+                self._result_redis.close()
+                raise
 
     def _watches(self) -> list[tuple[str, RedisWatch]]:
         """One watch per Redis server (:func:`~.verdicts.watched`)."""
