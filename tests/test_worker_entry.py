@@ -4,12 +4,15 @@ process, and the one place that sets its CUDA mask."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.faults.terminal import Terminal
+from tests.helpers import wait_until
 from tests.scripts import user_env
 from wkr_celery.client import WKRClient
 from wkr_celery.decentral import WKRWorker
@@ -34,6 +37,20 @@ class Worker(WKRHardWorker):
 
     def predict(self, model, input):
         return [model for _ in input]
+'''
+
+#: A script serving its own class: ``python serve.py NAME BROKER`` until its stdin closes.
+SERVING_SCRIPT = USER_WORKER + '''
+
+if __name__ == "__main__":
+    import sys
+    from wkr_celery.server import WKRServer
+
+    with WKRServer(Worker, name=sys.argv[1], broker_url=sys.argv[2], num_worker=1,
+                   device_map=(-1,)) as server:
+        server.wait_ready(60)
+        print("READY", flush=True)
+        sys.stdin.readline()
 '''
 
 
@@ -69,6 +86,34 @@ def test_what_the_supervisor_tells_a_worker_process_is_what_it_reads(tmp_path: P
     assert env["TMPDIR"] == slot.tmp_dir and Path(slot.tmp_dir).is_dir()
     assert "CUDA_VISIBLE_DEVICES" not in env  # the worker pins itself (bootstep)
     assert WorkerProcessEnv.from_environ({}) == WorkerProcessEnv()  # a worker started by hand
+
+
+def test_a_script_serving_its_own_class_is_served_from_any_folder(
+        tmp_path: Path, redis_url: str) -> None:
+    """The class lives in ``__main__``: worker processes import it by the script's file name,
+    from the script's folder, though the script was run from elsewhere."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "serve.py").write_text(SERVING_SCRIPT)
+    name = f"t{uuid.uuid4().hex[:10]}"
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:  # the workers write their log lines to the same output
+        proc = subprocess.Popen([sys.executable, "app/serve.py", name, redis_url], cwd=tmp_path,
+                                env=user_env(), stdin=subprocess.PIPE, stdout=out,
+                                stderr=subprocess.STDOUT)
+    client = WKRClient(name=name, broker_url=redis_url, connect_timeout=60)
+    try:
+        wait_until(lambda: b"READY\n" in log.read_bytes() or proc.poll() is not None, 90,
+                   what="the script's READY line")
+        assert proc.poll() is None, log.read_text()
+        assert client.encode(1).result(timeout=60) == {"device_id": -1, "cuda": ""}
+    finally:
+        client.close()
+        try:
+            proc.communicate(b"\n", timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, log.read_text()
 
 
 def _writes_of(name: str, tree: ast.AST) -> list[tuple[int, str]]:
