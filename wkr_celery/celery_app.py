@@ -26,8 +26,6 @@ from .messages import TASK_NAME
 
 __all__ = ["make_app", "get_app", "producer_backend", "SERVING_STEP"]
 
-log = logging.getLogger("wkr_celery.app")
-
 #: The bootstep that runs the batching loop in a worker, loaded by Celery's worker alone.
 SERVING_STEP = "wkr_celery.server.bootstep:ServingStep"
 
