@@ -20,8 +20,8 @@ from wkr_celery.keys import ServiceKeys, reply_key, task_meta_key
 
 from .helpers import wait_until
 
-WAKE_CAP = 16
 DEATHS_TTL = 3600
+NUDGE = scripts.NUDGE
 
 
 @pytest.fixture
@@ -42,14 +42,15 @@ def inflight_id(seq: int, source: int) -> int:
 
 
 def fetch_keys(keys: ServiceKeys, worker: str) -> list[str]:
-    return [keys.inflight(worker), keys.seq, keys.wake, keys.suspect, keys.deaths, *keys.queues]
+    return [keys.inflight(worker), keys.seq, keys.suspect, keys.deaths, *keys.queues]
 
 
 def test_the_loader_puts_the_needed_library_in_front_of_a_script() -> None:
-    library = scripts.load("lib/requeue")
+    library = scripts.load("lib/nudge") + "\n" + scripts.load("lib/requeue") + "\n"
     assert scripts.REQUEUE_DEAD.startswith(library)
     assert scripts.SWEEP.startswith(library)
-    assert scripts.FETCH == scripts.load("fetch") and "local function requeue" not in scripts.FETCH
+    assert "local function requeue" not in scripts.FETCH
+    assert scripts.FETCH.startswith(scripts.load("lib/nudge"))
 
 
 def test_fetch_takes_the_oldest_messages_in_serving_order_and_records_their_source(
@@ -57,13 +58,26 @@ def test_fetch_takes_the_oldest_messages_in_serving_order_and_records_their_sour
     redis_client.lpush(keys.queues[1], b"n1", b"n2")
     redis_client.lpush(keys.queues[0], b"h1")
 
-    got = script("fetch")(keys=fetch_keys(keys, "w1"), args=[2, WAKE_CAP])
+    got = script("fetch")(keys=fetch_keys(keys, "w1"), args=[2])
 
     assert got == [inflight_id(1, 0), b"h1", 0, inflight_id(2, 1), b"n1", 0]
     assert redis_client.hgetall(keys.inflight("w1")) == {
         str(inflight_id(1, 0)).encode(): b"h1", str(inflight_id(2, 1)).encode(): b"n1"}
-    assert redis_client.lrange(keys.queues[1], 0, -1) == [b"n2"]
-    assert redis_client.lrange(keys.wake, 0, -1) == [b"1"], "work is left: another worker is woken"
+    assert redis_client.lrange(keys.queues[1], 0, -1) == [b"n2"], (
+        "work is left on the arrivals list, which wakes an idle worker by itself: no nudge")
+
+
+def test_fetch_drops_nudges_and_nudges_idle_peers_when_work_is_left_elsewhere(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    redis_client.lpush(keys.arrivals, NUDGE, b"n1", NUDGE, NUDGE, b"n2")
+    redis_client.lpush(keys.queues[2], b"low1", b"low2")
+
+    got = script("fetch")(keys=fetch_keys(keys, "w1"), args=[3])
+
+    assert [m for m in got[1::3]] == [b"n1", b"n2", b"low1"], "nudges are no messages"
+    assert redis_client.lrange(keys.queues[2], 0, -1) == [b"low2"]
+    assert redis_client.lrange(keys.arrivals, 0, -1) == [NUDGE], (
+        "work is left on another list: an idle worker blocked on the arrivals list is nudged")
 
 
 def test_fetch_takes_a_suspect_alone_with_its_death_count(
@@ -72,17 +86,17 @@ def test_fetch_takes_a_suspect_alone_with_its_death_count(
     redis_client.lpush(keys.suspect, b"bad1", b"bad2")
     redis_client.hset(keys.deaths, b"bad1", 2)
 
-    got = script("fetch")(keys=fetch_keys(keys, "w1"), args=[8, WAKE_CAP])
+    got = script("fetch")(keys=fetch_keys(keys, "w1"), args=[8])
 
     assert got == [inflight_id(1, scripts.SUSPECT_SOURCE), b"bad1", 2]
     assert redis_client.llen(keys.queues[0]) == 1
-    assert redis_client.llen(keys.wake) == 1, "another suspect waits"
+    assert redis_client.lrange(keys.arrivals, 0, -1) == [NUDGE], "another suspect waits"
 
 
 def test_fetch_on_empty_lists_returns_nothing_and_writes_nothing(
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
-    assert script("fetch")(keys=fetch_keys(keys, "w1"), args=[4, WAKE_CAP]) == []
-    assert not redis_client.exists(keys.inflight("w1"), keys.seq, keys.wake)
+    assert script("fetch")(keys=fetch_keys(keys, "w1"), args=[4]) == []
+    assert not redis_client.exists(keys.inflight("w1"), keys.seq, *keys.queues)
 
 
 def test_return_puts_messages_back_at_the_head_of_the_lists_they_came_from(
@@ -92,19 +106,23 @@ def test_return_puts_messages_back_at_the_head_of_the_lists_they_came_from(
             inflight_id(3, scripts.SUSPECT_SOURCE): b"bad"}
     redis_client.hset(keys.inflight("w1"), mapping=held)  # type: ignore[arg-type]
 
-    returned = script("return")(
-        keys=[keys.inflight("w1"), keys.wake, keys.suspect, *keys.queues],
-        args=[*sorted(held, reverse=True), inflight_id(9, 0)])
+    redis_client.lpush(keys.landing("w1"), b"landed")
+    ids = [*sorted(held, reverse=True), inflight_id(9, 0)]
 
-    assert returned == 3, "an id no longer held is skipped"
+    returned = script("return")(
+        keys=[keys.inflight("w1"), keys.landing("w1"), keys.suspect, *keys.queues],
+        args=[len(ids), *ids, b"landed", b"not-landed"])
+
+    assert returned == 4, "an id no longer held, a message no longer landed, are skipped"
     assert redis_client.lrange(keys.queues[2], 0, -1) == [b"later", b"low2", b"low1"]
     assert redis_client.lrange(keys.suspect, 0, -1) == [b"bad"]
-    assert not redis_client.exists(keys.inflight("w1"))
-    assert redis_client.llen(keys.wake) == 1
+    assert redis_client.lrange(keys.arrivals, 0, -1) == [b"landed"], (
+        "a landed message goes back to the head of the arrivals list, which wakes a worker")
+    assert not redis_client.exists(keys.inflight("w1"), keys.landing("w1"))
 
 
 def requeue_dead_keys(keys: ServiceKeys, worker: str) -> list[str]:
-    return [keys.inflight(worker), keys.suspect, keys.deaths, keys.wake, keys.workers,
+    return [keys.inflight(worker), keys.landing(worker), keys.suspect, keys.deaths, keys.workers,
             keys.heartbeat(worker), *keys.queues]
 
 
@@ -125,7 +143,26 @@ def test_requeue_dead_counts_a_death_for_the_blamed_and_returns_the_rest(
     assert redis_client.lrange(keys.queues[1], 0, -1) == [b"prefetched"]
     assert redis_client.smembers(keys.workers) == {b"w2"}
     assert not redis_client.exists(keys.inflight("w1"), keys.heartbeat("w1"))
-    assert redis_client.llen(keys.wake) == 1
+
+
+def test_requeue_dead_covers_the_landing_list_blamed_by_the_landed_id(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    redis_client.hset(keys.inflight("w1"), inflight_id(1, 0), b"prefetched")
+    redis_client.lpush(keys.landing("w1"), b"landed-first", NUDGE, b"landed-then")
+    redis_client.lpush(keys.landing("w2"), b"in-predict")
+    redis_client.lpush(keys.queues[2], b"low")
+
+    spared = script("requeue_dead")(keys=requeue_dead_keys(keys, "w1"),
+                                    args=["w1", DEATHS_TTL, str(inflight_id(1, 0))])
+    blamed = script("requeue_dead")(keys=requeue_dead_keys(keys, "w2"),
+                                    args=["w2", DEATHS_TTL, str(scripts.LANDED_ID)])
+
+    assert (spared, blamed) == (3, 1), "the nudge is no message"
+    assert redis_client.lrange(keys.arrivals, 0, -1) == [b"landed-then", b"landed-first"], (
+        "landed messages go back to the head of the arrivals list, oldest nearest it")
+    assert redis_client.lrange(keys.suspect, 0, -1) == [b"prefetched", b"in-predict"]
+    assert redis_client.hgetall(keys.deaths) == {b"prefetched": b"1", b"in-predict": b"1"}
+    assert not redis_client.exists(keys.landing("w1"), keys.landing("w2"), keys.inflight("w1"))
 
 
 def test_requeue_dead_with_star_blames_every_message(
@@ -137,7 +174,8 @@ def test_requeue_dead_with_star_blames_every_message(
 
     assert sorted(redis_client.lrange(keys.suspect, 0, -1)) == [b"a", b"b"]
     assert redis_client.hgetall(keys.deaths) == {b"a": b"1", b"b": b"1"}
-    assert all(redis_client.llen(q) == 0 for q in keys.queues)
+    assert [redis_client.lrange(q, 0, -1) for q in keys.queues] == [[], [NUDGE], [], []], (
+        "no message back on a queue list; idle workers nudged to serve the suspects")
 
 
 def test_sweep_requeues_only_workers_whose_heartbeat_expired(
@@ -147,48 +185,57 @@ def test_sweep_requeues_only_workers_whose_heartbeat_expired(
     redis_client.hset(keys.inflight("gone"), mapping={inflight_id(1, 0): b"x", inflight_id(2, 0): b"y"})
     redis_client.hset(keys.inflight("alive"), inflight_id(3, 0), b"z")
 
-    swept = script("sweep")(keys=[keys.workers, keys.suspect, keys.deaths, keys.wake, *keys.queues],
-                            args=[keys.heartbeat_prefix, keys.inflight_prefix, DEATHS_TTL])
+    redis_client.lpush(keys.landing("gone"), b"w")
+    redis_client.lpush(keys.landing("alive"), b"v")
 
-    assert swept == [b"gone", 2]
-    assert sorted(redis_client.lrange(keys.suspect, 0, -1)) == [b"x", b"y"]
+    swept = script("sweep")(keys=[keys.workers, keys.suspect, keys.deaths, *keys.queues],
+                            args=[keys.heartbeat_prefix, keys.inflight_prefix,
+                                  keys.landing_prefix, DEATHS_TTL])
+
+    assert swept == [b"gone", 3]
+    assert sorted(redis_client.lrange(keys.suspect, 0, -1)) == [b"w", b"x", b"y"]
+    assert redis_client.lrange(keys.landing("alive"), 0, -1) == [b"v"]
+    assert redis_client.lrange(keys.arrivals, 0, -1) == [NUDGE], "suspects wait: idle peers nudged"
     assert redis_client.smembers(keys.workers) == {b"alive"}
     assert redis_client.hgetall(keys.inflight("alive")) == {str(inflight_id(3, 0)).encode(): b"z"}
 
 
-def test_publish_pushes_in_order_and_wakes_workers(
+def test_publish_pushes_in_order_and_nudges_idle_workers_only_for_other_lists(
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
-    accepted = script("publish")(keys=[keys.wake, *keys.queues],
-                                 args=[0, 3, 1, 0, b"a", 2, b"b", 0, b"c"])
+    accepted = script("publish")(keys=list(keys.queues), args=[0, 0, b"a", 2, b"b", 0, b"c"])
 
     assert accepted == 3
     assert redis_client.lrange(keys.queues[0], 0, -1) == [b"c", b"a"]
     assert redis_client.lrange(keys.queues[2], 0, -1) == [b"b"]
-    assert redis_client.llen(keys.wake) == 2, "three tokens pushed, trimmed to indexes 0..1"
+    assert redis_client.lrange(keys.arrivals, 0, -1) == [NUDGE], "one nudge, however many sent"
+
+    assert script("publish")(keys=list(keys.queues), args=[0, 1, b"n"]) == 1
+    assert script("publish")(keys=list(keys.queues), args=[0, 0, b"d"]) == 1
+    assert redis_client.lrange(keys.arrivals, 0, -1) == [b"n", NUDGE], (
+        "a non-empty arrivals list has no worker blocked on it: no second nudge")
 
 
 def test_publish_refuses_the_tail_past_the_cap(
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
     redis_client.lpush(keys.queues[1], b"waiting")
 
-    accepted = script("publish")(keys=[keys.wake, *keys.queues],
-                                 args=[3, 1, WAKE_CAP, 0, b"a", 0, b"b", 0, b"c"])
+    accepted = script("publish")(keys=list(keys.queues), args=[3, 0, b"a", 0, b"b", 0, b"c"])
 
     assert accepted == 2
     assert redis_client.lrange(keys.queues[0], 0, -1) == [b"b", b"a"]
-    full = script("publish")(keys=[keys.wake, *keys.queues], args=[3, 1, WAKE_CAP, 0, b"d"])
+    full = script("publish")(keys=list(keys.queues), args=[3, 0, b"d"])
     assert full == 0 and redis_client.llen(keys.queues[0]) == 2
 
 
 def store_call(keys: ServiceKeys, worker: str, results: list[tuple[str, bytes, int]],
-               replies: list[str], acks: list[int], suspects: list[bytes], expires: int = 60
-               ) -> tuple[list[str], list[Any]]:
+               replies: list[str], acks: list[int], suspects: list[bytes], expires: int = 60,
+               landed: tuple[bytes, ...] = ()) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one store.lua call: ``results`` are (task id, data, reply target)."""
-    call_keys = [keys.inflight(worker), keys.deaths, *(task_meta_key(t) for t, _, _ in results),
-                 *replies]
-    args: list[Any] = [expires, len(results), len(acks), len(suspects),
-                          *(d for _, d, _ in results), *(r for _, _, r in results),
-                          *acks, *suspects]
+    call_keys = [keys.inflight(worker), keys.deaths, keys.landing(worker),
+                 *(task_meta_key(t) for t, _, _ in results), *replies]
+    args: list[Any] = [expires, len(results), len(acks), len(suspects), len(landed),
+                       *(d for _, d, _ in results), *(r for _, _, r in results),
+                       *acks, *suspects, *landed]
     return call_keys, args
 
 
@@ -198,12 +245,14 @@ def test_store_sets_results_publishes_a_foreign_one_and_acks(
     reply = reply_key(f"{keys.name}-client")
     redis_client.hset(keys.inflight("w1"), mapping={1: b"m1", 2: b"m2", 3: b"kept"})
     redis_client.hset(keys.deaths, mapping={b"m2": 1, b"other": 1})
+    redis_client.lpush(keys.landing("w1"), b"landed-acked", b"landed-next")
     listener = redis_client.pubsub()
     listener.subscribe(task_meta_key(foreign))
     wait_until(lambda: listener.get_message(timeout=0.1), timeout=10, what="the subscription")
     try:
         call_keys, args = store_call(keys, "w1", [(ours, b"r1", 1), (foreign, b"r2", 0)],
-                                     [reply], acks=[1, 2], suspects=[b"m2"], expires=30)
+                                     [reply], acks=[1, 2], suspects=[b"m2"], expires=30,
+                                     landed=(b"landed-acked",))
         assert script("store")(keys=call_keys, args=args) == 2
 
         assert redis_client.get(task_meta_key(ours)) == b"r1"
@@ -216,6 +265,8 @@ def test_store_sets_results_publishes_a_foreign_one_and_acks(
         assert published["data"] == b"r2"
         assert redis_client.hgetall(keys.inflight("w1")) == {b"3": b"kept"}
         assert redis_client.hgetall(keys.deaths) == {b"other": b"1"}
+        assert redis_client.lrange(keys.landing("w1"), 0, -1) == [b"landed-next"], (
+            "a landed message is acked by value: one landed since stays")
     finally:
         listener.close()
         redis_client.delete(task_meta_key(ours), task_meta_key(foreign), reply)

@@ -1,15 +1,20 @@
-"""The batching loop run in this process, for what only its owner sees: its listeners' lifecycle."""
+"""The batching loop run in this process, for what only its owner sees: its listeners' lifecycle,
+and where an idle worker holds a lone request."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from wkr_celery.client import WKRClient
 from wkr_celery.config import Settings
+from wkr_celery.messages import parse_request
 from wkr_celery.server.request import Outcome, Request
 from wkr_celery.server.serving import ServingLoop
 
-from .workers_for_tests import BatchSizeWorker
+from .helpers import wait_until
+from .workers_for_tests import BatchSizeWorker, GateWorker
 
 
 class RecordingListener:
@@ -44,4 +49,32 @@ def test_a_stopping_loop_closes_its_listeners_and_leaves_the_worker_registry(
         loop.stop(timeout=30)
     assert listener.batches >= 1 and listener.closed
     assert not loop.registry.live_workers()
+    loop.queue.client.close()
+
+
+def test_an_idle_worker_takes_a_lone_request_straight_into_its_landing_list_and_acks_it(
+        redis_url: str, service_name: str, tmp_path: Path) -> None:
+    """Idle, the predictor blocks on the arrivals list itself (BLMOVE): the request is held in
+    the worker's landing list while it predicts (no fetch.lua, nothing in the inflight hash) and
+    is gone from it once the answer is stored."""
+    settings = Settings(name=service_name, broker_url=redis_url)
+    loop = ServingLoop(settings, GateWorker(name=service_name), worker_id="w-land", device_id=-1)
+    keys, broker = loop.keys, loop.queue.client
+    loop.start()
+    try:
+        assert loop.ready.wait(30) and loop.failed is None
+        with WKRClient(name=service_name, broker_url=redis_url, connect_timeout=30) as client:
+            gate = str(tmp_path / "gate")
+            future = client.encode({"gate": gate, "value": 4}, timeout=30)
+            wait_until(lambda: os.path.exists(gate + ".entered"), timeout=20,
+                       what="the request in predict")
+            landed = broker.lrange(keys.landing("w-land"), 0, -1)
+            assert [parse_request(m).task_id for m in landed] == [future.task_id]
+            assert not broker.exists(keys.inflight("w-land"))
+            open(gate, "w").close()
+            assert future.result(30) == 8
+            wait_until(lambda: not broker.exists(keys.landing("w-land")), timeout=10,
+                       what="the landed request acked")
+    finally:
+        loop.stop(timeout=30)
     loop.queue.client.close()

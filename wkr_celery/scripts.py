@@ -11,7 +11,8 @@ front of it, in the order named, when it is loaded here; ``lib/requeue.lua`` def
 
 Inflight field ids are ``seq * 8 + source``: ``source`` 0..3 is the queue list a message came
 from and 7 (:data:`SUSPECT_SOURCE`) the suspect list, so a message can be put back where it came
-from without parsing it.
+from without parsing it. A message an idle worker took with ``BLMOVE`` into its landing list has
+the id :data:`LANDED_ID` (6: no inflight field is ever 6, ``seq`` starts at 1).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from __future__ import annotations
 from importlib import resources
 
 __all__ = ["FETCH", "RETURN", "REQUEUE_DEAD", "SWEEP", "PUBLISH", "STORE", "RENEW_OWNER",
-           "RELEASE_OWNER", "SUSPECT_SOURCE", "load"]
+           "RELEASE_OWNER", "SUSPECT_SOURCE", "LANDED_ID", "NUDGE", "load"]
 
 SUSPECT_SOURCE = 7
+LANDED_ID = 6
+#: What ``lib/nudge.lua`` pushes onto the arrivals list to wake an idle worker; never a message.
+NUDGE = b"\x00wkr-nudge"
 
 _NEEDS = "-- needs:"
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import ResponseError
 
 from .. import scripts
 from ..keys import ServiceKeys
@@ -21,7 +22,6 @@ from .registry import as_str
 
 __all__ = ["Fetched", "RequestQueue", "publish_call"]
 
-_WAKE_CAP = 16
 _DEATHS_TTL = 24 * 3600
 
 Fetched = tuple[int, bytes, int]
@@ -39,12 +39,13 @@ class RequestQueue:
         self._requeue = client.register_script(scripts.REQUEUE_DEAD)
         self._sweep = client.register_script(scripts.SWEEP)
         self._publish = client.register_script(scripts.PUBLISH)
+        self._blmove = True  # Redis 6.2 and later; else BRPOPLPUSH, its older spelling
 
     # Client side ---------------------------------------------------------------------------
 
-    def publish(self, items: Sequence[tuple[int, str | bytes]], *, cap: int, wake: int) -> int:
+    def publish(self, items: Sequence[tuple[int, str | bytes]], *, cap: int) -> int:
         """Push ``(list index, envelope)`` items in order; returns how many fit under ``cap``."""
-        keys, args = publish_call(self.keys, items, cap=cap, wake=wake)
+        keys, args = publish_call(self.keys, items, cap=cap)
         return int(self._publish(keys=keys, args=args))
 
     # Worker side ---------------------------------------------------------------------------
@@ -56,37 +57,66 @@ class RequestQueue:
         """
         k = self.keys
         flat = self._fetch(
-            keys=[k.inflight(worker_id), k.seq, k.wake, k.suspect, k.deaths, *k.queues],
-            args=[count, _WAKE_CAP],
+            keys=[k.inflight(worker_id), k.seq, k.suspect, k.deaths, *k.queues],
+            args=[count],
         )
         return [(int(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
-    def wait_for_work(self, timeout: float) -> bool:
-        """Block until a wake token arrives or ``timeout`` passes (whole seconds, at least 1)."""
-        return self.client.brpop([self.keys.wake], timeout=max(1, math.ceil(timeout))) is not None
+    def land(self, worker_id: str, timeout: float) -> bytes | None:
+        """An idle worker blocks on the arrivals list itself, up to ``timeout`` (whole seconds,
+        at least 1): the oldest message there moves into its landing list (``BLMOVE``, atomic,
+        so a worker that dies holding it has it requeued) and comes back, ready to predict with
+        no further round trip. :data:`~wkr_celery.scripts.NUDGE` means work waits on another
+        list: fetch it."""
+        k, wait = self.keys, max(1, math.ceil(timeout))
+        landed: Any
+        if self._blmove:
+            try:
+                landed = self.client.blmove(k.arrivals, k.landing(worker_id), wait, "RIGHT", "LEFT")
+                return landed  # type: ignore[no-any-return]
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._blmove = False
+        landed = self.client.brpoplpush(k.arrivals, k.landing(worker_id), wait)
+        return landed  # type: ignore[no-any-return]
 
-    def ack(self, worker_id: str, ids: Sequence[int], suspects: Sequence[bytes] = ()) -> None:
-        """Forget messages whose results are stored."""
-        if not ids:
+    def drop_nudge(self, worker_id: str) -> None:
+        """Take a landed nudge off this worker's landing list."""
+        self.client.lrem(self.keys.landing(worker_id), -1, scripts.NUDGE)  # type: ignore[arg-type]
+
+    def landed(self, worker_id: str) -> list[bytes]:
+        """What this worker's landing list holds, oldest first."""
+        messages: list[bytes] = self.client.lrange(self.keys.landing(worker_id), 0, -1)  # type: ignore[assignment]
+        return messages[::-1]
+
+    def ack(self, worker_id: str, ids: Sequence[int], suspects: Sequence[bytes] = (),
+            landed: Sequence[bytes] = ()) -> None:
+        """Forget messages whose results are stored: inflight ids and landed messages."""
+        if not ids and not landed:
             return
         pipe = self.client.pipeline(transaction=False)
-        pipe.hdel(self.keys.inflight(worker_id), *ids)
+        if ids:
+            pipe.hdel(self.keys.inflight(worker_id), *ids)
         if suspects:
             pipe.hdel(self.keys.deaths, *suspects)
+        for message in landed:
+            pipe.lrem(self.keys.landing(worker_id), -1, message)  # type: ignore[arg-type]
         pipe.execute()
 
     def held(self, worker_id: str) -> list[int]:
         """Inflight ids in this worker's hash, whether or not a fetch reply reached it."""
         return [int(i) for i in self.client.hkeys(self.keys.inflight(worker_id))]
 
-    def give_back(self, worker_id: str, ids: Sequence[int]) -> int:
-        """Put unprocessed messages back at the head of their lists (graceful stop)."""
-        if not ids:
+    def give_back(self, worker_id: str, ids: Sequence[int], landed: Sequence[bytes] = ()) -> int:
+        """Put unprocessed messages back at the head of their lists (graceful stop): inflight
+        ids, and landed messages (by value) onto the arrivals list."""
+        if not ids and not landed:
             return 0
         k = self.keys
         return int(self._return(
-            keys=[k.inflight(worker_id), k.wake, k.suspect, *k.queues],
-            args=sorted(ids, reverse=True),
+            keys=[k.inflight(worker_id), k.landing(worker_id), k.suspect, *k.queues],
+            args=[len(ids), *sorted(ids, reverse=True), *landed],
         ))
 
     # Requeueing ----------------------------------------------------------------------------
@@ -97,7 +127,7 @@ class RequestQueue:
         k = self.keys
         blame = ["*"] if blamed is None else [str(i) for i in blamed]
         return int(self._requeue(
-            keys=[k.inflight(worker_id), k.suspect, k.deaths, k.wake, k.workers,
+            keys=[k.inflight(worker_id), k.landing(worker_id), k.suspect, k.deaths, k.workers,
                   k.heartbeat(worker_id), *k.queues],
             args=[worker_id, _DEATHS_TTL, *blame],
         ))
@@ -106,8 +136,8 @@ class RequestQueue:
         """Requeue the messages of every registered worker whose heartbeat has expired."""
         k = self.keys
         flat = self._sweep(
-            keys=[k.workers, k.suspect, k.deaths, k.wake, *k.queues],
-            args=[k.heartbeat_prefix, k.inflight_prefix, _DEATHS_TTL],
+            keys=[k.workers, k.suspect, k.deaths, *k.queues],
+            args=[k.heartbeat_prefix, k.inflight_prefix, k.landing_prefix, _DEATHS_TTL],
         )
         return {as_str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
@@ -141,12 +171,12 @@ class RequestQueue:
         return int(sum(pipe.execute()))
 
 
-def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str | bytes]], *, cap: int, wake: int
+def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str | bytes]], *, cap: int
                  ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of one ``PUBLISH`` script call; the asyncio client runs the same
     script with them on its own connection."""
-    args: list[Any] = [cap, wake, _WAKE_CAP]
+    args: list[Any] = [cap]
     for index, message in items:
         args.append(index)
         args.append(message)
-    return [keys.wake, *keys.queues], args
+    return list(keys.queues), args

@@ -38,13 +38,15 @@ class ResultStore:
         results: Sequence[StoredResult],
         expires: int,
         *,
-        ack: tuple[str, Sequence[int], Sequence[bytes]] | None = None,
+        ack: tuple[str, Sequence[int], Sequence[bytes], Sequence[bytes]] | None = None,
     ) -> None:
         """Store ``results`` in one command: each client's results go onto its reply list, a
-        foreign producer's are ``PUBLISH``ed. With ``ack`` = (worker id, ids, suspects), also
-        forget those messages, which is only right when this store is the broker's Redis."""
+        foreign producer's are ``PUBLISH``ed. With ``ack`` = (worker id, ids, suspects, landed
+        messages), also forget those messages, which is only right when this store is the
+        broker's Redis."""
         targets: dict[str, int] = {}
-        keys: list[Any] = [self.keys.inflight(ack[0]) if ack else "", self.keys.deaths]
+        keys: list[Any] = [self.keys.inflight(ack[0]) if ack else "", self.keys.deaths,
+                           self.keys.landing(ack[0]) if ack else ""]
         datas: list[Any] = []
         where: list[int] = []
         for task_id, data, client_id in results:
@@ -53,9 +55,9 @@ class ResultStore:
             where.append(0 if client_id is None
                          else targets.setdefault(client_id, len(targets) + 1))
         keys.extend(reply_key(client_id) for client_id in targets)
-        ids, suspects = (ack[1], ack[2]) if ack else ((), ())
-        self._store(keys=keys, args=[expires, len(results), len(ids), len(suspects), *datas,
-                                     *where, *ids, *suspects])
+        ids, suspects, landed = (ack[1], ack[2], ack[3]) if ack else ((), (), ())
+        self._store(keys=keys, args=[expires, len(results), len(ids), len(suspects), len(landed),
+                                     *datas, *where, *ids, *suspects, *landed])
 
     def untaken(self, reply_lists: Sequence[str]) -> list[str]:
         """Those of ``reply_lists`` that still hold replies no client has popped."""

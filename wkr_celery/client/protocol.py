@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -35,12 +34,11 @@ from ..inputs import DEFAULT_MAX_PAYLOAD, InputSpec
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
 from ..messages import deadline_after, error_of
 
-__all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "Sent", "read_reply", "wake_count",
+__all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "Sent", "read_reply",
            "overloaded", "publish_failed", "deadline_exceeded"]
 
 log = logging.getLogger("wkr_celery.client")
 
-_MAX_WAKE = 8
 
 
 @dataclass(frozen=True)
@@ -169,15 +167,14 @@ class Requests:
     def enqueue(self, queue: RequestQueue, requests: Sequence[Outgoing]) -> Sent:
         """Publish ``requests`` in order in one round trip, as many as fit under the cap.
         Redis errors propagate: each sender retries, or gives up, in its own way."""
-        accepted = queue.publish([(r.index, r.message) for r in requests], cap=self.max_queue,
-                                 wake=wake_count(len(requests), self.batch_size))
+        accepted = queue.publish([(r.index, r.message) for r in requests], cap=self.max_queue)
         return self.sent(requests, accepted)
 
     def publish_call(self, requests: Sequence[Outgoing]) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the ``publish.lua`` call that enqueues ``requests``; the
         asyncio client runs it on its own connection, then reads the reply with :meth:`sent`."""
         return publish_call(self.keys, [(r.index, r.message) for r in requests],
-                            cap=self.max_queue, wake=wake_count(len(requests), self.batch_size))
+                            cap=self.max_queue)
 
     def sent(self, requests: Sequence[Outgoing], accepted: int) -> Sent:
         """What became of ``requests`` when the queue took the first ``accepted``."""
@@ -193,11 +190,6 @@ class Requests:
             return self.spec.encode(x)
         except InputError as exc:  # say which service, for callers talking to several
             raise type(exc)(f"service {self.keys.name!r}: {exc}") from None
-
-
-def wake_count(published: int, batch_size: int) -> int:
-    """Wake tokens for ``published`` new requests: one per batch they make, at most 8."""
-    return min(published, max(1, math.ceil(published / batch_size)), _MAX_WAKE)
 
 
 def read_reply(data: Any) -> Reply | None:

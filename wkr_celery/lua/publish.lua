@@ -1,18 +1,17 @@
--- publish.lua: a client publishes its outbox of requests in one round trip and wakes workers.
+-- needs: lib/nudge.lua
+-- publish.lua: a client publishes its outbox of requests in one round trip.
 --
 -- Messages are pushed in order onto the queue list each names; with a cap, only as many as fit
 -- under it (counting every queue list) are taken, and the rest (the tail) are refused, so the
--- client can fail them at once rather than let them wait. Then `wake_count` wake tokens are
--- pushed and the wake list is trimmed to `wake_cap + 1` tokens.
+-- client can fail them at once rather than let them wait. A message on the arrivals list wakes
+-- an idle worker by itself; for the others a nudge is pushed (see lib/nudge.lua).
 --
 -- Returns the number of messages accepted.
-local wake = KEYS[1]
-local first_queue = 2            -- KEYS[2..]: the queue lists in serving order
+local first_queue = 1            -- KEYS[1..]: the queue lists in serving order
+local arrivals = KEYS[2]         -- the list idle workers block on (normal priority)
 
 local cap = tonumber(ARGV[1])    -- most messages waiting in all queue lists; 0: no cap
-local wake_count = tonumber(ARGV[2])
-local wake_cap = tonumber(ARGV[3])
-local first_item = 4             -- ARGV[4..]: pairs {queue list index from 0, message}
+local first_item = 2             -- ARGV[2..]: pairs {queue list index from 0, message}
 
 local room = -1
 if cap > 0 then
@@ -27,8 +26,5 @@ for j = first_item, #ARGV, 2 do
   redis.call('LPUSH', KEYS[first_queue + tonumber(ARGV[j])], ARGV[j + 1])
   accepted = accepted + 1
 end
-if accepted > 0 then
-  for _ = 1, wake_count do redis.call('LPUSH', wake, 1) end
-  redis.call('LTRIM', wake, 0, wake_cap)
-end
+if accepted > 0 then nudge(arrivals) end
 return accepted

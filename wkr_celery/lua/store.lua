@@ -6,23 +6,28 @@
 -- for a foreign producer (reply target 0) is also PUBLISHed on that key, as Celery's backend
 -- does; a result for one of our clients goes onto that client's reply list instead.
 --
--- KEYS: inflight hash ('' when not acking), deaths hash, then `n` result keys, then one reply
---       list per client (reply target k is KEYS[2 + n + k])
--- ARGV: expires, n, acks, suspects, then n results, then n reply targets, then `acks` inflight
---       ids to forget, then `suspects` messages whose death counts to forget
+-- KEYS: inflight hash ('' when not acking), deaths hash, landing list ('' when not acking),
+--       then `n` result keys, then one reply list per client (reply target k is KEYS[3 + n + k])
+-- ARGV: expires, n, acks, suspects, landed, then n results, then n reply targets, then `acks`
+--       inflight ids to forget, then `suspects` messages whose death counts to forget, then
+--       `landed` messages to take off the landing list (taken there by BLMOVE, see
+--       lib/requeue.lua)
 -- Returns n.
 local inflight = KEYS[1]
 local deaths = KEYS[2]
-local first_result_key = 3
+local landing = KEYS[3]
+local first_result_key = 4
 
 local expires = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local acks = tonumber(ARGV[3])
 local suspects = tonumber(ARGV[4])
-local first_result = 5
+local landed = tonumber(ARGV[5])
+local first_result = 6
 local first_target = first_result + n
 local first_ack = first_target + n
 local first_suspect = first_ack + acks
+local first_landed = first_suspect + suspects
 
 -- unpack() of more than LUAI_MAXCSTACK (8000) values fails: send long lists in slices.
 local SLICE = 1000
@@ -53,4 +58,5 @@ for target, list in pairs(replies) do
 end
 in_slices('HDEL', inflight, ARGV, first_ack, first_suspect - 1)
 in_slices('HDEL', deaths, ARGV, first_suspect, first_suspect + suspects - 1)
+for i = first_landed, first_landed + landed - 1 do redis.call('LREM', landing, -1, ARGV[i]) end
 return n

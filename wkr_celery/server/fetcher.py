@@ -2,15 +2,17 @@
 
 Two threads fetch, never both at once (whoever holds :attr:`Fetcher.turn`):
 
-* **the predictor**, when it is idle: nothing buffered, so it waits on the queue itself and
-  predicts what it fetched on the same thread. A lone request then crosses no thread hand-off
-  inside the worker: the thread that wakes on it predicts it (and, with nothing else to do,
-  stores it).
+* **the predictor**, when it is idle: nothing buffered, so it blocks on the queue itself
+  (``BLMOVE`` from the arrivals list into its landing list, :meth:`RequestQueue.land`) and
+  predicts what came on the same thread. A lone request then costs the worker one round trip
+  to receive and crosses no thread hand-off: the thread that wakes on the request itself
+  predicts it (and, with nothing else to do, stores it). A nudge (work on another list) or a
+  timeout makes it fetch instead.
 * **the fetcher thread** (:meth:`Fetcher.run`), while the predictor is busy (predicting, storing
-  or holding a partial batch for ``-batch_timeout``): it keeps the buffer filled so the next
-  batch is ready when ``predict`` returns. It never blocks on Redis: with nothing waiting it looks
-  again every :data:`PREFETCH_POLL` seconds while the predictor stays busy, and stands down when
-  the predictor goes idle.
+  or holding a partial batch for ``-batch_timeout``): it keeps the buffer filled (``fetch.lua``,
+  in priority order) so the next batch is ready when ``predict`` returns. It never blocks on
+  Redis: with nothing waiting it looks again every :data:`PREFETCH_POLL` seconds while the
+  predictor stays busy, and stands down when the predictor goes idle.
 
 Every message fetched is in this worker's inflight hash until its result is stored (see
 docs/design.md); :attr:`held` is what this process knows it holds, for :meth:`reconcile`.
@@ -27,10 +29,11 @@ from ..broker import RequestQueue
 from ..config import Settings
 from ..connections import REDIS_ERRORS
 from ..messages import parse_request
+from ..scripts import LANDED_ID, NUDGE
 from .buffer import RequestBuffer
 from .request import Request
 
-__all__ = ["Fetcher", "PREFETCH_POLL"]
+__all__ = ["Fetcher", "PREFETCH_POLL", "split"]
 
 log = logging.getLogger("wkr_celery.serving")
 
@@ -55,17 +58,20 @@ class Fetcher:
         self.busy = threading.Event()
         self.busy.set()
         self.held: set[int] = set()  # inflight ids fetched and not yet acked
+        self.landed: set[bytes] = set()  # landed messages not yet acked
         self._held_lock = threading.Lock()
         self._allow_pickle = settings.allow_pickle
         self._max_payload = settings.max_payload
         self._next_reconcile = time.monotonic() + _RECONCILE_SECONDS
         self._backoff = 0.05
 
-    def forget(self, ids: Collection[int]) -> None:
-        """Acked ids: no longer held (called after the ack, so :meth:`reconcile` never sees an
-        id in neither place)."""
+    def forget(self, requests: Collection[Request]) -> None:
+        """Acked requests: no longer held (called after the ack, so :meth:`reconcile` never
+        sees one in neither place)."""
+        ids, landed = split(requests)
         with self._held_lock:
             self.held.difference_update(ids)
+            self.landed.difference_update(landed)
 
     # The fetcher thread ---------------------------------------------------------------------
 
@@ -77,7 +83,7 @@ class Fetcher:
             if not self.turn.acquire(timeout=self.poll):
                 continue
             try:
-                got = self.fetch(wait=0)
+                got = self.fetch()
             finally:
                 self.turn.release()
                 self.buffer.poke()  # an idle predictor waiting for the turn looks again
@@ -87,23 +93,44 @@ class Fetcher:
     # The predictor, idle --------------------------------------------------------------------
 
     def fetch_when_idle(self) -> bool:
-        """The predictor found nothing buffered: wait on the queue itself (up to ``poll``) and
-        buffer what comes. False when the fetcher thread has the turn (or the worker stops):
-        the caller waits on the buffer, where that fetch lands."""
+        """The predictor found nothing buffered: block on the arrivals list itself (up to
+        ``poll``) and buffer what lands; on a nudge or a timeout, fetch. False when the fetcher
+        thread has the turn (or the worker stops): the caller waits on the buffer, where that
+        fetch lands."""
         if self.stopping.is_set() or not self.turn.acquire(blocking=False):
             return False
         try:
-            self.fetch(wait=self.poll)
+            message = self._land()
+            if message is not None:
+                self._buffer([(LANDED_ID, message, 0)], more_waiting=False)
+            elif not self.stopping.is_set():
+                self.fetch()  # a nudge, or a second's timeout: look at every list
         finally:
             self.turn.release()
         return True
 
+    def _land(self) -> bytes | None:
+        """One blocking ``BLMOVE``: the message that landed, or ``None`` (timeout, a nudge,
+        which is dropped here, or a broker error)."""
+        try:
+            message = self.queue.land(self.worker_id, self.poll)
+            if message == NUDGE:
+                self.queue.drop_nudge(self.worker_id)
+                return None
+            if message is not None:
+                with self._held_lock:
+                    self.landed.add(message)
+            return message
+        except REDIS_ERRORS as exc:
+            self._broker_error(exc)
+            return None
+
     # Either thread, holding the turn --------------------------------------------------------
 
-    def fetch(self, wait: float) -> int:
-        """Fetch as much as the buffer has room for; with nothing waiting, wait up to ``wait``
-        seconds for a wake token and fetch once more. Returns how many were buffered; a broker
-        error is logged and backed off here (the caller just looks again)."""
+    def fetch(self) -> int:
+        """Fetch as much as the buffer has room for (``fetch.lua``, never blocking). Returns how
+        many were buffered; a broker error is logged and backed off here (the caller just looks
+        again)."""
         try:
             if time.monotonic() >= self._next_reconcile:
                 self.reconcile()
@@ -112,21 +139,21 @@ class Fetcher:
             if room <= 0:
                 return 0
             fetched = self.queue.fetch(self.worker_id, room)
-            if not fetched:
-                self.buffer.set_more_waiting(False)
-                if wait <= 0 or not self.queue.wait_for_work(wait) or self.stopping.is_set():
-                    return 0
-                fetched = self.queue.fetch(self.worker_id, room)
         except REDIS_ERRORS as exc:
-            self._next_reconcile = 0.0  # a lost reply may have moved messages to us
-            log.warning("broker unreachable (%s); retrying in %.2fs", exc, self._backoff)
-            self.stopping.wait(self._backoff)
-            self._backoff = min(self._backoff * 2, _BACKOFF_CAP)
+            self._broker_error(exc)
             return 0
         self._backoff = 0.05
         if fetched:
             self._buffer(fetched, more_waiting=len(fetched) >= room)
+        else:
+            self.buffer.set_more_waiting(False)
         return len(fetched)
+
+    def _broker_error(self, exc: BaseException) -> None:
+        self._next_reconcile = 0.0  # a lost reply may have moved messages to us
+        log.warning("broker unreachable (%s); retrying in %.2fs", exc, self._backoff)
+        self.stopping.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, _BACKOFF_CAP)
 
     def _buffer(self, fetched: list[tuple[int, bytes, int]], more_waiting: bool) -> None:
         with self._held_lock:
@@ -150,9 +177,18 @@ class Fetcher:
         Runs holding the turn, so no fetch is half-recorded while it looks.
         """
         ids = self.queue.held(self.worker_id)
+        landed = self.queue.landed(self.worker_id)
         with self._held_lock:
             orphans = [i for i in ids if i not in self.held]
-        if orphans:
-            count = self.queue.give_back(self.worker_id, orphans)
+            strays = [m for m in landed if m not in self.landed]  # nudges too
+        if orphans or strays:
+            count = self.queue.give_back(self.worker_id, orphans, strays)
             log.warning("gave back %d request(s) fetched without a reply (connection lost)",
                         count)
+
+
+def split(requests: Collection[Request]) -> tuple[list[int], list[bytes]]:
+    """Inflight ids of ``requests``, and the messages of those that landed (acked by value)."""
+    ids = [r.id for r in requests if r.id != LANDED_ID]
+    landed = [r.raw for r in requests if r.id == LANDED_ID]
+    return ids, landed

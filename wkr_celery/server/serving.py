@@ -31,7 +31,7 @@ from ..keys import ServiceKeys
 from ..messages import now_iso
 from ..version import __version__
 from .buffer import KeyedRequestBuffer, RequestBuffer
-from .fetcher import Fetcher
+from .fetcher import Fetcher, split
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
 from .runner import ModelRunner
@@ -129,7 +129,7 @@ class ServingLoop:
             fetcher.join(_POLL_SECONDS + 11)
         left = self.buffer.close()
         if left:
-            self._retry(lambda: self.queue.give_back(self.worker_id, [r.id for r in left]),
+            self._retry(lambda: self.queue.give_back(self.worker_id, *split(left)),
                         "give back buffered requests", deadline)
             log.info("gave %d buffered requests back to the queue", len(left))
         batch_threads = [t for t in map(self._thread, ("wkr-predict", "wkr-write")) if t]
@@ -275,19 +275,19 @@ class ServingLoop:
                           f"\n{outcome.traceback}" if outcome.traceback else "")
             results.append((task_id, outcome.stored(task_id, date, max_result),
                             request.client_id or None))
-        ids = [r.id for r in batch]
+        ids, landed = split(batch)
         suspects = [r.raw for r in batch if r.suspect]
         if self._same_redis:  # one round trip: results and acks in the same script
             self._retry(lambda: self.results.store(
-                results, expires, ack=(self.worker_id, ids, suspects)),
+                results, expires, ack=(self.worker_id, ids, suspects, landed)),
                 "store results", float("inf"))
         else:
             if results:
                 self._retry(lambda: self.results.store(results, expires),
                             "store results", float("inf"))
-            self._retry(lambda: self.queue.ack(self.worker_id, ids, suspects), "ack",
+            self._retry(lambda: self.queue.ack(self.worker_id, ids, suspects, landed), "ack",
                         float("inf"))
-        self.fetcher.forget(ids)  # after the ack, so reconcile never sees an id in neither
+        self.fetcher.forget(batch)  # after the ack, so reconcile never sees one in neither
 
     # Heartbeat ----------------------------------------------------------------------------
 
