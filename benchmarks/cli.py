@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-workers", type=_ints, default=[2],
                    help="also run with -http_workers N for each N, where the service has the "
                    "flag (default 2)")
+    p.add_argument("--wrk", default="wrk", help="the wrk binary (default: wrk on PATH)")
     p.add_argument("--http-service-workers", type=int, default=1,
                    help="worker processes behind the HTTP API (default 1)")
     return p
@@ -195,9 +196,10 @@ def http_plan(args: argparse.Namespace) -> tuple[list[int], str]:
 
     if "http" not in args.scenarios:
         return [], ""
-    if rest.wrk_binary() is None:
-        message = ("wrk not found: HTTP scenario skipped (Debian/Ubuntu: apt-get install wrk; "
-                   "every other scenario runs)")
+    if rest.wrk_binary(args.wrk) is None:
+        message = (f"wrk not found ({args.wrk!r}): HTTP scenario skipped; install it "
+                   "(Debian/Ubuntu: apt-get install -y wrk) to measure the REST API. Every other "
+                   "scenario runs")
         print(message, flush=True)
         return [], message
     extra = [n for n in args.http_workers if n > 1]
@@ -281,13 +283,21 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     runs = aggregate(reps)
     clients, http = merge_repeats(client_reps), merge_repeats(http_reps)
-    result = {"meta": {"machine": machine(), "argv": sys.argv[1:] if argv is None else argv,
+    result: dict[str, Any] = {
+              "meta": {"machine": machine(), "argv": sys.argv[1:] if argv is None else argv,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)),
                        "seconds": round(time.time() - began, 1), "repeat": args.repeat,
                        "requests": args.requests, "latency_requests": args.latency_requests,
                        "inflight": args.inflight, "batch_size": args.batch_size,
                        "sweep": args.sweep, "sweep_seconds": args.sweep_seconds,
-                       "workers": {w: WORKERS[w] for w in args.workloads}},
+                       "workers": {w: WORKERS[w] for w in args.workloads},
+                       "scenarios": args.scenarios, "clients": args.clients,
+                       "clients_requests": args.clients_requests,
+                       "clients_workers": args.clients_workers,
+                       "http_seconds": args.http_seconds,
+                       "http_connections": args.http_connections,
+                       "http_service_workers": args.http_service_workers,
+                       "loadavg_at_end": [round(v, 2) for v in os.getloadavg()]},
               "runs": runs, "ratios": ratios(runs), "clients": clients, "http": http,
               "http_note": http_note}
     result["targets"] = evaluate(result)

@@ -33,8 +33,9 @@ ENDPOINTS = ("healthz", "msgpack", "json")
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk_binary() -> str | None:
-    return shutil.which("wrk")
+def wrk_binary(name: str = "wrk") -> str | None:
+    """The wrk to run (``--wrk``: a name on PATH or a path), or ``None`` if there is none."""
+    return shutil.which(name)
 
 
 def http_workers_supported() -> bool:
@@ -130,8 +131,9 @@ def measure(http_workers: int, args: Any, run_dir: Path) -> dict[str, Any]:
     from .scenarios import Pool
     from .systems import WKRSystem, free_port
 
-    wrk = wrk_binary()
-    assert wrk is not None, "wrk_binary() checked by the caller"
+    wrk = wrk_binary(args.wrk)
+    if wrk is None:
+        raise RuntimeError(f"wrk not found as {args.wrk!r}")
     record: dict[str, Any] = {"http_workers": http_workers, "ok": False, "error": None,
                               "points": {}}
     port = free_port()
