@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .model import WORKLOADS, physical_limit, prepare
+from .model import WORKLOADS, physical_limit, prepare, read_stats
 from .report import aggregate, print_table, ratios, write_plots
 from .scenarios import Pool, Run, one_at_a_time, stream, sweep
 from .summary import merge_repeats, print_clients, print_http
@@ -140,7 +140,9 @@ def run_one(key: str, workload: str, args: argparse.Namespace, pool: Pool,
         client = system.client()
         run = Run(client, pool, args.timeout)
         run.drive(min(args.inflight, 64), count=args.warmup)  # warm every path
+        before = read_stats(system.stats_dir)
         record["latency"] = one_at_a_time(run, args.latency_requests, warmup=20)
+        record["latency"]["predict_ms"] = predict_ms(before, read_stats(system.stats_dir))
         record["stream"] = stream(run, args.requests, args.inflight, system.worker_pids(),
                                   system.stats_dir)
         if workload == "gpu-sim":
@@ -224,6 +226,18 @@ def run_http(args: argparse.Namespace, plan: list[int], work: Path, tag: str) ->
         records[str(n)] = record = rest.measure(n, args, run_dir)
         _said(record)
     return records
+
+
+Counts = dict[int, tuple[float, float, float, float]]
+
+
+def predict_ms(before: Counts, after: Counts) -> float:
+    """Mean simulated-kernel time per batch as the workers measured it (what ``time.sleep``
+    really took), between two reads of their counters; NaN where nothing slept (tiny)."""
+    zero = (0.0, 0.0, 0.0, 0.0)
+    batches = sum(after[p][1] - before.get(p, zero)[1] for p in after)
+    slept = sum(after[p][3] - before.get(p, zero)[3] for p in after)
+    return slept / batches * 1000 if batches and slept else float("nan")
 
 
 def machine() -> dict[str, Any]:

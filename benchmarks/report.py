@@ -11,7 +11,7 @@ from typing import Any
 from .systems import LABELS
 
 _MEDIAN_KEYS = ("p50_ms", "p90_ms", "p99_ms", "throughput", "mean_batch", "gpu_busy_mean",
-                "elapsed_s", "of_physical_limit")
+                "elapsed_s", "of_physical_limit", "predict_ms")
 
 
 def aggregate(reps: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:

@@ -89,9 +89,9 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
         ".ci/run runs it as written (a fresh venv, Ctrl+C through a pseudo-terminal) before the "
         "suite; tests/test_examples.py::test_every_python_block_in_the_readme_runs serves its "
         "wkr-serving-start command and runs the README's client on it"),
-    "apt-get install -y chromium redis-server iproute2": CannotRun(
-        "installs Debian packages as root", "tests/test_dashboard.py and tests/faults/test_tls.py "
-        "fail, never skip, without them, as tests/faults/test_many_hosts.py does as root; "
+    "apt-get install -y chromium redis-server iproute2 wrk": CannotRun(
+        "installs Debian packages as root", "tests/test_dashboard.py, tests/faults/test_tls.py "
+        "and tests/test_benchmark.py's HTTP scenario fail, never skip, without them, as tests/faults/test_many_hosts.py does as root; "
         ".ci/run installs them"),
     "pip install '.[test,frameworks]' && python -m pytest": CannotRun(
         "runs the whole suite, this test included", "the suite itself"),
