@@ -231,4 +231,12 @@ if __name__ == "__main__":
     import json
     import sys
 
-    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+    from .summary import markdown_clients, markdown_http
+    from .targets import markdown_targets
+
+    loaded = json.loads(Path(sys.argv[1]).read_text())
+    print(markdown(loaded))
+    for title, lines in (("Many clients", markdown_clients(loaded.get("clients", {}))),
+                         ("HTTP (wrk)", markdown_http(loaded.get("http", {}))),
+                         ("Issue 14 targets", markdown_targets(loaded.get("targets", [])))):
+        print(f"**{title}**\n\n" + "\n".join(lines) + "\n")
