@@ -47,12 +47,56 @@ def _read_line(proc: subprocess.Popen[str], what: str) -> str:
     raise RuntimeError(f"client process {proc.pid} exited ({proc.wait()}) before {what}")
 
 
+def _spawn(key: str, url: str, service: str, args: Any, env: dict[str, str],
+           run_dir: Path) -> list[subprocess.Popen[str]]:
+    from .systems import ROOT
+
+    procs: list[subprocess.Popen[str]] = []
+    for i in range(args.clients):
+        with open(run_dir / f"client-{i}.log", "ab") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.clients", key, url, service,
+                 str(args.inflight), str(args.clients_requests), str(args.warmup),
+                 str(args.timeout)], cwd=ROOT, env=env, text=True, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=log))
+    return procs
+
+
+def _window(procs: list[subprocess.Popen[str]], groups: dict[str, list[int]],
+            stats_dir: Path) -> dict[str, Any]:
+    """Release the warmed-up clients, wait for every stream's report; the figures in between."""
+    cpu_before = {kind: sum(cpu_seconds(p) for p in pids) for kind, pids in groups.items()}
+    stats_before = read_stats(stats_dir)
+    began = time.monotonic()
+    for proc in procs:
+        proc.stdin.write("go\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+    results = [json.loads(_read_line(proc, "its stream ended")) for proc in procs]
+    elapsed = time.monotonic() - began
+    cpu = {kind: sum(cpu_seconds(p) for p in pids) - cpu_before[kind]
+           for kind, pids in groups.items()}
+    stats_after = read_stats(stats_dir)
+    zero = (0.0, 0.0, 0.0, 0.0)
+    inputs = sum(stats_after[p][2] - stats_before.get(p, zero)[2] for p in stats_after)
+    batches = sum(stats_after[p][1] - stats_before.get(p, zero)[1] for p in stats_after)
+    answered = sum(r["answered"] for r in results)
+    errors = [e for r in results for e in r["errors"]]
+    return {"answered": answered, "wrong": sum(r["wrong"] for r in results),
+            "missing": sum(r["missing"] for r in results), "elapsed_s": elapsed,
+            "capacity": inputs / elapsed, "mean_batch": inputs / batches if batches else 0.0,
+            "client_throughput": [r["throughput"] for r in results],
+            "p50_ms": sorted(r["p50_ms"] for r in results)[len(results) // 2],
+            "cpu_us_per_request": {k: v * 1e6 / max(answered, 1) for k, v in cpu.items()},
+            "cpu_share_of_one_core": {k: v / elapsed for k, v in cpu.items()},
+            "errors": errors}
+
+
 def measure(key: str, workers: int, args: Any, run_dir: Path) -> dict[str, Any]:
     """One run: fresh Redis, a ``tiny`` service with ``workers`` worker processes,
     ``args.clients`` client processes with ``args.inflight`` in flight each."""
     from wkr_celery.redis_embedded import EmbeddedRedis
 
-    from .systems import CLASSES, LABELS, ROOT, free_port
+    from .systems import CLASSES, LABELS, free_port
 
     record: dict[str, Any] = {"system": key, "label": LABELS[key], "workers": workers,
                               "clients": args.clients, "inflight": args.inflight,
@@ -63,46 +107,16 @@ def measure(key: str, workers: int, args: Any, run_dir: Path) -> dict[str, Any]:
     started = time.monotonic()
     try:
         system.start(timeout=90)
-        service = getattr(system, "name", "")
-        for i in range(args.clients):
-            with open(run_dir / f"client-{i}.log", "ab") as log:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "benchmarks.clients", key, redis_server.url, service,
-                     str(args.inflight), str(args.clients_requests), str(args.warmup),
-                     str(args.timeout)], cwd=ROOT, env=system.env(), text=True,
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log))
+        procs = _spawn(key, redis_server.url, getattr(system, "name", ""), args, system.env(),
+                       run_dir)
         for proc in procs:
             _read_line(proc, "warming up")
         groups = {"client": [p.pid for p in procs], "worker": system.worker_pids(),
                   "redis": [redis_server.pid or 0]}
         if key == "wkr":
             groups["supervisor"] = [system.service_pid()]  # type: ignore[attr-defined]
-        cpu_before = {kind: sum(cpu_seconds(p) for p in pids) for kind, pids in groups.items()}
-        stats_before = read_stats(system.stats_dir)
-        began = time.monotonic()
-        for proc in procs:
-            proc.stdin.write("go\n")  # type: ignore[union-attr]
-            proc.stdin.flush()  # type: ignore[union-attr]
-        results = [json.loads(_read_line(proc, "its stream ended")) for proc in procs]
-        elapsed = time.monotonic() - began
-        cpu_after = {kind: sum(cpu_seconds(p) for p in pids) for kind, pids in groups.items()}
-        stats_after = read_stats(system.stats_dir)
-        inputs = sum(stats_after[p][2] - stats_before.get(p, (0, 0, 0, 0))[2]
-                     for p in stats_after)
-        batches = sum(stats_after[p][1] - stats_before.get(p, (0, 0, 0, 0))[1]
-                      for p in stats_after)
-        answered = sum(r["answered"] for r in results)
-        record.update({
-            "answered": answered, "wrong": sum(r["wrong"] for r in results),
-            "missing": sum(r["missing"] for r in results), "elapsed_s": elapsed,
-            "capacity": inputs / elapsed, "mean_batch": inputs / batches if batches else 0.0,
-            "client_throughput": [r["throughput"] for r in results],
-            "p50_ms": sorted(r["p50_ms"] for r in results)[len(results) // 2],
-            "cpu_us_per_request": {kind: (cpu_after[kind] - cpu_before[kind]) * 1e6
-                                   / max(answered, 1) for kind in groups},
-            "cpu_share_of_one_core": {kind: (cpu_after[kind] - cpu_before[kind]) / elapsed
-                                      for kind in groups}})
-        errors = [e for r in results for e in r["errors"]]
+        record.update(_window(procs, groups, system.stats_dir))
+        errors = record.pop("errors")
         record["ok"] = not errors and record["wrong"] == record["missing"] == 0
         record["error"] = "; ".join(errors)[:1000] or None
     except Exception as exc:  # one failing run must not stop the others

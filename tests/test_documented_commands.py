@@ -94,8 +94,8 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
         "wkr-serving-start command and runs the README's client on it"),
     "apt-get install -y chromium redis-server iproute2 wrk": CannotRun(
         "installs Debian packages as root", "tests/test_dashboard.py, tests/faults/test_tls.py "
-        "and tests/test_benchmark.py's HTTP scenario fail, never skip, without them, as tests/faults/test_many_hosts.py does as root; "
-        ".ci/run installs them"),
+        "and tests/test_benchmark.py's HTTP scenario fail, never skip, without them, as "
+        "tests/faults/test_many_hosts.py does as root; .ci/run installs them"),
     "pip install '.[test,frameworks]' && python -m pytest": CannotRun(
         "runs the whole suite, this test included", "the suite itself"),
     "cd examples && wkr-serving-start server.Worker -model_dir /path/to/model -model_name "
