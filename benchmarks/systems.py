@@ -129,10 +129,11 @@ class WKRSystem(System):
         self.name = f"bench{uuid.uuid4().hex[:6]}"
         model_dir = os.environ.get(MODEL_DIR_ENV, "") if self.workload == "torch" else ""
         self.spawn([sys.executable, "-m", "wkr_celery.server.cli", WORKER_CLASSES[self.workload],
+                    *self.extra_args,
                     "-name", self.name, "-protocol", "npy", "-batch_size", str(self.batch_size),
                     "-num_worker", str(self.workers), "-broker_url", self.url,
                     "-result_url", self.url, "-log_dir", str(self.run_dir),
-                    "-model_dir", model_dir, *self.extra_args], "wkr.log")
+                    "-model_dir", model_dir], "wkr.log")
         from wkr_celery.broker import Broker
         from wkr_celery.keys import ServiceKeys
 
