@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     print_clients(clients)
     if "http" in args.scenarios:
         print_http(http, http_note)
-    print_targets(result["targets"])
+    print_targets(result["targets"], args.repeat)
     plots = write_plots(runs, args.out)
     print(f"\nwrote {args.out / 'results.json'}"
           + (f" and {', '.join(p.name for p in plots)}" if plots else ""))
