@@ -1,10 +1,16 @@
-"""Redis connections: one factory, so timeouts and retry rules are the same everywhere."""
+"""Redis connections: one factory, so timeouts, retry rules and passwords are the same everywhere.
+
+A ``redis://`` URL to this machine that carries no password gets the one the embedded Redis on
+that port was started with, when this user started it (:func:`with_local_password`, reading
+:mod:`wkr_celery.redis_passwords`): so every client, tool and Celery URL of the same user finds
+it from the address alone.
+"""
 
 from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -14,12 +20,13 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from . import redis_passwords
 from .errors import ConfigError
 
 __all__ = [
     "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
     "result_url_from", "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
-    "check_url",
+    "check_url", "with_local_password",
 ]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.
@@ -35,6 +42,21 @@ def redis_url(url: str | None, *, port: int | None, host: str = "127.0.0.1") -> 
     else the Redis on ``host:port`` (the seed's ``-port_in``/``-port_out``, a client's ip and
     port), database 0."""
     return url or f"redis://{host}:{port}/0"
+
+
+def with_local_password(url: str, password: str = "") -> str:
+    """``url`` with a password when it names none: ``password`` if given, else, for a
+    ``redis://`` URL to this machine, the password of the embedded Redis this user runs on that
+    port (:func:`redis_passwords.lookup`). A URL that carries credentials is kept as is, and
+    so is any other: a Redis nobody registered is reached without a password, as before."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or "@" in parts.netloc or not parts.hostname:
+        return url
+    if not password and parts.scheme == "redis" and parts.port:
+        password = redis_passwords.lookup(parts.hostname, parts.port) or ""
+    if not password:
+        return url
+    return urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}"))
 
 
 def check_url(label: str, url: str, sentinel_master: str) -> None:
@@ -62,7 +84,7 @@ def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
         nodes, auth = _sentinel_nodes(url, sentinel_master)
         sentinel = Sentinel(nodes, sentinel_kwargs=_probe(options), **options, **auth)
         return sentinel.master_for(sentinel_master, **options, **auth)
-    return redis.Redis.from_url(url, **options)
+    return redis.Redis.from_url(with_local_password(url), **options)
 
 
 def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
@@ -76,7 +98,7 @@ def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = Fal
         sentinel = redis.asyncio.sentinel.Sentinel(nodes, sentinel_kwargs=_probe(options),
                                                    **options, **auth)
         return sentinel.master_for(sentinel_master, **options, **auth)
-    return redis.asyncio.Redis.from_url(url, **options)
+    return redis.asyncio.Redis.from_url(with_local_password(url), **options)
 
 
 async def close_async(client: redis.asyncio.Redis) -> None:
