@@ -17,6 +17,7 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.asyncio.sentinel
 from redis.backoff import ExponentialBackoff
+from redis.credentials import CredentialProvider
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -59,6 +60,32 @@ def with_local_password(url: str, password: str = "") -> str:
     return urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}"))
 
 
+class LocalPassword(CredentialProvider):
+    """The password of this user's embedded Redis on ``host:port``, looked up again for each
+    new connection: a client started before the service, or waiting through its restart, finds
+    the password once the service has recorded it (and sends none while there is none)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+    def get_credentials(self) -> tuple[str] | tuple[()]:  # type: ignore[override]
+        password = redis_passwords.lookup(self.host, self.port)
+        return (password,) if password else ()
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[()]:  # type: ignore[override]
+        return self.get_credentials()
+
+
+def _local_credentials(url: str) -> dict[str, Any]:
+    """``credential_provider`` for a connection to ``url`` when its password comes from the
+    index (:func:`with_local_password`'s case), else nothing."""
+    parts = urlsplit(url)
+    if (parts.scheme != "redis" or "@" in parts.netloc or not parts.port
+            or parts.hostname not in redis_passwords.LOOPBACK_HOSTS):
+        return {}
+    return {"credential_provider": LocalPassword(parts.hostname, parts.port)}
+
+
 def check_url(label: str, url: str, sentinel_master: str) -> None:
     """Refuse (``ConfigError``) a URL no connection can be made from: another scheme, or a
     Sentinel URL without the master's name."""
@@ -84,7 +111,7 @@ def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
         nodes, auth = _sentinel_nodes(url, sentinel_master)
         sentinel = Sentinel(nodes, sentinel_kwargs=_probe(options), **options, **auth)
         return sentinel.master_for(sentinel_master, **options, **auth)
-    return redis.Redis.from_url(with_local_password(url), **options)
+    return redis.Redis.from_url(url, **options, **_local_credentials(url))
 
 
 def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
@@ -98,7 +125,7 @@ def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = Fal
         sentinel = redis.asyncio.sentinel.Sentinel(nodes, sentinel_kwargs=_probe(options),
                                                    **options, **auth)
         return sentinel.master_for(sentinel_master, **options, **auth)
-    return redis.asyncio.Redis.from_url(with_local_password(url), **options)
+    return redis.asyncio.Redis.from_url(url, **options, **_local_credentials(url))
 
 
 async def close_async(client: redis.asyncio.Redis) -> None:

@@ -70,15 +70,28 @@ def _as_another_user(*argv: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30, cwd="/")
 
 
-def _client_from_the_shell(port_in: int, port_out: int, name: str) -> str:
+def _shell_client(port_in: int, port_out: int, name: str) -> subprocess.Popen[str]:
     """A new Python process of this user, told only the address and the service's name."""
     code = ("from wkr_celery.client import WKRClient\n"
-            f"with WKRClient(port={port_in}, port_out={port_out}, name={name!r}) as c:\n"
+            f"with WKRClient(port={port_in}, port_out={port_out}, name={name!r},"
+            " connect_timeout=60) as c:\n"
             "    print(c.encode(21).result(timeout=30))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=90, cwd=ROOT.parent, env=user_env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip()
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT.parent, env=user_env())
+
+
+def _answer(client: subprocess.Popen[str]) -> str:
+    try:
+        out, err = client.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        out, err = client.communicate(timeout=10)
+    assert client.returncode == 0, err[-3000:]
+    return out.strip()
+
+
+def _client_from_the_shell(port_in: int, port_out: int, name: str) -> str:
+    return _answer(_shell_client(port_in, port_out, name))
 
 
 @pytest.mark.timeout(120)
@@ -106,7 +119,12 @@ def test_embedded_redis_refuses_a_connection_without_its_password(
 def test_a_client_of_the_same_user_needs_only_the_address(
     services: list[TerminalService], tmp_path: Path
 ) -> None:
-    service = _serve(services, tmp_path)
+    service = TerminalService(tmp_path, DOUBLER)
+    services.append(service)
+    # Started before the service: it looks the password up again as it retries.
+    early = _shell_client(service.port_in, service.port_out, service.name)
+    service.start()
+    assert _answer(early) == "42"
     assert _client_from_the_shell(service.port_in, service.port_out, service.name) == "42"
     check = subprocess.run(
         [script("wkr-serving-check"), "-name", service.name, "-port_in", str(service.port_in),
