@@ -27,7 +27,7 @@ from .errors import ConfigError
 __all__ = [
     "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
     "result_url_from", "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
-    "check_url", "with_local_password",
+    "check_url", "with_local_password", "LocalPassword",
 ]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.

@@ -59,9 +59,10 @@ def _private(path: Path) -> bool:
 
 
 def remember(host: str, port: int, password: str) -> None:
-    """Write the index entry of the Redis on ``host:port`` (0600, atomically)."""
-    folder = index_dir()
+    """Write the index entry of the Redis on ``host:port`` (0600, atomically), and remove the
+    entries of writers that are gone (killed services) on the way."""
     try:
+        folder = index_dir()
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         if folder.lstat().st_uid == os.getuid():
             folder.chmod(0o700)
@@ -74,18 +75,28 @@ def remember(host: str, port: int, password: str) -> None:
         with os.fdopen(descriptor, "w") as handle:
             json.dump({"pid": os.getpid(), "password": password}, handle)
         os.replace(temporary, target)
-    except OSError as exc:
+        _remove_stale(folder)
+    except (OSError, RuntimeError) as exc:
         log.warning("could not record the password of Redis on %s:%d for local clients (%s); "
                     "give it to them with -redis_password or in the URL", host, port, exc)
 
 
+def _remove_stale(folder: Path) -> None:
+    for entry in folder.glob("redis-*"):
+        try:
+            if not pid_alive(int(json.loads(entry.read_text())["pid"])):
+                entry.unlink()
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+
+
 def forget(host: str, port: int) -> None:
     """Remove the index entry of ``host:port`` if this process wrote it."""
-    target = _entry(host, port)
     try:
+        target = _entry(host, port)
         if json.loads(target.read_text()).get("pid") == os.getpid():
             target.unlink()
-    except (OSError, ValueError, AttributeError):
+    except (OSError, RuntimeError, ValueError, AttributeError):
         pass
 
 
@@ -94,13 +105,13 @@ def lookup(host: str, port: int) -> str | None:
     started, else ``None`` (no entry, someone else's file, or its writer is gone)."""
     if host not in LOOPBACK_HOSTS:
         return None
-    target = _entry(host, port)
     try:
+        target = _entry(host, port)
         if not (_private(target.parent) and _private(target)):
             return None
         entry = json.loads(target.read_text())
         pid, password = int(entry["pid"]), str(entry["password"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
         return None
     return password if pid_alive(pid) else None
 

@@ -15,7 +15,8 @@ from typing import Any, cast
 
 import redis
 
-from .. import codec, redis_passwords
+from .. import codec
+from ..connections import LocalPassword
 from ..keys import job_queue
 
 __all__ = ["RedisHandler", "SERIALIZERS"]
@@ -51,7 +52,8 @@ class RedisHandler:
         self.serializer = serializer
         self._dumps, self._loads = SERIALIZERS[serializer]
         self._redis = redis.Redis(
-            host=ip, port=port, db=db, password=password or redis_passwords.lookup(ip, port),
+            host=ip, port=port, db=db, password=password,
+            credential_provider=None if password else LocalPassword(ip, port),
             socket_connect_timeout=5.0, socket_timeout=socket_timeout,
             socket_keepalive=True, health_check_interval=30,
         )
