@@ -53,8 +53,9 @@ def with_local_password(url: str, password: str = "") -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or "@" in parts.netloc or not parts.hostname:
         return url
-    if not password and parts.scheme == "redis" and parts.port:
-        password = redis_passwords.lookup(parts.hostname, parts.port) or ""
+    address = _local_address(url)
+    if not password and address is not None:
+        password = redis_passwords.lookup(*address) or ""
     if not password:
         return url
     return urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}"))
@@ -68,6 +69,7 @@ class LocalPassword(CredentialProvider):
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
 
+    # An empty tuple (not in redis-py's annotation) makes it send no AUTH at all.
     def get_credentials(self) -> tuple[str] | tuple[()]:  # type: ignore[override]
         password = redis_passwords.lookup(self.host, self.port)
         return (password,) if password else ()
@@ -76,14 +78,21 @@ class LocalPassword(CredentialProvider):
         return self.get_credentials()
 
 
+def _local_address(url: str) -> tuple[str, int] | None:
+    """Host and port of a ``redis://`` URL to this machine without credentials: the URLs whose
+    password comes from the index."""
+    parts = urlsplit(url)
+    if (parts.scheme != "redis" or "@" in parts.netloc or not parts.port or parts.hostname
+            not in redis_passwords.LOOPBACK_HOSTS):
+        return None
+    return parts.hostname, parts.port
+
+
 def _local_credentials(url: str) -> dict[str, Any]:
     """``credential_provider`` for a connection to ``url`` when its password comes from the
-    index (:func:`with_local_password`'s case), else nothing."""
-    parts = urlsplit(url)
-    if (parts.scheme != "redis" or "@" in parts.netloc or not parts.port
-            or parts.hostname not in redis_passwords.LOOPBACK_HOSTS):
-        return {}
-    return {"credential_provider": LocalPassword(parts.hostname, parts.port)}
+    index, else nothing."""
+    address = _local_address(url)
+    return {} if address is None else {"credential_provider": LocalPassword(*address)}
 
 
 def check_url(label: str, url: str, sentinel_master: str) -> None:
