@@ -143,18 +143,21 @@ class EmbeddedRedis:
 
     def _leftover_of_ours(self) -> int | None:
         """The pid of a live redis-server that an earlier run started on this data directory
-        and port (its pid file says so, and its command line matches), else ``None``."""
+        and port, else ``None``: its pid file says so, its process title names the port and its
+        working directory is the data directory (redis-server rewrites its argv into the
+        title and changes into ``--dir``, so the title and cwd are what can be checked)."""
         try:
             pid = int(Path(self._pid_file).read_text().strip())
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv = handle.read().decode(errors="replace").split("\0")
+                title = handle.read().decode(errors="replace")
+            cwd = os.path.realpath(os.readlink(f"/proc/{pid}/cwd"))
         except (OSError, ValueError):
             return None
-        expected = [("--port", str(self.port)), ("--dir", self._dir())]
-        pairs = set(zip(argv, argv[1:]))
-        if pid_alive(pid) and all(pair in pairs for pair in expected):
-            return pid
-        return None
+        words = title.replace("\0", " ").split()
+        ours = (bool(words) and os.path.basename(words[0]) == "redis-server"
+                and f":{self.port}" in title
+                and cwd == os.path.realpath(self._dir()))
+        return pid if ours and pid_alive(pid) else None
 
     def _clear_port(self, timeout: float) -> None:
         if not self._answers() and port_holder(self.port) == "no listening process found":
