@@ -43,7 +43,7 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
         ".client.client", ".client.discovery", ".client.doubt",
         ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".clock",
         ".codec", ".connections", ".envelope", ".errors", ".inputs", ".keys", ".messages",
-        ".scripts", ".version"))
+        ".processes", ".redis_passwords", ".scripts", ".version"))
 
 
 def test_seed_import_paths() -> None:
