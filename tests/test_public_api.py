@@ -14,13 +14,13 @@ import wkr_celery.server
 
 def test_package_root_exports() -> None:
     assert sorted(wkr_celery.__all__) == sorted([
-        "WKRClient", "AsyncWKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError",
+        "WKRClient", "TaskFuture", "AsyncWKRClient", "WKRServer", "WKRHardWorker", "Settings", "WKRError",
         "ConfigError",
         "ServiceUnavailable", "VersionMismatch", "InputError", "PayloadTooLarge",
         "RequestFailed", "PredictError", "BatchContractError", "DecodeError", "InvalidInput",
         "RequestTooLarge", "ResultTooLarge", "DeadlineExceeded", "ServiceOverloaded",
         "PoisonInput", "RequestLost", "__version__"])
-    assert sorted(wkr_celery.client.__all__) == ["AsyncWKRClient", "WKRClient",
+    assert sorted(wkr_celery.client.__all__) == ["AsyncWKRClient", "TaskFuture", "WKRClient",
                                                  "WKRDecentralizeCentral", "WKRWorker"]
     assert sorted(wkr_celery.server.__all__) == ["WKRHardWorker", "WKRServer", "pad_batch"]
     for module in (wkr_celery, wkr_celery.client, wkr_celery.server):
@@ -42,8 +42,8 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
         "", ".broker", ".broker.queue", ".broker.registry", ".broker.results", ".client",
         ".client.client", ".client.discovery", ".client.doubt",
         ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".clock",
-        ".codec",
-        ".connections", ".errors", ".inputs", ".keys", ".messages", ".scripts", ".version"))
+        ".codec", ".connections", ".envelope", ".errors", ".inputs", ".keys", ".messages",
+        ".processes", ".redis_passwords", ".scripts", ".version"))
 
 
 def test_seed_import_paths() -> None:

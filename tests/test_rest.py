@@ -266,6 +266,8 @@ def test_held_worker_revokes_queued_task_refuses_taken_one_times_out_and_sheds_l
     done = wait_until(lambda: (lambda s: s if s["status"] == "SUCCESS" else None)(
         api.get(f"/tasks/{queued[0]}").json()), 30, what="the queue to drain")
     assert done["result"] == {"op": "echo", "n": 0}
+    finished = api.delete(f"/tasks/{queued[0]}")
+    assert finished.status_code == 409 and error_of(finished)["type"] == "TaskFinished"
     assert api.get(f"/tasks/{held}").json()["result"] == "released"
     wait_until(lambda: api.get("/status/server").json()["queue_length"] == 0, 30,
                what="the queue to empty")

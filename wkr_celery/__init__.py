@@ -36,13 +36,14 @@ from .errors import (
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .client import AsyncWKRClient, WKRClient
+    from .client import AsyncWKRClient, TaskFuture, WKRClient
     from .config import Settings
     from .server import WKRHardWorker, WKRServer
 
 #: Public names imported on first access, and the module each comes from.
 _LAZY = {
     "WKRClient": ".client",
+    "TaskFuture": ".client",
     "AsyncWKRClient": ".client",
     "WKRServer": ".server",
     "WKRHardWorker": ".server",
@@ -51,6 +52,7 @@ _LAZY = {
 
 __all__ = [
     "WKRClient",
+    "TaskFuture",
     "AsyncWKRClient",
     "WKRServer",
     "WKRHardWorker",

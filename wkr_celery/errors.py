@@ -10,6 +10,10 @@ Callers catch :class:`WKRError` for "anything from the framework", or a branch f
     ├── InputError               the caller's input cannot be sent (also ValueError)
     │   └── PayloadTooLarge      over the service's payload limit
     │       └── RequestTooLarge  …refused by the worker (also a RequestFailed)
+    ├── NotRevocable             a queued task cannot be taken back (``DELETE /tasks/<id>``)
+    │   ├── UnknownTask          this process did not queue it (or forgot it)
+    │   ├── TaskStarted          a worker holds it; it will finish
+    │   └── TaskFinished         its result is stored already
     └── RequestFailed            the service answered this one request with an error
         ├── PredictError         ``predict`` raised for this input (carries the worker traceback)
         ├── BatchContractError   ``predict`` returned the wrong number of results
@@ -35,6 +39,10 @@ __all__ = [
     "VersionMismatch",
     "InputError",
     "PayloadTooLarge",
+    "NotRevocable",
+    "UnknownTask",
+    "TaskStarted",
+    "TaskFinished",
     "RequestFailed",
     "PredictError",
     "BatchContractError",
@@ -72,6 +80,23 @@ class InputError(WKRError, ValueError):
 
 class PayloadTooLarge(InputError):
     """The encoded input is over the service's payload limit."""
+
+
+class NotRevocable(WKRError):
+    """A task cannot be taken back from the queue; the subclass says why."""
+
+
+class UnknownTask(NotRevocable):
+    """The task was not queued by this process, or its envelope was forgotten: only the exact
+    envelope can be removed from the queue."""
+
+
+class TaskStarted(NotRevocable):
+    """A worker already holds the task; it will finish and store its result."""
+
+
+class TaskFinished(NotRevocable):
+    """The task's result is stored already."""
 
 
 class RequestFailed(WKRError):

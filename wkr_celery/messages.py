@@ -42,6 +42,7 @@ __all__ = [
     "parse_request",
     "success_meta",
     "failure_meta",
+    "revoked_meta",
     "error_of",
     "failure_parts",
     "encode_meta",
@@ -285,6 +286,14 @@ def failure_meta(task_id: str, error: Exception, traceback: str | None,
     exc = {"exc_type": type(error).__name__, "exc_message": [str(error)],
            "exc_module": type(error).__module__}
     return {"status": "FAILURE", "result": exc, "traceback": traceback, "children": [],
+            "date_done": date_done, "task_id": task_id}
+
+
+def revoked_meta(task_id: str, date_done: str) -> dict[str, Any]:
+    """Celery's form of a task revoked before it ran (``AsyncResult.state == "REVOKED"``)."""
+    exc = {"exc_type": "TaskRevokedError", "exc_message": ["revoked"],
+           "exc_module": "celery.exceptions"}
+    return {"status": "REVOKED", "result": exc, "traceback": None, "children": [],
             "date_done": date_done, "task_id": task_id}
 
 

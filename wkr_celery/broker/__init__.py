@@ -1,13 +1,15 @@
 """One service's data on Redis, in three parts that follow a request's path:
 
-- :class:`RequestQueue` (:mod:`.queue`): the request lists on the broker Redis: enqueue,
-  fetch, wait for work, ack, give back, requeue a dead worker's messages, sweep, length.
+- :class:`RequestQueue` (:mod:`.queue`): the request lists on the broker Redis: publish,
+  fetch, ack, give back, withdraw, requeue a dead worker's messages, sweep, length.
 - :class:`ResultStore` (:mod:`.results`): results on the result Redis: store (and hand to the
-  caller), read, revoke.
+  caller), read, store a ``REVOKED`` result.
 - :class:`ServiceRegistry` (:mod:`.registry`): what the service says about itself beside its
   queue: info, heartbeats of live workers, scaling state, the last failure.
 
-No other code touches a service's keys (docs/design.md draws the path).
+No other code touches a service's keys, but the asyncio client, which runs ``publish.lua``
+(with :func:`publish_call`'s arguments) and withdraws on its own connection (docs/design.md
+draws the path).
 """
 
 from .queue import Fetched, RequestQueue, publish_call

@@ -152,6 +152,15 @@ class RequestQueue:
         taken = pipe.execute()[:-1]
         return [message for messages in taken for message in messages]
 
+    def withdraw(self, queue: str, message: bytes) -> bool:
+        """Take one exact envelope back from list ``queue`` (or the suspect list) if no worker
+        has fetched it yet; atomic against ``fetch.lua``. Returns whether it was still there."""
+        pipe = self.client.pipeline(transaction=False)
+        # redis-py's hints say str; LREM compares the bytes it is given, which is what we need
+        pipe.lrem(queue, 1, message)  # type: ignore[arg-type]
+        pipe.lrem(self.keys.suspect, 1, message)  # type: ignore[arg-type]
+        return sum(pipe.execute()) > 0
+
     # Shared --------------------------------------------------------------------------------
 
     def queue_length(self) -> int:

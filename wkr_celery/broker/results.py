@@ -4,7 +4,8 @@ A result is kept under ``celery-task-meta-<task id>`` for ``result_expires`` sec
 Celery ``AsyncResult`` finds it) and handed to its caller at once: pushed onto the client's reply
 list, or ``PUBLISH``ed on the task's key for a producer with no reply list. One ``store.lua``
 call stores a whole batch; when the result store is the broker's Redis, the same call acks the
-batch's messages, so a crash can never leave an acked request unanswered.
+batch's messages, so a crash can never leave an acked request unanswered. The REST API reads
+results here by task id, and stores the ``REVOKED`` result of a task it withdrew.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import redis
 
 from .. import scripts
 from ..keys import ServiceKeys, reply_key, task_meta_key
+from ..messages import decode_meta, encode_meta, now_iso, revoked_meta
 
 __all__ = ["ResultStore", "StoredResult"]
 
@@ -64,3 +66,21 @@ class ResultStore:
         for name in names:
             pipe.exists(name)
         return [name for name, left in zip(names, pipe.execute()) if left]
+
+    def read(self, task_id: str) -> dict[str, Any] | None:
+        """The stored Celery result of ``task_id``, decoded, or ``None`` while there is none."""
+        data = self.client.get(task_meta_key(task_id))
+        if data is None:
+            return None
+        return decode_meta(data if isinstance(data, bytes) else data.encode())
+
+    def store_revoked(self, task_id: str, expires: int) -> dict[str, Any]:
+        """Store (and ``PUBLISH``) the ``REVOKED`` result of a task taken back from the queue
+        before any worker fetched it; returns that result."""
+        meta = revoked_meta(task_id, now_iso())
+        self.store([(task_id, encode_meta(meta), None)], expires)
+        return meta
+
+    def ping(self) -> bool:
+        """Whether the result Redis answers (raises the connection error when it does not)."""
+        return bool(self.client.ping())

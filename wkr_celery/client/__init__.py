@@ -10,13 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .client import WKRClient
+from .client import TaskFuture, WKRClient
 
 if TYPE_CHECKING:
     from ..decentral import WKRDecentralizeCentral, WKRWorker
     from .async_client import AsyncWKRClient
 
-__all__ = ["WKRClient", "AsyncWKRClient", "WKRWorker", "WKRDecentralizeCentral"]
+__all__ = ["WKRClient", "TaskFuture", "AsyncWKRClient", "WKRWorker", "WKRDecentralizeCentral"]
 
 #: Imported on first use: a plain client loads neither asyncio's Redis nor decentralize.
 _LAZY = {"AsyncWKRClient": ".async_client", "WKRWorker": "..decentral",

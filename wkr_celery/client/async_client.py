@@ -26,7 +26,6 @@ from typing import Any
 import redis.asyncio
 
 from .. import scripts
-from ..broker import publish_call
 from ..clock import RedisClock
 from ..codec import loads
 from ..connections import REDIS_ERRORS, close_async, connect_async
@@ -37,7 +36,7 @@ from . import async_discovery as discovery
 from .async_replies import AsyncReplies, Waiting
 from .async_restarts import AsyncRedisWatch
 from .doubt import grace_from
-from .protocol import Address, InputContract, Outgoing, Requests, overloaded, publish_failed
+from .protocol import Address, InputContract, Outgoing, Requests, publish_failed
 from .replies import LISTEN_SECONDS
 from .verdicts import watched
 
@@ -158,7 +157,7 @@ class AsyncWKRClient(InputContract):
         self._replies.start()
         self._wake = asyncio.Event()
         self._publisher = asyncio.ensure_future(self._publish_loop())
-        self._requests = Requests(keys, info, self.client_id, timeout=self.timeout,
+        self._requests = Requests(keys, info, reply_to=self.client_id, timeout=self.timeout,
                                   priority=self.priority, clock=self._clock.now)
 
     async def _sync_clock(self, broker: redis.asyncio.Redis) -> None:
@@ -283,9 +282,7 @@ class AsyncWKRClient(InputContract):
         assert self._broker is not None
         requests, replies = self._requests, self._replies
         await self._sync_clock(self._broker)
-        keys, args = publish_call(requests.keys, [(w.request.index, w.request.message)
-                                                  for w in items],
-                                  cap=requests.max_queue)
+        keys, args = requests.publish_call([w.request for w in items])
         give_up = time.monotonic() + self._connect_timeout
         delay = 0.05
         while True:
@@ -305,10 +302,10 @@ class AsyncWKRClient(InputContract):
             waiting.published_at = published
             if waiting.withdrawn:  # its caller gave up while it was on the way
                 self._withdrawn.append(waiting.request)
-        if accepted < len(items):
-            refused = overloaded(requests.keys.name, requests.max_queue)
-            for waiting in items[accepted:]:
-                replies.fail(waiting.request.task_id, refused)
+        sent = requests.sent([w.request for w in items], accepted)
+        for request in sent.refused:
+            assert sent.error is not None
+            replies.fail(request.task_id, sent.error)
 
     async def _revoke(self, requests: list[Outgoing]) -> None:
         """Take withdrawn requests back from the queue where no worker has fetched them yet."""

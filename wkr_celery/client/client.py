@@ -28,14 +28,24 @@ from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
-from .protocol import Address, InputContract, Outgoing, Requests, overloaded, publish_failed
+from .protocol import Address, InputContract, Outgoing, Requests, publish_failed
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
 from .verdicts import watched
 
-__all__ = ["WKRClient"]
+__all__ = ["TaskFuture", "WKRClient"]
 
 log = logging.getLogger("wkr_celery.client")
+
+
+class TaskFuture(Future[Any]):
+    """The future :meth:`WKRClient.encode` returns: a ``concurrent.futures.Future`` that also
+    names its request, so ``AsyncResult(future.task_id)`` finds the result too until it
+    expires."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__()
+        self.task_id = task_id
 
 
 class WKRClient(InputContract):
@@ -66,33 +76,16 @@ class WKRClient(InputContract):
         self._reply_key = reply_key(self.client_id)
         self._broker_redis = connect(self.broker_url, sentinel_master=sentinel_master)
         self._clock = RedisClock(self._broker_redis)  # deadlines are on the broker's clock
-        opened = [self._broker_redis]
         try:
-            if name or ignore_all_checks:
-                self.name = name or "default"
-            else:
-                self.name = find_service(self._broker_redis, self.broker_url, connect_timeout)
-            self.keys = ServiceKeys(self.name)
-            self._queue = RequestQueue(self._broker_redis, self.keys)
-            self._registry = ServiceRegistry(self._broker_redis, self.keys)
-            self._clock.sync_if_due()
-            self.server_config = read_info(self._registry, self.broker_url, ignore_all_checks)
-            if not ignore_all_checks:
-                self.server_config = wait_until_serving(
-                    self._registry, self.broker_url, connect_timeout, check_version)
-            self.result_url = address.result_url(self.server_config)
-            self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
-                                         sentinel_master=sentinel_master)
-            opened.append(self._result_redis)
-            if not ignore_all_checks:
-                check_reachable(self._result_redis, "result Redis", self.result_url)
+            self._find_service(name, address, ignore_all_checks=ignore_all_checks,
+                               connect_timeout=connect_timeout, check_version=check_version,
+                               sentinel_master=sentinel_master)
         except BaseException:  # no half-made client keeps its connections open
-            for connection in opened:
-                connection.close()
+            self._broker_redis.close()
             raise
         if show_server_config:
             log.info("service %r: %s", self.name, self.server_config)
-        self._requests = Requests(self.keys, self.server_config, self.client_id,
+        self._requests = Requests(self.keys, self.server_config, reply_to=self.client_id,
                                   timeout=timeout, priority=self.priority, clock=self._clock.now)
         self.max_queue = self._requests.max_queue
         self.batch_size = self._requests.batch_size
@@ -108,6 +101,32 @@ class WKRClient(InputContract):
         self._publisher.start()
         self._replies.start()
 
+    def _find_service(self, name: str | None, address: Address, *, ignore_all_checks: bool,
+                      connect_timeout: float, check_version: bool, sentinel_master: str) -> None:
+        """Find the service on the broker, wait for a live worker, and connect to where it
+        stores results; a failure closes the result connection it opened."""
+        if name or ignore_all_checks:
+            self.name = name or "default"
+        else:
+            self.name = find_service(self._broker_redis, self.broker_url, connect_timeout)
+        self.keys = ServiceKeys(self.name)
+        self._queue = RequestQueue(self._broker_redis, self.keys)
+        self._registry = ServiceRegistry(self._broker_redis, self.keys)
+        self._clock.sync_if_due()
+        self.server_config = read_info(self._registry, self.broker_url, ignore_all_checks)
+        if not ignore_all_checks:
+            self.server_config = wait_until_serving(
+                self._registry, self.broker_url, connect_timeout, check_version)
+        self.result_url = address.result_url(self.server_config)
+        self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
+                                     sentinel_master=sentinel_master)
+        if not ignore_all_checks:
+            try:
+                check_reachable(self._result_redis, "result Redis", self.result_url)
+            except BaseException:
+                self._result_redis.close()
+                raise
+
     def _watches(self) -> list[tuple[str, RedisWatch]]:
         """One watch per Redis server (:func:`~.verdicts.watched`)."""
         connections = {self.broker_url: self._broker_redis, self.result_url: self._result_redis}
@@ -122,7 +141,7 @@ class WKRClient(InputContract):
 
     def encode(
         self, x: Any, *, timeout: float | None = None, priority: int | str | None = None
-    ) -> Future[Any]:
+    ) -> TaskFuture:
         """Send one input; the future resolves to its result or raises a ``RequestFailed``.
 
         The future's ``task_id`` is the Celery task id: ``AsyncResult(task_id)`` finds the
@@ -134,8 +153,7 @@ class WKRClient(InputContract):
         if self._closed:
             raise WKRError("client is closed")
         item = self._requests.make(x, timeout=timeout, priority=priority)
-        future: Future[Any] = Future()
-        future.task_id = item.task_id  # type: ignore[attr-defined]
+        future = TaskFuture(item.task_id)
         self._replies.expect(item.task_id, future, item.expiry)
         idle = len(self._replies.pending) == 1  # nothing else in flight: no batch to gather
         with self._outbox_cond:
@@ -195,9 +213,7 @@ class WKRClient(InputContract):
         delay = 0.05
         while True:
             try:
-                accepted = self._queue.publish(
-                    [(item.index, item.message) for item in items],
-                    cap=self.max_queue)
+                sent = self._requests.enqueue(self._queue, items)
                 published = time.monotonic()
                 break
             except REDIS_ERRORS as exc:
@@ -212,11 +228,10 @@ class WKRClient(InputContract):
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        self._replies.published([item.task_id for item in items[:accepted]], published)
-        if accepted < len(items):
-            refused = overloaded(self.name, self.max_queue)
-            for item in items[accepted:]:
-                self._replies.fail(item.task_id, refused)
+        self._replies.published([item.task_id for item in sent.accepted], published)
+        for item in sent.refused:
+            assert sent.error is not None
+            self._replies.fail(item.task_id, sent.error)
 
     # Status and shutdown ------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """What :class:`WKRClient` and :class:`AsyncWKRClient` share: everything about a request but I/O.
 
 Both clients find the result Redis the same way (:class:`Address`), turn an input into an
-envelope the same way (:class:`Requests`), publish with the same wake count, read a reply into
-a result or the right exception (:func:`read_reply`), and use the same words when the service
-refuses or a request runs late. Only how they wait differs: threads and
+envelope and enqueue it the same way as the REST API's ``POST /tasks`` (:class:`Requests`, the
+one send path), read a reply into a result or the right exception (:func:`read_reply`), and use
+the same words when the service refuses or a request runs late. Only how they wait differs: threads and
 ``concurrent.futures`` in :mod:`.client`, one event loop in :mod:`.async_client`.
 """
 
@@ -12,13 +12,15 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import envelope
+from ..broker import RequestQueue, publish_call
 from ..codec import loads
 from ..connections import redacted, redis_url, result_url_from
 from ..errors import (
@@ -28,11 +30,11 @@ from ..errors import (
     ServiceOverloaded,
     ServiceUnavailable,
 )
-from ..inputs import InputSpec
+from ..inputs import DEFAULT_MAX_PAYLOAD, InputSpec
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
 from ..messages import deadline_after, error_of
 
-__all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "read_reply",
+__all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "Sent", "read_reply",
            "overloaded", "publish_failed", "deadline_exceeded"]
 
 log = logging.getLogger("wkr_celery.client")
@@ -75,6 +77,16 @@ class Outgoing:
 
 
 @dataclass(frozen=True)
+class Sent:
+    """What one enqueue did: the requests the queue took, those it refused (it was at its cap)
+    and the error their callers get."""
+
+    accepted: list[Outgoing]
+    refused: list[Outgoing]
+    error: ServiceOverloaded | None
+
+
+@dataclass(frozen=True)
 class Reply:
     """A stored answer: the result, or the error its caller gets."""
 
@@ -108,24 +120,36 @@ class InputContract:
 
 
 class Requests:
-    """Builds one client's requests to one service: task ids, checked bodies, envelopes.
+    """The one send path to one service, for both clients and the REST API: builds each request
+    (task id → deadline → priority → envelope, :meth:`make`) and enqueues them under the
+    service's queue cap (:meth:`enqueue`), with the same overload error for every sender.
 
-    ``clock`` is the broker Redis's time (``RedisClock.now``): deadlines are stamped on it.
+    ``reply_to`` is the client id whose reply list gets the results, or ``None`` for a producer
+    that reads them from the result key (``POST /tasks``). ``clock`` is the broker Redis's time
+    (``RedisClock.now``): deadlines are stamped on it.
     """
 
-    def __init__(self, keys: ServiceKeys, info: Mapping[str, str], client_id: str, *,
-                 timeout: float | None, priority: int, clock: Callable[[], float]) -> None:
+    def __init__(self, keys: ServiceKeys, info: Mapping[str, str], *, reply_to: str | None,
+                 timeout: float | None, priority: int, clock: Callable[[], float],
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, max_queue: int = 0) -> None:
         self.keys = keys
         self.clock = clock
-        self.spec = InputSpec.from_info(info)
-        self.max_queue = int(info.get("max_queue") or 0)
-        self.batch_size = int(info.get("batch_size") or 32)
-        self.client_id = client_id
+        self.reply_to = reply_to
         self.timeout = timeout
         self.priority = priority
-        # Task ids: this client's random prefix plus a counter. Unique like uuid4 (64 random
-        # bits per client, never reused within one), at a tenth of the cost per request.
-        self._task_ids = (f"{client_id[:20]}{n:012x}" for n in itertools.count())
+        self.follow(info, max_payload=max_payload, max_queue=max_queue)
+        # Task ids: a random prefix (the client's id) plus a counter. Unique like uuid4 (64
+        # random bits per sender, never reused within one), at a tenth of the cost per request.
+        prefix = (reply_to or uuid.uuid4().hex)[:20]
+        self._task_ids = (f"{prefix}{n:012x}" for n in itertools.count())
+
+    def follow(self, info: Mapping[str, str], *, max_payload: int = DEFAULT_MAX_PAYLOAD,
+               max_queue: int = 0) -> None:
+        """Take the input contract, queue cap and batch size from the service info (again);
+        ``max_payload`` and ``max_queue`` are used where the info names none."""
+        self.spec = InputSpec.from_info(info, max_payload)
+        self.max_queue = int(info.get("max_queue") or max_queue)
+        self.batch_size = int(info.get("batch_size") or 32)
 
     def make(self, x: Any, *, timeout: float | None = None,
              priority: int | str | None = None) -> Outgoing:
@@ -136,9 +160,27 @@ class Requests:
         expiry = None if timeout is None else time.monotonic() + timeout
         step = self.priority if priority is None else priority_step(priority)
         task_id = next(self._task_ids)
-        message = envelope.build(task_id, body, client_id=self.client_id, deadline=deadline,
+        message = envelope.build(task_id, body, client_id=self.reply_to, deadline=deadline,
                                  priority=step)
         return Outgoing(task_id, PRIORITY_STEPS.index(step), message, expiry)
+
+    def enqueue(self, queue: RequestQueue, requests: Sequence[Outgoing]) -> Sent:
+        """Publish ``requests`` in order in one round trip, as many as fit under the cap.
+        Redis errors propagate: each sender retries, or gives up, in its own way."""
+        accepted = queue.publish([(r.index, r.message) for r in requests], cap=self.max_queue)
+        return self.sent(requests, accepted)
+
+    def publish_call(self, requests: Sequence[Outgoing]) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the ``publish.lua`` call that enqueues ``requests``; the
+        asyncio client runs it on its own connection, then reads the reply with :meth:`sent`."""
+        return publish_call(self.keys, [(r.index, r.message) for r in requests],
+                            cap=self.max_queue)
+
+    def sent(self, requests: Sequence[Outgoing], accepted: int) -> Sent:
+        """What became of ``requests`` when the queue took the first ``accepted``."""
+        refused = list(requests[accepted:])
+        return Sent(list(requests[:accepted]), refused,
+                    overloaded(self.keys.name, self.max_queue) if refused else None)
 
     def queue_of(self, request: Outgoing) -> str:
         return self.keys.queues[request.index]

@@ -8,38 +8,42 @@ message each, without a reply list: the worker stores the result under
 ``AsyncResult`` both find it.
 
 Revoking: this process keeps the exact envelope of each task it queued (bounded, oldest
-forgotten first), so ``DELETE /tasks/<id>`` removes that one message from its list with
-``LREM``. That is atomic against workers' ``fetch.lua``: either the message is removed before
-any worker saw it (revoked; a ``REVOKED`` result is stored in Celery's format), or a worker
-already holds it and it will finish (409). Workers need no revoked-set check on the hot path.
+forgotten first), so ``DELETE /tasks/<id>`` withdraws that one message from its list
+(:meth:`~wkr_celery.broker.RequestQueue.withdraw`, atomic against workers' ``fetch.lua``):
+either the message is removed before any worker saw it (revoked; the result store keeps a
+``REVOKED`` result in Celery's format), or a worker already holds it and it will finish
+(:class:`~wkr_celery.errors.TaskStarted`, a 409). Workers need no revoked-set check on the hot
+path.
+
+Every Redis call goes through :mod:`wkr_celery.broker`; Redis errors become
+:class:`~wkr_celery.errors.ServiceUnavailable` here, and the REST layer maps every
+:class:`~wkr_celery.errors.WKRError` to its HTTP status (:mod:`.problems`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
-import redis
 
-from ..broker import RequestQueue, ServiceRegistry
+from ..broker import RequestQueue, ResultStore, ServiceRegistry
 from ..client import AsyncWKRClient
+from ..client.protocol import Requests, publish_failed
 from ..clock import RedisClock, wall_time
 from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect, redacted, result_url_from
-from ..errors import InputError, ServiceOverloaded, ServiceUnavailable
-from ..inputs import InputSpec, argsrepr
-from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step, task_meta_key
-from ..messages import build_request, deadline_after, decode_meta, encode_meta, now_iso
-from .problems import ApiError
+from ..errors import InputError, ServiceUnavailable, TaskFinished, TaskStarted, UnknownTask
+from ..keys import ServiceKeys, priority_step
 
 __all__ = ["Gateway", "TaskRegistry"]
 
 _LIVE_TTL = 0.5
+_T = TypeVar("_T")
 _ENVELOPE_BUDGET = 64 * 1024 * 1024
 
 
@@ -48,11 +52,11 @@ class TaskRegistry:
 
     def __init__(self, budget: int = _ENVELOPE_BUDGET) -> None:
         self.budget = budget
-        self._items: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def add(self, task_id: str, queue: str, message: str) -> None:
+    def add(self, task_id: str, queue: str, message: bytes) -> None:
         with self._lock:
             self._items[task_id] = (queue, message)
             self._bytes += len(message)
@@ -60,7 +64,7 @@ class TaskRegistry:
                 _, (_, old) = self._items.popitem(last=False)
                 self._bytes -= len(old)
 
-    def pop(self, task_id: str) -> tuple[str, str] | None:
+    def pop(self, task_id: str) -> tuple[str, bytes] | None:
         with self._lock:
             entry = self._items.pop(task_id, None)
             if entry is not None:
@@ -82,7 +86,7 @@ class Gateway:
         self.settings = settings
         self.keys = ServiceKeys(settings.name)
         self.redis = settings.connect_broker()
-        self._results: tuple[str, redis.Redis] | None = None
+        self._results: tuple[str, ResultStore] | None = None
         self.queue = RequestQueue(self.redis, self.keys)
         self.service = ServiceRegistry(self.redis, self.keys)
         self.clock = RedisClock(self.redis)  # deadlines are on the broker's clock
@@ -92,6 +96,18 @@ class Gateway:
         self._lock = threading.Lock()
         self._live: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._info: tuple[float, dict[str, str]] = (0.0, {})
+        # POST /tasks: the one send path, with no reply list (results are read by task id)
+        self._tasks = Requests(self.keys, {}, reply_to=None, timeout=None,
+                               priority=priority_step("normal"), clock=self.clock.now)
+        self._tasks_lock = threading.Lock()
+
+    def _broker(self, call: Callable[[], _T]) -> _T:
+        """``call()``, with the broker's outage as :class:`ServiceUnavailable`."""
+        try:
+            return call()
+        except REDIS_ERRORS as exc:
+            raise ServiceUnavailable(
+                f"broker {redacted(self.settings.broker)} is not reachable: {exc}") from exc
 
     # Service state ------------------------------------------------------------------------
 
@@ -99,11 +115,7 @@ class Gateway:
         """Heartbeats of live workers, decoded; cached for half a second between requests."""
         at, live = self._live
         if fresh or time.monotonic() - at > _LIVE_TTL:
-            try:
-                live = {w: loads(b) for w, b in self.service.live_workers().items()}
-            except REDIS_ERRORS as exc:
-                raise ServiceUnavailable(
-                    f"broker {redacted(self.settings.broker)} is not reachable: {exc}") from exc
+            live = {w: loads(b) for w, b in self._broker(self.service.live_workers).items()}
             self._live = (time.monotonic(), live)
         return live
 
@@ -117,10 +129,7 @@ class Gateway:
         """The service's info hash (protocol, limits, input spec); cached like heartbeats."""
         at, info = self._info
         if not info or time.monotonic() - at > _LIVE_TTL:
-            try:
-                info = self.service.info()
-            except REDIS_ERRORS as exc:
-                raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
+            info = self._broker(self.service.info)
             self._info = (time.monotonic(), info)
         return info
 
@@ -133,15 +142,17 @@ class Gateway:
         return result_url_from(s.broker, self.info().get("result_store"), fallback=s.backend)
 
     @property
-    def results(self) -> redis.Redis:
-        """A connection to :meth:`result_url`, made again if the advertised place changes."""
+    def results(self) -> ResultStore:
+        """The result store at :meth:`result_url`, connected again if the advertised place
+        changes."""
         url = self.result_url()
         with self._lock:
             if self._results is None or self._results[0] != url:
-                if self._results is not None and self._results[1] is not self.redis:
-                    self._results[1].close()
-                self._results = (url, self.redis if url == self.settings.broker else connect(
-                    url, sentinel_master=self.settings.sentinel_master))
+                if self._results is not None and self._results[1].client is not self.redis:
+                    self._results[1].client.close()
+                client = self.redis if url == self.settings.broker else connect(
+                    url, sentinel_master=self.settings.sentinel_master)
+                self._results = (url, ResultStore(client, self.keys))
             return self._results[1]
 
     def mean_batch_seconds(self) -> float:
@@ -153,20 +164,14 @@ class Gateway:
 
     def scaling(self) -> dict[str, Any]:
         """The supervisor's elastic-worker state (empty when the service is not elastic)."""
-        try:
-            raw = self.service.scaling()
-        except REDIS_ERRORS as exc:
-            raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
+        raw = self._broker(self.service.scaling)
         numbers = {"workers", "floor", "ceiling", "grown", "retired"}
         floats = {"wait_s", "rate", "busy", "decided_at"}
         return {k: int(v) if k in numbers else float(v) if k in floats else v
                 for k, v in raw.items()}
 
     def queue_length(self) -> int:
-        try:
-            return self.queue.queue_length()
-        except REDIS_ERRORS as exc:
-            raise ServiceUnavailable(f"broker is not reachable: {exc}") from exc
+        return self._broker(self.queue.queue_length)
 
     @property
     def waiting_client(self) -> AsyncWKRClient | None:
@@ -206,71 +211,53 @@ class Gateway:
     # Tasks --------------------------------------------------------------------------------
 
     def submit(self, data: Any, timeout: float | None, priority: str) -> str:
-        """Queue one input as a Celery task; returns its id. Refused at once when full."""
+        """Queue one input as a Celery task; returns its id. Refused at once when full
+        (``ServiceOverloaded``), with the same checks and words as the clients'."""
         self.require_worker()
-        body = self._checked_body(data)
-        step = priority_step(priority)
-        task_id = uuid.uuid4().hex
+        info = self.info()
         self.clock.sync_if_due()
-        deadline = deadline_after(timeout, self.clock.now())
-        message = build_request(task_id, body, queue=self.keys.queue, priority=step,
-                                client_id=None, deadline=deadline, argsrepr=argsrepr(data))
-        index = PRIORITY_STEPS.index(step)
-        cap = int(self.info().get("max_queue") or self.settings.max_queue)
+        with self._tasks_lock:  # the builder's spec and id counter are not thread-safe
+            self._tasks.follow(info, max_payload=self.settings.max_payload,
+                               max_queue=self.settings.max_queue)
+            request = self._tasks.make(data, timeout=timeout, priority=priority)
         try:
-            accepted = self.queue.publish([(index, message)], cap=cap)
+            sent = self._tasks.enqueue(self.queue, [request])
         except REDIS_ERRORS as exc:
-            raise ServiceUnavailable(f"could not publish: {exc}") from exc
-        if not accepted:
-            raise ServiceOverloaded(f"service {self.settings.name!r} has {cap} requests queued "
-                                    "(-max_queue); retry later")
-        self.registry.add(task_id, self.keys.queues[index], message)
-        return task_id
-
-    def _checked_body(self, x: Any) -> bytes:
-        """The same checks as the client's (one :class:`InputSpec`), for tasks sent directly."""
-        return InputSpec.from_info(self.info(), self.settings.max_payload).encode(x)
+            raise publish_failed(self.settings.broker, exc) from exc
+        if sent.error is not None:
+            raise sent.error
+        self.registry.add(request.task_id, self._tasks.queue_of(request), request.message)
+        return request.task_id
 
     def task(self, task_id: str) -> dict[str, Any] | None:
         """The stored Celery result of ``task_id``, or ``None`` while there is none."""
+        results = self.results
         try:
-            data = self.results.get(task_meta_key(task_id))
+            meta = results.read(task_id)
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"result Redis is not reachable: {exc}") from exc
-        if data is None:
-            return None
-        self.registry.pop(task_id)
-        return decode_meta(data if isinstance(data, bytes) else data.encode())
+        if meta is not None:
+            self.registry.pop(task_id)
+        return meta
 
     def revoke(self, task_id: str) -> dict[str, Any]:
-        """Remove a queued task's message; 409 when a worker has it, 404 when unknown here."""
+        """Withdraw a queued task's message and store its ``REVOKED`` result; ``TaskFinished``
+        or ``TaskStarted`` when it is too late, ``UnknownTask`` when not queued here."""
         meta = self.task(task_id)
         if meta is not None:
-            raise ApiError(409, "TaskFinished",
-                           f"task {task_id} already finished ({meta.get('status')})")
+            raise TaskFinished(f"task {task_id} already finished ({meta.get('status')})")
         entry = self.registry.pop(task_id)
         if entry is None:
-            raise ApiError(404, "UnknownTask",
-                           f"task {task_id} was not queued by this API process; only tasks "
-                           "submitted here with POST /tasks can be revoked here")
+            raise UnknownTask(f"task {task_id} was not queued by this API process; only tasks "
+                              "submitted here with POST /tasks can be revoked here")
         queue, message = entry
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lrem(queue, 1, message)
-        pipe.lrem(self.keys.suspect, 1, message)
-        removed = sum(pipe.execute())
-        if not removed:
-            raise ApiError(409, "TaskStarted",
-                           f"task {task_id} is already held by a worker and will finish")
-        meta = {"status": "REVOKED", "traceback": None, "children": [], "date_done": now_iso(),
-                "task_id": task_id,
-                "result": {"exc_type": "TaskRevokedError", "exc_message": ["revoked"],
-                           "exc_module": "celery.exceptions"}}
-        data = encode_meta(meta)
-        pipe = self.results.pipeline(transaction=False)
-        pipe.set(task_meta_key(task_id), data, ex=max(1, int(self.settings.result_expires)))
-        pipe.publish(task_meta_key(task_id), data)
-        pipe.execute()
-        return meta
+        if not self._broker(lambda: self.queue.withdraw(queue, message)):
+            raise TaskStarted(f"task {task_id} is already held by a worker and will finish")
+        results = self.results
+        try:
+            return results.store_revoked(task_id, max(1, int(self.settings.result_expires)))
+        except REDIS_ERRORS as exc:
+            raise ServiceUnavailable(f"result Redis is not reachable: {exc}") from exc
 
     # Shutdown -----------------------------------------------------------------------------
 
@@ -283,6 +270,5 @@ class Gateway:
 
     def close(self) -> None:
         self.redis.close()
-        if self._results is not None and self._results[1] is not self.redis:
-            self._results[1].close()
-
+        if self._results is not None and self._results[1].client is not self.redis:
+            self._results[1].client.close()

@@ -22,6 +22,7 @@ from ..errors import (
     DecodeError,
     InputError,
     InvalidInput,
+    NotRevocable,
     PayloadTooLarge,
     PoisonInput,
     PredictError,
@@ -29,6 +30,7 @@ from ..errors import (
     RequestLost,
     ServiceOverloaded,
     ServiceUnavailable,
+    UnknownTask,
     WKRError,
 )
 from .encoding import render, wants_msgpack
@@ -43,6 +45,8 @@ RETRY_AFTER = 1
 # Most specific first: the first matching class decides the status.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (PayloadTooLarge, 413),
+    (UnknownTask, 404),
+    (NotRevocable, 409),
     (InputError, 400),
     (ConfigError, 400),
     (InvalidInput, 400),

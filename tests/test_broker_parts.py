@@ -1,0 +1,143 @@
+"""The three parts of :mod:`wkr_celery.broker` and the one send path, against a real Redis.
+
+The scripts under them are pinned in ``test_lua_scripts.py``; these pin what the Python layer
+adds: the one overload error every sender gives, taking back an exact envelope, the stopping
+service's take-all, and the ``REVOKED`` result a revoke stores in Celery's form.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from wkr_celery.broker import RequestQueue, ResultStore, ServiceRegistry
+from wkr_celery.client import TaskFuture
+from wkr_celery.client.protocol import Requests
+from wkr_celery.errors import InputError, ServiceOverloaded
+from wkr_celery.keys import ServiceKeys, priority_step, task_meta_key
+from wkr_celery.messages import parse_request
+
+from .helpers import wait_until
+
+
+@pytest.fixture
+def keys(redis_client: redis.Redis, service_name: str) -> Iterator[ServiceKeys]:
+    yield ServiceKeys(service_name)
+    for key in redis_client.scan_iter(f"*{service_name}*", count=1000):
+        redis_client.delete(key)
+
+
+def sender(keys: ServiceKeys, *, max_queue: int, reply_to: str | None = None) -> Requests:
+    info = {"protocol": "obj", "max_queue": str(max_queue), "batch_size": "4"}
+    return Requests(keys, info, reply_to=reply_to, timeout=None,
+                    priority=priority_step("normal"), clock=lambda: 1.0e9)
+
+
+def test_enqueue_takes_what_fits_under_the_cap_and_refuses_the_rest_with_one_error(
+        redis_client: redis.Redis, keys: ServiceKeys) -> None:
+    requests = sender(keys, max_queue=3, reply_to="c" * 32)
+    made = [requests.make(i) for i in range(5)]
+
+    sent = requests.enqueue(RequestQueue(redis_client, keys), made)
+
+    assert [r.task_id for r in sent.accepted] == [r.task_id for r in made[:3]]
+    assert [r.task_id for r in sent.refused] == [r.task_id for r in made[3:]]
+    assert isinstance(sent.error, ServiceOverloaded)
+    assert str(sent.error) == (f"service {keys.name!r} has 3 requests queued (-max_queue); "
+                               "retry later")
+    queued = [parse_request(raw) for raw in redis_client.lrange(requests.queue_of(made[0]), 0, -1)]
+    assert sorted(m.task_id for m in queued) == sorted(r.task_id for r in made[:3])
+    assert {m.client_id for m in queued} == {"c" * 32}
+
+
+def test_a_sender_without_reply_list_enqueues_tasks_that_name_no_client(
+        redis_client: redis.Redis, keys: ServiceKeys) -> None:
+    requests = sender(keys, max_queue=0)
+    sent = requests.enqueue(RequestQueue(redis_client, keys), [requests.make(7)])
+
+    assert sent.error is None and len(sent.accepted) == 1
+    (raw,) = redis_client.lrange(requests.queue_of(sent.accepted[0]), 0, -1)
+    message = parse_request(raw)
+    assert message.task_id == sent.accepted[0].task_id and not message.client_id
+    assert message.payload == 7
+
+
+def test_enqueue_checks_the_input_before_anything_is_sent(
+        redis_client: redis.Redis, keys: ServiceKeys) -> None:
+    requests = sender(keys, max_queue=0)
+    requests.follow({"protocol": "npy", "input_shape": "3", "input_dtype": "float32"})
+
+    with pytest.raises(InputError, match=f"service {keys.name!r}"):
+        requests.make([1.0, 2.0, 3.0])
+    assert RequestQueue(redis_client, keys).queue_length() == 0
+
+
+def test_withdraw_takes_back_the_exact_envelope_once(
+        redis_client: redis.Redis, keys: ServiceKeys) -> None:
+    requests = sender(keys, max_queue=0)
+    first, second = requests.make(1), requests.make(2)
+    queue = RequestQueue(redis_client, keys)
+    requests.enqueue(queue, [first, second])
+
+    assert queue.withdraw(requests.queue_of(first), first.message)
+    assert not queue.withdraw(requests.queue_of(first), first.message)
+    assert [parse_request(raw).task_id for raw in redis_client.lrange(requests.queue_of(second), 0, -1)] == [
+        second.task_id]
+
+
+def test_take_all_empties_the_lists_and_leaves_what_a_worker_holds(
+        redis_client: redis.Redis, keys: ServiceKeys) -> None:
+    requests = sender(keys, max_queue=0)
+    queue = RequestQueue(redis_client, keys)
+    requests.enqueue(queue, [requests.make(i) for i in range(3)])
+    (held,) = queue.fetch("w1", 1)
+
+    taken = queue.take_all()
+
+    assert len(taken) == 2 and held[1] not in taken
+    assert queue.queue_length() == 0 and queue.held("w1") == [held[0]]
+
+
+def test_a_revoked_task_gets_celerys_revoked_result_stored_and_published(
+        redis_client: redis.Redis, keys: ServiceKeys) -> None:
+    store = ResultStore(redis_client, keys)
+    task_id = uuid.uuid4().hex
+    listener = redis_client.pubsub()
+    try:
+        listener.subscribe(task_meta_key(task_id))
+        wait_until(lambda: listener.get_message(timeout=0.1), 5, what="the subscription")
+
+        meta = store.store_revoked(task_id, expires=60)
+
+        message = wait_until(lambda: listener.get_message(timeout=0.1), 5,
+                             what="the published REVOKED result")
+    finally:
+        listener.close()
+    assert store.read(task_id) == meta
+    assert meta["status"] == "REVOKED" and meta["task_id"] == task_id
+    assert meta["result"]["exc_type"] == "TaskRevokedError"
+    assert message["data"] and 0 < redis_client.ttl(task_meta_key(task_id)) <= 60
+    assert store.read(uuid.uuid4().hex) is None
+
+
+def test_the_registry_reads_back_info_heartbeats_and_failures(
+        redis_client: redis.Redis, keys: ServiceKeys) -> None:
+    registry = ServiceRegistry(redis_client, keys)
+    assert not registry.has_info() and registry.live_workers() == {}
+
+    registry.write_info({"protocol": "obj", "batch_size": 4})
+    registry.heartbeat("w1", b"beat", ttl=30)
+    registry.record_failure("worker 0 exited", ttl=30)
+
+    assert registry.has_info() and registry.info() == {"protocol": "obj", "batch_size": "4"}
+    assert registry.live_workers() == {"w1": b"beat"}
+    assert registry.last_failure() == "worker 0 exited"
+
+
+def test_a_task_future_is_a_future_that_names_its_task() -> None:
+    future = TaskFuture("abc")
+    future.set_result(3)
+    assert future.task_id == "abc" and future.result(timeout=0) == 3
