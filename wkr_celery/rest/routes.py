@@ -116,19 +116,28 @@ async def encode(request: Request, timeout: float = _TIMEOUT,
                 await run_in_threadpool(_refresh, gateway)
     xs = inputs() if size <= _INLINE_BODY else await run_in_threadpool(inputs)
     mean_predict = gateway.mean_batch_seconds()
-    # The waits hold no thread: each is a task on this event loop (the asyncio client).
+
+    def answer(i: int, value: Any) -> dict[str, Any]:
+        elapsed = time.perf_counter() - started
+        metrics.latency.observe(elapsed)
+        metrics.queue_wait.observe(max(0.0, elapsed - mean_predict))
+        return {"id": items[i].get("id"), "result": value}
+
+    # The waits hold no thread: each is a coroutine on this event loop (the asyncio client).
+    if len(xs) == 1:  # the common case: awaited here, without a task of its own
+        try:
+            answers = [answer(0, await gateway.encode(xs[0], timeout, priority))]
+        except WKRError as exc:
+            raise _where(exc, 0, many) from None
+        return render(answers if many else answers[0], msgpack=msgpack)
     waits = [asyncio.ensure_future(gateway.encode(x, timeout, priority)) for x in xs]
     answers = []
     try:
-        for i, (item, wait) in enumerate(zip(items, waits, strict=True)):
+        for i, wait in enumerate(waits):
             try:
-                value = await wait
+                answers.append(answer(i, await wait))
             except WKRError as exc:
                 raise _where(exc, i, many) from None
-            elapsed = time.perf_counter() - started
-            metrics.latency.observe(elapsed)
-            metrics.queue_wait.observe(max(0.0, elapsed - mean_predict))
-            answers.append({"id": item.get("id"), "result": value})
     finally:  # one item failed (or the request was cancelled): withdraw the others
         for wait in waits:
             wait.cancel()
