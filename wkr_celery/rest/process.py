@@ -80,6 +80,8 @@ def serve(settings: Settings, banner: str = "wkr-serving-http") -> int:
     server = uvicorn.Server(config)
     try:
         server.run(sockets=sockets)
+    except KeyboardInterrupt:  # uvicorn stops gracefully, then raises the SIGINT it caught
+        pass
     finally:
         for sock in sockets or ():
             sock.close()
