@@ -32,11 +32,11 @@ from ..connections import redacted
 from ..errors import ConfigError, WKRError
 from ..logs import LogRouter, configure_stderr
 from ..redis_embedded import EmbeddedRedis
+from ..worker_class import class_path, load_class
 from .config import DecentralSettings, parse_remote_servers
 from .control import ControlServer
 from .http import StatusHTTPServer
 from .pool import UnitPool
-from .unit import load_worker_class
 from .worker import WKRWorker
 
 __all__ = ["WKRDecentralizeCentral", "COMMANDS"]
@@ -77,15 +77,12 @@ class WKRDecentralizeCentral:
         args: DecentralSettings | Sequence[str] | argparse.Namespace | None = None,
         **overrides: Any,
     ) -> None:
-        path, roots = _worker_path(worker)
+        path, roots = (worker, []) if isinstance(worker, str) else class_path(worker)
         settings = _settings_from(args, path).replace(worker_class=path, **overrides)
         for root in roots:
             if root not in sys.path:
                 sys.path.insert(0, root)
-        try:
-            load_worker_class(path)
-        except ImportError as exc:
-            raise ConfigError(f"cannot load worker class {path!r}: {exc}") from exc
+        load_class(path, WKRWorker)  # refused here, not in each unit
         self.settings = settings
         self.pool = UnitPool(settings.name, path, list(dict.fromkeys([os.getcwd(), *roots])))
         self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -357,18 +354,3 @@ def _settings_from(args: DecentralSettings | Sequence[str] | argparse.Namespace 
     if isinstance(args, argparse.Namespace):
         return DecentralSettings(**vars(args))
     return DecentralSettings.from_args([path, *args])
-
-
-def _worker_path(worker: type[WKRWorker] | str) -> tuple[str, list[str]]:
-    """``module.Class`` for the units to import, and directories they need on their path."""
-    if isinstance(worker, str):
-        return worker, []
-    module = worker.__module__
-    roots: list[str] = []
-    if module == "__main__":
-        main_file = getattr(sys.modules["__main__"], "__file__", None)
-        if not main_file:
-            raise ConfigError("define the WKRWorker subclass in a module file to run it")
-        module = os.path.splitext(os.path.basename(main_file))[0]
-        roots.append(os.path.dirname(os.path.abspath(main_file)))
-    return f"{module}.{worker.__qualname__}", roots

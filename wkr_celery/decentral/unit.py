@@ -13,7 +13,6 @@ from stdout so a user's ``print`` cannot be mistaken for a report: ``ready`` aft
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -25,34 +24,17 @@ from types import FrameType
 from typing import Any
 
 from ..logs import configure_stderr
+from ..worker_class import load_class
 from .config import parse_remote_servers
 from .worker import WKRWorker
 
-__all__ = ["main", "run_unit", "load_worker_class", "EventWriter",
+__all__ = ["main", "run_unit", "EventWriter",
            "EXIT_OK", "EXIT_DO_WORK", "EXIT_GET_MODEL", "EXIT_LOAD"]
 
 EXIT_OK, EXIT_DO_WORK, EXIT_GET_MODEL, EXIT_LOAD = 0, 3, 4, 5
 _CALLS_EVERY = 0.25
 
 log = logging.getLogger("wkr_celery.decentral.unit")
-
-
-def load_worker_class(path: str) -> type[WKRWorker]:
-    """Import ``module.Class`` and check it is a :class:`WKRWorker`.
-
-    The current directory is importable, as for ``wkr-serving-start``: a console script's
-    ``sys.path`` starts with its own ``bin/`` folder, not the folder it was typed in, so
-    ``cd examples && wkr-decentral-start decentralize.ProcessingModel`` needs it put there.
-    """
-    module_name, _, class_name = path.rpartition(".")
-    if not module_name:
-        raise ImportError(f"worker class {path!r} is not module.Class")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not isinstance(cls, type) or not issubclass(cls, WKRWorker):
-        raise ImportError(f"{path} is not a WKRWorker subclass")
-    return cls
 
 
 class EventWriter:
@@ -118,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_stderr()
     events = EventWriter(spec.get("events_fd"))
     try:
-        worker = load_worker_class(spec["worker_class"])()
+        worker = load_class(spec["worker_class"], WKRWorker)()
     except Exception as exc:
         log.exception("unit %s: cannot load %s", spec["unit_id"], spec["worker_class"])
         events.send("error", error=f"load: {type(exc).__name__}: {exc}")

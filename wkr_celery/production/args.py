@@ -94,16 +94,17 @@ def refuse_like_decentral_start(prog: str, argv: Sequence[str]) -> None:
     directory, where the generated script will run it.
     """
     from ..decentral.config import DecentralSettings, build_start_parser
-    from ..decentral.unit import load_worker_class
+    from ..decentral.worker import WKRWorker
+    from ..worker_class import load_class
 
     parser = build_start_parser()
     parser.prog = prog
     settings = DecentralSettings(**vars(parser.parse_args(list(argv))))
     try:
-        load_worker_class(settings.worker_class)
-    except ImportError as exc:
-        raise ConfigError(f"cannot load worker class {settings.worker_class!r}: {exc} (imported "
-                          f"from {os.getcwd()}, where the script will start it)") from exc
+        load_class(settings.worker_class, WKRWorker)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (imported from {os.getcwd()}, where the script will start "
+                          "it)") from exc
 
 
 def _service_parser(

@@ -42,14 +42,15 @@ def serving_command(
     argv: Sequence[str], *, python: str | None = None, workdir: str | None = None
 ) -> ServiceCommand:
     """``wkr-serving-start`` with ``argv``; the health check reads the same flags."""
-    from ..celery_app import load_worker_class
+    from ..server.hardworker import WKRHardWorker
+    from ..worker_class import load_class
 
     if flag_value(argv, "-name") is None:
         raise ConfigError("wkr-serving-make needs -name SERVICE: it names the pid file and the "
                           "log (logs/SERVICE.std.log) beside the script")
     settings = parse_service_flags("wkr-serving-make", argv, worker_class_optional=False)
     try:
-        load_worker_class(settings.worker_class)
+        load_class(settings.worker_class, WKRHardWorker)
     except ConfigError as exc:
         raise ConfigError(f"{exc} (imported from {os.getcwd()}, where the script will start "
                           "the service)") from exc

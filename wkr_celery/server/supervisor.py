@@ -1,8 +1,9 @@
 """``WKRServer``: starts Redis when embedded, one Celery worker process per model copy, and keeps
 them alive.
 
-Each worker is ``celery -A wkr_celery worker`` in its own process, given its settings and
-device through the environment (``CUDA_VISIBLE_DEVICES`` is set before anything is imported).
+Each worker is ``celery -A wkr_celery worker`` in its own process, given its settings, id and
+device through the environment (:class:`~.worker_slot.WorkerProcessEnv`); it pins itself to that
+device before it imports the model class (:mod:`.bootstep`).
 When one dies, the supervisor requeues what it held at once (the requests that were in predict
 count a death against them, the rest go back untouched), records why it died where clients look
 (so a client of a crash-looping service is told the worker's error), then restarts it with a
@@ -31,7 +32,6 @@ import uuid
 from typing import Any
 
 from ..broker import Broker
-from ..celery_app import import_path, load_worker_class
 from ..child_env import build_child_env
 from ..config import Settings, settings_from
 from ..connections import REDIS_ERRORS, explain, redacted
@@ -47,6 +47,7 @@ from ..processes import (
     wait_or_kill,
 )
 from ..redis_embedded import EmbeddedRedis
+from ..worker_class import class_path, load_class
 from .children import SideProcess, WatchedRedis
 from .elastic import Elastic
 from .hardworker import WKRHardWorker
@@ -76,10 +77,13 @@ class WKRServer:
         **overrides: Any,
     ) -> None:
         settings = settings_from(args).replace(**overrides)
-        if not isinstance(worker, str):
-            worker = import_path(worker)
-        self.settings = settings.replace(worker_class=worker)
-        self.worker_class = load_worker_class(worker)
+        path, roots = (worker, []) if isinstance(worker, str) else class_path(worker)
+        for root in roots:  # the folder of a script serving its own class, here and in workers
+            if root not in sys.path:
+                sys.path.insert(0, root)
+        self._import_first = list(dict.fromkeys([os.getcwd(), *roots]))
+        self.settings = settings.replace(worker_class=path)
+        self.worker_class = load_class(path, WKRHardWorker)
         self.keys = ServiceKeys(self.settings.name)
         self.workers = [
             WorkerProcess(index=i, device_id=self.settings.device_for(i))
@@ -161,14 +165,8 @@ class WKRServer:
 
     def _spawn(self, slot: WorkerProcess) -> None:
         s = self.settings
-        files = slot.prepare(f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}", self._run_dir)
-        env = build_child_env(import_first=[os.getcwd()], settings=s, extra={
-            **files,  # TMPDIR among them: what a killed worker leaves is removed
-            "WKR_WORKER_ID": slot.worker_id,
-            "WKR_WORKER_INDEX": str(slot.index),
-            "WKR_DEVICE_ID": str(slot.device_id),
-            "CUDA_VISIBLE_DEVICES": "" if slot.device_id < 0 else str(slot.device_id),
-        })
+        told = slot.prepare(f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}", self._run_dir)
+        env = build_child_env(import_first=self._import_first, settings=s, extra=told)
         for variable in _THREAD_POOL_VARIABLES:
             # One math thread per worker unless the user says otherwise: several workers (plus
             # Redis and clients) each spinning a core-sized BLAS pool oversubscribe the CPU.

@@ -1,5 +1,6 @@
-"""``WorkerProcess``: one worker slot of the supervisor and the files it shares with the worker
-process filling it, all under the supervisor's run directory:
+"""``WorkerProcess``: one worker slot of the supervisor, and what it tells the worker process
+filling it (:class:`WorkerProcessEnv`: its id, index, device and the paths of the files they
+share, all under the supervisor's run directory):
 
 - ``<worker id>.running``: the ids of the requests in ``predict`` (the worker rewrites it per
   batch), so a death is counted against those only;
@@ -13,9 +14,45 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "WorkerProcessEnv"]
+
+
+@dataclass(frozen=True)
+class WorkerProcessEnv:
+    """What the supervisor tells one worker process through its environment: written by
+    :meth:`WorkerProcess.prepare`, read back in the worker by :meth:`from_environ` (the one
+    reader of these variables; :data:`wkr_celery.config.RUNTIME_ENV` keeps them out of the
+    settings). A worker started some other way (``celery -A wkr_celery worker``) has none of
+    them: its id is made from its host and pid, and ``device_id`` is None (the settings'
+    ``-device_map`` decides)."""
+
+    worker_id: str = ""
+    index: int = 0
+    device_id: int | None = None
+    running_file: str = ""
+    failure_file: str = ""
+
+    def to_env(self) -> dict[str, str]:
+        env = {"WKR_WORKER_ID": self.worker_id, "WKR_WORKER_INDEX": str(self.index),
+               "WKR_RUNNING_FILE": self.running_file, "WKR_FAILURE_FILE": self.failure_file}
+        if self.device_id is not None:
+            env["WKR_DEVICE_ID"] = str(self.device_id)
+        return env
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> WorkerProcessEnv:
+        env = os.environ if environ is None else environ
+        device = env.get("WKR_DEVICE_ID")
+        return cls(
+            worker_id=env.get("WKR_WORKER_ID", ""),
+            index=int(env.get("WKR_WORKER_INDEX", "0")),
+            device_id=None if device is None else int(device),
+            running_file=env.get("WKR_RUNNING_FILE", ""),
+            failure_file=env.get("WKR_FAILURE_FILE", ""),
+        )
 
 
 @dataclass
@@ -41,14 +78,16 @@ class WorkerProcess:
         return self.process.pid if self.process else None
 
     def prepare(self, worker_id: str, run_dir: str) -> dict[str, str]:
-        """Name a new process's files; returns the environment that tells it where they are."""
+        """Name a new process and its files; returns the environment that tells it who it is,
+        its device and where its files are (``TMPDIR`` among them: what it leaves is removed)."""
         self.worker_id = worker_id
         self.running_file = os.path.join(run_dir, f"{worker_id}.running")
         self.failure_file = os.path.join(run_dir, f"{worker_id}.failed")
         self.tmp_dir = os.path.join(run_dir, worker_id)
         os.makedirs(self.tmp_dir, exist_ok=True)
-        return {"WKR_RUNNING_FILE": self.running_file, "WKR_FAILURE_FILE": self.failure_file,
-                "TMPDIR": self.tmp_dir}
+        told = WorkerProcessEnv(worker_id, self.index, self.device_id, self.running_file,
+                                self.failure_file)
+        return {**told.to_env(), "TMPDIR": self.tmp_dir}
 
     def in_predict(self) -> list[int]:
         """Inflight ids of the requests that were in ``predict`` when the process died."""

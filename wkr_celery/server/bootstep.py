@@ -1,0 +1,99 @@
+"""Where a worker process starts serving: :class:`ServingStep`, a bootstep of its Celery worker.
+
+The supervisor runs ``celery -A wkr_celery worker`` per worker process; the app
+(:func:`wkr_celery.celery_app.make_app`) names this step, so Celery's worker starts it beside its
+own consumer (which answers ``celery inspect`` and Flower), and the step runs the batching loop
+(:class:`~wkr_celery.server.serving.ServingLoop`) on the service's queue.
+
+Starting, in order: read what the supervisor said (:class:`WorkerProcessEnv`), pin the process
+to its device (:func:`~wkr_celery.server.helper.pin_device`, before the model class is imported,
+so no framework sees another GPU), load the model class, then start the loop. A worker that
+cannot start leaves its reason in its failure file, where the supervisor reads it for clients.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from celery import bootsteps
+
+from ..config import Settings
+from ..errors import ConfigError
+from ..worker_class import load_class
+from .hardworker import WKRHardWorker
+from .helper import pin_device
+from .serving import ServingLoop
+from .task_events import TaskEvents
+from .worker_slot import WorkerProcessEnv
+
+__all__ = ["ServingStep", "device_of", "start_serving"]
+
+#: The exit code of a worker whose model failed to load: its supervisor restarts it.
+EXIT_LOAD_FAILED = 3
+
+
+class ServingStep(bootsteps.StartStopStep):
+    """Runs the batching loop inside a Celery worker; stops it gracefully on warm shutdown."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.loop: ServingLoop | None = None
+
+    def start(self, worker: Any) -> None:
+        settings: Settings = worker.app.wkr_settings
+        told = WorkerProcessEnv.from_environ()
+        loop = self.loop = start_serving(settings, told)
+        if settings.task_events:  # Flower's task list; off by default (costs a publish a batch)
+            loop.listeners.append(TaskEvents(worker.app, worker.hostname))
+        loop.start()
+        loop.ready.wait()
+        if loop.failed is not None:
+            # Exit non-zero so the supervisor restarts us; the traceback is already logged.
+            _report_failure(loop.failed, told.failure_file)
+            os._exit(EXIT_LOAD_FAILED)
+
+    def stop(self, worker: Any) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+            self.loop = None
+
+    def shutdown(self, worker: Any) -> None:
+        self.stop(worker)
+
+
+def start_serving(settings: Settings, told: WorkerProcessEnv) -> ServingLoop:
+    """Pin the device, load the model class and build (not start) this process's loop."""
+    if not settings.worker_class:
+        raise ConfigError(
+            "set WKR_WORKER_CLASS=module.Class (wkr-serving-start does) to serve a model")
+    device_id = device_of(settings, told)
+    if told.device_id is not None or "CUDA_VISIBLE_DEVICES" not in os.environ:
+        pin_device(device_id)  # a mask the user exported for a lone worker is theirs to keep
+    try:
+        cls = load_class(settings.worker_class, WKRHardWorker)
+    except ConfigError as exc:
+        _report_failure(exc, told.failure_file)
+        raise
+    worker_id = told.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    return ServingLoop(settings, cls(name=settings.name), worker_id=worker_id,
+                       device_id=device_id, running_file=told.running_file or None)
+
+
+def device_of(settings: Settings, told: WorkerProcessEnv) -> int:
+    """The device the supervisor gave this process, else its index's in ``-device_map``."""
+    return told.device_id if told.device_id is not None else settings.device_for(told.index)
+
+
+def _report_failure(exc: BaseException, path: str) -> None:
+    """Leave why this worker cannot start where its supervisor reads it, so clients of a
+    crash-looping service are told the error, not "no service"."""
+    if path:
+        try:
+            with open(path, "w") as handle:
+                handle.write(f"{type(exc).__name__}: {exc}"[:2000])
+        except OSError:
+            pass
