@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from ..errors import DecodeError, WKRError, remote_error
 from ..messages import failure_parts
-from .auth import require_key
+from .auth import HEADER, require_key
 from .encoding import body_is_msgpack, parse_body, read_body, render, wants_msgpack
 from .gateway import Gateway
 from .problems import ApiError, internal_error, status_for
@@ -87,9 +89,29 @@ def _refresh(gateway: Gateway) -> None:
     gateway.info()
 
 
-@router.post("/encode", summary="Predict one input or a list, and wait for the results",
-             response_model=EncodeResult | list[EncodeResult], responses=_ERRORS,
-             openapi_extra=body_schema(EncodeItem))
+class _LeanRoute(APIRoute):
+    """A route whose requests without a query string skip FastAPI's dependency solver: the
+    key check is called as it is and the endpoint gets its query parameters' defaults. A
+    request with a query string takes the full path (validation, its error text). Used on
+    ``POST /encode``, where the solver was 7 % of the API process's time."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        full = super().get_route_handler()
+        if [d.call for d in self.dependant.dependencies] != [require_key]:
+            return full  # a dependency this class does not know: never skip it
+        defaults = {q.name: q.default for q in self.dependant.query_params}
+        endpoint = self.endpoint
+
+        async def lean(request: Request) -> Response:
+            if request.scope.get("query_string"):
+                return await full(request)
+            await require_key(request, request.headers.get(HEADER.model.name))
+            response: Response = await endpoint(request, **defaults)
+            return response
+
+        return lean
+
+
 async def encode(request: Request, timeout: float = _TIMEOUT,
                  priority: Priority = _PRIORITY) -> Response:
     gateway: Gateway = request.app.state.gateway
@@ -143,6 +165,12 @@ async def encode(request: Request, timeout: float = _TIMEOUT,
             wait.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
     return render(answers if many else answers[0], msgpack=msgpack)
+
+
+router.add_api_route("/encode", encode, methods=["POST"], route_class_override=_LeanRoute,
+                     summary="Predict one input or a list, and wait for the results",
+                     response_model=EncodeResult | list[EncodeResult], responses=_ERRORS,
+                     openapi_extra=body_schema(EncodeItem))
 
 
 @router.post("/tasks", status_code=202, summary="Queue one input or a list; do not wait",
