@@ -11,7 +11,7 @@ from typing import Any
 from .systems import LABELS
 
 _MEDIAN_KEYS = ("p50_ms", "p90_ms", "p99_ms", "throughput", "mean_batch", "gpu_busy_mean",
-                "elapsed_s", "of_physical_limit")
+                "elapsed_s", "of_physical_limit", "predict_ms")
 
 
 def aggregate(reps: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
@@ -231,4 +231,12 @@ if __name__ == "__main__":
     import json
     import sys
 
-    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+    from .summary import markdown_clients, markdown_http
+    from .targets import markdown_targets
+
+    loaded = json.loads(Path(sys.argv[1]).read_text())
+    print(markdown(loaded))
+    for title, lines in (("Many clients", markdown_clients(loaded.get("clients", {}))),
+                         ("HTTP (wrk)", markdown_http(loaded.get("http", {}))),
+                         ("Issue 14 targets", markdown_targets(loaded.get("targets", [])))):
+        print(f"**{title}**\n\n" + "\n".join(lines) + "\n")

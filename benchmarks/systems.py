@@ -23,9 +23,9 @@ from .model import read_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-SYSTEMS = ("wkr", "celery", "batches", "naive")
+SYSTEMS = ("wkr", "celery", "batches", "naive", "coalesce")
 LABELS = {"wkr": "wkr-celery", "celery": "celery", "batches": "celery-batches",
-          "naive": "naive-redis"}
+          "naive": "naive-redis", "coalesce": "coalescing-redis"}
 
 
 class Client(Protocol):
@@ -40,7 +40,8 @@ class System:
     key = ""
 
     def __init__(self, workload: str, workers: int, batch_size: int, url: str,
-                 run_dir: Path) -> None:
+                 run_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args  # more flags for the service (wkr: -http_port ...)
         self.workload = workload
         self.workers = workers
         self.batch_size = batch_size
@@ -128,6 +129,7 @@ class WKRSystem(System):
         self.name = f"bench{uuid.uuid4().hex[:6]}"
         model_dir = os.environ.get(MODEL_DIR_ENV, "") if self.workload == "torch" else ""
         self.spawn([sys.executable, "-m", "wkr_celery.server.cli", WORKER_CLASSES[self.workload],
+                    *self.extra_args,
                     "-name", self.name, "-protocol", "npy", "-batch_size", str(self.batch_size),
                     "-num_worker", str(self.workers), "-broker_url", self.url,
                     "-result_url", self.url, "-log_dir", str(self.run_dir),
@@ -148,10 +150,11 @@ class WKRSystem(System):
             broker.client.close()
 
     def client(self) -> Client:
-        from wkr_celery.client import WKRClient
+        return client_for(self.key, self.url, self.name)
 
-        return _WKRClient(WKRClient(name=self.name, broker_url=self.url, result_url=self.url,
-                                    connect_timeout=30))
+    def service_pid(self) -> int:
+        """The supervisor's pid (``wkr-serving-start`` itself, parent of the workers)."""
+        return self.procs[0].pid
 
 
 class _WKRClient:
@@ -228,18 +231,41 @@ class NaiveSystem(System):
 
     def start(self, timeout: float) -> None:
         for i in range(self.workers):
-            self.spawn([sys.executable, "-m", "benchmarks.naive", self.url, self.workload],
-                       f"naive-{i}.log")
+            self.spawn([sys.executable, "-m", "benchmarks.naive", self.url, self.workload,
+                        str(self.batch_size)], f"naive-{i}.log")
         self.wait_ready_files(timeout)
 
     def client(self) -> Client:
-        from .naive import NaiveClient
+        return client_for(self.key, self.url)
 
-        return NaiveClient(self.url)
+
+class CoalescingSystem(NaiveSystem):
+    """The naive loop's workers; the client gathers its submits into one LPUSH per pump."""
+
+    key = "coalesce"
+
+    def client(self) -> Client:
+        return client_for(self.key, self.url)
 
 
 CLASSES: dict[str, type[System]] = {"wkr": WKRSystem, "celery": CelerySystem,
-                                    "batches": BatchesSystem, "naive": NaiveSystem}
+                                    "batches": BatchesSystem, "naive": NaiveSystem,
+                                    "coalesce": CoalescingSystem}
+
+
+def client_for(key: str, url: str, service: str = "") -> Client:
+    """A client of system ``key`` on Redis ``url``; any process can make one (the many-clients
+    scenario does, in each client process). ``service``: wkr-celery's service name."""
+    if key == "wkr":
+        from wkr_celery.client import WKRClient
+
+        return _WKRClient(WKRClient(name=service, broker_url=url, result_url=url,
+                                    connect_timeout=30))
+    if key in ("naive", "coalesce"):
+        from .naive import CoalescingClient, NaiveClient
+
+        return CoalescingClient(url) if key == "coalesce" else NaiveClient(url)
+    raise ValueError(f"no standalone client for system {key!r}; choose wkr, naive or coalesce")
 
 
 def free_port() -> int:

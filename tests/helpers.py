@@ -17,6 +17,7 @@ import redis
 
 from wkr_celery.broker import Broker
 from wkr_celery.client import WKRClient
+from wkr_celery.connections import redis_url, with_local_password
 from wkr_celery.keys import ServiceKeys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def local_redis(port: int, **options: Any) -> redis.Redis:
+    """A client of the Redis on 127.0.0.1:``port`` with the password a service of this user
+    started it with, found as every client finds it (``connections.with_local_password``):
+    how tests reach a service's embedded Redis."""
+    return redis.Redis.from_url(with_local_password(redis_url(None, port=port)), **options)
+
+
+def nothing_listens(port: int) -> bool:
+    """True when no process accepts TCP connections on 127.0.0.1:``port``: a stopped Redis,
+    whatever its password."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from .helpers import ROOT
 
-SYSTEMS = ("wkr", "celery", "batches", "naive")
+SYSTEMS = ("wkr", "celery", "batches", "naive", "coalesce")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--workloads", "tiny",
          "--systems", ",".join(SYSTEMS), "--requests", "200", "--latency-requests", "30",
-         "--inflight", "64", "--sweep", "1,16", "--sweep-seconds", "0.3", "--out", str(out)],
+         "--inflight", "64", "--sweep", "1,16", "--sweep-seconds", "0.3", "--out", str(out),
+         "--scenarios", "systems"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
     return proc, out
 
@@ -45,7 +47,7 @@ def test_quick_benchmark_exits_zero_and_prints_the_table(quick_run: Any) -> None
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ray not installed, skipped" in proc.stdout or "ray is installed" in proc.stdout
     assert "wkr-celery advantage" in proc.stdout
-    for label in ("wkr-celery", "celery-batches", "naive-redis"):
+    for label in ("wkr-celery", "celery-batches", "naive-redis", "coalescing-redis"):
         assert label in proc.stdout
 
 
@@ -72,7 +74,7 @@ def test_every_system_has_every_figure_and_no_wrong_answer(quick_run: Any) -> No
 def test_ratios_compare_wkr_celery_with_each_peer(quick_run: Any) -> None:
     _, out = quick_run
     ratios = json.loads((out / "results.json").read_text())["ratios"]["tiny"]
-    assert sorted(ratios) == ["batches", "celery", "naive"]
+    assert sorted(ratios) == ["batches", "celery", "coalesce", "naive"]
     for peer, figures in ratios.items():
         assert all(_finite(v) and v > 0 for v in figures.values()), (peer, figures)
 
@@ -104,3 +106,80 @@ def test_the_answer_check_counts_wrong_misshapen_and_nan_answers() -> None:
     checker.add(pool.expected[5][:64], 5)
     checker.add(pool.expected[6] * float("nan"), 6)
     assert checker.flush() == 3
+
+
+def _bench(out: Path, *argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out),
+                           *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def clients_and_http_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[
+        subprocess.CompletedProcess[str], dict[str, Any]]:
+    """The many-clients and HTTP scenarios with tiny counts: 2 clients x 100 requests, wrk
+    for 1 s per point."""
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed: apt-get install -y wrk (.ci/run does)")
+    out = tmp_path_factory.mktemp("bench-clients-http")
+    proc = _bench(out, "--scenarios", "clients,http", "--systems", "wkr", "--clients", "2",
+                  "--clients-workers", "1", "--clients-requests", "100", "--inflight", "16",
+                  "--http-seconds", "1", "--http-connections", "4,1", timeout=150)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads((out / "results.json").read_text())
+
+
+def test_many_clients_report_capacity_and_cpu_per_request_per_process_kind(
+        clients_and_http_run: Any) -> None:
+    proc, result = clients_and_http_run
+    record = result["clients"]["wkr/1"]
+    assert record["ok"], record["error"]
+    assert record["answered"] == 200 and record["wrong"] == record["missing"] == 0
+    assert _finite(record["capacity"]) and record["capacity"] > 0
+    cpu = record["cpu_us_per_request"]
+    assert sorted(cpu) == ["client", "redis", "supervisor", "worker"]
+    assert all(_finite(v) and v >= 0 for v in cpu.values()), cpu
+    assert cpu["client"] + cpu["worker"] > 0, cpu  # 200 requests cost the processes something
+    assert "many clients: tiny, 2 client processes x 16 in flight" in proc.stdout
+
+
+def test_http_scenario_measures_every_endpoint_with_wrk(clients_and_http_run: Any) -> None:
+    proc, result = clients_and_http_run
+    one = result["http"]["1"]
+    assert one["ok"], one["error"]
+    assert sorted(one["points"]) == sorted(f"{e}@{c}" for e in ("healthz", "msgpack", "json")
+                                           for c in (4, 1))
+    for name, point in one["points"].items():
+        assert point["non_2xx"] == 0 and point["requests"] > 0, (name, point)
+        assert _finite(point["rps"]) and _finite(point["p50_ms"]), (name, point)
+    if result["http_note"]:  # no -http_workers on this service: said, and only one measured
+        assert "-http_workers" in result["http_note"] and sorted(result["http"]) == ["1"]
+    else:
+        assert result["http"]["2"]["ok"], result["http"]["2"]["error"]
+
+
+def test_every_issue_14_target_is_printed_as_pass_miss_or_not_measured(
+        clients_and_http_run: Any) -> None:
+    proc, result = clients_and_http_run
+    by_name = {row["target"]: row for row in result["targets"]}
+    assert {row["status"] for row in result["targets"]} <= {"PASS", "MISS", "not measured"}
+    http_ratio = by_name["HTTP, 64 connections: /encode JSON / msgpack req/s"]
+    assert http_ratio["status"] == "not measured"  # this run had no 64-connection point
+    cpu = by_name["2 clients x 16, 1 worker(s): worker CPU us per request"]
+    assert cpu["status"] in ("PASS", "MISS") and _finite(cpu["value"])
+    assert by_name["tiny, 256 in flight: inputs/s wkr-celery / coalescing loop"][
+        "status"] == "not measured"
+    for row in result["targets"]:
+        assert f"{row['status']:12s} {row['target']}:" in proc.stdout
+
+
+def test_a_missing_wrk_skips_only_the_http_scenario_and_says_so(tmp_path: Path) -> None:
+    proc = _bench(tmp_path, "--scenarios", "systems,http", "--systems", "naive",
+                  "--workloads", "tiny", "--requests", "50", "--latency-requests", "5",
+                  "--sweep", "1", "--sweep-seconds", "0.2", "--wrk", str(tmp_path / "no-wrk"),
+                  timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "wrk not found" in proc.stdout and "apt-get install -y wrk" in proc.stdout
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["http"] == {} and result["runs"]["tiny"]["naive"]["ok"]

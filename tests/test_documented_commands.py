@@ -67,6 +67,9 @@ COMPAT_DECENTRAL = RunBy(
 ELASTIC = RunBy(f"{HERE}::test_the_elastic_command_serves_and_reports_its_worker_range")
 BENCH_HELP = RunBy(f"{HERE}::test_the_benchmark_help_runs_as_written")
 QUICK_BENCH = "tests/test_benchmark.py::test_quick_benchmark_exits_zero_and_prints_the_table"
+CLIENTS_HTTP_BENCH = ("tests/test_benchmark.py::"
+                      "test_many_clients_report_capacity_and_cpu_per_request_per_process_kind and "
+                      "test_http_scenario_measures_every_endpoint_with_wrk (tiny counts)")
 FRAMEWORKS_TORCH = RunBy("tests/test_frameworks.py::"
                          "test_the_documented_torch_service_answers_as_torch_run_directly")
 FRAMEWORKS_ONNX = RunBy("tests/test_frameworks.py::"
@@ -89,10 +92,10 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
         ".ci/run runs it as written (a fresh venv, Ctrl+C through a pseudo-terminal) before the "
         "suite; tests/test_examples.py::test_every_python_block_in_the_readme_runs serves its "
         "wkr-serving-start command and runs the README's client on it"),
-    "apt-get install -y chromium redis-server iproute2": CannotRun(
-        "installs Debian packages as root", "tests/test_dashboard.py and tests/faults/test_tls.py "
-        "fail, never skip, without them, as tests/faults/test_many_hosts.py does as root; "
-        ".ci/run installs them"),
+    "apt-get install -y chromium redis-server iproute2 wrk": CannotRun(
+        "installs Debian packages as root", "tests/test_dashboard.py, tests/faults/test_tls.py "
+        "and tests/test_benchmark.py's HTTP scenario fail, never skip, without them, as "
+        "tests/faults/test_many_hosts.py does as root; .ci/run installs them"),
     "pip install '.[test,frameworks]' && python -m pytest": CannotRun(
         "runs the whole suite, this test included", "the suite itself"),
     "cd examples && wkr-serving-start server.Worker -model_dir /path/to/model -model_name "
@@ -164,6 +167,15 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     "python -m benchmarks --requests 100000 --systems wkr --workloads tiny": CannotRun(
         "100,000 requests", QUICK_BENCH),
     "python -m benchmarks --help": BENCH_HELP,
+    "apt-get install -y wrk": CannotRun(
+        "installs a Debian package as root", ".ci/run installs wrk; "
+        "tests/test_benchmark.py's HTTP scenario test fails, never skips, without it"),
+    "python -m benchmarks --systems wkr,naive,coalesce --repeat 3": CannotRun(
+        "three runs of every scenario, about 15 minutes of every core", CLIENTS_HTTP_BENCH),
+    "python -m benchmarks --scenarios clients": CannotRun(
+        "a minute or two of every core", CLIENTS_HTTP_BENCH),
+    "python -m benchmarks --scenarios http --http-seconds 10": CannotRun(
+        "a minute of every core under wrk", CLIENTS_HTTP_BENCH),
     # docs/performance.md, Real frameworks (also in the README)
     "pip install '.[frameworks]'": CannotRun(
         "installs torch, onnxruntime and onnx from the package index",

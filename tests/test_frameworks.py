@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 
 from wkr_celery import ConfigError
 from wkr_celery.broker import Broker
@@ -27,7 +26,7 @@ from wkr_celery.codec import loads
 from wkr_celery.keys import ServiceKeys
 
 from .doc_commands import Command, Session, Substitutions, make_project
-from .helpers import ROOT, wait_until
+from .helpers import ROOT, local_redis, wait_until
 from .scripts import user_env
 from .test_documented_commands import FRAMEWORKS_ONNX, FRAMEWORKS_TORCH, client_when_serving
 from .test_documented_commands import commands_run_by as _commands_run_by
@@ -106,7 +105,7 @@ def _served(session: Session, command: Command, workers: int, loaded: str) -> np
 
 def _statistics(session: Session, workers: int, *keys: str) -> list[dict[str, Any]]:
     """The ``record_statistic`` figures of each live worker, once all of them report ``keys``."""
-    client = redis.Redis(host="127.0.0.1", port=session.subs.port("8996"))
+    client = local_redis(session.subs.port("8996"))
     broker = Broker(client, ServiceKeys("default"))
 
     def reported() -> list[dict[str, Any]] | None:

@@ -42,7 +42,8 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
         "", ".broker", ".client", ".client.client", ".client.discovery", ".client.doubt",
         ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".clock",
         ".codec",
-        ".connections", ".errors", ".inputs", ".keys", ".messages", ".scripts", ".version"))
+        ".connections", ".errors", ".inputs", ".keys", ".messages", ".processes",
+        ".redis_passwords", ".scripts", ".version"))
 
 
 def test_seed_import_paths() -> None:

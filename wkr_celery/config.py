@@ -23,6 +23,7 @@ from .connections import (
     check_url,
     connect,
     redis_url,
+    with_local_password,
     with_tls_defaults,
     without_credentials,
 )
@@ -126,6 +127,9 @@ class Settings:
     allow_pickle: bool = _opt(False, "accept pickle payloads (unsafe: runs code from the wire)")
     redis_persist: str = _opt("auto", "embedded Redis AOF: on, off, auto (on with -data_dir)")
     data_dir: str = _opt("", "data directory of the embedded Redis")
+    redis_password: str = _opt(
+        "", "password of the embedded Redis; default: a random one kept in the data directory "
+        "(wkr-redis.password, 0600), which local clients of this user find by its address")
     task_events: bool = _opt(False, "send Celery task events (Flower's task list) per batch")
 
     def __post_init__(self) -> None:
@@ -166,13 +170,18 @@ class Settings:
 
     @property
     def broker(self) -> str:
-        """The broker URL: the given one, or the embedded Redis on ``port_in``."""
-        return redis_url(with_tls_defaults(self.broker_url), port=self.port_in)
+        """The broker URL: the given one, or the embedded Redis on ``port_in`` with its
+        password (``redis_password``, else the one its owner recorded for this user)."""
+        embedded = "" if self.broker_url else self.redis_password
+        return with_local_password(
+            redis_url(with_tls_defaults(self.broker_url), port=self.port_in), embedded)
 
     @property
     def backend(self) -> str:
         """The result URL: the given one; else the given broker; else embedded on ``port_out``."""
-        return redis_url(with_tls_defaults(self.result_url or self.broker_url), port=self.port_out)
+        given = self.result_url or self.broker_url
+        return with_local_password(redis_url(with_tls_defaults(given), port=self.port_out),
+                                   "" if given else self.redis_password)
 
     def connect_broker(self, **options: Any) -> redis.Redis:
         """A client of the broker Redis (``connections.connect`` options), Sentinel-aware."""

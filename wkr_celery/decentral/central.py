@@ -31,7 +31,7 @@ from ..clock import wall_time
 from ..connections import redacted
 from ..errors import ConfigError, WKRError
 from ..logs import LogRouter, configure_stderr
-from ..redis_embedded import EmbeddedRedis
+from ..redis_embedded import EmbeddedRedis, embedded_password
 from ..worker_class import class_path, load_class
 from .config import DecentralSettings, parse_remote_servers
 from .control import ControlServer
@@ -109,8 +109,9 @@ class WKRDecentralizeCentral:
         elif not logging.getLogger().handlers:
             configure_stderr()
         if not s.broker_url:
+            password = embedded_password(None)  # found by the units through the index
             for port in dict.fromkeys([s.port, s.port_out]):
-                server = EmbeddedRedis(port).start()
+                server = EmbeddedRedis(port, password=password).start()
                 self.redis_servers.append(server)
                 log.info("%s Redis on 127.0.0.1:%d", "started" if server.owned else "reusing",
                          port)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..broker import Broker
 from ..codec import loads
 from ..config import Settings
-from ..connections import REDIS_ERRORS, redacted
+from ..connections import REDIS_ERRORS, redacted, without_credentials
 from ..errors import ConfigError
 from ..keys import ServiceKeys
 from . import procs
@@ -108,7 +108,7 @@ def _workers_by_environment(settings: Settings) -> Iterator[tuple[int, str]]:
             broker = Settings.from_env(env).broker
         except ConfigError:
             continue
-        if broker == settings.broker:
+        if without_credentials(broker) == without_credentials(settings.broker):
             yield pid, env["WKR_WORKER_ID"]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from ..config import Settings
+from ..connections import redacted
 from ..errors import WKRError
 from .supervisor import WKRServer
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.stop(graceful=False)
         return 1
     print(f"wkr-serving-start: service {settings.name!r} starting {settings.num_worker} "
-          f"worker(s); broker {settings.broker}; Ctrl+C stops", file=sys.stderr, flush=True)
+          f"worker(s); broker {redacted(settings.broker)}; Ctrl+C stops", file=sys.stderr, flush=True)
     server.serve_forever()
     return 0
 

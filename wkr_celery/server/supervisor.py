@@ -46,7 +46,7 @@ from ..processes import (
     send,
     wait_or_kill,
 )
-from ..redis_embedded import EmbeddedRedis
+from ..redis_embedded import EmbeddedRedis, embedded_password
 from ..worker_class import class_path, load_class
 from .children import SideProcess, WatchedRedis
 from .elastic import Elastic
@@ -135,9 +135,13 @@ class WKRServer:
         if s.broker_url:
             return
         persist = self._persist()
+        password = embedded_password(s.data_dir or None, s.redis_password)
+        # Settings.broker/backend carry it from here on: Celery, the workers, REST and Flower.
+        self.settings = s = s.replace(redis_password=password)
         ports = [s.port_in] if s.port_out == s.port_in or s.result_url else [s.port_in, s.port_out]
         for port in ports:
-            server = EmbeddedRedis(port, data_dir=s.data_dir or None, persist=persist).start()
+            server = EmbeddedRedis(port, data_dir=s.data_dir or None, persist=persist,
+                                   password=password).start()
             self.redis_servers.append(server)
             self._redis_watch.append(WatchedRedis(server))
             log.info("started Redis on 127.0.0.1:%d, pid %s%s", port, server.pid,
