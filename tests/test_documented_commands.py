@@ -252,6 +252,13 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     "-scale_down_after 30 -http_port 8900": ELASTIC,
     # docs/rest.md
     "wkr-serving-http -name echo -port_in 8996 -http_port 8901": REST,
+    "wkr-serving-http -name echo -port_in 8996 -http_port 8901 -http_workers 4": REST,
+    "wrk -t2 -c64 -d10s http://127.0.0.1:8900/healthz": CannotRun(
+        "a load generator (Debian's wrk) measuring speed; the suite asserts no speed",
+        "tests/faults/test_http_workers.py runs -http_workers and checks every process serves"),
+    "wrk -t2 -c64 -d10s -s post.lua http://127.0.0.1:8900/encode": CannotRun(
+        "a load generator (Debian's wrk) measuring speed; the suite asserts no speed",
+        "tests/test_rest.py answers POST /encode in JSON and msgpack"),
     "wkr-serving-http -name echo -broker_url redis://10.0.0.5:6379/0 -http_port 8901 "
     "-http_api_key s3cret": REST,
     "curl -s 'localhost:8900/encode?timeout=5&priority=high' -H 'Content-Type: "

@@ -92,6 +92,8 @@ class Settings:
     http_max_body: int = _opt(5 * 1024 * 1024, "largest REST request body in bytes")
     http_read_timeout: float = _opt(
         30.0, "seconds a REST client may take to send a request's head, and again its body")
+    http_workers: int = _opt(
+        1, "REST API processes serving -http_port together (SO_REUSEPORT), each watched")
     flower_port: int = _opt(0, "also start Flower on this port; 0 = none")
     flower_basic_auth: str = _opt("", "user:pass for Flower")
     num_worker: int = _opt(1, "number of worker processes, each holding one model")
@@ -137,7 +139,7 @@ class Settings:
         object.__setattr__(self, "protocol", protocol)
         object.__setattr__(self, "device_map", parse_device_map(self.device_map))
         for name in ("num_worker", "batch_size", "prefetch", "max_attempts", "max_payload",
-                     "max_result"):
+                     "max_result", "http_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_queue", "max_batch_cost", "http_port", "flower_port", "port_in", "port_out"):

@@ -1,22 +1,43 @@
-"""Processes that run beside the workers: the REST API (``-http_port``) and Flower
-(``-flower_port``), each a child of ``wkr-serving-start`` with the settings in ``WKR_*``."""
+"""Processes that run beside the workers: the REST API (``-http_port``, ``-http_workers``
+processes) and Flower (``-flower_port``), each a child of ``wkr-serving-start`` (or of
+``wkr-serving-http``'s pool) with the settings in ``WKR_*``."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..child_env import build_child_env
 from ..config import Settings
+from ..processes import die_with_parent
 
-__all__ = ["rest_command", "flower_command", "child_env"]
+if TYPE_CHECKING:
+    from ..server.children import SideProcess
+
+__all__ = ["rest_command", "rest_processes", "flower_command", "child_env", "start"]
 
 
 def rest_command(settings: Settings) -> list[str]:
-    """``python -m wkr_celery.rest.cli``: it reads everything else from the environment."""
-    return [sys.executable, "-m", "wkr_celery.rest.cli"]
+    """``python -m wkr_celery.rest.process``: one API process; it reads everything else from
+    the environment."""
+    return [sys.executable, "-m", "wkr_celery.rest.process"]
+
+
+def rest_processes(settings: Settings, *, piped: bool) -> list[SideProcess]:
+    """The ``-http_workers`` API processes of ``-http_port``, not yet started: ``REST API``
+    alone, or ``REST API 1`` … ``REST API N``, each watched and restarted on its own."""
+    from ..server.children import SideProcess
+
+    url = f"http://{settings.http_host}:{settings.http_port}"
+    launch = functools.partial(start, rest_command(settings), settings, piped=piped,
+                               preexec_fn=die_with_parent)
+    count = settings.http_workers
+    return [SideProcess("REST API" if count == 1 else f"REST API {i}", url, launch)
+            for i in range(1, count + 1)]
 
 
 def flower_command(settings: Settings) -> list[str]:

@@ -178,6 +178,13 @@ class Gateway:
         """The client behind ``POST /encode``, if one has been built yet."""
         return self._client
 
+    def cached(self) -> bool:
+        """Whether :meth:`prepare_client` and :meth:`as_input` would answer from memory now,
+        touching no socket: the event loop may then call them itself instead of a thread."""
+        now = time.monotonic()
+        return (self._client is not None and bool(self._live[1]) and bool(self._info[1])
+                and now - self._live[0] <= _LIVE_TTL and now - self._info[0] <= _LIVE_TTL)
+
     def prepare_client(self) -> None:
         """Build the waiting client (no I/O of its own) once a worker is alive; blocks."""
         self.require_worker()

@@ -89,6 +89,7 @@ class ServerStatus(_Open):
 
 
 class ClientStatus(_Open):
+    pid: int = Field(..., description="this API process (one of -http_workers)")
     client_id: str | None
     service: str
     broker: str

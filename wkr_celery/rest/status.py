@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from typing import Any
 
@@ -79,7 +80,8 @@ async def client_status(request: Request) -> Response:
                 key = f"{sample.labels['route']} {sample.labels['outcome']}"
                 counts[key] = sample.value
     return render({
-        "client_id": client.client_id if client else None, "service": settings.name,
+        "pid": os.getpid(), "client_id": client.client_id if client else None,
+        "service": settings.name,
         "broker": redacted(settings.broker), "results": redacted(settings.backend),
         "pending": client.pending if client else 0, "tasks_revocable": len(gateway.registry),
         "api_key_required": bool(settings.http_api_key), "max_body": settings.http_max_body,

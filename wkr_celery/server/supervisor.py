@@ -160,16 +160,13 @@ class WKRServer:
         from ..rest import extras
 
         s = self.settings
-        wanted = []
-        if s.http_port:
-            wanted.append(("REST API", extras.rest_command(s), f"http://{s.http_host}:{s.http_port}"))
-        if s.flower_port:
-            wanted.append(("Flower", extras.flower_command(s), f"http://127.0.0.1:{s.flower_port}"))
         piped = self.router is not None
-        for what, command, url in wanted:
-            launch = functools.partial(extras.start, command, s, piped=piped,
+        sides = extras.rest_processes(s, piped=piped) if s.http_port else []
+        if s.flower_port:
+            launch = functools.partial(extras.start, extras.flower_command(s), s, piped=piped,
                                        preexec_fn=die_with_parent)
-            side = SideProcess(what, url, launch)
+            sides.append(SideProcess("Flower", f"http://127.0.0.1:{s.flower_port}", launch))
+        for side in sides:
             side.spawn(self.router)
             self.extras.append(side)
 
