@@ -43,6 +43,7 @@ log = logging.getLogger("wkr_celery.serving")
 
 _POLL_SECONDS = 1.0  # idle wait; also how soon messages from plain Celery producers are seen
 _BACKOFF_CAP = 2.0
+_TURN_WAIT = 0.005  # longest an idle predictor waits for the fetcher thread's turn to end
 
 #: Called with each stored batch, its outcomes and its predict seconds, on the thread that stored
 #: it; one with a ``close()`` method is closed when the loop stops.
@@ -222,7 +223,9 @@ class ServingLoop:
             self.fetcher.busy.clear()  # the fetcher thread stands down
             try:
                 if not self.fetcher.fetch_when_idle():
-                    batch = self.buffer.take(size, timeout, wait=_POLL_SECONDS)
+                    # Briefly: the fetcher thread pokes when it lets go of the turn, but a poke
+                    # before this wait begins is lost, and then nobody would watch the queue.
+                    batch = self.buffer.take(size, timeout, wait=_TURN_WAIT)
                     if batch != []:
                         return batch
             finally:
