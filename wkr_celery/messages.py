@@ -1,16 +1,18 @@
-"""Celery protocol-2 task messages in kombu's Redis envelope, and results in Celery's format.
+"""Celery protocol-2 task messages, the two envelopes they come in, and results in Celery's format.
 
-Requests are real Celery messages (task ``wkr_celery.predict``, args ``[input]``), so a plain
+Requests are Celery task messages (task ``wkr_celery.predict``, args ``[input]``), so a plain
 ``app.send_task("wkr_celery.predict", args=[x], queue=<name>)`` is served too, and results are
-stored where ``AsyncResult(task_id)`` finds them. Two headers are ours: ``x-wkr-deadline``
-(epoch seconds on the broker Redis's clock, see :mod:`.clock`, after which the worker drops the
-request) and ``x-wkr-client`` (the client whose
-reply list gets the result; absent for foreign producers, whose results are published the way
-Celery's Redis backend does).
+stored where ``AsyncResult(task_id)`` finds them. Our own senders wrap the body in the compact
+envelope of :mod:`wkr_celery.envelope`; other producers in kombu's Redis envelope (JSON, base64
+body), where two headers are ours: ``x-wkr-deadline`` (epoch seconds on the broker Redis's
+clock, see :mod:`.clock`, after which the worker drops the request) and ``x-wkr-client`` (the
+client whose reply list gets the result; absent for foreign producers, whose results are
+published the way Celery's Redis backend does). :func:`parse_request` reads both.
 
-Building an envelope is on the hot path of every request, so it is assembled from a template
-rather than through ``json.dumps`` of nested dicts; every value put into the template is either
-JSON-encoded or made of characters that need no escaping (hex ids, base64).
+:func:`build_request` makes a kombu envelope as such a producer would (tests and tools stand in
+for one with it), assembled from a template rather than through ``json.dumps`` of nested dicts;
+every value put into the template is either JSON-encoded or made of characters that need no
+escaping (hex ids, base64).
 """
 
 from __future__ import annotations
