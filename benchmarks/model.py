@@ -65,7 +65,8 @@ class TorchNet:
         self.net = load_model(torch, model_dir)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        single = x.ndim < 3 and x.size == self.shape[0] * self.shape[1]
+        # One input is (512,) or (16, 32); a stacked batch of one, (1, 512), is still a batch.
+        single = x.ndim == 1 or x.shape == self.shape
         batch = np.ascontiguousarray(x.reshape(-1, *self.shape), dtype=np.float32)
         with self.torch.inference_mode():
             out = self.net(self.torch.from_numpy(batch)).numpy()

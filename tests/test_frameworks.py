@@ -190,8 +190,8 @@ def test_the_benchmark_torch_workload_checks_every_answer_against_torch(tmp_path
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--workloads", "torch", "--systems",
-         "wkr,naive", "--requests", "200", "--latency-requests", "20", "--inflight", "32",
-         "--sweep", "1,16", "--sweep-seconds", "0.3", "--out", str(out)],
+         "wkr,naive", "--scenarios", "systems", "--requests", "200", "--latency-requests", "20",
+         "--inflight", "32", "--sweep", "1,16", "--sweep-seconds", "0.3", "--out", str(out)],
         cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = json.loads((out / "results.json").read_text())["runs"]["torch"]

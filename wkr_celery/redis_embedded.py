@@ -77,8 +77,9 @@ def embedded_password(data_dir: str | None, given: str = "") -> str:
 class EmbeddedRedis:
     """One redis-server on ``host:port``; a context manager that stops what it started.
 
-    ``password=None`` runs it without one (the tests' stand-in for a Redis of your own); the
-    supervisor and decentralize always pass :func:`embedded_password`."""
+    ``password=None`` runs it without one; the supervisor and decentralize always pass
+    :func:`embedded_password`. ``announce=False`` keeps the password out of the local index
+    (the tests' stand-in for a Redis of your own, whose password no lookup would find)."""
 
     def __init__(
         self,
@@ -88,8 +89,10 @@ class EmbeddedRedis:
         data_dir: str | None = None,
         persist: bool = False,
         password: str | None = None,
+        announce: bool = True,
     ) -> None:
         self.port = port
+        self.announce = announce
         self.host = host
         self.persist = persist
         self.password = password
@@ -209,7 +212,7 @@ class EmbeddedRedis:
             if self._answers():
                 assert self._proc.stdout is not None
                 self._proc.stdout.close()
-                if self.password:
+                if self.password and self.announce:
                     redis_passwords.remember(self.host, self.port, self.password)
                 return self
             time.sleep(0.02)
@@ -245,7 +248,7 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout)
-        if proc is not None:
+        if proc is not None and self.announce:
             redis_passwords.forget(self.host, self.port)
             try:
                 os.unlink(self._pid_file)

@@ -24,7 +24,7 @@ class OwnRedis:
 
     def _new(self) -> EmbeddedRedis:
         return EmbeddedRedis(self.port, data_dir=str(self.data_dir), persist=self.persist,
-                             password=self.password)
+                             password=self.password, announce=False)
 
     @property
     def url(self) -> str:
