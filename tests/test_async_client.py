@@ -182,11 +182,15 @@ def test_wait_for_timeout_withdraws_the_request_like_any_cancellation(
             await eventually(lambda: Path(f"{gate}.entered").exists(), what="a held batch")
             many = [asyncio.ensure_future(client.encode({"value": i})) for i in range(5)]
             await eventually(lambda: queued(service) == 4, what="four requests in the list")
+            status = await client.server_status()
+            assert status["queue_length"] == 4 and len(status["workers"]) == 1
+            assert status["config"]["protocol"] == "obj" and status["name"] == service.name
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(client.encode({"value": 99}), 0.2)
             for task in many[1:]:
                 task.cancel()
             await eventually(lambda: queued(service) == 0, what="the withdrawn revoked")
+            assert (await client.server_status())["queue_length"] == 0
             gate.touch()
             assert int(await held) == 2 and int(await many[0]) == 0
             assert client.pending == 0

@@ -7,18 +7,34 @@ service's take-all, and the ``REVOKED`` result a revoke stores in Celery's form.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
-from wkr_celery.broker import RequestQueue, ResultStore, ServiceRegistry
+from wkr_celery.broker import (
+    RequestQueue,
+    ResultStore,
+    ServiceRegistry,
+    info_plan,
+    last_failure_plan,
+    live_workers_plan,
+    ping_plan,
+    queue_length_plan,
+    run_async,
+    services_plan,
+    stored_plan,
+    withdraw_plan,
+)
 from wkr_celery.client import TaskFuture
 from wkr_celery.client.protocol import Requests
 from wkr_celery.errors import InputError, ServiceOverloaded
-from wkr_celery.keys import ServiceKeys, priority_step, task_meta_key
-from wkr_celery.messages import parse_request
+from wkr_celery.keys import SERVICES, ServiceKeys, priority_step, task_meta_key
+from wkr_celery.messages import encode_meta, now_iso, parse_request, revoked_meta
 
 from .helpers import wait_until
 
@@ -135,6 +151,50 @@ def test_the_registry_reads_back_info_heartbeats_and_failures(
     assert registry.has_info() and registry.info() == {"protocol": "obj", "batch_size": "4"}
     assert registry.live_workers() == {"w1": b"beat"}
     assert registry.last_failure() == "worker 0 exited"
+
+
+def test_the_asyncio_client_reads_and_withdraws_through_the_same_plans_as_the_sync_parts(
+        redis_client: redis.Redis, redis_url: str, keys: ServiceKeys) -> None:
+    registry, queue = ServiceRegistry(redis_client, keys), RequestQueue(redis_client, keys)
+    store = ResultStore(redis_client, keys)
+    registry.write_info({"protocol": "obj", "batch_size": 4})
+    registry.heartbeat("w1", b"beat", ttl=30)
+    redis_client.sadd(keys.workers, "w2")  # registered, its heartbeat expired
+    registry.record_failure("worker 0 exited", ttl=30)
+    requests = sender(keys, max_queue=0)
+    made = [requests.make(i) for i in range(3)]
+    requests.enqueue(queue, made)
+    answered = [uuid.uuid4().hex for _ in range(2)]
+    store.store([(task_id, encode_meta(revoked_meta(task_id, now_iso())), None)
+                 for task_id in answered], expires=60)
+    asked = [answered[0], uuid.uuid4().hex, answered[1]]
+
+    async def read_async() -> tuple[Any, ...]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return (await run_async(client, services_plan()),
+                    await run_async(client, info_plan(keys)),
+                    await run_async(client, live_workers_plan(keys)),
+                    await run_async(client, last_failure_plan(keys)),
+                    await run_async(client, queue_length_plan(keys)),
+                    await run_async(client, stored_plan(asked)),
+                    await run_async(client, ping_plan()),
+                    await run_async(client, withdraw_plan(
+                        keys, [(requests.queue_of(r), r.message) for r in made[:2]])))
+        finally:
+            await client.aclose()
+
+    try:
+        seen = asyncio.run(asyncio.wait_for(read_async(), 30))
+    finally:
+        redis_client.srem(SERVICES, keys.name)
+
+    assert keys.name in seen[0]  # the Redis is shared: other tests' services are listed too
+    assert seen[1:4] == (registry.info(), {"w1": b"beat"}, "worker 0 exited")
+    assert seen[4] == 3 and seen[5] == [redis_client.get(task_meta_key(t)) for t in answered]
+    assert seen[6] is True and seen[7] == 2  # both withdrawn, by the asyncio client
+    assert queue.queue_length() == 1
+    assert not queue.withdraw(requests.queue_of(made[0]), made[0].message)
 
 
 def test_a_task_future_is_a_future_that_names_its_task() -> None:

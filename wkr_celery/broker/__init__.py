@@ -7,14 +7,25 @@
 - :class:`ServiceRegistry` (:mod:`.registry`): what the service says about itself beside its
   queue: info, heartbeats of live workers, scaling state, the last failure.
 
-No other code touches a service's keys, but the asyncio client, which runs ``publish.lua``
-(with :func:`publish_call`'s arguments) and withdraws on its own connection (docs/design.md
-draws the path).
+No other code touches a service's keys. What the asyncio client needs is written once, as plans
+(:mod:`.plan`: which commands, what their replies mean, no I/O) that the classes run with
+:func:`run` and the asyncio client with :func:`run_async`; it runs ``publish.lua`` on its own
+connection with :func:`publish_call`'s arguments (docs/design.md draws the path).
 """
 
-from .queue import Fetched, RequestQueue, publish_call
-from .registry import ServiceRegistry, as_str
-from .results import ResultStore, StoredResult
+from .plan import Plan, ping_plan, run, run_async
+from .queue import Fetched, RequestQueue, publish_call, queue_length_plan, withdraw_plan
+from .registry import (
+    ServiceRegistry,
+    as_str,
+    info_plan,
+    last_failure_plan,
+    live_workers_plan,
+    services_plan,
+)
+from .results import ResultStore, StoredResult, stored_plan
 
-__all__ = ["Fetched", "RequestQueue", "ResultStore", "ServiceRegistry", "StoredResult", "as_str",
-           "publish_call"]
+__all__ = ["Fetched", "Plan", "RequestQueue", "ResultStore", "ServiceRegistry", "StoredResult",
+           "as_str", "info_plan", "last_failure_plan", "live_workers_plan", "ping_plan",
+           "publish_call", "queue_length_plan", "run", "run_async", "services_plan",
+           "stored_plan", "withdraw_plan"]

@@ -4,7 +4,9 @@ Clients enqueue here (``publish.lua`` under the queue cap); worker processes fet
 work, ack and give back here; the supervisor and every worker's sweep requeue a dead worker's
 messages here (the words are defined in docs/design.md). Each operation is one round trip, most
 of them a Lua script; the asyncio client runs ``publish.lua`` on its own connection with the
-arguments :func:`publish_call` builds.
+arguments :func:`publish_call` builds, and withdraws requests and counts the queue with the
+plans (:mod:`.plan`) that :meth:`RequestQueue.withdraw` and :meth:`RequestQueue.queue_length`
+run.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from redis.exceptions import ResponseError
 
 from .. import scripts
 from ..keys import ServiceKeys
+from .plan import Plan, ping_plan, run
 from .registry import as_str
 
-__all__ = ["Fetched", "RequestQueue", "publish_call"]
+__all__ = ["Fetched", "RequestQueue", "publish_call", "queue_length_plan", "withdraw_plan"]
 
 _DEATHS_TTL = 24 * 3600
 
@@ -155,20 +158,38 @@ class RequestQueue:
     def withdraw(self, queue: str, message: bytes) -> bool:
         """Take one exact envelope back from list ``queue`` (or the suspect list) if no worker
         has fetched it yet; atomic against ``fetch.lua``. Returns whether it was still there."""
-        pipe = self.client.pipeline(transaction=False)
-        # redis-py's hints say str; LREM compares the bytes it is given, which is what we need
-        pipe.lrem(queue, 1, message)  # type: ignore[arg-type]
-        pipe.lrem(self.keys.suspect, 1, message)  # type: ignore[arg-type]
-        return sum(pipe.execute()) > 0
+        return run(self.client, withdraw_plan(self.keys, [(queue, message)])) > 0
 
     # Shared --------------------------------------------------------------------------------
 
     def queue_length(self) -> int:
         """Messages waiting in the service's lists, suspects included (not those held)."""
-        pipe = self.client.pipeline(transaction=False)
-        for name in (*self.keys.queues, self.keys.suspect):
+        return run(self.client, queue_length_plan(self.keys))
+
+    def ping(self) -> bool:
+        """Whether the broker Redis answers (raises the connection error when it does not)."""
+        return run(self.client, ping_plan())
+
+
+def withdraw_plan(keys: ServiceKeys, envelopes: Sequence[tuple[str, bytes]]) -> Plan[int]:
+    """:meth:`RequestQueue.withdraw` of each ``(queue, envelope)`` in one round trip; returns
+    how many were still queued."""
+    def step(pipe: Any) -> None:
+        for queue, message in envelopes:
+            # LREM compares the exact bytes it is given, which is what we need
+            pipe.lrem(queue, 1, message)
+            pipe.lrem(keys.suspect, 1, message)
+    removed = yield step
+    return int(sum(removed))
+
+
+def queue_length_plan(keys: ServiceKeys) -> Plan[int]:
+    """:meth:`RequestQueue.queue_length`."""
+    def step(pipe: Any) -> None:
+        for name in (*keys.queues, keys.suspect):
             pipe.llen(name)
-        return int(sum(pipe.execute()))
+    lengths = yield step
+    return int(sum(lengths))
 
 
 def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str | bytes]], *, cap: int

@@ -3,7 +3,8 @@ each worker's heartbeat, the elastic-worker state and why the last worker died.
 
 Worker processes heartbeat and write the info here, the supervisor its scaling state and
 failures; clients, the REST API and the production tools read them. Every write also lists the
-service in :data:`~wkr_celery.keys.SERVICES`, so a client that names no service finds it.
+service in :data:`~wkr_celery.keys.SERVICES`, so a client that names no service finds it. The
+reads a client makes are plans (:mod:`.plan`), so the asyncio client runs the same ones.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 import redis
 
 from ..keys import SERVICES, ServiceKeys
+from .plan import Plan, run
 
-__all__ = ["ServiceRegistry", "as_str"]
+__all__ = ["ServiceRegistry", "as_str", "info_plan", "last_failure_plan", "live_workers_plan",
+           "services_plan"]
 
 
 class ServiceRegistry:
@@ -61,7 +64,7 @@ class ServiceRegistry:
 
     def info(self) -> dict[str, str]:
         """The service's info hash (protocol, limits, input spec); empty before any worker."""
-        return {as_str(k): as_str(v) for k, v in self.client.hgetall(self.keys.info).items()}
+        return run(self.client, info_plan(self.keys))
 
     def has_info(self) -> bool:
         """Whether the info hash exists (it does not after the broker restarted empty)."""
@@ -73,16 +76,41 @@ class ServiceRegistry:
 
     def last_failure(self) -> str:
         """The last worker failure the supervisor recorded, or ``""``."""
-        value = self.client.get(self.keys.failure)
-        return as_str(value) if value is not None else ""
+        return run(self.client, last_failure_plan(self.keys))
 
     def live_workers(self) -> dict[str, bytes]:
         """Heartbeat payloads of workers alive now, by worker id."""
-        ids = sorted(as_str(w) for w in self.client.smembers(self.keys.workers))
-        if not ids:
-            return {}
-        beats = self.client.mget([self.keys.heartbeat(w) for w in ids])
-        return {w: b for w, b in zip(ids, beats) if isinstance(b, bytes)}
+        return run(self.client, live_workers_plan(self.keys))
+
+
+# Plans: the reads above, for sync and asyncio callers alike (see :mod:`.plan`) ---------------
+
+def services_plan() -> Plan[list[str]]:
+    """The names of the services listed on this broker."""
+    (names,) = yield lambda pipe: pipe.smembers(SERVICES)
+    return [as_str(name) for name in names]
+
+
+def info_plan(keys: ServiceKeys) -> Plan[dict[str, str]]:
+    """:meth:`ServiceRegistry.info`."""
+    (info,) = yield lambda pipe: pipe.hgetall(keys.info)
+    return {as_str(k): as_str(v) for k, v in info.items()}
+
+
+def last_failure_plan(keys: ServiceKeys) -> Plan[str]:
+    """:meth:`ServiceRegistry.last_failure`."""
+    (value,) = yield lambda pipe: pipe.get(keys.failure)
+    return as_str(value) if value is not None else ""
+
+
+def live_workers_plan(keys: ServiceKeys) -> Plan[dict[str, bytes]]:
+    """:meth:`ServiceRegistry.live_workers`: the registered ids, then their heartbeats."""
+    (members,) = yield lambda pipe: pipe.smembers(keys.workers)
+    ids = sorted(as_str(w) for w in members)
+    if not ids:
+        return {}
+    (beats,) = yield lambda pipe: pipe.mget([keys.heartbeat(w) for w in ids])
+    return {w: b for w, b in zip(ids, beats) if isinstance(b, bytes)}
 
 
 def as_str(value: bytes | str) -> str:

@@ -5,7 +5,8 @@ Celery ``AsyncResult`` finds it) and handed to its caller at once: pushed onto t
 list, or ``PUBLISH``ed on the task's key for a producer with no reply list. One ``store.lua``
 call stores a whole batch; when the result store is the broker's Redis, the same call acks the
 batch's messages, so a crash can never leave an acked request unanswered. The REST API reads
-results here by task id, and stores the ``REVOKED`` result of a task it withdrew.
+results here by task id, and stores the ``REVOKED`` result of a task it withdrew; clients whose
+replies may have been lost read the stored ones with :func:`stored_plan` (sync and asyncio).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import redis
 from .. import scripts
 from ..keys import ServiceKeys, reply_key, task_meta_key
 from ..messages import decode_meta, encode_meta, now_iso, revoked_meta
+from .plan import Plan, ping_plan, run
 
-__all__ = ["ResultStore", "StoredResult"]
+__all__ = ["ResultStore", "StoredResult", "stored_plan"]
+
+_MGET_CHUNK = 1000  # keys per MGET, so no one command grows without bound
 
 StoredResult = tuple[str, bytes, str | None]
 """One result to store: task id, encoded Celery meta, the id of the client waiting or ``None``."""
@@ -69,10 +73,8 @@ class ResultStore:
 
     def read(self, task_id: str) -> dict[str, Any] | None:
         """The stored Celery result of ``task_id``, decoded, or ``None`` while there is none."""
-        data = self.client.get(task_meta_key(task_id))
-        if data is None:
-            return None
-        return decode_meta(data if isinstance(data, bytes) else data.encode())
+        stored = run(self.client, stored_plan([task_id]))
+        return decode_meta(stored[0]) if stored else None
 
     def store_revoked(self, task_id: str, expires: int) -> dict[str, Any]:
         """Store (and ``PUBLISH``) the ``REVOKED`` result of a task taken back from the queue
@@ -83,4 +85,18 @@ class ResultStore:
 
     def ping(self) -> bool:
         """Whether the result Redis answers (raises the connection error when it does not)."""
-        return bool(self.client.ping())
+        return run(self.client, ping_plan())
+
+
+def stored_plan(task_ids: Sequence[str]) -> Plan[list[bytes]]:
+    """The stored results (encoded Celery meta) of those of ``task_ids`` that have one, in one
+    round trip."""
+    ids = list(task_ids)
+    chunks = [ids[start:start + _MGET_CHUNK] for start in range(0, len(ids), _MGET_CHUNK)]
+
+    def step(pipe: Any) -> None:
+        for chunk in chunks:
+            pipe.mget([task_meta_key(t) for t in chunk])
+    found = yield step
+    return [data if isinstance(data, bytes) else data.encode()
+            for values in found for data in values if data is not None]

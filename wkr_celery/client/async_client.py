@@ -26,6 +26,7 @@ from typing import Any
 import redis.asyncio
 
 from .. import scripts
+from ..broker import queue_length_plan, run_async, withdraw_plan
 from ..clock import RedisClock
 from ..codec import loads
 from ..connections import REDIS_ERRORS, close_async, connect_async
@@ -310,12 +311,9 @@ class AsyncWKRClient(InputContract):
     async def _revoke(self, requests: list[Outgoing]) -> None:
         """Take withdrawn requests back from the queue where no worker has fetched them yet."""
         assert self._broker is not None and self._requests is not None
-        pipe = self._broker.pipeline(transaction=False)
-        for request in requests:
-            pipe.lrem(self._requests.queue_of(request), 1, request.message)  # type: ignore[arg-type]
-            pipe.lrem(self._requests.keys.suspect, 1, request.message)  # type: ignore[arg-type]
+        envelopes = [(self._requests.queue_of(r), r.message) for r in requests]
         try:
-            removed = sum(await pipe.execute())
+            removed = await run_async(self._broker, withdraw_plan(self._requests.keys, envelopes))
         except REDIS_ERRORS as exc:  # the answers, if any come, are dropped all the same
             log.warning("could not revoke %d withdrawn request(s): %s", len(requests), exc)
             return
@@ -348,12 +346,9 @@ class AsyncWKRClient(InputContract):
         keys = self._connected().keys
         assert self._broker is not None
         live = await discovery.live_workers(self._broker, keys)
-        pipe = self._broker.pipeline(transaction=False)
-        for name in (*keys.queues, keys.suspect):
-            pipe.llen(name)
         return {"name": keys.name, "config": await discovery.info_of(self._broker, keys),
                 "workers": {wid: loads(beat) for wid, beat in live.items()},
-                "queue_length": int(sum(await pipe.execute()))}
+                "queue_length": await run_async(self._broker, queue_length_plan(keys))}
 
     async def close(self) -> None:
         """Stop the I/O tasks; requests still pending fail with ``WKRError``."""

@@ -1,7 +1,9 @@
 """:mod:`.discovery` for the asyncio client: the same decisions, awaited on ``redis.asyncio``.
 
 Only the waiting is here; which service to pick, when to give up and what to say come from
-:mod:`.discovery`, so both clients fail the same way with the same words.
+:mod:`.discovery`, so both clients fail the same way with the same words, and what is read from
+Redis comes from the broker layer's plans (:mod:`wkr_celery.broker.plan`), the reads
+:class:`~wkr_celery.broker.ServiceRegistry` makes for the sync client.
 """
 
 from __future__ import annotations
@@ -11,10 +13,17 @@ import time
 
 import redis.asyncio
 
-from ..broker import as_str
+from ..broker import (
+    info_plan,
+    last_failure_plan,
+    live_workers_plan,
+    ping_plan,
+    run_async,
+    services_plan,
+)
 from ..connections import REDIS_ERRORS
 from ..errors import ServiceUnavailable
-from ..keys import SERVICES, ServiceKeys
+from ..keys import ServiceKeys
 from .discovery import (
     POLL_SECONDS,
     broker_unreachable,
@@ -34,7 +43,7 @@ async def find_service(client: redis.asyncio.Redis, broker_url: str, timeout: fl
     deadline = time.monotonic() + timeout
     while True:
         try:
-            names = [as_str(n) for n in await client.smembers(SERVICES)]
+            names = await run_async(client, services_plan())
         except REDIS_ERRORS as exc:
             if time.monotonic() >= deadline:
                 raise broker_unreachable(broker_url, timeout, exc) from exc
@@ -73,30 +82,26 @@ async def wait_until_serving(client: redis.asyncio.Redis, keys: ServiceKeys, bro
             return checked_version(info, keys.name, check_version)
         if time.monotonic() >= deadline:
             try:
-                failure = await client.get(keys.failure)
+                failure = await run_async(client, last_failure_plan(keys))
             except REDIS_ERRORS:
-                failure = None
-            raise no_live_worker(keys.name, broker_url, timeout,
-                                 failure.decode() if isinstance(failure, bytes) else "")
+                failure = ""
+            raise no_live_worker(keys.name, broker_url, timeout, failure)
         await asyncio.sleep(POLL_SECONDS)
 
 
 async def check_reachable(client: redis.asyncio.Redis, what: str, url: str) -> None:
     """Fail now, naming ``what`` and where, when the Redis at ``url`` does not answer."""
     try:
-        await client.ping()
+        await run_async(client, ping_plan())
     except REDIS_ERRORS as exc:
         raise unreachable(what, url, exc) from exc
 
 
 async def info_of(client: redis.asyncio.Redis, keys: ServiceKeys) -> dict[str, str]:
-    return {as_str(k): as_str(v) for k, v in (await client.hgetall(keys.info)).items()}
+    """:meth:`ServiceRegistry.info <wkr_celery.broker.ServiceRegistry.info>`, awaited."""
+    return await run_async(client, info_plan(keys))
 
 
 async def live_workers(client: redis.asyncio.Redis, keys: ServiceKeys) -> dict[str, bytes]:
-    """Heartbeat payloads of workers alive now, by worker id."""
-    ids = sorted(as_str(w) for w in await client.smembers(keys.workers))
-    if not ids:
-        return {}
-    beats = await client.mget([keys.heartbeat(w) for w in ids])
-    return {w: b for w, b in zip(ids, beats) if isinstance(b, bytes)}
+    """Heartbeat payloads of workers alive now, by worker id (as the sync registry reads them)."""
+    return await run_async(client, live_workers_plan(keys))

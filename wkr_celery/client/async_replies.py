@@ -20,9 +20,9 @@ from typing import Any
 
 import redis.asyncio
 
+from ..broker import run_async, stored_plan
 from ..connections import REDIS_ERRORS
 from ..errors import WKRError
-from ..keys import task_meta_key
 from .async_restarts import AsyncRedisWatch
 from .doubt import Doubt
 from .protocol import Outgoing, deadline_exceeded, read_reply
@@ -174,12 +174,8 @@ class AsyncReplies:
         """Resolve pending requests from their stored results (``celery-task-meta-<id>``): a
         pop whose reply was lost with its connection took those answers off the list for good."""
         seen = self._results.changes
-        task_ids = list(self.pending)
-        for start in range(0, len(task_ids), _DRAIN):
-            chunk = task_ids[start:start + _DRAIN]
-            for data in await self._redis.mget([task_meta_key(t) for t in chunk]):
-                if isinstance(data, bytes):
-                    self._resolve(data)
+        for data in await run_async(self._redis, stored_plan(list(self.pending))):
+            self._resolve(data)
         self._recover_due = False
         self._recovered = seen
 

@@ -12,10 +12,9 @@ import time
 
 import redis
 
-from ..broker import ServiceRegistry, as_str
+from ..broker import ServiceRegistry, ping_plan, run, services_plan
 from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ServiceUnavailable, VersionMismatch
-from ..keys import SERVICES
 from ..version import __version__
 
 __all__ = [
@@ -33,7 +32,7 @@ def find_service(client: redis.Redis, broker_url: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            names = [as_str(n) for n in client.smembers(SERVICES)]
+            names = run(client, services_plan())
         except REDIS_ERRORS as exc:
             if time.monotonic() >= deadline:
                 raise broker_unreachable(broker_url, timeout, exc) from exc
@@ -79,7 +78,7 @@ def wait_until_serving(registry: ServiceRegistry, broker_url: str, timeout: floa
 def check_reachable(client: redis.Redis, what: str, url: str) -> None:
     """Fail now, naming ``what`` and where, when the Redis at ``url`` does not answer."""
     try:
-        client.ping()
+        run(client, ping_plan())
     except REDIS_ERRORS as exc:
         raise unreachable(what, url, exc) from exc
 

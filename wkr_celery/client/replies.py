@@ -34,9 +34,9 @@ from typing import Any
 
 import redis
 
+from ..broker import run, stored_plan
 from ..connections import REDIS_ERRORS
 from ..errors import WKRError
-from ..keys import task_meta_key
 from .doubt import Doubt
 from .protocol import deadline_exceeded, read_reply
 from .restarts import RedisWatch
@@ -182,12 +182,8 @@ class Replies:
         restarted with AOF) took those answers off the list for good; the stored copies remain.
         """
         seen = self._results.changes
-        task_ids = list(self.pending)
-        for start in range(0, len(task_ids), _DRAIN):
-            chunk = task_ids[start:start + _DRAIN]
-            for data in self._redis.mget([task_meta_key(t) for t in chunk]):
-                if isinstance(data, bytes):
-                    self._resolve(data)
+        for data in run(self._redis, stored_plan(list(self.pending))):
+            self._resolve(data)
         self._recover_due = False
         self._recovered = seen
 

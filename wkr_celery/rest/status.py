@@ -101,7 +101,7 @@ async def readyz(request: Request) -> Response:
 
     def check() -> dict[str, Any]:
         try:
-            gateway.redis.ping()
+            gateway.queue.ping()
             workers = len(gateway.live_workers(fresh=True))
         except (ServiceUnavailable, *REDIS_ERRORS) as exc:
             return {"ready": False, "broker": False, "workers": 0,
