@@ -20,6 +20,13 @@ about an outage or an empty restart:
 
 A timer thread of its own fails requests past their deadline, on time even while the listener
 waits on an unreachable Redis (up to its socket timeout), so no future waits past its timeout.
+
+One request at a time, the caller's own thread pops its answer (:meth:`Replies.read_alone`),
+saving the hand-off from the listener to the caller. Only one thread reads the reply list at a
+time (the caller takes the reading turn only while the listener has nothing to read), the
+caller looks every :data:`_POLL_SECONDS` whether another thread settled its future (deadline,
+``RequestLost``, ``close()``, a cancel), and anything unusual (an error, a recovery due, a
+reply late) hands the list back to the listener, which then works as before.
 """
 
 from __future__ import annotations
@@ -50,6 +57,10 @@ log = logging.getLogger("wkr_celery.client")
 LISTEN_SECONDS = 1.0
 _DRAIN = 1000
 _CLOSE_TOKEN = b"__wkr_close__"
+#: How often a caller reading its own answer looks whether another thread settled its future.
+_POLL_SECONDS = 0.02
+#: How much later than its ``BLPOP`` timeout a reply may come before the caller gives up on it.
+_REPLY_MARGIN = 1.0
 
 
 class Replies:
@@ -81,6 +92,8 @@ class Replies:
                                            name=f"wkr-client-watch-{watch.role.split()[0]}")
                           for _, watch in watches]
         self._deadline_wake = threading.Event()
+        self._reading = threading.Lock()  # held by whichever thread pops the reply list
+        self._listen_wake = threading.Event()
         self._threads.append(threading.Thread(target=self._deadline_loop, daemon=True,
                                               name="wkr-client-deadlines"))
 
@@ -116,6 +129,7 @@ class Replies:
         """Stop the threads, cancel what is still pending, delete the reply list."""
         self._closed.set()
         self._deadline_wake.set()
+        self._listen_wake.set()
         try:
             self._redis.rpush(self._key, _CLOSE_TOKEN)
         except REDIS_ERRORS:
@@ -134,33 +148,102 @@ class Replies:
 
     # The listener thread: the result Redis only ---------------------------------------------
 
+    def wake_listener(self) -> None:
+        """Requests were sent: the listener reads for them unless their caller reads first."""
+        self._listen_wake.set()
+
     def _listen_loop(self) -> None:
-        client, key, watch = self._redis, self._key, self._results
+        """Pop the reply list while requests are out and no caller reads for itself; between
+        times wait to be woken (:meth:`wake_listener`), failing expired requests meanwhile."""
         delay = 0.05
         while not self._closed.is_set():
             wait = self._expire()
-            try:
-                if self._recover_due or watch.changes != self._recovered:
-                    self._recover()
-                first = client.blpop([key], timeout=wait)
-                watch.reached()
-                if first is None:
-                    continue
-                # The oldest answer first, before another round trip; the rest only when
-                # more requests are out (one at a time, there is nothing to drain).
-                self._resolve(first[1])
-                rest = (client.lpop(key, _DRAIN) or []) if self.pending else []
-            except REDIS_ERRORS as exc:
-                if self._closed.is_set():
-                    return
-                watch.failed(exc)  # logged once per outage, not once per retry
-                self._recover_due = True
-                self._closed.wait(delay)
-                delay = min(delay * 2, LISTEN_SECONDS)
+            if not self.pending or not self._reading.acquire(blocking=False):
+                self._listen_wake.wait(wait)
+                self._listen_wake.clear()
                 continue
-            delay = 0.05
-            for data in rest:
-                self._resolve(data)
+            try:
+                while self.pending and not self._closed.is_set():
+                    delay = self._listen_once(delay)
+            finally:
+                self._reading.release()
+
+    def _listen_once(self, delay: float) -> float:
+        """One ``BLPOP`` (and a drain when more requests are out); returns the next retry delay."""
+        client, key, watch = self._redis, self._key, self._results
+        wait = self._expire()
+        try:
+            if self._recover_due or watch.changes != self._recovered:
+                self._recover()
+            first = client.blpop([key], timeout=wait)
+            watch.reached()
+            if first is None:
+                return delay
+            # The oldest answer first, before another round trip; the rest only when
+            # more requests are out (one at a time, there is nothing to drain).
+            self._resolve(first[1])
+            rest = (client.lpop(key, _DRAIN) or []) if self.pending else []
+        except REDIS_ERRORS as exc:
+            if self._closed.is_set():
+                return delay
+            watch.failed(exc)  # logged once per outage, not once per retry
+            self._recover_due = True
+            self._closed.wait(delay)
+            return min(delay * 2, LISTEN_SECONDS)
+        for data in rest:
+            self._resolve(data)
+        return 0.05
+
+    # The caller's own thread, one request at a time ------------------------------------------
+
+    def read_alone(self, future: Future[Any], timeout: float | None) -> None:
+        """Pop the answer to ``future``, the only request out, on the caller's thread.
+
+        Returns when ``future`` is settled (by this thread or another), after ``timeout``, or
+        as soon as anything needs the listener (other reads, a recovery, an error); the caller
+        then waits on the future as usual.
+        """
+        if len(self.pending) != 1 or not self._reading.acquire(blocking=False):
+            return
+        give_up = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not future.done() and not self._closed.is_set():
+                wait = self._expire()
+                if give_up is not None:
+                    wait = min(wait, give_up - time.monotonic())
+                if wait < 0.01 or not self._pop_alone(future, wait):
+                    return
+        finally:
+            self._reading.release()
+            self._listen_wake.set()  # whatever is still out is the listener's again
+
+    def _pop_alone(self, future: Future[Any], wait: float) -> bool:
+        """One ``BLPOP`` of at most ``wait`` seconds on a connection of this thread's own;
+        False when the listener should take over."""
+        if self._recover_due or self._results.changes != self._recovered:
+            return False  # reading stored results after an outage is the listener's job
+        pool = self._redis.connection_pool
+        connection = pool.get_connection()
+        reply, clean = None, False
+        try:
+            connection.send_command("BLPOP", self._key, wait)
+            late = time.monotonic() + wait + _REPLY_MARGIN
+            while not connection.can_read(timeout=_POLL_SECONDS):
+                if future.done() or self._closed.is_set() or time.monotonic() > late:
+                    return False  # settled elsewhere, closing, or the Redis went silent
+            reply = connection.read_response()
+            clean = True
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            if not clean:  # the BLPOP may still answer on it: drop it; a popped answer is
+                connection.disconnect()  # still stored, and the listener reads it
+                self._recover_due = True
+            pool.release(connection)
+        self._results.reached()
+        if reply is not None:
+            self._resolve(reply[1])
+        return True
 
     def _resolve(self, data: Any) -> None:
         """Settle the future ``data`` (a stored Celery result) answers; bytes from Redis."""
