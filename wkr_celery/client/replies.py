@@ -149,8 +149,11 @@ class Replies:
     # The listener thread: the result Redis only ---------------------------------------------
 
     def wake_listener(self) -> None:
-        """Requests were sent: the listener reads for them unless their caller reads first."""
-        self._listen_wake.set()
+        """Requests were sent: the listener reads for them unless their caller reads first.
+
+        Whoever holds the reading turn reads them, or wakes the listener when it lets go."""
+        if not self._reading.locked():
+            self._listen_wake.set()
 
     def _listen_loop(self) -> None:
         """Pop the reply list while requests are out and no caller reads for itself; between
