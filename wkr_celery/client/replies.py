@@ -218,7 +218,8 @@ class Replies:
                     return
         finally:
             self._reading.release()
-            self._listen_wake.set()  # whatever is still out is the listener's again
+            if self.pending:  # what is still out is the listener's again (wake_listener saw
+                self._listen_wake.set()  # the turn taken, so it left the waking to us)
 
     def _pop_alone(self, future: Future[Any], wait: float) -> bool:
         """One ``BLPOP`` of at most ``wait`` seconds on a connection of this thread's own;
@@ -226,7 +227,10 @@ class Replies:
         if self._recover_due or self._results.changes != self._recovered:
             return False  # reading stored results after an outage is the listener's job
         pool = self._redis.connection_pool
-        connection = pool.get_connection()
+        try:
+            connection = pool.get_connection()
+        except (redis.RedisError, OSError):
+            return False
         reply, clean = None, False
         try:
             connection.send_command("BLPOP", self._key, wait)
