@@ -57,6 +57,7 @@ def test_fetch_takes_the_oldest_messages_in_serving_order_and_records_their_sour
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
     redis_client.lpush(keys.queues[1], b"n1", b"n2")
     redis_client.lpush(keys.queues[0], b"h1")
+    redis_client.set(keys.seq, 0)
 
     got = script("fetch")(keys=fetch_keys(keys, "w1"), args=[2])
 
@@ -85,12 +86,48 @@ def test_fetch_takes_a_suspect_alone_with_its_death_count(
     redis_client.lpush(keys.queues[0], b"ok")
     redis_client.lpush(keys.suspect, b"bad1", b"bad2")
     redis_client.hset(keys.deaths, b"bad1", 2)
+    redis_client.set(keys.seq, 0)
 
     got = script("fetch")(keys=fetch_keys(keys, "w1"), args=[8])
 
     assert got == [inflight_id(1, scripts.SUSPECT_SOURCE), b"bad1", 2]
     assert redis_client.llen(keys.queues[0]) == 1
     assert redis_client.lrange(keys.arrivals, 0, -1) == [NUDGE], "another suspect waits"
+
+
+def _broker_micros(client: redis.Redis) -> int:
+    """The broker's clock in microseconds since 2024-01-01 (fetch.lua's epoch)."""
+    seconds, micros = client.time()
+    return (seconds - 1704067200) * 1_000_000 + micros
+
+
+def test_fetch_starts_a_missing_counter_from_the_broker_clock_with_exact_ids(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    redis_client.lpush(keys.arrivals, b"n1", b"n2", b"n3")
+    before = _broker_micros(redis_client)
+
+    got = script("fetch")(keys=fetch_keys(keys, "w1"), args=[3])
+
+    after = _broker_micros(redis_client)
+    ids = got[0::3]
+    assert before < ids[0] // 8 <= after + 1, (before, ids, after)
+    assert ids == [inflight_id(ids[0] // 8 + j, 1) for j in range(3)]
+    assert max(ids) < 2**53 // 8, "ids stay far below 2^53, where doubles stop being exact"
+    assert redis_client.hkeys(keys.inflight("w1")) == [str(i).encode() for i in ids], (
+        "fields are written as plain integers, never with an exponent")
+    assert int(redis_client.get(keys.seq)) == ids[-1] // 8
+
+
+def test_fetch_never_issues_a_worker_an_id_at_or_below_the_highest_it_got(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    redis_client.lpush(keys.arrivals, b"n1", b"n2")
+    redis_client.set(keys.seq, 5)  # a counter restarted below what the worker holds
+    highest = inflight_id(1000, scripts.SUSPECT_SOURCE)
+
+    got = script("fetch")(keys=fetch_keys(keys, "w1"), args=[2, highest])
+
+    assert got[0::3] == [inflight_id(1001, 1), inflight_id(1002, 1)]
+    assert redis_client.get(keys.seq) == b"1002"
 
 
 def test_fetch_on_empty_lists_returns_nothing_and_writes_nothing(
@@ -143,6 +180,19 @@ def test_requeue_dead_counts_a_death_for_the_blamed_and_returns_the_rest(
     assert redis_client.lrange(keys.queues[1], 0, -1) == [b"prefetched"]
     assert redis_client.smembers(keys.workers) == {b"w2"}
     assert not redis_client.exists(keys.inflight("w1"), keys.heartbeat("w1"))
+
+
+def test_requeue_dead_blames_ids_longer_than_lua_prints_without_an_exponent(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    seq = _broker_micros(redis_client)  # what fetch.lua issues: 15 digits once times 8
+    blamed, spared = inflight_id(seq, 0), inflight_id(seq + 1, 1)
+    redis_client.hset(keys.inflight("w1"), mapping={blamed: b"in-predict", spared: b"prefetched"})
+
+    script("requeue_dead")(keys=requeue_dead_keys(keys, "w1"),
+                           args=["w1", DEATHS_TTL, str(blamed)])
+
+    assert redis_client.lrange(keys.suspect, 0, -1) == [b"in-predict"]
+    assert redis_client.lrange(keys.queues[1], 0, -1) == [b"prefetched"]
 
 
 def test_requeue_dead_covers_the_landing_list_blamed_by_the_landed_id(

@@ -10,7 +10,7 @@ Broker Redis (``-port_in`` / ``-broker_url``):
 ``wkr:<name>:workers``             set of registered worker ids
 ``wkr:<name>:hb:<wid>``            heartbeat (expires after the visibility timeout)
 ``wkr:<name>:inflight:<wid>``      hash: messages a worker holds, field = seq*8 + list index
-``wkr:<name>:seq``                 counter for inflight fields
+``wkr:<name>:seq``                 counter for inflight fields (starts from the clock, fetch.lua)
 ``wkr:<name>:landing:<wid>``       list: what an idle worker took with BLMOVE (id 6)
 ``wkr:<name>:wake``                (no longer read; see ``ServiceKeys.wake``)
 ``wkr:<name>:suspect``             requests held by a worker that died, served one at a time

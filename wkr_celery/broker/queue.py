@@ -43,6 +43,9 @@ class RequestQueue:
         self._sweep = client.register_script(scripts.SWEEP)
         self._publish = client.register_script(scripts.PUBLISH)
         self._blmove = True  # Redis 6.2 and later; else BRPOPLPUSH, its older spelling
+        #: The highest inflight id each worker fetched through this queue: ``fetch.lua`` issues
+        #: it only higher ones, even from a counter a broker restarted empty has lost.
+        self._highest: dict[str, int] = {}
 
     # Client side ---------------------------------------------------------------------------
 
@@ -56,14 +59,20 @@ class RequestQueue:
     def fetch(self, worker_id: str, count: int) -> list[Fetched]:
         """Move up to ``count`` messages into this worker's inflight hash, oldest first.
 
-        A message held by a worker that died comes alone, with its death count.
+        A message held by a worker that died comes alone, with its death count. Ids are never
+        one this worker got before, even after the broker restarted empty (see ``fetch.lua``):
+        an ack or a blame of an old id can never name a new message.
         """
         k = self.keys
         flat = self._fetch(
             keys=[k.inflight(worker_id), k.seq, k.suspect, k.deaths, *k.queues],
-            args=[count],
+            args=[count, self._highest.get(worker_id, 0)],
         )
-        return [(int(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+        fetched = [(int(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+        if fetched:
+            self._highest[worker_id] = max(self._highest.get(worker_id, 0),
+                                           *(i for i, _, _ in fetched))
+        return fetched
 
     def land(self, worker_id: str, timeout: float) -> bytes | None:
         """An idle worker blocks on the arrivals list itself, up to ``timeout`` (whole seconds,

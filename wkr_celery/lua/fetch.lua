@@ -8,6 +8,16 @@
 -- index from 0, 7 for the suspect list) so that return.lua and requeue can put it back where it
 -- came from. When work is left, an idle peer is nudged.
 --
+-- Ids must never repeat within a worker's life, even across a broker restarted empty: a worker
+-- still holds (and later acks, gives back or is blamed for) ids issued before it, and an equal
+-- new id would name another message. So a missing `seq` (a new service, or an empty restart)
+-- starts from the broker's clock in microseconds since 2024-01-01, above every id issued before
+-- unless more than a million messages a second were fetched since the counter last started; and
+-- never below `after`, the highest id this worker ever got, which makes it exact for the worker's
+-- own hash, the only one its ids name. Ids stay integers far below 2^53 (8 * 36 years of
+-- microseconds) where a double is exact; they are written with '%d' (Lua's tostring switches to
+-- an exponent past 14 digits).
+--
 -- Returns a flat list {id, message, deaths, id, message, deaths, ...}; empty when nothing waits.
 local inflight = KEYS[1]
 local seq = KEYS[2]
@@ -17,12 +27,30 @@ local first_queue = 5            -- KEYS[5..]: the queue lists in serving order
 local arrivals = KEYS[6]         -- the list idle workers block on (normal priority)
 
 local count = tonumber(ARGV[1])
+local after = tonumber(ARGV[2] or '0')  -- the highest inflight id this worker ever got
+
+local EPOCH = 1704067200         -- 2024-01-01 00:00 UTC, in seconds
+
+-- The first of `n` new seq numbers, reserved.
+local function issue(n)
+  local current = redis.call('GET', seq)
+  local base
+  if current then
+    base = tonumber(current)
+  else
+    local now = redis.call('TIME')
+    base = math.max(0, (tonumber(now[1]) - EPOCH) * 1000000 + tonumber(now[2]))
+  end
+  base = math.max(base, math.floor(after / 8))
+  redis.call('SET', seq, string.format('%d', base + n))
+  return base + 1
+end
 
 local message = redis.call('RPOP', suspect)
 if message then
   local died = tonumber(redis.call('HGET', deaths, message) or '1')
-  local id = redis.call('INCR', seq) * 8 + 7
-  redis.call('HSET', inflight, id, message)
+  local id = issue(1) * 8 + 7
+  redis.call('HSET', inflight, string.format('%d', id), message)
   if redis.call('LLEN', suspect) > 0 then nudge(arrivals) end
   return {id, message, died}
 end
@@ -48,11 +76,11 @@ for i = first_queue, #KEYS do
   end
 end
 if got > 0 then
-  local last = redis.call('INCRBY', seq, got)
+  local first = issue(got)
   local fields, result = {}, {}
   for j = 1, got do
-    local id = (last - got + j) * 8 + sources[j]
-    fields[2 * j - 1] = id
+    local id = (first + j - 1) * 8 + sources[j]
+    fields[2 * j - 1] = string.format('%d', id)
     fields[2 * j] = messages[j]
     result[3 * j - 2] = id
     result[3 * j - 1] = messages[j]

@@ -39,8 +39,8 @@ local function requeue(inflight, landing, suspect, deaths, queues, blamed_all, b
     moved = moved + 1
   end
   for k = #ids, 1, -1 do
-    local id = ids[k]
-    put_back(byid[id], id % 8, blamed_all or blamed[tostring(id)])
+    local id = ids[k]             -- blamed ids are '%d' strings: tostring would print an exponent
+    put_back(byid[id], id % 8, blamed_all or blamed[string.format('%d', id)])
   end
   local landed = redis.call('LRANGE', landing, 0, -1)
   for k = 1, #landed do           -- LPUSHed: the oldest is last
