@@ -46,11 +46,12 @@ def poison_service(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPat
 
 
 def _send_raw(service: Service, envelope: str) -> None:
-    """Push a message straight into the service's queue, as a foreign producer would."""
+    """Push a message straight into the service's queue, as a foreign producer would: onto the
+    high-priority list, with no nudge, so an idle worker (blocked on the arrivals list) finds it
+    when its one-second block ends and it fetches."""
     client = redis.Redis.from_url(service.broker_url)
     keys = ServiceKeys(service.name)
     client.lpush(keys.queue, envelope)
-    client.lpush(keys.wake, 1)
     client.close()
 
 

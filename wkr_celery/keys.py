@@ -12,7 +12,6 @@ Broker Redis (``-port_in`` / ``-broker_url``):
 ``wkr:<name>:inflight:<wid>``      hash: messages a worker holds, field = seq*8 + list index
 ``wkr:<name>:seq``                 counter for inflight fields (starts from the clock, fetch.lua)
 ``wkr:<name>:landing:<wid>``       list: what an idle worker took with BLMOVE (id 6)
-``wkr:<name>:wake``                (no longer read; see ``ServiceKeys.wake``)
 ``wkr:<name>:suspect``             requests held by a worker that died, served one at a time
 ``wkr:<name>:deaths``              hash: message -> number of worker deaths it was part of
 ``wkr:<name>:failure``             the last worker failure, for clients (expires)
@@ -133,14 +132,6 @@ class ServiceKeys:
     @property
     def seq(self) -> str:
         return f"wkr:{self.name}:seq"
-
-    @property
-    def wake(self) -> str:
-        """Wake tokens of releases before workers blocked on :attr:`arrivals`; no longer read.
-        A producer that still pushes one (a test standing in for a foreign producer) harms
-        nothing: its message is fetched within a second (the idle block's timeout), or at once
-        on the arrivals list."""
-        return f"wkr:{self.name}:wake"
 
     @property
     def arrivals(self) -> str:

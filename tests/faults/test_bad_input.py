@@ -112,8 +112,8 @@ def test_garbage_in_the_queue_is_refused_and_logged_and_the_worker_keeps_serving
     without_id = [b"\xff\xfe\x00\x9c garbage bytes", b"hello, not json", b"[1, 2, 3]",
                   b"null", json.dumps(_envelope(None)).encode(), b""]
     first_workers = set(service.live_workers())
+    # Onto the arrivals list, as a foreign producer would: that wakes an idle worker by itself.
     redis_client.lpush(keys.queue_for(3), *with_id.values(), *without_id)
-    redis_client.lpush(keys.wake, 1)
 
     expected = {"content type": "content type 'text/plain' is not accepted",
                 "unknown task": "task 'evil.task' is not served here",

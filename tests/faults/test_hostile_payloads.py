@@ -99,7 +99,6 @@ def test_unsafe_arrays_pushed_onto_the_queue_fail_only_their_own_request(
     messages += [_envelope(task_id, encode_body(n)) for n, task_id in enumerate(good_ids)]
     keys = service.queue.keys
     redis_client.lpush(keys.queue_for(3), *messages)  # one push: fetched as one batch
-    redis_client.lpush(keys.wake, 1)
 
     for what, task_id in poison_ids.items():
         meta = _stored(redis_client, service, task_id)
@@ -126,7 +125,6 @@ def test_input_over_max_payload_is_refused_by_the_worker_undecoded_and_its_calle
     futures = [client.encode(x) for x in (1, big, 2, 3)]
     foreign_id = uuid.uuid4().hex
     redis_client.lpush(service.queue.keys.queue_for(3), _envelope(foreign_id, encode_body(big)))
-    redis_client.lpush(service.queue.keys.wake, 1)
 
     wait(futures, timeout=20)
     error = futures[1].exception(timeout=0)
