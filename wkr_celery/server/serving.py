@@ -30,6 +30,7 @@ from ..connections import REDIS_ERRORS
 from ..keys import ServiceKeys
 from ..messages import now_iso
 from ..version import __version__
+from .acks import PendingAcks
 from .buffer import KeyedRequestBuffer, RequestBuffer
 from .fetcher import Fetcher, split
 from .hardworker import WKRHardWorker
@@ -96,6 +97,7 @@ class ServingLoop:
         self._info: dict[str, Any] = {}
         self.fetcher = Fetcher(self.queue, worker_id, self.buffer, settings, self._stopping,
                                _POLL_SECONDS)
+        self.acks = PendingAcks(self.queue, worker_id, self.fetcher.forget)  # see _store
         self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{settings.name}-")
 
     # Lifecycle ----------------------------------------------------------------------------
@@ -138,6 +140,9 @@ class ServingLoop:
             thread.join(max(0.1, deadline - time.monotonic()))
         if not any(t.is_alive() for t in batch_threads):
             self._close_listeners()  # no thread calls them any more
+        # Stored batches not yet acked (the broker was down) are acked first: else they would go
+        # back and be answered twice.
+        self._retry(self.acks.flush, "ack stored results", deadline)
         # Whatever is still inflight (a batch not stored by the deadline) goes back unblamed, and the
         # worker leaves the registry, so no peer's sweep waits out its heartbeat.
         self._retry(lambda: self.queue.requeue_dead(self.worker_id, blamed=()),
@@ -264,7 +269,9 @@ class ServingLoop:
 
     def _store(self, batch: Sequence[Request], outcomes: Sequence[Outcome]) -> None:
         """Results before acks, never the other way round: one script does both when one Redis
-        holds queue and results; otherwise a crash between the two answers twice, never 0."""
+        holds queue and results; otherwise a crash between the two answers twice, never 0, and
+        the ack waits in :attr:`acks` while the broker is down, holding back no later batch's
+        results (:mod:`.acks`)."""
         date = now_iso()
         expires = max(1, int(self.settings.result_expires))
         max_result = self.settings.max_result
@@ -284,13 +291,13 @@ class ServingLoop:
             self._retry(lambda: self.results.store(
                 results, expires, ack=(self.worker_id, ids, suspects, landed)),
                 "store results", float("inf"))
+            self.fetcher.forget(batch)  # after the ack, so reconcile never sees one in neither
         else:
             if results:
                 self._retry(lambda: self.results.store(results, expires),
                             "store results", float("inf"))
-            self._retry(lambda: self.queue.ack(self.worker_id, ids, suspects, landed), "ack",
-                        float("inf"))
-        self.fetcher.forget(batch)  # after the ack, so reconcile never sees one in neither
+            self.acks.add(batch)  # acked, then forgotten, now or by a later try
+            self.acks.try_flush()
 
     # Heartbeat ----------------------------------------------------------------------------
 
@@ -315,6 +322,7 @@ class ServingLoop:
             beats += 1
             try:
                 self._beat()
+                self.acks.try_flush()  # acks a broker outage held back, if no store did
                 if not self.registry.has_info():  # Redis restarted empty
                     self.registry.write_info(self._info)
                 if beats % 2 == 0:
