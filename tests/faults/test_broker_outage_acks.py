@@ -10,8 +10,12 @@ import pytest
 import redis as redis_py
 
 from tests.helpers import Service, nothing_listens, wait_until
+from wkr_celery.broker import RequestQueue
+from wkr_celery.connections import REDIS_ERRORS
 from wkr_celery.keys import ServiceKeys
 from wkr_celery.messages import parse_request
+from wkr_celery.server.acks import PendingAcks
+from wkr_celery.server.request import Request
 
 from .conftest import OwnRedis
 
@@ -67,3 +71,44 @@ def test_broker_outage_holds_back_no_computed_answer_and_loses_or_repeats_nothin
                                  else None)(service.live_workers().get(worker_id)), timeout=10,
                         what="the same worker's heartbeat counting every request")
     assert status["requests"] == 16, "a request was predicted twice"
+
+
+def _request(inflight_id: int, raw: bytes) -> Request:
+    return Request(inflight_id, raw, 0, None, None, None, None, None, 0.0)
+
+
+@pytest.mark.timeout(30)
+def test_pending_acks_wait_out_a_broker_outage_and_are_forgotten_only_once_acked(
+    own_redis: Callable[..., OwnRedis],
+) -> None:
+    broker = own_redis(persist=True)
+    keys = ServiceKeys("acks")
+    forgotten: list[list[int]] = []
+    with redis_py.Redis.from_url(broker.url, socket_timeout=2) as client:
+        client.hset(keys.inflight("w1"), mapping={16: b"a", 24: b"b", 32: b"c"})
+        client.lpush(keys.landing("w1"), b"landed")
+        acks = PendingAcks(RequestQueue(client, keys), "w1",
+                           lambda requests: forgotten.append([r.id for r in requests]))
+        acks.add([_request(16, b"a")])
+        assert acks.flush() == 1 and forgotten == [[16]]
+
+        broker.stop()
+        acks.add([_request(24, b"b"), _request(6, b"landed")])
+        acks.try_flush()  # logged, not raised
+        acks.add([_request(32, b"c")])
+        with pytest.raises(REDIS_ERRORS):
+            acks.flush()
+        assert len(acks) == 3 and forgotten == [[16]], "forgotten before the broker acked them"
+
+        broker.server.start()
+
+        def flushed() -> bool:
+            try:
+                return acks.flush() == 3
+            except REDIS_ERRORS:  # a connection from before the outage
+                return False
+
+        wait_until(flushed, timeout=10, what="the acks after the outage")
+        assert forgotten == [[16], [24, 6, 32]], "acked together, oldest first"
+        assert not client.exists(keys.inflight("w1"), keys.landing("w1"))
+        assert len(acks) == 0 and acks.flush() == 0

@@ -59,6 +59,9 @@ class PendingAcks:
         Raises the broker's error, the batches staying pending. ``wait=False``: return 0 at once
         when another thread is acking (a batch added meanwhile waits for the next flush).
         """
+        with self._lock:
+            if not self._batches:  # the common case, at every heartbeat: no lock contended
+                return 0
         if not self._acking.acquire(blocking=wait):
             return 0
         try:

@@ -285,9 +285,9 @@ class ServingLoop:
                           f"\n{outcome.traceback}" if outcome.traceback else "")
             results.append((task_id, outcome.stored(task_id, date, max_result),
                             request.client_id or None))
-        ids, landed = split(batch)
-        suspects = [r.raw for r in batch if r.suspect]
         if self._same_redis:  # one round trip: results and acks in the same script
+            ids, landed = split(batch)
+            suspects = [r.raw for r in batch if r.suspect]
             self._retry(lambda: self.results.store(
                 results, expires, ack=(self.worker_id, ids, suspects, landed)),
                 "store results", float("inf"))
