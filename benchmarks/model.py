@@ -1,7 +1,7 @@
 """The benchmark model, shared by every system so they all run exactly the same code.
 
 ``tiny`` is ``tanh(x @ W)`` on a float32 (512,) input: it costs microseconds, so what is measured
-is the framework. ``gpu-sim`` adds a sleep of ``3 ms + 0.1 ms × n`` per batch of ``n`` with the CPU
+is the framework. ``gpu-sim`` adds a sleep of ``5 ms + 0.05 ms × n`` per batch of ``n`` with the CPU
 idle, standing in for a GPU kernel: it measures how well batching and overlap hide the framework.
 ``torch`` is the PyTorch example (``examples/torch_worker.py``: a two-layer transformer encoder,
 (16, 32) → 128, one math thread per process) on the CPU: a real framework's cost per batch.
@@ -26,7 +26,7 @@ import numpy as np
 from workers.linear import make_weights
 
 WORKLOADS = ("tiny", "gpu-sim", "torch")
-GPU_BASE_S, GPU_PER_INPUT_S = 0.003, 0.0001
+GPU_BASE_S, GPU_PER_INPUT_S = 0.005, 0.00005
 STATS_ENV = "BENCH_STATS_DIR"
 MODEL_DIR_ENV = "BENCH_MODEL_DIR"
 _RECORD = struct.Struct("<dddd")  # nominal busy s, batches, inputs, measured (slept) busy s

@@ -30,7 +30,7 @@ class Tiny(WKRHardWorker):
 
 
 class GpuSim(Tiny):
-    """The same model plus a simulated GPU kernel of 3 ms + 0.1 ms per input (CPU idle)."""
+    """The same model plus a simulated GPU kernel of 5 ms + 0.05 ms per input (CPU idle)."""
 
     workload = "gpu-sim"
 
