@@ -34,6 +34,16 @@ def test_json_nested_deeper_than_the_limit_answers_400_naming_it(stack: Stack, d
     assert f"nests deeper than {MAX_DEPTH} levels" in error["message"]
 
 
+def test_nesting_hidden_after_many_numbers_is_found(stack: Stack) -> None:
+    """A list of numbers is checked in one pass over its item types; a list inside it, even
+    after hundreds of numbers, is still walked."""
+    body = json.dumps({"id": 1, "data": [0.5] * 500 + [nested(MAX_DEPTH + 1)]})
+    response = stack.calc.http.post("/encode", content=body,
+                                    headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert f"nests deeper than {MAX_DEPTH} levels" in error_of(response)["message"]
+
+
 def test_nesting_up_to_the_limit_is_served(stack: Stack) -> None:
     data = nested(MAX_DEPTH - 2)  # the body map and its "data" key take the first level
     response = stack.calc.http.post("/encode", json={"id": 1, "data": data})

@@ -131,6 +131,10 @@ def _json_loads(data: bytes) -> Any:
         return json.loads(data)
 
 
+#: Item types that hold no values of their own (JSON's and msgpack's scalars).
+_SCALARS = frozenset({int, float, str, bool, type(None), bytes})
+
+
 def check_size(body: Any, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> None:
     """``ApiError(400)`` when ``body`` nests deeper than ``max_depth`` or holds more than
     ``max_items`` values. Iterative, so no body can make it recurse; run before predict, so
@@ -150,12 +154,14 @@ def check_size(body: Any, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS
             if items > max_items:
                 raise ApiError(400, "InvalidRequest", f"body holds more than {max_items} "
                                "values, this API's limit; send fewer, or arrays in msgpack")
-            # Scalars cannot nest or add values: only the containers inside are walked, so a
-            # list of 512 numbers is one pass in C, not 512 turns of this loop.
-            nested = [v for v in (value.values() if isinstance(value, dict) else value)
-                      if isinstance(v, (list, tuple, dict)) and v]
-            if nested:
-                stack.append(iter(nested))
+            # Scalars cannot nest or add values: only the containers inside are walked. Whether
+            # there are any is asked of the item types in one pass in C (a list of 512 numbers
+            # took 60 us as a Python loop over its items, a ninth of a JSON request's time).
+            children = value.values() if isinstance(value, dict) else value
+            if not _SCALARS.issuperset(map(type, children)):
+                nested = [v for v in children if isinstance(v, (list, tuple, dict)) and v]
+                if nested:
+                    stack.append(iter(nested))
         while stack:
             value = next(stack[-1], end)
             if value is not end:
