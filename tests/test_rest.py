@@ -190,6 +190,42 @@ def test_unexpected_failure_answers_500_without_the_api_traceback(
                what="the failure in the API log")
 
 
+def test_encode_answers_the_same_with_or_without_a_query_string(stack: Stack) -> None:
+    """``POST /encode`` without a query string skips FastAPI's routing layers (rest/fast_encode);
+    with one it takes them (its parameters need validation). Both must answer alike: results,
+    every kind of error, both encodings, the key check, and the request counter."""
+    limit = CALC_LIMITS["http_max_body"]
+    cases = [
+        (stack.calc, {"json": {"id": 7, "data": {"op": "double", "x": 2}}}),
+        (stack.calc, {"content": codec.dumps({"id": 8, "data": [1, 2]}), "headers": MSGPACK}),
+        (stack.calc, {"content": b"{", "headers": {"Content-Type": "application/json"}}),
+        (stack.calc, {"content": b"\xc1", "headers": MSGPACK}),
+        (stack.calc, {"content": b"{}", "headers": {"Content-Type": "text/plain"}}),
+        (stack.calc, {"json": {"data": "x" * limit}}),
+        (stack.calc, {"json": {"data": {"op": "raise", "why": "input 3"}}}),
+        (stack.keyed, {"json": {"data": [1.0] * 3}}),
+        (stack.keyed, {"json": {"data": [0.0] * 512}, "headers": {"X-API-Key": "wrong"}}),
+    ]
+
+    def answered() -> int:
+        return int(stack.calc.http.get("/status/client").json()["requests"].get(
+            "POST /encode ok", 0))
+
+    before = answered()
+    for api, request in cases:
+        fast = api.http.post("/encode", **request)
+        routed = api.http.post("/encode?priority=normal", **request)
+        assert (fast.status_code, fast.headers["content-type"]) == (
+            routed.status_code, routed.headers["content-type"]), request
+        if fast.headers["content-type"] == "application/msgpack":
+            assert codec.loads(fast.content) == codec.loads(routed.content)
+        else:
+            assert fast.json() == routed.json(), request
+    assert {api.http.post("/encode", **request).status_code for api, request in cases} == {
+        200, 400, 401, 413, 415, 500}
+    assert answered() - before == 4 + 2  # two successes, each both ways, then once more
+
+
 def test_unknown_routes_and_methods_answer_json_errors(stack: Stack) -> None:
     assert error_of(stack.calc.http.get("/nowhere"))["status"] == 404
     assert error_of(stack.calc.http.get("/encode"))["status"] == 405

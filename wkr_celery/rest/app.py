@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..config import Settings
 from ..version import __version__
 from . import apidocs, dashboard, routes, status
+from .fast_encode import FastEncode
 from .gateway import Gateway
 from .metrics import ApiMetrics, outcome_of
 from .problems import install_handlers, internal_error
@@ -50,7 +51,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     dashboard.mount(app)
     apidocs.mount(app)
 
-    app.add_middleware(_CountRequests, metrics=metrics)
+    app.add_middleware(FastEncode, exception_handlers=app.exception_handlers)
+    app.add_middleware(_CountRequests, metrics=metrics)  # outside FastEncode: counts it too
     return app
 
 
