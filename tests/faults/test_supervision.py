@@ -9,22 +9,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import wait
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.helpers import ROOT, free_port, wait_until
-from wkr_celery.broker import ServiceRegistry
-from wkr_celery.config import Settings
+from tests.helpers import free_port, wait_until
 from wkr_celery.errors import RequestLost, ServiceUnavailable
-from wkr_celery.keys import ServiceKeys
 from wkr_celery.processes import OWNER_FILE, clean_stale_dirs, pid_alive
 from wkr_celery.redis_embedded import EmbeddedRedis
 
@@ -204,48 +198,3 @@ def test_stale_temp_dirs_are_removed_only_when_their_owner_is_gone(tmp_path: Pat
     finally:
         for path in (mine, unknown):
             shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.mark.timeout(120)
-def test_a_worker_stops_when_its_supervisor_is_gone_even_without_its_signal(
-    redis_url: str, tmp_path: Path
-) -> None:
-    """A worker's SIGTERM from its dying supervisor can be lost (server/bootstep.py,
-    ``_follow_supervisor``). Here the "supervisor" is a shell that starts a worker with no
-    parent-death signal at all, telling it its pid as the supervisor does; the shell is
-    SIGKILLed, and the worker must notice and stop by itself."""
-    name = f"orphan{uuid.uuid4().hex[:8]}"
-    settings = Settings(name=name, broker_url=redis_url, result_url=redis_url,
-                        worker_class="workers.linear.Worker")
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
-    script = ('WKR_SUPERVISOR_PID=$$ "$0" -m celery -A wkr_celery --quiet worker --pool solo '
-              '--without-gossip --without-mingle -n "orphan@%h" > worker.log 2>&1 & '
-              'echo $! > worker.pid; wait')
-    shell = subprocess.Popen(["sh", "-c", script, sys.executable], cwd=tmp_path, env=env,
-                             start_new_session=True)
-    broker = redis.Redis.from_url(redis_url)
-    registry = ServiceRegistry(broker, ServiceKeys(name))
-    worker_pid = 0
-    try:
-        wait_until(registry.live_workers, 60, what="the worker to serve; log:\n"
-                   + _read(tmp_path / "worker.log"))
-        worker_pid = int((tmp_path / "worker.pid").read_text())
-        os.kill(shell.pid, signal.SIGKILL)
-        shell.wait(10)
-        assert pid_alive(worker_pid), "the worker died with the shell; the test proves nothing"
-        wait_until(lambda: not pid_alive(worker_pid), 45,
-                   what="the orphaned worker to stop; log:\n" + _read(tmp_path / "worker.log"))
-        log = _read(tmp_path / "worker.log")
-        assert f"supervisor (pid {shell.pid}) is gone; stopping this worker" in log, log
-        assert not registry.live_workers(), "the stopped worker is still registered"
-    finally:
-        if worker_pid and pid_alive(worker_pid):
-            os.kill(worker_pid, signal.SIGKILL)
-        if shell.poll() is None:
-            os.killpg(shell.pid, signal.SIGKILL)
-            shell.wait(10)
-        broker.close()
-
-
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else "(none yet)"

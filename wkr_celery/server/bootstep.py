@@ -13,11 +13,8 @@ cannot start leaves its reason in its failure file, where the supervisor reads i
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-import threading
-import time
 from typing import Any
 
 from celery import bootsteps
@@ -35,12 +32,6 @@ __all__ = ["ServingStep", "device_of", "start_serving"]
 
 #: The exit code of a worker whose model failed to load: its supervisor restarts it.
 EXIT_LOAD_FAILED = 3
-_PARENT_CHECK_SECONDS = 1.0
-#: How long a shutdown already under way may take before a worker whose supervisor is gone
-#: exits anyway: the serving loop's stop deadline and a margin.
-_STOP_GRACE_SECONDS = 40.0
-
-log = logging.getLogger("wkr_celery.serving")
 
 
 class ServingStep(bootsteps.StartStopStep):
@@ -64,9 +55,6 @@ class ServingStep(bootsteps.StartStopStep):
             # Exit non-zero so the supervisor restarts us; the traceback is already logged.
             _report_failure(loop.failed, told.failure_file)
             os._exit(EXIT_LOAD_FAILED)
-        if told.supervisor_pid:
-            threading.Thread(target=_follow_supervisor, args=(told.supervisor_pid, loop),
-                             daemon=True, name="wkr-supervisor-watch").start()
 
     def stop(self, worker: Any) -> None:
         if self.loop is not None:
@@ -93,25 +81,6 @@ def start_serving(settings: Settings, told: WorkerProcessEnv) -> ServingLoop:
     worker_id = told.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     return ServingLoop(settings, cls(name=settings.name), worker_id=worker_id,
                        device_id=device_id, running_file=told.running_file or None)
-
-
-def _follow_supervisor(supervisor_pid: int, loop: ServingLoop) -> None:
-    """Stop this worker once the supervisor that started it is gone.
-
-    Its SIGTERM (``PR_SET_PDEATHSIG``) is not enough: it is lost when the supervisor dies before
-    the child set it up, and Celery's warm-shutdown handler prints to stdout before it sets its
-    stop flag, so with the supervisor's log pipe gone that print can fail and the flag is never
-    set (seen in CI: two workers of a SIGKILLed supervisor retried the dead broker for 50
-    minutes). So the worker also looks at its parent once a second.
-    """
-    while os.getppid() == supervisor_pid:
-        time.sleep(_PARENT_CHECK_SECONDS)
-    log.warning("supervisor (pid %d) is gone; stopping this worker", supervisor_pid)
-    if loop.stopping:  # a shutdown is under way already: give it the stop's time
-        time.sleep(_STOP_GRACE_SECONDS)
-    else:
-        loop.stop()
-    os._exit(0)
 
 
 def device_of(settings: Settings, told: WorkerProcessEnv) -> int:

@@ -121,10 +121,6 @@ class ServingLoop:
             self._threads.append(thread)
             thread.start()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: finish the batch in predict, store it, give buffered requests back."""
         if self._stopping.is_set():

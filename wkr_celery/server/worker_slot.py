@@ -34,12 +34,10 @@ class WorkerProcessEnv:
     device_id: int | None = None
     running_file: str = ""
     failure_file: str = ""
-    supervisor_pid: int = 0  # the process that started this one (0: none of ours)
 
     def to_env(self) -> dict[str, str]:
         env = {"WKR_WORKER_ID": self.worker_id, "WKR_WORKER_INDEX": str(self.index),
-               "WKR_RUNNING_FILE": self.running_file, "WKR_FAILURE_FILE": self.failure_file,
-               "WKR_SUPERVISOR_PID": str(self.supervisor_pid)}
+               "WKR_RUNNING_FILE": self.running_file, "WKR_FAILURE_FILE": self.failure_file}
         if self.device_id is not None:
             env["WKR_DEVICE_ID"] = str(self.device_id)
         return env
@@ -54,7 +52,6 @@ class WorkerProcessEnv:
             device_id=None if device is None else int(device),
             running_file=env.get("WKR_RUNNING_FILE", ""),
             failure_file=env.get("WKR_FAILURE_FILE", ""),
-            supervisor_pid=int(env.get("WKR_SUPERVISOR_PID") or 0),
         )
 
 
@@ -89,7 +86,7 @@ class WorkerProcess:
         self.tmp_dir = os.path.join(run_dir, worker_id)
         os.makedirs(self.tmp_dir, exist_ok=True)
         told = WorkerProcessEnv(worker_id, self.index, self.device_id, self.running_file,
-                                self.failure_file, os.getpid())
+                                self.failure_file)
         return {**told.to_env(), "TMPDIR": self.tmp_dir}
 
     def in_predict(self) -> list[int]:
