@@ -18,19 +18,15 @@ else (another path or method, a query string whose parameters need FastAPI's val
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .routes import encode_route
 
 __all__ = ["FastEncode"]
-
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
-
 
 class FastEncode:
     """Plain ASGI: answers ``POST /encode`` itself when it needs no query validation."""

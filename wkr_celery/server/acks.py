@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from ..broker import RequestQueue
 from ..connections import REDIS_ERRORS
-from .fetcher import split
+from .fetcher import ack_args
 from .request import Request
 
 __all__ = ["PendingAcks"]
@@ -70,9 +70,7 @@ class PendingAcks:
             if not batches:
                 return 0
             requests = [request for batch in batches for request in batch]
-            ids, landed = split(requests)
-            suspects = [r.raw for r in requests if r.suspect]
-            self._queue.ack(self._worker_id, ids, suspects, landed)
+            self._queue.ack(self._worker_id, *ack_args(requests))
             with self._lock:
                 del self._batches[:len(batches)]
             self._forget(requests)

@@ -33,7 +33,7 @@ from ..scripts import LANDED_ID, NUDGE
 from .buffer import RequestBuffer
 from .request import Request
 
-__all__ = ["Fetcher", "PREFETCH_POLL", "split"]
+__all__ = ["Fetcher", "PREFETCH_POLL", "ack_args", "split"]
 
 log = logging.getLogger("wkr_celery.serving")
 
@@ -185,6 +185,13 @@ class Fetcher:
             count = self.queue.give_back(self.worker_id, orphans, strays)
             log.warning("gave back %d request(s) fetched without a reply (connection lost)",
                         count)
+
+
+def ack_args(requests: Collection[Request]) -> tuple[list[int], list[bytes], list[bytes]]:
+    """What acking ``requests`` names: their inflight ids, the messages whose death counts go
+    (suspects), and the messages to take off the landing list."""
+    ids, landed = split(requests)
+    return ids, [r.raw for r in requests if r.suspect], landed
 
 
 def split(requests: Collection[Request]) -> tuple[list[int], list[bytes]]:

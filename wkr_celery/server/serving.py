@@ -32,7 +32,7 @@ from ..messages import now_iso
 from ..version import __version__
 from .acks import PendingAcks
 from .buffer import KeyedRequestBuffer, RequestBuffer
-from .fetcher import Fetcher, split
+from .fetcher import Fetcher, ack_args, split
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
 from .runner import ModelRunner
@@ -286,8 +286,7 @@ class ServingLoop:
             results.append((task_id, outcome.stored(task_id, date, max_result),
                             request.client_id or None))
         if self._same_redis:  # one round trip: results and acks in the same script
-            ids, landed = split(batch)
-            suspects = [r.raw for r in batch if r.suspect]
+            ids, suspects, landed = ack_args(batch)
             self._retry(lambda: self.results.store(
                 results, expires, ack=(self.worker_id, ids, suspects, landed)),
                 "store results", float("inf"))
