@@ -4,19 +4,23 @@ process, and the one place that sets its CUDA mask."""
 from __future__ import annotations
 
 import ast
+import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.faults.terminal import Terminal
 from tests.helpers import wait_until
 from tests.scripts import user_env
+from wkr_celery.broker import ServiceRegistry
 from wkr_celery.client import WKRClient
 from wkr_celery.decentral import WKRWorker
 from wkr_celery.errors import ConfigError
+from wkr_celery.keys import ServiceKeys
 from wkr_celery.server import WKRHardWorker
 from wkr_celery.server.worker_slot import WorkerProcess, WorkerProcessEnv
 from wkr_celery.worker_class import class_path, load_class
@@ -181,3 +185,40 @@ def test_a_worker_started_by_hand_with_celery_serves_pinned_as_documented(
         code = worker.close(timeout=30)
     # Celery ends a Ctrl+C warm shutdown with EX_FAILURE (1); killed past the timeout: -9.
     assert code == 1 and "Warm shutdown" in worker.output, worker.output
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_whose_log_pipe_lost_its_reader_still_stops_on_sigterm(
+        tmp_path: Path, redis_url: str) -> None:
+    """A worker's output is a pipe to its supervisor (``-log_dir``); when the supervisor is
+    killed, the worker's SIGTERM comes when that pipe has no reader. Celery's warm-shutdown
+    handler printed to it before setting its stop flag, so the print failed (EPIPE), the error
+    surfaced in the consumer as a lost broker connection, and the worker reconnected and served
+    on. Here the reader is the test, which closes its end before the SIGTERM."""
+    (tmp_path / "byhand.py").write_text(USER_WORKER)
+    name = f"t{uuid.uuid4().hex[:10]}"
+    env = user_env({"WKR_WORKER_CLASS": "byhand.Worker", "WKR_NAME": name,
+                    "WKR_BROKER_URL": redis_url, "WKR_DEVICE_MAP": "-1"})
+    worker = subprocess.Popen(["celery", "-A", "wkr_celery", "worker", "--pool", "solo"],
+                              cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    assert worker.stdout is not None
+    with redis.Redis.from_url(redis_url) as broker:
+        registry = ServiceRegistry(broker, ServiceKeys(name))
+        try:
+            wait_until(lambda: registry.live_workers() or worker.poll() is not None, 60,
+                       what="the worker to serve")
+            assert worker.poll() is None, worker.stdout.read().decode(errors="replace")
+            worker.stdout.close()  # nobody reads the worker's output any more
+            worker.send_signal(signal.SIGTERM)
+            try:
+                code = worker.wait(40)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("the worker did not stop on SIGTERM") from None
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+        assert code == 0, f"the worker's warm shutdown failed (exit code {code})"
+        assert not registry.live_workers(), "the worker stopped without leaving the registry"

@@ -9,15 +9,20 @@ Starting, in order: read what the supervisor said (:class:`WorkerProcessEnv`), p
 to its device (:func:`~wkr_celery.server.helper.pin_device`, before the model class is imported,
 so no framework sees another GPU), load the model class, then start the loop. A worker that
 cannot start leaves its reason in its failure file, where the supervisor reads it for clients.
+
+Before any of that the step makes SIGTERM stop the worker even when its output has no reader
+(:func:`_quiet_warm_shutdown`): the case of every worker whose supervisor was killed.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 from typing import Any
 
 from celery import bootsteps
+from celery.apps.worker import install_worker_term_handler
 
 from ..config import Settings
 from ..errors import ConfigError
@@ -44,6 +49,7 @@ class ServingStep(bootsteps.StartStopStep):
         self.loop: ServingLoop | None = None
 
     def start(self, worker: Any) -> None:
+        _quiet_warm_shutdown(worker)  # Celery installed its handlers just before its steps start
         settings: Settings = worker.app.wkr_settings
         told = WorkerProcessEnv.from_environ()
         loop = self.loop = start_serving(settings, told)
@@ -81,6 +87,23 @@ def start_serving(settings: Settings, told: WorkerProcessEnv) -> ServingLoop:
     worker_id = told.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     return ServingLoop(settings, cls(name=settings.name), worker_id=worker_id,
                        device_id=device_id, running_file=told.running_file or None)
+
+
+def _quiet_warm_shutdown(worker: Any) -> None:
+    """Install Celery's own SIGTERM handler (warm shutdown) again, without its print.
+
+    Celery's handler writes "worker: Warm shutdown" to stdout *before* it sets the flag that
+    stops the worker. A worker's stdout is a pipe to its supervisor under ``-log_dir``; when the
+    supervisor is killed, the SIGTERM it leaves each worker (``PR_SET_PDEATHSIG``; one per
+    supervisor thread that exits, the last once nothing reads the pipe) makes that write fail
+    with EPIPE. The ``BrokenPipeError`` left the flag unset and surfaced in whatever the main
+    thread ran, in the consumer's event loop as a lost broker connection: the worker reconnected
+    and lived on (seen in CI: 50 minutes of retries of the dead broker). Without the print the
+    handler only sets the flag, and nothing in it can fail. Signal handlers are set from the
+    main thread, where Celery starts its steps.
+    """
+    if threading.current_thread() is threading.main_thread():
+        install_worker_term_handler(worker, verbose=False)
 
 
 def device_of(settings: Settings, told: WorkerProcessEnv) -> int:
