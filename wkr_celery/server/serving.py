@@ -143,13 +143,15 @@ class ServingLoop:
         # Stored batches not yet acked (the broker was down) are acked first: else they would go
         # back and be answered twice.
         self._retry(self.acks.flush, "ack stored results", deadline)
+        # The heartbeat thread ends at its next wait; a beat it sent after the worker left the
+        # registry would put the worker back in it, alive for a visibility timeout.
+        heart = self._thread("wkr-heartbeat")
+        if heart is not None:
+            heart.join(5)
         # Whatever is still inflight (a batch not stored by the deadline) goes back unblamed, and the
         # worker leaves the registry, so no peer's sweep waits out its heartbeat.
         self._retry(lambda: self.queue.requeue_dead(self.worker_id, blamed=()),
                     "put back what is left and leave the worker registry", deadline)
-        heart = self._thread("wkr-heartbeat")
-        if heart is not None:
-            heart.join(5)
         if self._running_fd is not None:
             os.close(self._running_fd)
             self._running_fd = None
