@@ -25,6 +25,8 @@ __all__ = ["Backoff", "die_with_parent", "send", "wait_or_kill", "pid_alive", "p
 log = logging.getLogger("wkr_celery.processes")
 
 _PR_SET_PDEATHSIG = 1
+#: The exit code of a child whose parent died before the child could ask for its signal.
+EXIT_ORPHANED = 75
 #: The pid of the process that made a temporary directory, written inside it.
 OWNER_FILE = "owner.pid"
 
@@ -49,12 +51,32 @@ class Backoff:
         return failures, min(self.most, self.first * 2 ** (failures - 1))
 
 
+#: The pid of the process that forks, written by it just before each fork (``register_at_fork``
+#: below), so the child's copy names the parent that forked it, whatever happened since.
+_forking_parent = 0
+
+
+def _note_forking_parent() -> None:
+    global _forking_parent
+    _forking_parent = os.getpid()
+
+
+os.register_at_fork(before=_note_forking_parent)
+
+
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """``preexec_fn``: the child gets SIGTERM (a graceful stop) when its parent dies."""
+    """``preexec_fn``: the child gets SIGTERM (a graceful stop) when its parent dies.
+
+    A parent that dies between the fork and the ``prctl`` sends no signal: the child has been
+    handed to another process already. So the child looks at its parent after the ``prctl`` and,
+    if it is no longer the one that forked it, exits before it runs anything.
+    """
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
-        pass
+        return
+    if os.getppid() != _forking_parent:
+        os._exit(EXIT_ORPHANED)
 
 
 def send(proc: subprocess.Popen[bytes] | None, sig: int) -> None:

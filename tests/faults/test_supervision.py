@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -16,9 +17,12 @@ from concurrent.futures import wait
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.helpers import free_port, wait_until
+from wkr_celery.broker import ServiceRegistry
 from wkr_celery.errors import RequestLost, ServiceUnavailable
+from wkr_celery.keys import ServiceKeys
 from wkr_celery.processes import OWNER_FILE, clean_stale_dirs, pid_alive
 from wkr_celery.redis_embedded import EmbeddedRedis
 
@@ -26,6 +30,7 @@ from .terminal import TerminalService
 
 SLOW = "tests.faults.workers.TenthDoubler"
 REDIS_PID = r"started Redis on 127\.0\.0\.1:{port}, pid (?P<pid>\d+)"
+WORKER_PID = r"worker \d+ \(\S+\) started, pid (?P<pid>\d+)"
 
 
 @pytest.fixture
@@ -125,6 +130,37 @@ def test_redis_dies_with_a_killed_supervisor_and_the_next_start_cleans_up(
     assert not service.redis_answers(service.port_in)
 
 
+@pytest.mark.timeout(90)
+def test_workers_of_a_killed_supervisor_stop_gracefully_even_with_their_log_pipe_gone(
+    services: list[TerminalService], tmp_path: Path, redis_url: str
+) -> None:
+    """With ``-log_dir`` each worker writes to a pipe its supervisor reads. SIGKILL the
+    supervisor and the kernel sends each worker SIGTERM (``PR_SET_PDEATHSIG``) once per
+    supervisor thread that exits, the last time when the pipe has no reader left. Celery's
+    warm-shutdown handler printed to that pipe before setting its stop flag: the print failed
+    (EPIPE), the error surfaced in the consumer as a lost broker connection, and the worker
+    reconnected and lived on (here the broker outlives the supervisor, so for good). Each worker
+    must stop by the graceful path: it leaves the registry."""
+    service = _service(services, tmp_path, SLOW, "-broker_url", redis_url)
+    supervisor = service.start(wait=False).proc
+    with redis.Redis.from_url(redis_url) as broker:
+        registry = ServiceRegistry(broker, ServiceKeys(service.name))
+        wait_until(lambda: len(registry.live_workers()) == 2, 60,
+                   what=f"two live workers; log:\n{service.log()[-3000:]}")
+        workers = service.pids(WORKER_PID)
+        assert len(workers) == 2, service.log()
+        try:
+            os.kill(supervisor.pid, signal.SIGKILL)
+            supervisor.wait(10)
+            wait_until(lambda: not any(pid_alive(pid) for pid in workers), 45,
+                       what=f"the workers {workers} of the killed supervisor to exit")
+        finally:
+            for pid in workers:
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        assert not registry.live_workers(), "a worker exited without its graceful stop"
+
+
 @pytest.mark.timeout(60)
 def test_a_port_held_by_a_redis_it_did_not_start_is_named_not_adopted(
     services: list[TerminalService], tmp_path: Path
@@ -183,6 +219,46 @@ def test_client_of_a_crash_looping_service_is_told_the_worker_error(
 
     model_file.write_text("weights")  # fixed: the next restart serves
     assert service.client(connect_timeout=60).encode(3).result(timeout=30) == 6
+
+
+#: A parent that dies between its child's fork and the child's ``prctl``. The child's
+#: ``preexec_fn`` sends its pid, waits until the parent is gone (the last writer of a pipe
+#: closes), then asks for the parent-death signal; after it the child would run ``sleep``. The
+#: parent forks from a thread (``Popen`` waits for the exec) and exits once it has the pid.
+_LATE_PRCTL = """
+import os, subprocess, threading
+from wkr_celery.processes import die_with_parent
+
+gone_r, gone_w = os.pipe()
+pid_r, pid_w = os.pipe()
+
+def late():
+    os.close(gone_w)
+    os.write(pid_w, str(os.getpid()).encode())
+    os.read(gone_r, 1)  # end of file: the parent has exited
+    die_with_parent()
+
+threading.Thread(target=subprocess.Popen, args=(["sleep", "120"],), daemon=True, kwargs=dict(
+    preexec_fn=late, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)).start()
+print(os.read(pid_r, 20).decode(), flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_child_whose_parent_died_before_it_asked_for_the_signal_does_not_run() -> None:
+    """``PR_SET_PDEATHSIG`` set after the parent died is never sent: the child would run
+    unsupervised (a worker serving for a supervisor long gone). ``die_with_parent`` looks at
+    the parent after the ``prctl`` and exits at once when it is not the one that forked it."""
+    parent = subprocess.run([sys.executable, "-c", _LATE_PRCTL], capture_output=True,
+                            timeout=30, check=True, cwd=Path(__file__).resolve().parents[2])
+    child = int(parent.stdout)
+    try:
+        wait_until(lambda: not pid_alive(child), 10,
+                   what=f"the orphaned child {child} to exit instead of running sleep")
+    finally:
+        if pid_alive(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_stale_temp_dirs_are_removed_only_when_their_owner_is_gone(tmp_path: Path) -> None:
