@@ -138,6 +138,10 @@ def test_service_gone_is_reported_once_and_its_callers_told_promptly(
         gone = [e for e in errors if e is not None]
         assert gone and all(isinstance(e, RequestLost) for e in gone), gone
         assert "unreachable" in str(gone[0]) and f":{redis.port}" in str(gone[0])
+        # The client fails its callers first, then logs that the service is gone.
+        wait_until(lambda: any("is gone" in r.getMessage() for r in caplog.records
+                               if r.name == "wkr_celery.client"), timeout=5,
+                   what="the client's error that the service is gone")
         mine = [r for r in caplog.records if r.name == "wkr_celery.client"]  # not a child's
         outage_warnings = [r for r in mine if "is unreachable" in r.getMessage()]
         gone_errors = [r for r in mine if "is gone" in r.getMessage()]
