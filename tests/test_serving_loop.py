@@ -6,15 +6,28 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from wkr_celery.broker import ResultStore
 from wkr_celery.client import WKRClient
+from wkr_celery.client.protocol import Requests
 from wkr_celery.config import Settings
+from wkr_celery.keys import PRIORITY_STEPS
 from wkr_celery.messages import parse_request
 from wkr_celery.server.request import Outcome, Request
 from wkr_celery.server.serving import ServingLoop
 
 from .helpers import wait_until
 from .workers_for_tests import BatchSizeWorker, GateWorker
+
+
+class GatedBatchSizeWorker(GateWorker):
+    """Holds a batch with a gate file like ``GateWorker``; answers each input with the size of
+    the batch it was predicted in."""
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        super().predict(model, input)
+        return [len(input)] * len(input)
 
 
 class RecordingListener:
@@ -75,6 +88,53 @@ def test_an_idle_worker_takes_a_lone_request_straight_into_its_landing_list_and_
             assert future.result(30) == 8
             wait_until(lambda: not broker.exists(keys.landing("w-land")), timeout=10,
                        what="the landed request acked")
+    finally:
+        loop.stop(timeout=30)
+    loop.queue.client.close()
+
+
+def test_a_worker_woken_from_idle_in_a_stream_takes_what_queued_behind_the_first_request(
+        redis_url: str, service_name: str, tmp_path: Path) -> None:
+    """In a stream, a worker that ran out of work blocks on the arrivals list with a fetch
+    pipelined behind its BLMOVE: requests that queue together are predicted together, not the
+    first alone and the rest in a second batch."""
+    settings = Settings(name=service_name, broker_url=redis_url)
+    loop = ServingLoop(settings, GatedBatchSizeWorker(name=service_name), worker_id="w-stream",
+                       device_id=-1)
+    keys, broker = loop.keys, loop.queue.client
+    results = ResultStore(broker, keys)
+    sender = Requests(keys, {}, reply_to=None, timeout=None, priority=PRIORITY_STEPS[1],
+                      clock=lambda: 0.0)
+
+    def send(*inputs: Any) -> list[str]:  # one round trip: they queue together
+        requests = [sender.make(x) for x in inputs]
+        assert len(sender.enqueue(loop.queue, requests).accepted) == len(requests)
+        return [r.task_id for r in requests]
+
+    def answers(task_ids: list[str]) -> list[Any]:
+        def stored() -> list[Any] | None:
+            metas = [results.read(t) for t in task_ids]
+            return None if None in metas else [m["result"] for m in metas]  # type: ignore[index]
+        return wait_until(stored, timeout=30, what="the answers stored")  # type: ignore[no-any-return]
+
+    def idle() -> bool:  # the predictor blocks on the arrivals list again
+        return any(c.get("cmd") == "blmove" and "b" in c.get("flags", "")
+                   for c in broker.client_list())
+
+    loop.start()
+    try:
+        assert loop.ready.wait(30) and loop.failed is None
+        gate = str(tmp_path / "gate")
+        first = send({"gate": gate, "value": 1})
+        wait_until(lambda: os.path.exists(gate + ".entered"), timeout=20,
+                   what="the first request in predict")
+        behind = send(*({"value": v} for v in range(3)))  # prefetched while the first predicts
+        wait_until(lambda: broker.hlen(keys.inflight("w-stream")) == 3, timeout=20,
+                   what="the three prefetched")
+        open(gate, "w").close()
+        assert answers(first + behind) == [1, 3, 3, 3]
+        wait_until(idle, timeout=20, what="the worker idle on the arrivals list")
+        assert answers(send(*({"value": v} for v in range(5)))) == [5] * 5
     finally:
         loop.stop(timeout=30)
     loop.queue.client.close()
