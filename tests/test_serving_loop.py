@@ -16,6 +16,7 @@ from wkr_celery.keys import PRIORITY_STEPS
 from wkr_celery.messages import parse_request
 from wkr_celery.server.request import Outcome, Request
 from wkr_celery.server.serving import ServingLoop
+from wkr_celery.server.worker_slot import WorkerProcess
 
 from .helpers import wait_until
 from .workers_for_tests import BatchSizeWorker, GateWorker
@@ -135,6 +136,50 @@ def test_a_worker_woken_from_idle_in_a_stream_takes_what_queued_behind_the_first
         assert answers(first + behind) == [1, 3, 3, 3]
         wait_until(idle, timeout=20, what="the worker idle on the arrivals list")
         assert answers(send(*({"value": v} for v in range(5)))) == [5] * 5
+    finally:
+        loop.stop(timeout=30)
+    loop.queue.client.close()
+
+
+def test_the_running_file_names_the_batch_in_predict_and_nothing_left_from_a_longer_one(
+        redis_url: str, service_name: str, tmp_path: Path) -> None:
+    """What the supervisor reads when a worker process dies (``WorkerProcess.in_predict``): the
+    inflight ids of the batch in predict, none of an earlier, longer batch's, and nothing once
+    predict returned."""
+    slot = WorkerProcess(index=0, device_id=-1)
+    slot.prepare("w-running", str(tmp_path))
+    settings = Settings(name=service_name, broker_url=redis_url)
+    loop = ServingLoop(settings, GatedBatchSizeWorker(name=service_name), worker_id="w-running",
+                       device_id=-1, running_file=slot.running_file)
+    keys, broker = loop.keys, loop.queue.client
+    sender = Requests(keys, {}, reply_to=None, timeout=None, priority=PRIORITY_STEPS[1],
+                      clock=lambda: 0.0)
+    results = ResultStore(broker, keys)
+    loop.start()
+    try:
+        assert loop.ready.wait(30) and loop.failed is None
+        gates = [str(tmp_path / f"gate{i}") for i in range(2)]
+        first = sender.make({"gate": gates[0], "value": 0})
+        sender.enqueue(loop.queue, [first])
+        wait_until(lambda: os.path.exists(gates[0] + ".entered"), timeout=20,
+                   what="the first request in predict")
+        long_batch = [sender.make({"value": v}) for v in range(12)]
+        sender.enqueue(loop.queue, long_batch)
+        wait_until(lambda: broker.hlen(keys.inflight("w-running")) == 12, timeout=20,
+                   what="twelve prefetched behind it")
+        held = sorted(int(i) for i in broker.hkeys(keys.inflight("w-running")))
+        open(gates[0], "w").close()
+        wait_until(lambda: all(results.read(r.task_id) for r in long_batch), timeout=30,
+                   what="the twelve answered")
+        assert slot.in_predict() == []
+        last = sender.make({"gate": gates[1], "value": 1})
+        sender.enqueue(loop.queue, [last])
+        wait_until(lambda: os.path.exists(gates[1] + ".entered"), timeout=20,
+                   what="the last request in predict")
+        in_predict = slot.in_predict()
+        assert len(in_predict) == 1 and in_predict[0] not in held
+        open(gates[1], "w").close()
+        wait_until(lambda: results.read(last.task_id), timeout=30, what="the last answered")
     finally:
         loop.stop(timeout=30)
     loop.queue.client.close()
