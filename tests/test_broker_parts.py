@@ -201,3 +201,28 @@ def test_a_task_future_is_a_future_that_names_its_task() -> None:
     future = TaskFuture("abc")
     future.set_result(3)
     assert future.task_id == "abc" and future.result(timeout=0) == 3
+
+
+def test_land_with_a_fetch_behind_it_takes_the_waiting_messages_even_without_the_script(
+        redis_client: redis.Redis, keys: ServiceKeys) -> None:
+    """``land(more=N)``: the message that wakes the worker goes to its landing list and up to N
+    waiting behind it into its inflight hash, in one round trip; when the server lost its
+    script cache (a restart), the fetch is loaded and still made."""
+    queue = RequestQueue(redis_client, keys)
+    requests = sender(keys, max_queue=0)
+    for flush in (False, True):
+        if flush:
+            redis_client.script_flush()
+        sent = [requests.make(i) for i in range(4)]
+        requests.enqueue(queue, sent)
+        landed, fetched = queue.land("w1", 1, more=2)
+        assert landed is not None
+        assert parse_request(landed).task_id == sent[0].task_id
+        assert [parse_request(m).task_id for _, m, _ in fetched] == [r.task_id for r in sent[1:3]]
+        assert redis_client.lrange(keys.landing("w1"), 0, -1) == [landed]
+        assert sorted(int(i) for i in redis_client.hkeys(keys.inflight("w1"))) == sorted(
+            i for i, _, _ in fetched)
+        assert queue.queue_length() == 1
+        queue.ack("w1", [i for i, _, _ in fetched], landed=[landed])
+        queue.fetch("w1", 1)  # the fourth
+        redis_client.delete(keys.inflight("w1"))

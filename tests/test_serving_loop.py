@@ -6,15 +6,29 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from wkr_celery.broker import ResultStore
 from wkr_celery.client import WKRClient
+from wkr_celery.client.protocol import Requests
 from wkr_celery.config import Settings
+from wkr_celery.keys import PRIORITY_STEPS
 from wkr_celery.messages import parse_request
 from wkr_celery.server.request import Outcome, Request
 from wkr_celery.server.serving import ServingLoop
+from wkr_celery.server.worker_slot import WorkerProcess
 
 from .helpers import wait_until
 from .workers_for_tests import BatchSizeWorker, GateWorker
+
+
+class GatedBatchSizeWorker(GateWorker):
+    """Holds a batch with a gate file like ``GateWorker``; answers each input with the size of
+    the batch it was predicted in."""
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        super().predict(model, input)
+        return [len(input)] * len(input)
 
 
 class RecordingListener:
@@ -75,6 +89,97 @@ def test_an_idle_worker_takes_a_lone_request_straight_into_its_landing_list_and_
             assert future.result(30) == 8
             wait_until(lambda: not broker.exists(keys.landing("w-land")), timeout=10,
                        what="the landed request acked")
+    finally:
+        loop.stop(timeout=30)
+    loop.queue.client.close()
+
+
+def test_a_worker_woken_from_idle_in_a_stream_takes_what_queued_behind_the_first_request(
+        redis_url: str, service_name: str, tmp_path: Path) -> None:
+    """In a stream, a worker that ran out of work blocks on the arrivals list with a fetch
+    pipelined behind its BLMOVE: requests that queue together are predicted together, not the
+    first alone and the rest in a second batch."""
+    settings = Settings(name=service_name, broker_url=redis_url)
+    loop = ServingLoop(settings, GatedBatchSizeWorker(name=service_name), worker_id="w-stream",
+                       device_id=-1)
+    keys, broker = loop.keys, loop.queue.client
+    results = ResultStore(broker, keys)
+    sender = Requests(keys, {}, reply_to=None, timeout=None, priority=PRIORITY_STEPS[1],
+                      clock=lambda: 0.0)
+
+    def send(*inputs: Any) -> list[str]:  # one round trip: they queue together
+        requests = [sender.make(x) for x in inputs]
+        assert len(sender.enqueue(loop.queue, requests).accepted) == len(requests)
+        return [r.task_id for r in requests]
+
+    def answers(task_ids: list[str]) -> list[Any]:
+        def stored() -> list[Any] | None:
+            metas = [results.read(t) for t in task_ids]
+            return None if None in metas else [m["result"] for m in metas]  # type: ignore[index]
+        return wait_until(stored, timeout=30, what="the answers stored")  # type: ignore[no-any-return]
+
+    def idle() -> bool:  # the predictor blocks on the arrivals list again
+        return any(c.get("cmd") == "blmove" and "b" in c.get("flags", "")
+                   for c in broker.client_list())
+
+    loop.start()
+    try:
+        assert loop.ready.wait(30) and loop.failed is None
+        gate = str(tmp_path / "gate")
+        first = send({"gate": gate, "value": 1})
+        wait_until(lambda: os.path.exists(gate + ".entered"), timeout=20,
+                   what="the first request in predict")
+        behind = send(*({"value": v} for v in range(3)))  # prefetched while the first predicts
+        wait_until(lambda: broker.hlen(keys.inflight("w-stream")) == 3, timeout=20,
+                   what="the three prefetched")
+        open(gate, "w").close()
+        assert answers(first + behind) == [1, 3, 3, 3]
+        wait_until(idle, timeout=20, what="the worker idle on the arrivals list")
+        assert answers(send(*({"value": v} for v in range(5)))) == [5] * 5
+    finally:
+        loop.stop(timeout=30)
+    loop.queue.client.close()
+
+
+def test_the_running_file_names_the_batch_in_predict_and_nothing_left_from_a_longer_one(
+        redis_url: str, service_name: str, tmp_path: Path) -> None:
+    """What the supervisor reads when a worker process dies (``WorkerProcess.in_predict``): the
+    inflight ids of the batch in predict, none of an earlier, longer batch's, and nothing once
+    predict returned."""
+    slot = WorkerProcess(index=0, device_id=-1)
+    slot.prepare("w-running", str(tmp_path))
+    settings = Settings(name=service_name, broker_url=redis_url)
+    loop = ServingLoop(settings, GatedBatchSizeWorker(name=service_name), worker_id="w-running",
+                       device_id=-1, running_file=slot.running_file)
+    keys, broker = loop.keys, loop.queue.client
+    sender = Requests(keys, {}, reply_to=None, timeout=None, priority=PRIORITY_STEPS[1],
+                      clock=lambda: 0.0)
+    results = ResultStore(broker, keys)
+    loop.start()
+    try:
+        assert loop.ready.wait(30) and loop.failed is None
+        gates = [str(tmp_path / f"gate{i}") for i in range(2)]
+        first = sender.make({"gate": gates[0], "value": 0})
+        sender.enqueue(loop.queue, [first])
+        wait_until(lambda: os.path.exists(gates[0] + ".entered"), timeout=20,
+                   what="the first request in predict")
+        long_batch = [sender.make({"value": v}) for v in range(12)]
+        sender.enqueue(loop.queue, long_batch)
+        wait_until(lambda: broker.hlen(keys.inflight("w-running")) == 12, timeout=20,
+                   what="twelve prefetched behind it")
+        held = sorted(int(i) for i in broker.hkeys(keys.inflight("w-running")))
+        open(gates[0], "w").close()
+        wait_until(lambda: all(results.read(r.task_id) for r in long_batch), timeout=30,
+                   what="the twelve answered")
+        assert slot.in_predict() == []
+        last = sender.make({"gate": gates[1], "value": 1})
+        sender.enqueue(loop.queue, [last])
+        wait_until(lambda: os.path.exists(gates[1] + ".entered"), timeout=20,
+                   what="the last request in predict")
+        in_predict = slot.in_predict()
+        assert len(in_predict) == 1 and in_predict[0] not in held
+        open(gates[1], "w").close()
+        wait_until(lambda: results.read(last.task_id), timeout=30, what="the last answered")
     finally:
         loop.stop(timeout=30)
     loop.queue.client.close()

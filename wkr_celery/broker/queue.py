@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .. import scripts
 from ..keys import ServiceKeys
@@ -63,35 +63,68 @@ class RequestQueue:
         one this worker got before, even after the broker restarted empty (see ``fetch.lua``):
         an ack or a blame of an old id can never name a new message.
         """
+        keys, args = self._fetch_call(worker_id, count)
+        return self._fetched(worker_id, self._fetch(keys=keys, args=args))
+
+    def land(self, worker_id: str, timeout: float, more: int = 0
+             ) -> tuple[bytes | None, list[Fetched]]:
+        """An idle worker blocks on the arrivals list itself, up to ``timeout`` (whole seconds,
+        at least 1): the oldest message there moves into its landing list (``BLMOVE``, atomic,
+        so a worker that dies holding it has it requeued) and comes back, ready to predict with
+        no further round trip. :data:`~wkr_celery.scripts.NUDGE` means work waits on another
+        list: fetch it.
+
+        With ``more`` > 0 a :meth:`fetch` of up to ``more`` messages is pipelined behind the
+        ``BLMOVE``: Redis runs it the moment the ``BLMOVE`` returns, in the same round trip, so
+        a worker woken in a stream takes what queued behind the message that woke it as one
+        batch instead of predicting that message alone. Returns ``(landed, fetched)``.
+        """
+        wait = max(1, math.ceil(timeout))
+        if not more:
+            return self._blocking_move(self.client, worker_id, wait), []
+        pipe = self.client.pipeline(transaction=False)
+        self._blocking_move(pipe, worker_id, wait)
+        keys, args = self._fetch_call(worker_id, more)
+        pipe.evalsha(self._fetch.sha, len(keys), *keys, *args)
+        landed, flat = pipe.execute(raise_on_error=False)
+        if isinstance(landed, ResponseError):
+            if not self._blmove or "unknown command" not in str(landed).lower():
+                raise landed
+            self._blmove = False  # the fetch behind it still ran: keep what it moved
+            landed = None
+        if isinstance(flat, NoScriptError):  # a broker restarted empty: load it and fetch
+            return landed, self.fetch(worker_id, more)
+        if isinstance(flat, Exception):
+            raise flat
+        return landed, self._fetched(worker_id, flat)
+
+    def _blocking_move(self, client: Any, worker_id: str, wait: int) -> Any:
+        """``BLMOVE`` (or, on Redis < 6.2, ``BRPOPLPUSH``) from the arrivals list into
+        ``worker_id``'s landing list, on ``client`` or a pipeline."""
         k = self.keys
-        flat = self._fetch(
-            keys=[k.inflight(worker_id), k.seq, k.suspect, k.deaths, *k.queues],
-            args=[count, self._highest.get(worker_id, 0)],
-        )
+        if not self._blmove:
+            return client.brpoplpush(k.arrivals, k.landing(worker_id), wait)
+        if client is not self.client:
+            return client.blmove(k.arrivals, k.landing(worker_id), wait, "RIGHT", "LEFT")
+        try:
+            return client.blmove(k.arrivals, k.landing(worker_id), wait, "RIGHT", "LEFT")
+        except ResponseError as exc:
+            if "unknown command" not in str(exc).lower():
+                raise
+            self._blmove = False
+        return client.brpoplpush(k.arrivals, k.landing(worker_id), wait)
+
+    def _fetch_call(self, worker_id: str, count: int) -> tuple[list[str], list[int]]:
+        k = self.keys
+        return ([k.inflight(worker_id), k.seq, k.suspect, k.deaths, *k.queues],
+                [count, self._highest.get(worker_id, 0)])
+
+    def _fetched(self, worker_id: str, flat: list[Any]) -> list[Fetched]:
         fetched = [(int(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
         if fetched:
             self._highest[worker_id] = max(self._highest.get(worker_id, 0),
                                            *(i for i, _, _ in fetched))
         return fetched
-
-    def land(self, worker_id: str, timeout: float) -> bytes | None:
-        """An idle worker blocks on the arrivals list itself, up to ``timeout`` (whole seconds,
-        at least 1): the oldest message there moves into its landing list (``BLMOVE``, atomic,
-        so a worker that dies holding it has it requeued) and comes back, ready to predict with
-        no further round trip. :data:`~wkr_celery.scripts.NUDGE` means work waits on another
-        list: fetch it."""
-        k, wait = self.keys, max(1, math.ceil(timeout))
-        landed: Any
-        if self._blmove:
-            try:
-                landed = self.client.blmove(k.arrivals, k.landing(worker_id), wait, "RIGHT", "LEFT")
-                return landed  # type: ignore[no-any-return]
-            except ResponseError as exc:
-                if "unknown command" not in str(exc).lower():
-                    raise
-                self._blmove = False
-        landed = self.client.brpoplpush(k.arrivals, k.landing(worker_id), wait)
-        return landed  # type: ignore[no-any-return]
 
     def drop_nudge(self, worker_id: str) -> None:
         """Take a landed nudge off this worker's landing list."""

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Collection
 
-from ..broker import RequestQueue
+from ..broker import Fetched, RequestQueue
 from ..config import Settings
 from ..connections import REDIS_ERRORS
 from ..messages import parse_request
@@ -64,6 +64,10 @@ class Fetcher:
         self._max_payload = settings.max_payload
         self._next_reconcile = time.monotonic() + _RECONCILE_SECONDS
         self._backoff = 0.05
+        #: Whether the last messages to arrive came several at once: the worker is in a stream,
+        #: and woken from idle it fetches what queued behind the message that woke it in the
+        #: same round trip. One message alone (a lone request) turns it off again.
+        self._in_stream = False
 
     def forget(self, requests: Collection[Request]) -> None:
         """Acked requests: no longer held (called after the ack, so :meth:`reconcile` never
@@ -94,36 +98,44 @@ class Fetcher:
 
     def fetch_when_idle(self) -> bool:
         """The predictor found nothing buffered: block on the arrivals list itself (up to
-        ``poll``) and buffer what lands; on a nudge or a timeout, fetch. False when the fetcher
-        thread has the turn (or the worker stops): the caller waits on the buffer, where that
-        fetch lands."""
+        ``poll``) and buffer what lands, with what queued behind it when the worker is in a
+        stream (see :meth:`RequestQueue.land`); on a nudge or a timeout, fetch. False when the
+        fetcher thread has the turn (or the worker stops): the caller waits on the buffer,
+        where that fetch lands."""
         if self.stopping.is_set() or not self.turn.acquire(blocking=False):
             return False
         try:
-            message = self._land()
+            # Behind a lone request nothing waits: no fetch behind its BLMOVE then, which
+            # would cost it Redis and parsing time (about 40 us on the latency path).
+            more = self.buffer.room() - 1 if self._in_stream else 0
+            message, fetched = self._land(more)
+            more_waiting = 0 < more <= len(fetched)
             if message is not None:
-                self._buffer([(LANDED_ID, message, 0)], more_waiting=False)
+                self._buffer([(LANDED_ID, message, 0), *fetched], more_waiting=more_waiting)
+            elif fetched:
+                self._buffer(fetched, more_waiting=more_waiting)
             elif not self.stopping.is_set():
                 self.fetch()  # a nudge, or a second's timeout: look at every list
         finally:
             self.turn.release()
         return True
 
-    def _land(self) -> bytes | None:
-        """One blocking ``BLMOVE``: the message that landed, or ``None`` (timeout, a nudge,
-        which is dropped here, or a broker error)."""
+    def _land(self, more: int) -> tuple[bytes | None, list[Fetched]]:
+        """One blocking ``BLMOVE``, with a fetch of up to ``more`` behind it: the message that
+        landed, or ``None`` (timeout, a nudge, which is dropped here, or a broker error), and
+        what the fetch took."""
         try:
-            message = self.queue.land(self.worker_id, self.poll)
+            message, fetched = self.queue.land(self.worker_id, self.poll, more)
             if message == NUDGE:
                 self.queue.drop_nudge(self.worker_id)
-                return None
+                message = None
             if message is not None:
                 with self._held_lock:
                     self.landed.add(message)
-            return message
+            return message, fetched
         except REDIS_ERRORS as exc:
             self._broker_error(exc)
-            return None
+            return None, []
 
     # Either thread, holding the turn --------------------------------------------------------
 
@@ -156,6 +168,7 @@ class Fetcher:
         self._backoff = min(self._backoff * 2, _BACKOFF_CAP)
 
     def _buffer(self, fetched: list[tuple[int, bytes, int]], more_waiting: bool) -> None:
+        self._in_stream = len(fetched) > 1
         with self._held_lock:
             self.held.update(inflight_id for inflight_id, _, _ in fetched)
         now = time.monotonic()

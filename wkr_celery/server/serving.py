@@ -93,6 +93,7 @@ class ServingLoop:
             os.open(running_file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             if running_file else None
         )
+        self._running_written = 0  # bytes of ids in the running file (then only spaces)
         self._threads: list[threading.Thread] = []
         self._info: dict[str, Any] = {}
         self.fetcher = Fetcher(self.queue, worker_id, self.buffer, settings, self._stopping,
@@ -239,12 +240,17 @@ class ServingLoop:
                 self.fetcher.busy.set()
 
     def _mark_running(self, batch: Sequence[Request]) -> None:
-        """Tell the supervisor which requests are in predict, in case this process dies now."""
+        """Tell the supervisor which requests are in predict, in case this process dies now.
+
+        One ``pwrite`` per call, padded with spaces over what the last one wrote (the reader
+        strips them): truncating the file first cost two more syscalls per batch, 10-15 us on
+        ext4, and left a moment with the file empty."""
         if self._running_fd is None:
             return
-        os.ftruncate(self._running_fd, 0)
-        if batch:
-            os.pwrite(self._running_fd, ",".join(str(r.id) for r in batch).encode(), 0)
+        text = ",".join([str(r.id) for r in batch]).encode()
+        if text or self._running_written:
+            os.pwrite(self._running_fd, text.ljust(self._running_written), 0)
+        self._running_written = len(text)
 
     # Writer -------------------------------------------------------------------------------
 
