@@ -12,7 +12,7 @@ from wkr_celery.broker import ResultStore
 from wkr_celery.client import WKRClient
 from wkr_celery.client.protocol import Requests
 from wkr_celery.config import Settings
-from wkr_celery.keys import PRIORITY_STEPS
+from wkr_celery.keys import PRIORITY_STEPS, ServiceKeys
 from wkr_celery.messages import parse_request
 from wkr_celery.server.request import Outcome, Request
 from wkr_celery.server.serving import ServingLoop
@@ -20,6 +20,18 @@ from wkr_celery.server.worker_slot import WorkerProcess
 
 from .helpers import wait_until
 from .workers_for_tests import BatchSizeWorker, GateWorker
+
+
+def producer(keys: ServiceKeys) -> Requests:
+    """Sends as ``POST /tasks`` does (results read from their keys), several in one round trip
+    when the test chooses."""
+    return Requests(keys, {}, reply_to=None, timeout=None, priority=PRIORITY_STEPS[1],
+                    clock=lambda: 0.0)
+
+
+def wait_in_predict(gate: str, what: str) -> None:
+    """Until a ``GateWorker`` batch holding ``gate`` is in predict."""
+    wait_until(lambda: os.path.exists(gate + ".entered"), timeout=20, what=what)
 
 
 class GatedBatchSizeWorker(GateWorker):
@@ -104,8 +116,7 @@ def test_a_worker_woken_from_idle_in_a_stream_takes_what_queued_behind_the_first
                        device_id=-1)
     keys, broker = loop.keys, loop.queue.client
     results = ResultStore(broker, keys)
-    sender = Requests(keys, {}, reply_to=None, timeout=None, priority=PRIORITY_STEPS[1],
-                      clock=lambda: 0.0)
+    sender = producer(keys)
 
     def send(*inputs: Any) -> list[str]:  # one round trip: they queue together
         requests = [sender.make(x) for x in inputs]
@@ -127,8 +138,7 @@ def test_a_worker_woken_from_idle_in_a_stream_takes_what_queued_behind_the_first
         assert loop.ready.wait(30) and loop.failed is None
         gate = str(tmp_path / "gate")
         first = send({"gate": gate, "value": 1})
-        wait_until(lambda: os.path.exists(gate + ".entered"), timeout=20,
-                   what="the first request in predict")
+        wait_in_predict(gate, "the first request in predict")
         behind = send(*({"value": v} for v in range(3)))  # prefetched while the first predicts
         wait_until(lambda: broker.hlen(keys.inflight("w-stream")) == 3, timeout=20,
                    what="the three prefetched")
@@ -152,8 +162,7 @@ def test_the_running_file_names_the_batch_in_predict_and_nothing_left_from_a_lon
     loop = ServingLoop(settings, GatedBatchSizeWorker(name=service_name), worker_id="w-running",
                        device_id=-1, running_file=slot.running_file)
     keys, broker = loop.keys, loop.queue.client
-    sender = Requests(keys, {}, reply_to=None, timeout=None, priority=PRIORITY_STEPS[1],
-                      clock=lambda: 0.0)
+    sender = producer(keys)
     results = ResultStore(broker, keys)
     loop.start()
     try:
@@ -161,8 +170,7 @@ def test_the_running_file_names_the_batch_in_predict_and_nothing_left_from_a_lon
         gates = [str(tmp_path / f"gate{i}") for i in range(2)]
         first = sender.make({"gate": gates[0], "value": 0})
         sender.enqueue(loop.queue, [first])
-        wait_until(lambda: os.path.exists(gates[0] + ".entered"), timeout=20,
-                   what="the first request in predict")
+        wait_in_predict(gates[0], "the first request in predict")
         long_batch = [sender.make({"value": v}) for v in range(12)]
         sender.enqueue(loop.queue, long_batch)
         wait_until(lambda: broker.hlen(keys.inflight("w-running")) == 12, timeout=20,
@@ -174,8 +182,7 @@ def test_the_running_file_names_the_batch_in_predict_and_nothing_left_from_a_lon
         assert slot.in_predict() == []
         last = sender.make({"gate": gates[1], "value": 1})
         sender.enqueue(loop.queue, [last])
-        wait_until(lambda: os.path.exists(gates[1] + ".entered"), timeout=20,
-                   what="the last request in predict")
+        wait_in_predict(gates[1], "the last request in predict")
         in_predict = slot.in_predict()
         assert len(in_predict) == 1 and in_predict[0] not in held
         open(gates[1], "w").close()

@@ -81,38 +81,42 @@ class RequestQueue:
         """
         wait = max(1, math.ceil(timeout))
         if not more:
-            return self._blocking_move(self.client, worker_id, wait), []
+            try:
+                return self._move(self.client, worker_id, wait), []
+            except ResponseError as exc:
+                if not self._lacks_blmove(exc):
+                    raise
+            return self._move(self.client, worker_id, wait), []
         pipe = self.client.pipeline(transaction=False)
-        self._blocking_move(pipe, worker_id, wait)
+        self._move(pipe, worker_id, wait)
         keys, args = self._fetch_call(worker_id, more)
         pipe.evalsha(self._fetch.sha, len(keys), *keys, *args)
         landed, flat = pipe.execute(raise_on_error=False)
         if isinstance(landed, ResponseError):
-            if not self._blmove or "unknown command" not in str(landed).lower():
+            if not self._lacks_blmove(landed):
                 raise landed
-            self._blmove = False  # the fetch behind it still ran: keep what it moved
-            landed = None
+            landed = None  # the fetch behind it still ran: keep what it moved
         if isinstance(flat, NoScriptError):  # a broker restarted empty: load it and fetch
             return landed, self.fetch(worker_id, more)
         if isinstance(flat, Exception):
             raise flat
         return landed, self._fetched(worker_id, flat)
 
-    def _blocking_move(self, client: Any, worker_id: str, wait: int) -> Any:
-        """``BLMOVE`` (or, on Redis < 6.2, ``BRPOPLPUSH``) from the arrivals list into
+    def _move(self, client: Any, worker_id: str, wait: int) -> Any:
+        """``BLMOVE`` (``BRPOPLPUSH`` on a server without it) from the arrivals list into
         ``worker_id``'s landing list, on ``client`` or a pipeline."""
         k = self.keys
-        if not self._blmove:
-            return client.brpoplpush(k.arrivals, k.landing(worker_id), wait)
-        if client is not self.client:
+        if self._blmove:
             return client.blmove(k.arrivals, k.landing(worker_id), wait, "RIGHT", "LEFT")
-        try:
-            return client.blmove(k.arrivals, k.landing(worker_id), wait, "RIGHT", "LEFT")
-        except ResponseError as exc:
-            if "unknown command" not in str(exc).lower():
-                raise
-            self._blmove = False
         return client.brpoplpush(k.arrivals, k.landing(worker_id), wait)
+
+    def _lacks_blmove(self, error: ResponseError) -> bool:
+        """Whether ``error`` says the server has no ``BLMOVE`` (Redis < 6.2); if so, its older
+        spelling is used from now on."""
+        if self._blmove and "unknown command" in str(error).lower():
+            self._blmove = False
+            return True
+        return False
 
     def _fetch_call(self, worker_id: str, count: int) -> tuple[list[str], list[int]]:
         k = self.keys

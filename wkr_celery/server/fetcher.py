@@ -109,10 +109,10 @@ class Fetcher:
             # would cost it Redis and parsing time (about 40 us on the latency path).
             more = self.buffer.room() - 1 if self._in_stream else 0
             message, fetched = self._land(more)
-            more_waiting = 0 < more <= len(fetched)
+            more_waiting = 0 < more <= len(fetched)  # the fetch filled its room
             if message is not None:
-                self._buffer([(LANDED_ID, message, 0), *fetched], more_waiting=more_waiting)
-            elif fetched:
+                fetched.insert(0, (LANDED_ID, message, 0))
+            if fetched:
                 self._buffer(fetched, more_waiting=more_waiting)
             elif not self.stopping.is_set():
                 self.fetch()  # a nudge, or a second's timeout: look at every list
