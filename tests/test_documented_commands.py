@@ -176,6 +176,13 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
         "a minute or two of every core", CLIENTS_HTTP_BENCH),
     "python -m benchmarks --scenarios http --http-seconds 10": CannotRun(
         "a minute of every core under wrk", CLIENTS_HTTP_BENCH),
+    "python -m benchmarks --systems wkr --scenarios clients,http --repeat 3": CannotRun(
+        "three runs of the many-clients and HTTP scenarios, minutes of every core",
+        CLIENTS_HTTP_BENCH),
+    "python -m benchmarks --systems wkr,naive,coalesce --workloads tiny,gpu-sim "
+    "--scenarios systems,clients,http --repeat 3": CannotRun(
+        "three runs of every scenario but torch, about 10 minutes of every core",
+        f"{QUICK_BENCH} and {CLIENTS_HTTP_BENCH}"),
     # docs/performance.md, Real frameworks (also in the README)
     "pip install '.[frameworks]'": CannotRun(
         "installs torch, onnxruntime and onnx from the package index",
