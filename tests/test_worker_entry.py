@@ -222,3 +222,35 @@ def test_a_worker_whose_log_pipe_lost_its_reader_still_stops_on_sigterm(
                 worker.wait(10)
         assert code == 0, f"the worker's warm shutdown failed (exit code {code})"
         assert not registry.live_workers(), "the worker stopped without leaving the registry"
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_says_in_its_output_that_sigterm_began_its_warm_shutdown_and_when_it_ended(
+        tmp_path: Path, redis_url: str) -> None:
+    """Celery's own "Warm shutdown" print is off on SIGTERM (see the test above), so the worker
+    says it through logging, which cannot raise on a pipe without a reader. At INFO, as the
+    supervisor starts its workers."""
+    (tmp_path / "byhand.py").write_text(USER_WORKER)
+    name = f"t{uuid.uuid4().hex[:10]}"
+    env = user_env({"WKR_WORKER_CLASS": "byhand.Worker", "WKR_NAME": name,
+                    "WKR_BROKER_URL": redis_url, "WKR_DEVICE_MAP": "-1"})
+    worker = subprocess.Popen(["celery", "-A", "wkr_celery", "worker", "--pool", "solo",
+                               "--loglevel", "INFO"],
+                              cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    with redis.Redis.from_url(redis_url) as broker:
+        registry = ServiceRegistry(broker, ServiceKeys(name))
+        try:
+            wait_until(lambda: registry.live_workers() or worker.poll() is not None, 60,
+                       what="the worker to serve")
+            worker.send_signal(signal.SIGTERM)
+            output, _ = worker.communicate(timeout=40)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate(timeout=10)
+    text = output.decode(errors="replace")
+    assert worker.returncode == 0, text
+    began = text.find(": warm shutdown (finishing the batch in predict")
+    assert began >= 0 and text.find(": stopped", began) > began, text

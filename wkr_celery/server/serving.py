@@ -127,6 +127,10 @@ class ServingLoop:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        # Celery's warm-shutdown print is off (a print to a dead supervisor's pipe kept workers
+        # alive, see bootstep._quiet_warm_shutdown); logging never raises, so this says it.
+        log.info("worker %s: warm shutdown (finishing the batch in predict, up to %.0f s)",
+                 self.worker_id, timeout)
         deadline = time.monotonic() + timeout
         fetcher = self._thread("wkr-fetch")
         if fetcher is not None:
@@ -157,6 +161,7 @@ class ServingLoop:
             os.close(self._running_fd)
             self._running_fd = None
         self._tmp.cleanup()
+        log.info("worker %s: stopped", self.worker_id)
 
     def _close_listeners(self) -> None:
         """Close the listeners that hold something (``TaskEvents``: its events connection)."""
