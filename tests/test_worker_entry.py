@@ -254,3 +254,40 @@ def test_a_worker_says_in_its_output_that_sigterm_began_its_warm_shutdown_and_wh
     assert worker.returncode == 0, text
     began = text.find(": warm shutdown (finishing the batch in predict")
     assert began >= 0 and text.find(": stopped", began) > began, text
+
+
+SLOW_LOADING_WORKER = '''
+import os, time
+from wkr_celery.server import WKRHardWorker
+
+
+class Worker(WKRHardWorker):
+    def get_model(self, envs, model_dir, model_name, tmp_dir):
+        open("loading", "w").close()
+        time.sleep(120)
+
+    def predict(self, model, input):
+        return list(input)
+'''
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_on_a_worker_started_by_hand_ends_it_while_its_model_still_loads(
+        tmp_path: Path, redis_url: str) -> None:
+    """Celery's Ctrl+C handler only sets a flag its consumer reads, and the consumer starts
+    once the model is loaded: the worker used to go on loading (two minutes here) first."""
+    (tmp_path / "slowload.py").write_text(SLOW_LOADING_WORKER)
+    env = user_env({"WKR_WORKER_CLASS": "slowload.Worker", "WKR_NAME": f"t{uuid.uuid4().hex[:10]}",
+                    "WKR_BROKER_URL": redis_url, "WKR_DEVICE_MAP": "-1"})
+    worker = Terminal(["celery", "-A", "wkr_celery", "worker", "--pool", "solo",
+                       "--loglevel", "INFO"], tmp_path, env)
+    try:
+        wait_until(lambda: (tmp_path / "loading").exists() or worker.proc.poll() is not None,
+                   60, what="the model to start loading")
+        assert worker.proc.poll() is None, worker.output
+    finally:
+        worker.press_ctrl_c()
+        code = worker.close(timeout=20)
+    # Celery ends a Ctrl+C warm shutdown with EX_FAILURE (1); killed past the timeout: -9.
+    assert code == 1, worker.output
+    assert "stopped while its model was loading; it had fetched nothing" in worker.output

@@ -113,6 +113,34 @@ def test_ctrl_c_with_persistence_keeps_queued_requests_for_the_next_start(
         service.close()
 
 
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_the_workers_load_their_model_stops_the_service_without_waiting_for_it(
+    tmp_path: Path,
+) -> None:
+    """A worker still loading its model has fetched nothing: Ctrl+C ends it at once, rather
+    than when its model is loaded (two minutes here) or at the 30 s stop deadline, by a kill."""
+    loading = tmp_path / "loading"
+    loading.mkdir()
+    service = TerminalService(tmp_path, "tests.faults.workers.SlowLoader",
+                              env={"TEST_LOADING_DIR": str(loading)})
+    try:
+        terminal = service.start(wait=False)
+        wait_until(lambda: len(list(loading.iterdir())) == 2, 60,
+                   what="both workers to be loading their model")
+        terminal.press_ctrl_c()
+        code = terminal.close(timeout=20)  # less than the stop deadline: a kill fails this
+    finally:
+        service.close()
+    log = service.log()
+    assert code == 0, f"exit code {code}; terminal:\n{terminal.output[-3000:]}"
+    assert "stopping service" in terminal.output and "stopping service" in log, terminal.output
+    assert log.count("stopped while its model was loading; it had fetched nothing") == 2, log
+    assert "killing it" not in log and "while stopping" not in log, log[-4000:]
+    for path in loading.iterdir():
+        assert not Path(f"/proc/{path.name}").exists(), f"worker pid {path.name} still runs"
+    assert not service.redis_answers(service.port_in)
+
+
 #: Prints "ready" only once SIGINT has its default action, so one Ctrl+C after "ready" kills it.
 _WAITS_FOR_CTRL_C = ("import signal, time; signal.signal(signal.SIGINT, signal.SIG_DFL); "
                      "print('ready', flush=True); time.sleep(30)")

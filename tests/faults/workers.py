@@ -65,3 +65,14 @@ class NeedsModelFile(Doubler):
         path = os.environ["TEST_MODEL_FILE"]
         with open(path) as handle:  # FileNotFoundError names the path
             return handle.read()
+
+
+class SlowLoader(Doubler):
+    """A model that takes two minutes to load, as a large one can: ``get_model`` first leaves a
+    file named by its pid in ``$TEST_LOADING_DIR``, so a test knows the load has begun."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        with open(os.path.join(os.environ["TEST_LOADING_DIR"], str(os.getpid())), "w"):
+            pass
+        time.sleep(120)
+        return None

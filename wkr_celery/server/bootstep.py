@@ -23,6 +23,8 @@ from typing import Any
 
 from celery import bootsteps
 from celery.apps.worker import install_worker_term_handler
+from celery.exceptions import WorkerShutdown
+from celery.worker import state
 
 from ..config import Settings
 from ..errors import ConfigError
@@ -37,6 +39,8 @@ __all__ = ["ServingStep", "device_of", "start_serving"]
 
 #: The exit code of a worker whose model failed to load: its supervisor restarts it.
 EXIT_LOAD_FAILED = 3
+#: How often a worker whose model is loading looks whether it was told to stop.
+_STOP_CHECK_SECONDS = 0.1
 
 
 class ServingStep(bootsteps.StartStopStep):
@@ -56,7 +60,7 @@ class ServingStep(bootsteps.StartStopStep):
         if settings.task_events:  # Flower's task list; off by default (costs a publish a batch)
             loop.listeners.append(TaskEvents(worker.app, worker.hostname))
         loop.start()
-        loop.ready.wait()
+        _wait_until_loaded(loop)
         if loop.failed is not None:
             # Exit non-zero so the supervisor restarts us; the traceback is already logged.
             _report_failure(loop.failed, told.failure_file)
@@ -69,6 +73,22 @@ class ServingStep(bootsteps.StartStopStep):
 
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
+
+
+def _wait_until_loaded(loop: ServingLoop) -> None:
+    """Wait for the model to load, unless the worker is told to stop first; then it ends now.
+
+    Celery's SIGTERM and Ctrl+C handlers only set a flag that its consumer reads, and the
+    consumer starts after this step, so a worker would otherwise stop only once its model
+    had loaded, which can take minutes: its supervisor then waits out its stop deadline and
+    kills it. A worker whose model is still loading has fetched nothing, so ending it is a
+    complete graceful stop.
+    """
+    while not loop.ready.wait(_STOP_CHECK_SECONDS):
+        code = state.should_stop if state.should_stop is not None else state.should_terminate
+        if code is not None:
+            loop.stop()
+            raise WorkerShutdown(int(code))
 
 
 def start_serving(settings: Settings, told: WorkerProcessEnv) -> ServingLoop:

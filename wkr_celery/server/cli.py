@@ -46,10 +46,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wkr-serving-start: error: {exc}", file=sys.stderr)
         server.stop(graceful=False)
         return 1
-    print(f"wkr-serving-start: service {settings.name!r} starting {settings.num_worker} "
-          f"worker(s); broker {redacted(settings.broker)}; Ctrl+C stops", file=sys.stderr, flush=True)
-    server.serve_forever()
+    _tell(f"wkr-serving-start: service {settings.name!r} starting {settings.num_worker} "
+          f"worker(s); broker {redacted(settings.broker)}; Ctrl+C stops")
+    server.serve_forever(on_stop=lambda: _tell(
+        f"wkr-serving-start: stopping service {settings.name!r}: batches in predict finish "
+        "(Ctrl+C again kills the workers)"))
     return 0
+
+
+def _tell(line: str) -> None:
+    """A line for the terminal; a terminal that is gone (a closed pipe) stops nothing."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -86,6 +86,10 @@ class ServingLoop:
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self._stopping = threading.Event()
+        # Whether the model loaded and the loop went on to serve; a stop before that has
+        # nothing to finish. The lock orders that decision against stop() (see _predict_loop).
+        self._serving = False
+        self._start_lock = threading.Lock()
         self._results: queue.Queue[tuple[list[Request], list[Outcome], float] | None] = (
             queue.Queue(maxsize=2)
         )
@@ -124,9 +128,22 @@ class ServingLoop:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: finish the batch in predict, store it, give buffered requests back."""
-        if self._stopping.is_set():
+        with self._start_lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+            serving = self._serving
+        if not serving:
+            # The model is still loading (user code, which cannot be interrupted): nothing was
+            # fetched or registered, so there is nothing to finish or give back, and the
+            # process may end now instead of when the model is loaded. The loading thread
+            # sees the stop when it is done and serves nothing.
+            log.info("worker %s: stopped while its model was loading; it had fetched nothing",
+                     self.worker_id)
+            if self._running_fd is not None:
+                os.close(self._running_fd)
+                self._running_fd = None
             return
-        self._stopping.set()
         # Celery's warm-shutdown print is off (a print to a dead supervisor's pipe kept workers
         # alive, see bootstep._quiet_warm_shutdown); logging never raises, so this says it.
         log.info("worker %s: warm shutdown (finishing the batch in predict, up to %.0f s)",
@@ -198,6 +215,12 @@ class ServingLoop:
             self.failed = exc
             self.ready.set()
             return
+        with self._start_lock:
+            if self._stopping.is_set():  # stopped while the model loaded: serve nothing
+                self._tmp.cleanup()
+                self.ready.set()
+                return
+            self._serving = True
         info = self._info = service_info(self.settings, self.worker)
         self._retry(lambda: self.registry.write_info(info), "write service info",
                     time.monotonic() + 60)

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ..broker import RequestQueue, ResultStore, ServiceRegistry
@@ -215,12 +216,17 @@ class WKRServer:
             f"service {self.settings.name!r}: workers not ready after {timeout:.0f}s; see the log"
         )
 
-    def serve_forever(self) -> None:
-        """Supervise until :meth:`request_stop` (the CLI's SIGTERM/SIGINT handler), then stop."""
+    def serve_forever(self, on_stop: Callable[[], None] | None = None) -> None:
+        """Supervise until :meth:`request_stop` (the CLI's SIGTERM/SIGINT handler), then stop.
+        ``on_stop`` runs first, on this thread: the CLI tells the terminal, which a signal
+        handler must not do (printing or logging there can raise, or wait on a lock the
+        interrupted thread holds)."""
         while not self._stop_requested:
             time.sleep(_CHECK_SECONDS)
             if not self._stop_requested:
                 self._check_children()
+        if on_stop is not None:
+            on_stop()
         self.stop()
 
     def request_stop(self) -> None:
@@ -328,6 +334,9 @@ class WKRServer:
             return
         self._stopped = True
         self._stop_requested = True
+        log.info("stopping service %r: %s", self.settings.name,
+                 "batches in predict finish and are stored, buffered requests go back to the "
+                 "queue" if graceful else "its workers are killed")
         live = [w for w in self.workers if w.process is not None]
         for slot in live:
             send(slot.process, signal.SIGTERM if graceful else signal.SIGKILL)
