@@ -84,3 +84,19 @@ class Idler(WKRWorker):
 
     def do_work(self, model: Any, logger: logging.Logger) -> None:
         time.sleep(0.05)
+
+
+class SlowLoader(WKRWorker):
+    """A model that takes two minutes to load: ``get_model`` reports ``loading`` (with its pid)
+    to the sink first, so a test knows the load has begun."""
+
+    def get_model(self, ip: str, port: int, port_out: int) -> Any:
+        post({"event": "loading", "unit": self.unit_id, "pid": os.getpid()})
+        time.sleep(120)
+        return None
+
+    def do_work(self, model: Any, logger: logging.Logger) -> None:
+        time.sleep(0.05)
+
+    def off_model(self, model: Any) -> None:
+        post({"event": "off", "unit": self.unit_id})

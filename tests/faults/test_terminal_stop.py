@@ -197,3 +197,33 @@ def test_ctrl_c_stops_a_decentralize_central_after_the_job_in_hand(
     # Its own Redis is stopped last: the central talked to it until the end.
     assert "unreachable" not in log and "could not" not in log, log[-3000:]
     assert nothing_listens(port), "the central's Redis outlived it"
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_a_decentralize_central_whose_units_still_load_their_model(
+    redis_server: EmbeddedRedis, tmp_path: Path,
+) -> None:
+    """A unit still in ``get_model`` has no model to close and no job in hand: it ends at
+    once rather than after the load (two minutes here) or by a kill at the stop deadline."""
+    name, port, port_out = f"dc{uuid.uuid4().hex[:8]}", free_port(), free_port()
+    sink = Sink()
+    terminal = Terminal(
+        ["wkr-decentral-start", "tests.decentral_units.SlowLoader", "-name", name,
+         "-port", str(port), "-port_out", str(port_out), "-num_client", "2",
+         "-remote_servers", f"[[127.0.0.1, {redis_server.port}, {redis_server.port}, x]]",
+         "-log_dir", str(tmp_path)], cwd=ROOT, env={**os.environ, "DECENTRAL_TEST_SINK": sink.url})
+    try:
+        sink.wait(lambda s: len(s.events("loading")) == 2, 60, what="two units loading")
+        terminal.press_ctrl_c()
+        code = terminal.close(20)  # less than the stop deadline: a kill fails this
+    finally:
+        terminal.close(5)
+        sink.close()
+    log = (tmp_path / f"{name}.log").read_text()
+    assert code == 0, f"{terminal.output}\n{log[-3000:]}"
+    assert log.count("stopped while get_model ran; it had no model to close") == 2, log[-3000:]
+    assert not sink.events("off"), "off_model was called without a model"
+    assert "killing it" not in log and "restarting" not in log, log[-3000:]
+    for event in sink.events("loading"):
+        assert not Path(f"/proc/{event['pid']}").exists(), f"unit pid {event['pid']} still runs"
+    assert nothing_listens(port), "the central's Redis outlived it"

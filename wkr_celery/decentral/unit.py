@@ -2,6 +2,8 @@
 
 The central starts one such process per unit. It calls the user's ``get_model`` once, then
 ``do_work`` until SIGTERM (or SIGINT) asks it to stop, and always ``off_model`` on the way out.
+A stop that comes while ``get_model`` still runs (a large model can take minutes) ends the unit
+at once: it has no model to close and no job in hand (:class:`_LoadWatch`).
 A ``do_work`` exception is logged with its traceback (an ERROR line, so it lands in
 ``<name>.err``) and ends the process with :data:`EXIT_DO_WORK`; the central restarts it.
 
@@ -18,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -33,6 +36,7 @@ __all__ = ["main", "run_unit", "EventWriter",
 
 EXIT_OK, EXIT_DO_WORK, EXIT_GET_MODEL, EXIT_LOAD = 0, 3, 4, 5
 _CALLS_EVERY = 0.25
+_STOP_CHECK_SECONDS = 0.1  # how often a unit loading its model looks for a stop request
 
 log = logging.getLogger("wkr_celery.decentral.unit")
 
@@ -60,10 +64,48 @@ class EventWriter:
             self.send("calls", calls=count)
 
 
+class _LoadWatch:
+    """Ends the unit's process if it is told to stop while ``get_model`` runs.
+
+    The stop signal only sets a flag, and ``get_model`` is the user's code, which nothing can
+    interrupt safely: the unit would stop once its model was loaded, or be killed at the
+    central's stop deadline. With no model and no job in hand there is nothing to finish, so
+    this thread exits the process instead. A stop that lands in the instant between
+    ``get_model`` returning and :meth:`loaded` still ends it so, without ``off_model``: what
+    the model held in this process goes with the process.
+    """
+
+    def __init__(self, worker: WKRWorker, events: EventWriter) -> None:
+        self._worker = worker
+        self._events = events
+        self._loading = True
+        self._lock = threading.Lock()
+        threading.Thread(target=self._watch, name="wkr-load-watch", daemon=True).start()
+
+    def loaded(self) -> None:
+        """``get_model`` returned (or raised): from here the unit stops the usual way."""
+        with self._lock:
+            self._loading = False
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(_STOP_CHECK_SECONDS)
+            with self._lock:
+                if not self._loading:
+                    return
+                if self._worker.stop_requested:
+                    log.info("unit %s: stopped while get_model ran; it had no model to close",
+                             self._worker.unit_id)
+                    self._events.send("off")
+                    logging.shutdown()  # flush the line above: os._exit skips it
+                    os._exit(EXIT_OK)
+
+
 def run_unit(worker: WKRWorker, events: EventWriter) -> int:
     """get_model, then do_work until asked to stop, then off_model; returns the exit code."""
     remote = worker.remote
     assert remote is not None, "bind() the worker first"
+    watch = _LoadWatch(worker, events)
     try:
         model = worker.get_model(remote.ip, remote.port_in, remote.port_out)
     except Exception as exc:
@@ -71,6 +113,8 @@ def run_unit(worker: WKRWorker, events: EventWriter) -> int:
                       remote.ip, remote.port_in, remote.port_out, type(exc).__name__, exc)
         events.send("error", error=f"get_model: {type(exc).__name__}: {exc}")
         return EXIT_GET_MODEL
+    finally:
+        watch.loaded()
     events.send("ready", pid=os.getpid())
     logger = worker.new_logger()
     calls, code = 0, EXIT_OK
