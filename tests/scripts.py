@@ -10,7 +10,9 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import termios
@@ -45,19 +47,24 @@ class PtyProcess:
     user's shell runs a command: Ctrl+C is the byte 0x03 typed into it, which the kernel's
     terminal driver turns into SIGINT for the foreground process group, whatever it holds."""
 
-    def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str] | None) -> None:
+    def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str] | None,
+                 *, nohup: bool = False) -> None:
         self._master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             list(argv), cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
-            start_new_session=True, preexec_fn=_take_terminal)
+            start_new_session=True, preexec_fn=_take_terminal_ignoring_hangup if nohup
+            else _take_terminal)
         os.close(slave)
+        self._hung_up = threading.Event()
         self._chunks: list[bytes] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        while True:
+        while not self._hung_up.is_set():
             try:
+                if not select.select([self._master], [], [], 0.1)[0]:
+                    continue
                 chunk = os.read(self._master, 65536)
             except OSError:  # EIO once every process holding the terminal has exited
                 return
@@ -71,8 +78,16 @@ class PtyProcess:
         return b"".join(self._chunks).decode(errors="replace").replace("\r\n", "\n")
 
     def press_ctrl_c(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and self._master >= 0:
             os.write(self._master, b"\x03")
+
+    def hang_up(self) -> None:
+        """Close the terminal, as closing its window or losing its SSH session does: the
+        kernel sends SIGHUP to the session leader, and the terminal reads and writes fail
+        from then on. (The reader stops first: a read in progress would keep it open.)"""
+        self._hung_up.set()
+        self._reader.join(5)
+        self._close_terminal()
 
     def _close_terminal(self) -> None:
         self._reader.join(5)
@@ -87,4 +102,10 @@ class PtyProcess:
 def _take_terminal() -> None:
     """In the child, after setsid: make the pty on stdin the controlling terminal."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _take_terminal_ignoring_hangup() -> None:
+    """As ``nohup`` starts a command: SIGHUP ignored, which ``exec`` keeps."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _take_terminal()
 

@@ -16,11 +16,13 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 __all__ = ["Backoff", "die_with_parent", "send", "wait_or_kill", "pid_alive", "port_holder",
-           "owned_temp_dir", "clean_stale_dirs", "OWNER_FILE"]
+           "owned_temp_dir", "clean_stale_dirs", "on_stop_signals", "OWNER_FILE"]
 
 log = logging.getLogger("wkr_celery.processes")
 
@@ -77,6 +79,21 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child before ex
         return
     if os.getppid() != _forking_parent:
         os._exit(EXIT_ORPHANED)
+
+
+def on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> None:
+    """Make SIGTERM, SIGINT (Ctrl+C) and SIGHUP call ``handler``, from the main thread.
+
+    SIGHUP is what a service started in a terminal gets when that terminal closes or its SSH
+    session drops. Its default action kills the supervisor on the spot, leaving workers
+    whose broker then dies under them and queued callers who are never told. So it asks for
+    the same graceful stop as the other two. A SIGHUP ignored at start (``nohup``) means
+    "outlive the terminal", and it stays ignored.
+    """
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, handler)
 
 
 def send(proc: subprocess.Popen[bytes] | None, sig: int) -> None:

@@ -24,10 +24,11 @@ from wkr_celery.client import WKRClient
 class Terminal(PtyProcess):
     """``command`` (a console script or program on PATH) in a terminal of its own."""
 
-    def __init__(self, command: Sequence[str], cwd: Path, env: dict[str, str] | None = None):
+    def __init__(self, command: Sequence[str], cwd: Path, env: dict[str, str] | None = None,
+                 *, nohup: bool = False):
         executable = shutil.which(command[0])
         assert executable, f"{command[0]} is not on PATH; install the package (pip install -e .)"
-        super().__init__([executable, *command[1:]], cwd, env)
+        super().__init__([executable, *command[1:]], cwd, env, nohup=nohup)
 
     def close(self, timeout: float = 30.0) -> int:
         """Wait for the process (killing its group past ``timeout``); returns its exit code."""
@@ -56,8 +57,9 @@ class TerminalService:
         self.terminals: list[Terminal] = []
         self.clients: list[WKRClient] = []
 
-    def start(self, wait: bool = True) -> Terminal:
-        terminal = Terminal(["wkr-serving-start", *self.args], cwd=ROOT, env=self.env)
+    def start(self, wait: bool = True, nohup: bool = False) -> Terminal:
+        terminal = Terminal(["wkr-serving-start", *self.args], cwd=ROOT, env=self.env,
+                            nohup=nohup)
         self.terminals.append(terminal)
         if not wait:
             return terminal

@@ -141,6 +141,46 @@ def test_ctrl_c_while_the_workers_load_their_model_stops_the_service_without_wai
     assert not service.redis_answers(service.port_in)
 
 
+@pytest.mark.timeout(120)
+def test_closing_the_terminal_stops_the_service_as_gracefully_as_ctrl_c(
+    terminal_service: TerminalService,
+) -> None:
+    """SIGHUP (the terminal window closed, the SSH session dropped) used to kill the
+    supervisor on the spot: its Redis died with it under the workers, and no queued caller
+    was told. Now it is the same stop as Ctrl+C."""
+    terminal = terminal_service.start()
+    client = terminal_service.client()
+    futures = [client.encode(n) for n in range(REQUESTS)]
+    wait_until(lambda: sum(f.done() for f in futures) >= 50, 30, what="the first answers")
+    wait_until(lambda: _in_redis(terminal_service) + sum(f.done() for f in futures) >= REQUESTS,
+               30, what="every request to be published")
+    terminal.hang_up()
+    code = terminal.close(timeout=30)
+    log = terminal_service.log()
+    assert code == 0, f"exit code {code}; log:\n{log[-4000:]}"
+    assert "stopping service" in log, log[-4000:]
+    _assert_clean_stop(terminal_service)
+    finished, unfinished = wait(futures, timeout=15)
+    assert not unfinished, f"{len(unfinished)} callers still wait after the stop"
+    assert all(f.result() == 2 * n for n, f in enumerate(futures) if f.exception() is None)
+    assert all(isinstance(f.exception(), (type(None), RequestLost)) for f in futures)
+
+
+@pytest.mark.timeout(120)
+def test_a_service_started_under_nohup_outlives_its_terminal(
+    terminal_service: TerminalService,
+) -> None:
+    terminal = terminal_service.start(nohup=True)
+    terminal.hang_up()
+    client = terminal_service.client()
+    assert client.encode(21).result(timeout=30) == 42
+    assert terminal.proc.poll() is None, "the service stopped when its terminal closed"
+    assert "stopping service" not in terminal_service.log()
+    terminal.proc.terminate()  # what a user of nohup does: kill <pid>
+    assert terminal.close(timeout=30) == 0
+    _assert_clean_stop(terminal_service)
+
+
 #: Prints "ready" only once SIGINT has its default action, so one Ctrl+C after "ready" kills it.
 _WAITS_FOR_CTRL_C = ("import signal, time; signal.signal(signal.SIGINT, signal.SIG_DFL); "
                      "print('ready', flush=True); time.sleep(30)")
@@ -200,11 +240,13 @@ def test_ctrl_c_stops_a_decentralize_central_after_the_job_in_hand(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["ctrl_c", "hang_up"])
 def test_ctrl_c_stops_a_decentralize_central_whose_units_still_load_their_model(
-    redis_server: EmbeddedRedis, tmp_path: Path,
+    redis_server: EmbeddedRedis, tmp_path: Path, how: str,
 ) -> None:
     """A unit still in ``get_model`` has no model to close and no job in hand: it ends at
-    once rather than after the load (two minutes here) or by a kill at the stop deadline."""
+    once rather than after the load (two minutes here) or by a kill at the stop deadline.
+    Closing the terminal (SIGHUP) is the same stop as Ctrl+C."""
     name, port, port_out = f"dc{uuid.uuid4().hex[:8]}", free_port(), free_port()
     sink = Sink()
     terminal = Terminal(
@@ -214,7 +256,10 @@ def test_ctrl_c_stops_a_decentralize_central_whose_units_still_load_their_model(
          "-log_dir", str(tmp_path)], cwd=ROOT, env={**os.environ, "DECENTRAL_TEST_SINK": sink.url})
     try:
         sink.wait(lambda s: len(s.events("loading")) == 2, 60, what="two units loading")
-        terminal.press_ctrl_c()
+        if how == "ctrl_c":
+            terminal.press_ctrl_c()
+        else:
+            terminal.hang_up()
         code = terminal.close(20)  # less than the stop deadline: a kill fails this
     finally:
         terminal.close(5)

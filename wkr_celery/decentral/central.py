@@ -31,6 +31,7 @@ from ..clock import wall_time
 from ..connections import redacted
 from ..errors import ConfigError, WKRError
 from ..logs import LogRouter, configure_stderr
+from ..processes import on_stop_signals
 from ..redis_embedded import EmbeddedRedis, embedded_password
 from ..worker_class import class_path, load_class
 from .config import DecentralSettings, parse_remote_servers
@@ -158,8 +159,9 @@ class WKRDecentralizeCentral:
         self.stop(force=self._stop_flag == "force")
 
     def run(self) -> int:
-        """start + serve_forever with the CLI's signals: SIGTERM/SIGINT stop gracefully, a
-        second SIGINT kills the units. Returns an exit code (1: could not start)."""
+        """start + serve_forever with the CLI's signals: SIGTERM, SIGINT and SIGHUP (the
+        terminal closed) stop gracefully, a second SIGINT kills the units. Returns an exit
+        code (1: could not start)."""
         interrupts = {"count": 0}
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -168,8 +170,7 @@ class WKRDecentralizeCentral:
             self.request_stop(force=interrupts["count"] > 1)
 
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
+            on_stop_signals(on_signal)
         try:
             self.start()
         except WKRError as exc:

@@ -1,9 +1,9 @@
 """``wkr-serving-start module.Worker -flags…``: start a service and supervise it until stopped.
 
-SIGTERM or SIGINT (Ctrl+C: the terminal signals only this process, as every child runs in a
-session of its own) stops gracefully: batches in predict finish, buffered requests go back to the
-queue, Redis stops last; a second SIGINT kills the workers at once. docs/guarantees.md says what
-a stop promises to each request.
+SIGTERM, SIGINT (Ctrl+C: the terminal signals only this process, as every child runs in a
+session of its own) or SIGHUP (the terminal closed; not under ``nohup``) stops gracefully:
+batches in predict finish, buffered requests go back to the queue, Redis stops last; a second
+SIGINT kills the workers at once. docs/guarantees.md says what a stop promises to each request.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from types import FrameType
 from ..config import Settings
 from ..connections import redacted
 from ..errors import WKRError
+from ..processes import on_stop_signals
 from .supervisor import WKRServer
 
 __all__ = ["main"]
@@ -38,8 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     slot.process.kill()
         server.request_stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    on_stop_signals(on_signal)
     try:
         server.start()
     except WKRError as exc:
