@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 __all__ = ["Backoff", "die_with_parent", "send", "wait_or_kill", "pid_alive", "port_holder",
            "owned_temp_dir", "clean_stale_dirs", "on_stop_signals", "OWNER_FILE"]
@@ -81,8 +82,9 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child before ex
         os._exit(EXIT_ORPHANED)
 
 
-def on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> None:
-    """Make SIGTERM, SIGINT (Ctrl+C) and SIGHUP call ``handler``, from the main thread.
+def on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> dict[int, Any]:
+    """Make SIGTERM, SIGINT (Ctrl+C) and SIGHUP call ``handler``, from the main thread;
+    returns the handlers they had, for a caller that puts them back.
 
     SIGHUP is what a service started in a terminal gets when that terminal closes or its SSH
     session drops. Its default action kills the supervisor on the spot, leaving workers
@@ -90,10 +92,10 @@ def on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> None:
     the same graceful stop as the other two. A SIGHUP ignored at start (``nohup``) means
     "outlive the terminal", and it stays ignored.
     """
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    signals = [signal.SIGTERM, signal.SIGINT]
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, handler)
+        signals.append(signal.SIGHUP)
+    return {sig: signal.signal(sig, handler) for sig in signals}
 
 
 def send(proc: subprocess.Popen[bytes] | None, sig: int) -> None:

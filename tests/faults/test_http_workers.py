@@ -140,3 +140,29 @@ def test_standalone_api_runs_two_processes_restarts_one_and_stops_with_ctrl_c(
     assert "2 REST API processes on" in api.output and "stopped" in api.output, api.output
     assert not [pid for pid in every_pid if pid_alive(pid)], api.output[-3000:]
     assert _api_pid(port) is None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("http_workers", ["1", "2"])
+def test_closing_its_terminal_stops_a_standalone_api_gracefully(
+    services: Callable[..., TerminalService], http_workers: str,
+) -> None:
+    """SIGHUP used to kill ``wkr-serving-http`` mid-request (and, with ``-http_workers``,
+    leave its API processes serving on); it is now the same stop as Ctrl+C."""
+    service = services()
+    service.start()
+    port = free_port()
+    api = Terminal(["wkr-serving-http", "-name", service.name, "-port_in", str(service.port_in),
+                    "-port_out", str(service.port_out), "-http_port", str(port),
+                    "-http_workers", http_workers], cwd=ROOT, env=service.env)
+    try:
+        wait_until(lambda: _api_pid(port) is not None, 30,
+                   what=f"the API to answer; terminal:\n{api.output[-3000:]}")
+        assert [_encode(port, n) for n in range(4)] == [0, 2, 4, 6]
+        api.hang_up()
+        code = api.close(30)
+    finally:
+        if api.proc.poll() is None:
+            api.close(1)
+    assert code == 0, f"exit code {code}; terminal:\n{api.output[-3000:]}"
+    assert _api_pid(port) is None

@@ -3,8 +3,8 @@
 The same children ``wkr-serving-start -http_port P -http_workers N`` starts
 (:func:`.extras.rest_processes`), watched the same way: one that dies is named in a log line
 and started again after a :class:`~wkr_celery.processes.Backoff` delay. SIGINT (Ctrl+C: the
-children have sessions of their own, so only this process gets it) or SIGTERM stops them all
-gracefully, then this process exits.
+children have sessions of their own, so only this process gets it), SIGTERM or SIGHUP (the
+terminal closed; not under ``nohup``) stops them all gracefully, then this process exits.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from types import FrameType
 
 from ..config import Settings
 from ..logs import configure_stderr
-from ..processes import Backoff, send, wait_or_kill
+from ..processes import Backoff, on_stop_signals, send, wait_or_kill
 from . import extras
 
 __all__ = ["run_pool"]
@@ -28,7 +28,8 @@ _STOP_SECONDS = 10.0
 
 
 def run_pool(settings: Settings, backoff: Backoff | None = None) -> int:
-    """Run ``settings.http_workers`` API processes until SIGINT or SIGTERM; returns 0."""
+    """Run ``settings.http_workers`` API processes until SIGINT, SIGTERM or SIGHUP; returns
+    0."""
     configure_stderr(logging.INFO)
     backoff = backoff or Backoff()
     stop_requested = False
@@ -37,7 +38,7 @@ def run_pool(settings: Settings, backoff: Backoff | None = None) -> int:
         nonlocal stop_requested  # a plain flag: safe whatever the main thread holds
         stop_requested = True
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = on_stop_signals(request_stop)
     sides = extras.rest_processes(settings, piped=False)
     try:
         for side in sides:

@@ -16,6 +16,7 @@ import sys
 
 from ..config import Settings
 from ..logs import configure_stderr
+from ..processes import on_stop_signals
 
 __all__ = ["serve", "reuse_port_sockets"]
 
@@ -52,7 +53,7 @@ def reuse_port_sockets(host: str, port: int) -> list[socket.socket]:
 
 
 def serve(settings: Settings, banner: str = "wkr-serving-http") -> int:
-    """Serve the API until SIGINT or SIGTERM; returns the exit code."""
+    """Serve the API until SIGINT, SIGTERM or SIGHUP; returns the exit code."""
     import uvicorn
 
     from .app import create_app
@@ -78,6 +79,9 @@ def serve(settings: Settings, banner: str = "wkr-serving-http") -> int:
                             timeout_keep_alive=KEEP_ALIVE_SECONDS,
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     server = uvicorn.Server(config)
+    # uvicorn takes SIGINT and SIGTERM for the run and puts these back after it; SIGHUP (the
+    # terminal closed) it leaves to kill the process mid-request, so it gets the same stop.
+    on_stop_signals(server.handle_exit)
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn stops gracefully, then raises the SIGINT it caught
