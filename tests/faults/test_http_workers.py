@@ -75,6 +75,23 @@ def _started(text: Callable[[], str]) -> dict[int, list[int]]:
     return started
 
 
+def _standalone_api(service: TerminalService, port: int, http_workers: str) -> Terminal:
+    """``wkr-serving-http`` typed in a terminal of its own, for ``service``."""
+    return Terminal(["wkr-serving-http", "-name", service.name, "-port_in", str(service.port_in),
+                     "-port_out", str(service.port_out), "-http_port", str(port),
+                     "-http_workers", http_workers], cwd=ROOT, env=service.env)
+
+
+def _stop(api: Terminal, how: str) -> int:
+    """Stop the API as a user does (``ctrl_c``, or ``hang_up``: its terminal closed); its exit
+    code, or the kill's past 30 s."""
+    if how == "ctrl_c":
+        api.press_ctrl_c()
+    else:
+        api.hang_up()
+    return api.close(30)
+
+
 def _kill_one_and_see_it_back(text: Callable[[], str], port: int) -> list[int]:
     """SIGKILL ``REST API 2``; the log names it and a new process serves. Returns every pid."""
     first = _started(text)
@@ -121,9 +138,7 @@ def test_standalone_api_runs_two_processes_restarts_one_and_stops_with_ctrl_c(
     service = services()  # no API of its own: wkr-serving-http serves it
     service.start()
     port = free_port()
-    api = Terminal(["wkr-serving-http", "-name", service.name, "-port_in", str(service.port_in),
-                    "-port_out", str(service.port_out), "-http_port", str(port),
-                    "-http_workers", "2"], cwd=ROOT, env=service.env)
+    api = _standalone_api(service, port, "2")
     try:
         text = lambda: api.output  # noqa: E731 - the terminal's text, read anew each time
         wait_until(lambda: len(_started(text)) == 2, 30,
@@ -131,8 +146,7 @@ def test_standalone_api_runs_two_processes_restarts_one_and_stops_with_ctrl_c(
         _answer_from(port, {pids[-1] for pids in _started(text).values()})
         assert [_encode(port, n) for n in range(4)] == [0, 2, 4, 6]
         every_pid = _kill_one_and_see_it_back(text, port)
-        api.press_ctrl_c()
-        code = api.close(30)
+        code = _stop(api, "ctrl_c")
     finally:
         if api.proc.poll() is None:
             api.close(1)
@@ -152,17 +166,13 @@ def test_closing_its_terminal_stops_a_standalone_api_gracefully(
     service = services()
     service.start()
     port = free_port()
-    api = Terminal(["wkr-serving-http", "-name", service.name, "-port_in", str(service.port_in),
-                    "-port_out", str(service.port_out), "-http_port", str(port),
-                    "-http_workers", http_workers], cwd=ROOT, env=service.env)
+    api = _standalone_api(service, port, http_workers)
     try:
         wait_until(lambda: _api_pid(port) is not None, 30,
                    what=f"the API to answer; terminal:\n{api.output[-3000:]}")
         assert [_encode(port, n) for n in range(4)] == [0, 2, 4, 6]
-        api.hang_up()
-        code = api.close(30)
+        code = _stop(api, "hang_up")
     finally:
         if api.proc.poll() is None:
             api.close(1)
-    assert code == 0, f"exit code {code}; terminal:\n{api.output[-3000:]}"
-    assert _api_pid(port) is None
+    assert code == 0 and _api_pid(port) is None, f"exit code {code}; terminal:\n{api.output}"
