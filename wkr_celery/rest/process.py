@@ -79,13 +79,12 @@ def serve(settings: Settings, banner: str = "wkr-serving-http") -> int:
                             timeout_keep_alive=KEEP_ALIVE_SECONDS,
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     server = uvicorn.Server(config)
-    # uvicorn takes SIGINT and SIGTERM for the run and puts these back after it; SIGHUP (the
-    # terminal closed) it leaves to kill the process mid-request, so it gets the same stop.
+    # uvicorn takes SIGINT and SIGTERM for the run, then puts back these handlers and raises
+    # the signals it caught again, into handle_exit, which has nothing left to stop; SIGHUP
+    # (the terminal closed) it would leave to kill the process mid-request.
     on_stop_signals(server.handle_exit)
     try:
         server.run(sockets=sockets)
-    except KeyboardInterrupt:  # uvicorn stops gracefully, then raises the SIGINT it caught
-        pass
     finally:
         for sock in sockets or ():
             sock.close()

@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _tell(f"wkr-serving-start: service {settings.name!r} starting {settings.num_worker} "
           f"worker(s); broker {redacted(settings.broker)}; Ctrl+C stops")
-    server.serve_forever(on_stop=lambda: _tell(
+    # Without -log_dir the supervisor's own "stopping service" log line is on the terminal.
+    server.serve_forever(on_stop=None if not settings.log_dir else lambda: _tell(
         f"wkr-serving-start: stopping service {settings.name!r}: batches in predict finish "
         "(Ctrl+C again kills the workers)"))
     return 0
