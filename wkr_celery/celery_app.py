@@ -59,6 +59,10 @@ def make_app(settings: Settings, backend: str | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=settings.task_events,
         broker_connection_retry_on_startup=True,
+        # A Redis refusing writes for a while (MISCONF, READONLY, UNBLOCKED on a failover)
+        # answers Celery's consumer with an error reply: reconnect, as for a lost connection,
+        # rather than end the worker process (and reload its model) over it.
+        broker_channel_error_retry=True,
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         worker_cancel_long_running_tasks_on_connection_loss=True,

