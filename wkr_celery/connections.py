@@ -37,7 +37,8 @@ __all__ = [
 class RedisRefused(redis.ConnectionError):
     """Redis is up but refuses writes for now: at ``maxmemory`` with ``noeviction``, after a
     failed RDB save (``stop-writes-on-bgsave-error``), or a replica (a URL to one, or a master
-    demoted by a failover, which also ends a blocked ``BLMOVE`` with ``UNBLOCKED``).
+    demoted by a failover, which also ends a blocked ``BLMOVE`` with ``UNBLOCKED``); or every
+    command while a script runs past ``lua-time-limit`` (``BUSY``).
 
     A :class:`redis.ConnectionError`, so it is one of :data:`REDIS_ERRORS` and every path that
     rides out an outage (retry with backoff, the client's outage verdicts, the worker holding
@@ -55,11 +56,14 @@ class RedisRefused(redis.ConnectionError):
         "NOREPLICAS": "too few replicas acknowledge writes (min-replicas-to-write)",
         "MASTERDOWN": "it is a replica cut off from its master",
         "UNBLOCKED": "it turned into a replica while a command waited on it (a failover?)",
+        "BUSY": "a script has run past lua-time-limit (another client's?): it ends, or "
+                "SCRIPT KILL ends it",
     }
 
     def __init__(self, code: str, words: str) -> None:
         self.code = code
-        super().__init__(f"Redis refuses writes ({words}): {self._ADVICE[code]}")
+        refused = "commands" if code == "BUSY" else "writes"
+        super().__init__(f"Redis refuses {refused} ({words}): {self._ADVICE[code]}")
 
 
 #: Errors that mean "Redis is not reachable right now" (or refuses writes for now, see

@@ -4,7 +4,9 @@
   ``-result_expires``);
 * ``misconf``: its last RDB snapshot failed (disk full), with ``stop-writes-on-bgsave-error``;
 * ``readonly``: turned into a replica (a failover that demotes a live master), which also ends
-  blocked commands with ``UNBLOCKED``.
+  blocked commands with ``UNBLOCKED``;
+* ``busy``: every command refused with ``BUSY`` while another client's script runs past
+  ``lua-time-limit``.
 
 Each used to end a thread on a ``ResponseError``: an ``encode`` raised it (or the client's
 publisher thread died and every later ``encode`` waited out its timeout), and workers restarted
@@ -22,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +39,12 @@ from wkr_celery.redis_embedded import redis_server_binary
 from workers.linear import make_weights
 
 BIN = Path(sys.executable).parent
-KINDS = ("oom", "misconf", "readonly")
+KINDS = ("oom", "misconf", "readonly", "busy")
+SPIN = """local t = redis.call('TIME')
+while true do
+  local n = redis.call('TIME')
+  if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > tonumber(ARGV[1]) then return 1 end
+end"""
 
 
 class RefusingRedis:
@@ -52,6 +60,7 @@ class RefusingRedis:
                  "--save", "3600", "1", "--appendonly", "no", "--dir", str(self.dir)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.admin = redis.Redis(port=self.port, socket_timeout=10)
+        self.spinner: threading.Thread | None = None
         wait_until(self._answers, 15, what="redis-server")
 
     @property
@@ -82,11 +91,19 @@ class RefusingRedis:
             self.admin.bgsave()
             wait_until(lambda: self.admin.info("persistence")["rdb_last_bgsave_status"] == "err",
                        15, what="the snapshot to fail")
-        else:
+        elif kind == "readonly":
             nobody = free_port()
             assert nothing_listens(nobody)
             self.admin.replicaof("127.0.0.1", nobody)
-        assert not self._writable(), f"{kind}: Redis still takes writes"
+        else:  # busy: another client's script, 4 s of it
+            self.admin.config_set("lua-time-limit", "100")
+            self.spinner = threading.Thread(target=self._spin, args=(4.0,), daemon=True)
+            self.spinner.start()
+        wait_until(lambda: not self._writable(), 10, what=f"Redis to refuse writes ({kind})")
+
+    def _spin(self, seconds: float) -> None:
+        with redis.Redis(port=self.port, socket_timeout=seconds + 10) as other:
+            other.eval(SPIN, 0, int(seconds * 1e6))
 
     def lift(self, kind: str) -> None:
         if kind == "oom":
@@ -96,8 +113,11 @@ class RefusingRedis:
             self.admin.bgsave()
             wait_until(lambda: self.admin.info("persistence")["rdb_last_bgsave_status"] == "ok",
                        15, what="a snapshot to succeed")
-        else:
+        elif kind == "readonly":
             self.admin.replicaof("NO", "ONE")
+        else:
+            assert self.spinner is not None
+            self.spinner.join(30)
         wait_until(self._writable, 15, what="Redis to take writes again")
 
     def stop(self) -> None:
@@ -164,7 +184,8 @@ def test_a_redis_refusing_writes_for_a_while_loses_nothing_and_the_service_resum
         server.refuse(kind)
         # encode returns at once: the requests wait in the client while Redis refuses them
         futures += [client.encode(row) for row in x[500:1000]]
-        wait_until(lambda: f"Redis refuses writes ({kind.upper()}" in service.log(), 30,
+        refused = "commands" if kind == "busy" else "writes"
+        wait_until(lambda: f"Redis refuses {refused} ({kind.upper()} " in service.log(), 30,
                    what=f"the worker to meet the refusal and say so ({kind})")
         server.lift(kind)
         futures += [client.encode(row) for row in x[1000:]]
