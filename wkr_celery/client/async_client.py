@@ -298,6 +298,11 @@ class AsyncWKRClient(InputContract):
                     return
                 await asyncio.sleep(delay)  # backoff while the broker is away
                 delay = min(delay * 2, 1.0)
+            except redis.RedisError as exc:  # refused for good: see WKRClient._publish
+                error = publish_failed(self.broker_url, exc)
+                for waiting in items:
+                    replies.fail(waiting.request.task_id, error)
+                return
         published = time.monotonic()
         for waiting in items[:accepted]:
             waiting.published_at = published

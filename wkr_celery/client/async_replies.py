@@ -22,7 +22,7 @@ import redis.asyncio
 
 from ..broker import run_async, stored_plan
 from ..connections import REDIS_ERRORS
-from ..errors import WKRError
+from ..errors import ServiceUnavailable, WKRError
 from .async_restarts import AsyncRedisWatch
 from .doubt import Doubt
 from .protocol import Outgoing, deadline_exceeded, read_reply
@@ -158,9 +158,20 @@ class AsyncReplies:
                 await self._pause(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            except redis.RedisError as exc:  # refused for good: see Replies._listen_once
+                self._fail_pending(ServiceUnavailable(
+                    f"could not read answers from {watch.name}: {exc}"))
+                await self._pause(LISTEN_SECONDS)
+                continue
             delay = 0.05
             for data in rest:
                 self._resolve(data)
+
+    def _fail_pending(self, error: WKRError) -> None:
+        failed = sum(self.fail(task_id, error) for task_id in list(self.pending))
+        if failed:
+            log.error("answers cannot be read; failed %d pending request(s) with %s: %s",
+                      failed, type(error).__name__, error)
 
     def _resolve(self, data: Any) -> None:
         if data == _CLOSE_TOKEN:

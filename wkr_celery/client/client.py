@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
+import redis
+
 from ..broker import RequestQueue, ServiceRegistry
 from ..clock import RedisClock
 from ..codec import loads
@@ -242,16 +244,23 @@ class WKRClient(InputContract):
                         self._outbox[:0] = items
                     return
                 if self._closed or time.monotonic() >= give_up:
-                    error = publish_failed(self.broker_url, exc)
-                    for item in items:
-                        self._replies.fail(item.task_id, error)
+                    self._fail(items, publish_failed(self.broker_url, exc))
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            except redis.RedisError as exc:
+                # Refused for good (an ACL user without scripting, a key of another type): no
+                # retry helps, so the callers are told now, and the publisher thread lives on.
+                self._fail(items, publish_failed(self.broker_url, exc))
+                return
         self._replies.published([item.task_id for item in sent.accepted], published)
-        for item in sent.refused:
+        if sent.refused:
             assert sent.error is not None
-            self._replies.fail(item.task_id, sent.error)
+            self._fail(sent.refused, sent.error)
+
+    def _fail(self, items: list[Outgoing], error: WKRError) -> None:
+        for item in items:
+            self._replies.fail(item.task_id, error)
 
     # Status and shutdown ------------------------------------------------------------------
 

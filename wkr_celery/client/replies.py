@@ -43,7 +43,7 @@ import redis
 
 from ..broker import run, stored_plan
 from ..connections import REDIS_ERRORS
-from ..errors import WKRError
+from ..errors import ServiceUnavailable, WKRError
 from .doubt import Doubt
 from .protocol import deadline_exceeded, read_reply
 from .restarts import RedisWatch
@@ -193,6 +193,12 @@ class Replies:
             self._recover_due = True
             self._closed.wait(delay)
             return min(delay * 2, LISTEN_SECONDS)
+        except redis.RedisError as exc:
+            # Refused for good (an ACL user without blocking commands): no answer can be read,
+            # so nobody waits for one; the listener lives on and tells the next callers too.
+            self._fail_all(ServiceUnavailable(f"could not read answers from {watch.name}: "
+                                              f"{exc}"), "answers cannot be read", quiet=False)
+            return delay
         for data in rest:
             self._resolve(data)
         return 0.05
@@ -340,10 +346,12 @@ class Replies:
                     why, len(doubted), self._doubt.grace)
 
     def _fail_all(self, error: WKRError, why: str, *, quiet: bool) -> None:
-        """The result Redis is gone: no answer can reach this client, so nobody waits."""
+        """No answer can reach this client (the result Redis is gone, or refuses to give them),
+        so nobody waits."""
         failed = sum(self.fail(task_id, error) for task_id in list(self.pending))
         if failed and not quiet:
-            log.error("%s; failed %d pending request(s) with RequestLost", why, failed)
+            log.error("%s; failed %d pending request(s) with %s: %s", why, failed,
+                      type(error).__name__, error)
 
 
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
