@@ -177,3 +177,17 @@ def test_array_like_inputs_are_checked_as_arrays_under_obj(quickstart: Quickstar
         client.encode({"x": 1})
     with pytest.raises(InputError, match="input has dtype float64; this service takes float32"):
         client.encode(np.ones(512))
+
+
+def test_a_timeout_or_priority_of_the_wrong_type_is_refused_naming_it(
+        quickstart: Quickstart) -> None:
+    client, x = quickstart.client, np.ones(512, np.float32)
+    with pytest.raises(InputError, match=r"timeout must be a number of seconds, got '5'"):
+        client.encode(x, timeout="5")  # type: ignore[arg-type]
+    for wrong in (True, 2.5):  # not silently level 1 or 2
+        with pytest.raises(ValueError, match=rf"priority {wrong!r} is not one of"):
+            client.encode(x, priority=wrong)  # type: ignore[arg-type]
+    # numpy's numbers are numbers
+    expected = np.tanh(x @ make_weights())
+    answer = client.encode(x, timeout=np.float32(30), priority=np.int64(1)).result(timeout=30)
+    np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)

@@ -40,6 +40,7 @@ Commands go to the ``-port`` Redis; the owner, status and replies live on ``-por
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 __all__ = [
@@ -73,6 +74,8 @@ def priority_step(priority: int | str) -> int:
             raise ValueError(
                 f"priority {priority!r} is not one of {sorted(PRIORITIES)} or 0..9"
             ) from None
+    if isinstance(priority, bool) or not isinstance(priority, numbers.Integral):
+        raise ValueError(f"priority {priority!r} is not one of {sorted(PRIORITIES)} or 0..9")
     if not 0 <= int(priority) <= 9:
         raise ValueError(f"priority {priority} is outside 0..9 (0 is served first)")
     return max(step for step in PRIORITY_STEPS if step <= int(priority))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import numbers
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -108,10 +109,12 @@ def deadline_after(timeout: float | None, now: float) -> float | None:
     """
     if timeout is None:
         return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise InputError(f"timeout must be a number of seconds, got {timeout!r}")
     if not 0 < timeout <= MAX_TIMEOUT:  # also refuses NaN
         raise InputError(
             f"timeout {timeout!r} must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
-    return now + timeout
+    return now + float(timeout)  # a numpy number would not serialize
 
 
 def encode_body(payload: Any) -> bytes:
