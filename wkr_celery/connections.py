@@ -36,7 +36,7 @@ __all__ = [
 
 class RedisRefused(redis.ConnectionError):
     """Redis is up but refuses writes for now: at ``maxmemory`` with ``noeviction``, after a
-    failed RDB save (``stop-writes-on-bgsave-error``), or a replica (a URL to one, or a master
+    failed RDB save (``stop-writes-on-bgsave-error``) or AOF write (a full disk), or a replica (a URL to one, or a master
     demoted by a failover, which also ends a blocked ``BLMOVE`` with ``UNBLOCKED``); or every
     command while a script runs past ``lua-time-limit`` (``BUSY``).
 
@@ -50,8 +50,8 @@ class RedisRefused(redis.ConnectionError):
     _ADVICE = {
         "OOM": "it is at its maxmemory limit: raise maxmemory, or lower -result_expires "
                "(results are kept that long)",
-        "MISCONF": "its last RDB snapshot failed to save (disk full or not writable?): fix "
-                   "the disk, or turn snapshots off",
+        "MISCONF": "it cannot write its data to disk (full, or not writable?): once a save "
+                   "(RDB or AOF) succeeds it takes writes again",
         "READONLY": "it is a replica: point the URL at the master, or use sentinel://",
         "NOREPLICAS": "too few replicas acknowledge writes (min-replicas-to-write)",
         "MASTERDOWN": "it is a replica cut off from its master",

