@@ -36,9 +36,10 @@ __all__ = [
 
 class RedisRefused(redis.ConnectionError):
     """Redis is up but refuses writes for now: at ``maxmemory`` with ``noeviction``, after a
-    failed RDB save (``stop-writes-on-bgsave-error``) or AOF write (a full disk), or a replica (a URL to one, or a master
-    demoted by a failover, which also ends a blocked ``BLMOVE`` with ``UNBLOCKED``); or every
-    command while a script runs past ``lua-time-limit`` (``BUSY``).
+    failed RDB save (``stop-writes-on-bgsave-error``) or AOF write (a full disk), or a replica
+    (a URL to one, or a master demoted by a failover, which also ends a blocked ``BLMOVE``
+    with ``UNBLOCKED``); or every command while a script runs past ``lua-time-limit``
+    (``BUSY``).
 
     A :class:`redis.ConnectionError`, so it is one of :data:`REDIS_ERRORS` and every path that
     rides out an outage (retry with backoff, the client's outage verdicts, the worker holding

@@ -29,6 +29,7 @@ loopback; the service is ``wkr-serving-start`` as a user types it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -183,7 +184,9 @@ def refusing(tmp_path: Path) -> Iterator[tuple[RefusingRedis, Served]]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_redis_refusing_writes_for_a_while_loses_nothing_and_the_service_resumes(
-        refusing: tuple[RefusingRedis, Served], kind: str) -> None:
+        refusing: tuple[RefusingRedis, Served], kind: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="wkr_celery.client")
     server, service = refusing
     weights = make_weights()
     x = np.random.default_rng(7).standard_normal((1500, 512)).astype(np.float32)
@@ -198,15 +201,27 @@ def test_a_redis_refusing_writes_for_a_while_loses_nothing_and_the_service_resum
         refused = "commands" if kind == "busy" else "writes"
         wait_until(lambda: f"Redis refuses {refused} ({kind.upper()} " in service.log(), 30,
                    what=f"the worker to meet the refusal and say so ({kind})")
+        wait_until(lambda: _client_said(caplog, f"({kind.upper()} "), 30,
+                   what=f"the client to meet the refusal and say so ({kind})")
         server.lift(kind)
         futures += [client.encode(row) for row in x[1000:]]
         answers = np.stack([future.result(90) for future in futures])
     np.testing.assert_allclose(answers, np.tanh(x @ weights), rtol=1e-5, atol=1e-5)
+    # The client said why its requests waited, and took it for no outage (nothing in doubt),
+    # saying it once, not once per retry.
+    said = _client_said(caplog, "")
+    named = [m for m in said if f"({kind.upper()} " in m]
+    assert len(named) <= 3 and not any("unreachable" in m for m in said), said
     log = service.log()
     # The worker rode it out: one worker process from start to end, never restarted.
     assert log.count(" started, pid ") == 1 and "exited with code" not in log, log[-4000:]
     assert "wkr_celery.serving: thread" not in log, log[-4000:]  # no stage of ours died
     assert service.stop() == 0
+
+
+def _client_said(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "wkr_celery.client" and words in r.getMessage()]
 
 
 def test_encode_while_redis_refuses_writes_past_connect_timeout_fails_naming_why_then_serves(

@@ -30,7 +30,14 @@ from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
-from .protocol import Address, InputContract, Outgoing, Requests, publish_failed
+from .protocol import (
+    Address,
+    InputContract,
+    Outgoing,
+    Requests,
+    publish_failed,
+    refused_publish,
+)
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
 from .verdicts import watched
@@ -38,6 +45,7 @@ from .verdicts import watched
 __all__ = ["TaskFuture", "WKRClient"]
 
 log = logging.getLogger("wkr_celery.client")
+_FIRST_RETRY = 0.05  # seconds before a publish the broker could not take is tried again
 
 
 class TaskFuture(Future[Any]):
@@ -232,7 +240,7 @@ class WKRClient(InputContract):
         if not inline:  # the caller's thread never waits on a clock reading
             self._clock.sync_if_due()
         give_up = time.monotonic() + self._connect_timeout
-        delay = 0.05
+        delay = _FIRST_RETRY
         while True:
             try:
                 sent = self._requests.enqueue(self._queue, items)
@@ -246,6 +254,8 @@ class WKRClient(InputContract):
                 if self._closed or time.monotonic() >= give_up:
                     self._fail(items, publish_failed(self.broker_url, exc))
                     return
+                if delay == _FIRST_RETRY:
+                    refused_publish(len(items), exc, self._connect_timeout)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except redis.RedisError as exc:

@@ -22,7 +22,7 @@ import numpy as np
 from .. import envelope
 from ..broker import RequestQueue, publish_call
 from ..codec import loads
-from ..connections import redacted, redis_url, result_url_from
+from ..connections import RedisRefused, redacted, redis_url, result_url_from
 from ..errors import (
     DeadlineExceeded,
     InputError,
@@ -208,6 +208,14 @@ def read_reply(data: Any) -> Reply | None:
 def overloaded(name: str, max_queue: int) -> ServiceOverloaded:
     return ServiceOverloaded(
         f"service {name!r} has {max_queue} requests queued (-max_queue); retry later")
+
+
+def refused_publish(count: int, exc: BaseException, connect_timeout: float) -> None:
+    """Say why a publish waits when the broker refuses it (an unreachable broker is said by
+    the watch thread); once per batch of requests, not once per retry."""
+    if isinstance(exc, RedisRefused):
+        log.warning("could not publish %d request(s) yet: %s; retrying for up to %.0fs",
+                    count, exc, connect_timeout)
 
 
 def publish_failed(broker_url: str, exc: BaseException) -> ServiceUnavailable:

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from ..connections import REDIS_ERRORS, redacted
+from ..connections import REDIS_ERRORS, RedisRefused, redacted
 
 __all__ = ["RedisState", "RedisWatch"]
 
@@ -45,6 +45,7 @@ class RedisState:
         #: Bumped on every recovery and every restart: the client re-reads stored answers then.
         self.changes = 0
         self._lock = threading.Lock()
+        self._refusing = False  # the server refuses writes (see failed)
         self._blind = False  # the server refuses INFO: restarts cannot be seen
 
     @property
@@ -60,7 +61,18 @@ class RedisState:
         return "broker" in self.role
 
     def failed(self, exc: BaseException) -> None:
-        """A call to this Redis failed: the first failure of an outage is logged."""
+        """A call to this Redis failed: the first failure of an outage is logged.
+
+        A refusal (:class:`~wkr_celery.connections.RedisRefused`) is no outage: the server is
+        up with its data, so nothing it holds is in doubt and no verdict follows; it is said
+        once, until a write goes through again (:meth:`reached`)."""
+        if isinstance(exc, RedisRefused):
+            with self._lock:
+                if self._refusing:
+                    return
+                self._refusing = True
+            log.warning("%s: %s; retrying quietly until it takes them", self.name, exc)
+            return
         with self._lock:
             if self.down_since is not None:
                 return
@@ -69,7 +81,16 @@ class RedisState:
                     self.name, exc)
 
     def reached(self) -> None:
-        """A call to this Redis succeeded: the end of an outage is logged."""
+        """A call that writes (a pop of the reply list) succeeded: the end of an outage or of
+        a refusal is logged."""
+        with self._lock:
+            refusing, self._refusing = self._refusing, False
+        if refusing:
+            log.warning("%s takes writes again", self.name)
+        self._answered()
+
+    def _answered(self) -> None:
+        """A call to this Redis succeeded, if only a read: the end of an outage is logged."""
         with self._lock:
             began, self.down_since = self.down_since, None
             if began is None:
@@ -85,7 +106,7 @@ class RedisState:
     def saw(self, run_id: str) -> bool:
         """A check reached the server, which says it is run ``run_id``: True when that is a new
         run of a server seen before (a restart; the first run seen is not one)."""
-        self.reached()
+        self._answered()
         if run_id == self.run_id:
             return False
         first, self.run_id = self.run_id is None, run_id
@@ -105,7 +126,7 @@ class RedisState:
         ``None``. A server still replaying its append-only file reports ``aof_enabled:0``
         until it has loaded (Redis 6.2), so a new run is judged only once loading is over."""
         if int(persistence.get("loading", 0)):
-            self.reached()
+            self._answered()
             return None
         if not self.saw(run_id) or int(persistence.get("aof_enabled", 0)) == 1:
             return None
@@ -113,7 +134,7 @@ class RedisState:
 
     def refused_info(self, exc: BaseException) -> None:
         """The server refuses INFO (a managed Redis may rename it): said once."""
-        self.reached()
+        self._answered()
         if not self._blind:
             self._blind = True
             log.warning("%s refuses INFO (%s): an empty restart of it goes unnoticed, and "
