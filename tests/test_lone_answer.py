@@ -4,9 +4,6 @@ While ``result()`` reads the reply list on the caller's thread, every way a futu
 without its answer must still end that wait at once: the caller's own timeout, a cancel from
 another thread, ``close()``, the request's deadline; and an answer for another request, or
 one that comes after the caller gave up, must still reach its future.
-
-And one client shared by many threads, as a threaded web server shares it, where the lone path
-and the listener take turns at every moment: each thread gets its own answers.
 """
 
 from __future__ import annotations
@@ -16,12 +13,10 @@ from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from wkr_celery import WKRClient
 from wkr_celery.errors import DeadlineExceeded
-from workers.linear import make_weights
 
 from .helpers import wait_until
 
@@ -88,36 +83,3 @@ def test_a_lone_callers_deadline_fails_it_and_answers_for_others_still_arrive(
     assert not thread.is_alive() and outcome[1].tolist() == [2]
     assert client.encode({"value": [3]}).result(timeout=30).tolist() == [6]
     assert client.pending == 0
-
-
-def test_one_client_shared_by_many_threads_gives_each_thread_its_own_answers(
-        make_service) -> None:
-    service = make_service("workers.linear.Worker", "-num_worker", "2")
-    client = service.client()
-    weights = make_weights()
-    wrong: list[str] = []
-
-    def caller(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        for i in range(150):
-            x = rng.standard_normal(512).astype(np.float32)
-            try:  # one at a time (the lone path), with a deadline, and a stream of two
-                if (seed + i) % 3 == 0:
-                    y = client.encode(x).result(30)
-                elif (seed + i) % 3 == 1:
-                    y = client.encode(x, timeout=30).result()
-                else:
-                    y = list(client.encode_many([x, -x]))[0]
-                if not np.allclose(y, np.tanh(x @ weights), rtol=1e-5, atol=1e-5):
-                    wrong.append(f"thread {seed} request {i}: a wrong answer")
-            except Exception as exc:  # what went wrong is the test's finding
-                wrong.append(f"thread {seed} request {i}: {exc!r}")
-
-    threads = [threading.Thread(target=caller, args=(seed,), daemon=True) for seed in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not any(thread.is_alive() for thread in threads), "a thread still waits"
-    assert not wrong, wrong[:5]
-    assert not client._replies.pending  # nothing left waiting

@@ -11,6 +11,7 @@ stops answers from the result Redis.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -45,6 +46,8 @@ from .verdicts import watched
 __all__ = ["TaskFuture", "WKRClient"]
 
 log = logging.getLogger("wkr_celery.client")
+_FORK_LOCK = threading.Lock()  # a child's first use starts its own part once (re-made there)
+os.register_at_fork(after_in_child=lambda: globals().update(_FORK_LOCK=threading.Lock()))
 _FIRST_RETRY = 0.05  # seconds before a publish the broker could not take is tried again
 
 
@@ -100,8 +103,6 @@ class WKRClient(InputContract):
         self.broker_url = address.broker_url
         self.timeout = timeout
         self.priority = priority_step(priority)
-        self.client_id = uuid.uuid4().hex
-        self._reply_key = reply_key(self.client_id)
         self._broker_redis = connect(self.broker_url, sentinel_master=sentinel_master)
         self._clock = RedisClock(self._broker_redis)  # deadlines are on the broker's clock
         try:
@@ -113,21 +114,46 @@ class WKRClient(InputContract):
             raise
         if show_server_config:
             log.info("service %r: %s", self.name, self.server_config)
-        self._requests = Requests(self.keys, self.server_config, reply_to=self.client_id,
-                                  timeout=timeout, priority=self.priority, clock=self._clock.now)
+        self._connect_timeout = connect_timeout
+        self._closed = False
+        self._start_here()
         self.max_queue = self._requests.max_queue
         self.batch_size = self._requests.batch_size
-        self._connect_timeout = connect_timeout
+
+    def _start_here(self, spec: InputSpec | None = None) -> None:
+        """Give this process a client id of its own, so its own reply list and task ids, and
+        its own I/O threads.
+
+        Run again in a child process that uses a client made before a ``fork``
+        (``multiprocessing`` on Linux, ``gunicorn --preload``): a fork copies no thread, and
+        two processes with one client id would pop each other's answers and reuse each
+        other's task ids, so a caller could get another's result. The child forgets what the
+        parent had out; ``spec`` (the input contract, maybe set by the user) is kept.
+        """
+        self._pid = os.getpid()
+        self.client_id = uuid.uuid4().hex
+        self._reply_key = reply_key(self.client_id)
+        self._requests = Requests(self.keys, self.server_config, reply_to=self.client_id,
+                                  timeout=self.timeout, priority=self.priority,
+                                  clock=self._clock.now)
+        if spec is not None:
+            self._requests.spec = spec
         self._replies = Replies(self._result_redis, self._reply_key, self._watches(),
-                                grace=self._answer_grace, outage_limit=connect_timeout)
+                                grace=self._answer_grace, outage_limit=self._connect_timeout)
         self._outbox: list[Outgoing] = []
         self._outbox_cond = threading.Condition()
         self._publishing = False
-        self._closed = False
         self._publisher = threading.Thread(target=self._publish_loop, daemon=True,
                                            name="wkr-client-publish")
         self._publisher.start()
         self._replies.start()
+
+    def _in_this_process(self) -> None:
+        """Start this process's own part of the client if it was made before a fork."""
+        if self._pid != os.getpid():
+            with _FORK_LOCK:
+                if self._pid != os.getpid():
+                    self._start_here(self._requests.spec)
 
     def _find_service(self, name: str | None, address: Address, *, ignore_all_checks: bool,
                       connect_timeout: float, check_version: bool, sentinel_master: str) -> None:
@@ -180,6 +206,7 @@ class WKRClient(InputContract):
         """
         if self._closed:
             raise WKRError("client is closed")
+        self._in_this_process()
         item = self._requests.make(x, timeout=timeout, priority=priority)
         future = TaskFuture(item.task_id, replies=self._replies)
         self._replies.expect(item.task_id, future, item.expiry)
@@ -285,8 +312,8 @@ class WKRClient(InputContract):
 
     @property
     def pending(self) -> int:
-        """Requests sent and not yet answered."""
-        return len(self._replies.pending)
+        """Requests sent (by this process) and not yet answered."""
+        return len(self._replies.pending) if self._pid == os.getpid() else 0
 
     def server_status(self) -> dict[str, Any]:
         """Service config, live workers (their heartbeat figures) and queue length."""
@@ -297,6 +324,9 @@ class WKRClient(InputContract):
     def close(self) -> None:
         """Stop the I/O threads; requests still pending are cancelled."""
         if self._closed:
+            return
+        if self._pid != os.getpid():  # made before a fork, unused here: the rest is the
+            self._closed = True  # parent's (its reply list above all), left alone
             return
         with self._outbox_cond:
             self._closed = True
