@@ -37,21 +37,13 @@ from . import async_discovery as discovery
 from .async_replies import AsyncReplies, Waiting
 from .async_restarts import AsyncRedisWatch
 from .doubt import grace_from
-from .protocol import (
-    Address,
-    InputContract,
-    Outgoing,
-    Requests,
-    publish_failed,
-    refused_publish,
-)
+from .protocol import FIRST_RETRY, Address, InputContract, Outgoing, Requests, publish_failed, refused_publish
 from .replies import LISTEN_SECONDS
 from .verdicts import watched
 
 __all__ = ["AsyncWKRClient"]
 
 log = logging.getLogger("wkr_celery.client")
-_FIRST_RETRY = 0.05  # seconds before a publish the broker could not take is tried again
 
 class AsyncWKRClient(InputContract):
     """Asyncio client of one service; the arguments are :class:`WKRClient`'s.
@@ -293,7 +285,7 @@ class AsyncWKRClient(InputContract):
         await self._sync_clock(self._broker)
         keys, args = requests.publish_call([w.request for w in items])
         give_up = time.monotonic() + self._connect_timeout
-        delay = _FIRST_RETRY
+        delay = FIRST_RETRY
         while True:
             try:
                 accepted = int(await self._publish_script(keys=keys, args=args))
@@ -304,7 +296,7 @@ class AsyncWKRClient(InputContract):
                     for waiting in items:
                         replies.fail(waiting.request.task_id, error)
                     return
-                if delay == _FIRST_RETRY:
+                if delay == FIRST_RETRY:
                     refused_publish(len(items), exc, self._connect_timeout)
                 await asyncio.sleep(delay)  # backoff while the broker is away
                 delay = min(delay * 2, 1.0)

@@ -31,14 +31,7 @@ from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
-from .protocol import (
-    Address,
-    InputContract,
-    Outgoing,
-    Requests,
-    publish_failed,
-    refused_publish,
-)
+from .protocol import FIRST_RETRY, Address, InputContract, Outgoing, Requests, publish_failed, refused_publish
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
 from .verdicts import watched
@@ -48,7 +41,6 @@ __all__ = ["TaskFuture", "WKRClient"]
 log = logging.getLogger("wkr_celery.client")
 _FORK_LOCK = threading.Lock()  # a child's first use starts its own part once (re-made there)
 os.register_at_fork(after_in_child=lambda: globals().update(_FORK_LOCK=threading.Lock()))
-_FIRST_RETRY = 0.05  # seconds before a publish the broker could not take is tried again
 
 
 class TaskFuture(Future[Any]):
@@ -267,7 +259,7 @@ class WKRClient(InputContract):
         if not inline:  # the caller's thread never waits on a clock reading
             self._clock.sync_if_due()
         give_up = time.monotonic() + self._connect_timeout
-        delay = _FIRST_RETRY
+        delay = FIRST_RETRY
         while True:
             try:
                 sent = self._requests.enqueue(self._queue, items)
@@ -281,7 +273,7 @@ class WKRClient(InputContract):
                 if self._closed or time.monotonic() >= give_up:
                     self._fail(items, publish_failed(self.broker_url, exc))
                     return
-                if delay == _FIRST_RETRY:
+                if delay == FIRST_RETRY:
                     refused_publish(len(items), exc, self._connect_timeout)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)

@@ -210,6 +210,10 @@ def overloaded(name: str, max_queue: int) -> ServiceOverloaded:
         f"service {name!r} has {max_queue} requests queued (-max_queue); retry later")
 
 
+#: Seconds before a publish the broker did not take is tried again (doubled each time, to 1 s).
+FIRST_RETRY = 0.05
+
+
 def refused_publish(count: int, exc: BaseException, connect_timeout: float) -> None:
     """Say why a publish waits when the broker refuses it (an unreachable broker is said by
     the watch thread); once per batch of requests, not once per retry."""

@@ -83,10 +83,11 @@ class RedisState:
     def reached(self) -> None:
         """A call that writes (a pop of the reply list) succeeded: the end of an outage or of
         a refusal is logged."""
-        with self._lock:
-            refusing, self._refusing = self._refusing, False
-        if refusing:
-            log.warning("%s takes writes again", self.name)
+        if self._refusing:  # read unlocked first: this runs on every answer's pop
+            with self._lock:
+                refusing, self._refusing = self._refusing, False
+            if refusing:
+                log.warning("%s takes writes again", self.name)
         self._answered()
 
     def _answered(self) -> None:
