@@ -268,6 +268,31 @@ def test_a_client_whose_acl_user_lacks_a_command_is_told_on_every_encode_and_nev
     assert service.stop() == 0
 
 
+def test_a_service_whose_redis_user_may_not_run_scripts_says_so_at_start(
+        tmp_path: Path) -> None:
+    """It used to start, its workers died one after another, and the supervisor died with a
+    traceback when it requeued their requests (with the same script)."""
+    server = RefusingRedis(tmp_path)
+    try:
+        server.admin.acl_setuser("svc", enabled=True, passwords=["+svc-pw"], keys=["*"],
+                                 channels=["*"], commands=["+@all", "-@scripting"])
+        env = {k: v for k, v in os.environ.items()
+               if k != "PYTHONPATH" and not k.startswith("WKR_")}
+        started = subprocess.run(
+            [str(BIN / "wkr-serving-start"), "workers.linear.Worker", "-name", "scriptless",
+             "-broker_url", f"redis://svc:svc-pw@127.0.0.1:{server.port}/0"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+            stdin=subprocess.DEVNULL)
+    finally:
+        server.stop()
+    output = started.stdout + started.stderr
+    assert started.returncode == 1, output[-3000:]
+    assert ("wkr-serving-start: error: broker redis://svc:***@127.0.0.1:"
+            f"{server.port}/0 refuses a command the service needs: this user has no "
+            "permissions to run the 'script' command") in output, output[-3000:]
+    assert "Traceback" not in output and " started, pid " not in output, output[-3000:]
+
+
 def _encode_refused(name: str, url: str, expected: str) -> None:
     """Three encodes from a WKRClient and three from an AsyncWKRClient on ``url``, each failed
     at once with a ServiceUnavailable saying ``expected``."""

@@ -32,6 +32,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
+from .. import scripts
 from ..broker import RequestQueue, ResultStore, ServiceRegistry
 from ..child_env import build_child_env
 from ..config import Settings, settings_from
@@ -122,8 +125,15 @@ class WKRServer:
         self.registry = ServiceRegistry(broker, self.keys)
         try:
             broker.ping()
+            # Every broker step is a script: a Redis user without scripting (an ACL, or a
+            # managed Redis) is said here in one line, not by workers dying one after another.
+            broker.script_load(scripts.FETCH)
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(f"broker {redacted(s.broker)}: {explain(exc)}") from exc
+        except redis.ResponseError as exc:
+            raise ServiceUnavailable(
+                f"broker {redacted(s.broker)} refuses a command the service needs: {exc}"
+            ) from exc
         if s.num_worker_max > s.num_worker:
             self.elastic = Elastic(s, self.queue, self.registry)
         for slot in self.workers:
