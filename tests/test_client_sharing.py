@@ -20,6 +20,8 @@ import numpy as np
 from wkr_celery import WKRClient
 from workers.linear import make_weights
 
+from .helpers import wait_until
+
 
 def _stream(client: WKRClient, seed: int, count: int) -> list[str]:
     """``count`` requests out at once, then their answers, each checked, all within 30 s;
@@ -91,18 +93,18 @@ def test_a_client_made_before_a_fork_gives_parent_and_children_their_own_answers
                 os._exit(code)
         children.append(pid)
     problems = _stream(client, 3, 300)  # the parent streams at the same time
-    codes = [_exit_code(pid, deadline=time.monotonic() + 60) for pid in children]
+    codes = [_exit_code(pid, timeout=60) for pid in children]
     assert not problems, problems[:5]
     assert codes == [0, 0], f"children ended with {codes} (-9: still waiting, killed)"
     assert client.pending == 0
 
 
-def _exit_code(pid: int, deadline: float) -> int:
-    """The child's exit code; it is killed (-9) if it has not ended by ``deadline``."""
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+def _exit_code(pid: int, timeout: float) -> int:
+    """The child's exit code; it is killed (-9) if it has not ended within ``timeout``."""
+    try:
+        _, status = wait_until(lambda: (lambda done: done if done[0] else None)(
+            os.waitpid(pid, os.WNOHANG)), timeout, what=f"child {pid} to end")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

@@ -67,13 +67,9 @@ TASK_META_PREFIX = "celery-task-meta-"
 
 def priority_step(priority: int | str) -> int:
     """Map a level name or a 0..9 kombu priority to its sub-queue step (0 is served first)."""
-    if isinstance(priority, str):
-        try:
-            return PRIORITIES[priority]
-        except KeyError:
-            raise ValueError(
-                f"priority {priority!r} is not one of {sorted(PRIORITIES)} or 0..9"
-            ) from None
+    if isinstance(priority, str) and priority in PRIORITIES:
+        return PRIORITIES[priority]
+    # an unknown name, True, 2.5: none is a level (a bool is an int to Python)
     if isinstance(priority, bool) or not isinstance(priority, numbers.Integral):
         raise ValueError(f"priority {priority!r} is not one of {sorted(PRIORITIES)} or 0..9")
     if not 0 <= int(priority) <= 9:

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +87,9 @@ class Host:
     def kill_all(self, timeout: float = 10.0) -> list[int]:
         """SIGKILL every process of this host, until none is left; returns their pids."""
         killed: list[int] = []
-        deadline = time.monotonic() + timeout
-        while pids := self.pids():
+
+        def none_left() -> bool:  # the kernel tears them down: kill until the namespace is empty
+            pids = self.pids()
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -98,9 +98,10 @@ class Host:
                     pass
             for proc in self.procs:
                 proc.poll()  # reap our own children, so no zombie is listed
-            if time.monotonic() > deadline:
-                raise AssertionError(f"processes of {self.name} survive SIGKILL: {pids}")
-            time.sleep(0.02)  # the kernel tears them down; poll until the namespace is empty
+            return not pids
+
+        wait_until(none_left, timeout, interval=0.02,
+                   what=f"every process of {self.name} to die of SIGKILL")
         for proc in self.procs:
             if proc.poll() is None:  # started just now, not yet in the namespace when listed
                 proc.kill()

@@ -35,7 +35,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -45,12 +44,12 @@ import numpy as np
 import pytest
 import redis
 
-from tests.helpers import ROOT, free_port, nothing_listens, wait_until
+from tests.helpers import ROOT, Service, free_port, nothing_listens, wait_until
+from tests.scripts import script, user_env
 from wkr_celery import AsyncWKRClient, ServiceUnavailable, WKRClient
 from wkr_celery.redis_embedded import redis_server_binary
 from workers.linear import make_weights
 
-BIN = Path(sys.executable).parent
 KINDS = ("oom", "misconf", "readonly", "busy")
 SPIN = """local t = redis.call('TIME')
 while true do
@@ -139,40 +138,22 @@ class RefusingRedis:
         self.process.wait(10)
 
 
-class Served:
-    """``wkr-serving-start workers.linear.Worker -broker_url URL`` typed in a shell."""
-
-    def __init__(self, url: str, log: Path) -> None:
-        self.name = f"ref{uuid.uuid4().hex[:8]}"
-        self.log_path = log
-        env = {k: v for k, v in os.environ.items()
-               if k != "PYTHONPATH" and not k.startswith("WKR_")}
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [str(BIN / "wkr-serving-start"), "workers.linear.Worker", "-name", self.name,
-                 "-broker_url", url, "-num_worker", "1", "-batch_size", "32"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            return self.process.wait(40)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise AssertionError(f"the service did not stop on SIGTERM; log:\n"
-                                 f"{self.log()[-4000:]}") from None
+def _serve(args: list[str], log: Path, name: str = "") -> Service:
+    """``wkr-serving-start workers.linear.Worker ARGS`` typed in a shell, with the venv active."""
+    service = Service(name, "", "", args, log)
+    with open(log, "wb") as out:
+        service.proc = subprocess.Popen(
+            [script("wkr-serving-start"), "workers.linear.Worker", *args], cwd=ROOT,
+            env=user_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return service
 
 
 @pytest.fixture
-def refusing(tmp_path: Path) -> Iterator[tuple[RefusingRedis, Served]]:
+def refusing(tmp_path: Path) -> Iterator[tuple[RefusingRedis, Service]]:
     server = RefusingRedis(tmp_path)
-    service = Served(server.url, tmp_path / "service.log")
+    name = f"ref{uuid.uuid4().hex[:8]}"
+    service = _serve(["-name", name, "-broker_url", server.url, "-num_worker", "1"],
+                     tmp_path / "service.log", name)
     try:
         yield server, service
     finally:
@@ -184,7 +165,7 @@ def refusing(tmp_path: Path) -> Iterator[tuple[RefusingRedis, Served]]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_redis_refusing_writes_for_a_while_loses_nothing_and_the_service_resumes(
-        refusing: tuple[RefusingRedis, Served], kind: str,
+        refusing: tuple[RefusingRedis, Service], kind: str,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="wkr_celery.client")
     server, service = refusing
@@ -225,7 +206,7 @@ def _client_said(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
 
 
 def test_encode_while_redis_refuses_writes_past_connect_timeout_fails_naming_why_then_serves(
-        refusing: tuple[RefusingRedis, Served]) -> None:
+        refusing: tuple[RefusingRedis, Service]) -> None:
     server, service = refusing
     x = np.ones(512, np.float32)
     with WKRClient(name=service.name, broker_url=server.url, timeout=60,
@@ -248,7 +229,7 @@ def test_encode_while_redis_refuses_writes_past_connect_timeout_fails_naming_why
 
 @pytest.mark.parametrize("denied, command", [("-@scripting", "evalsha"), ("-@blocking", "blpop")])
 def test_a_client_whose_acl_user_lacks_a_command_is_told_on_every_encode_and_never_hangs(
-        refusing: tuple[RefusingRedis, Served], denied: str, command: str) -> None:
+        refusing: tuple[RefusingRedis, Service], denied: str, command: str) -> None:
     server, service = refusing
     x = np.ones(512, np.float32)
     with WKRClient(name=service.name, broker_url=server.url, connect_timeout=60) as client:
@@ -276,12 +257,10 @@ def test_a_service_whose_redis_user_may_not_run_scripts_says_so_at_start(
     try:
         server.admin.acl_setuser("svc", enabled=True, passwords=["+svc-pw"], keys=["*"],
                                  channels=["*"], commands=["+@all", "-@scripting"])
-        env = {k: v for k, v in os.environ.items()
-               if k != "PYTHONPATH" and not k.startswith("WKR_")}
         started = subprocess.run(
-            [str(BIN / "wkr-serving-start"), "workers.linear.Worker", "-name", "scriptless",
+            [script("wkr-serving-start"), "workers.linear.Worker", "-name", "scriptless",
              "-broker_url", f"redis://svc:svc-pw@127.0.0.1:{server.port}/0"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+            cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=60,
             stdin=subprocess.DEVNULL)
     finally:
         server.stop()
@@ -323,22 +302,15 @@ def test_the_embedded_redis_on_a_full_disk_loses_nothing_and_serves_once_space_i
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], check=True)
     port = free_port()
-    log_path = tmp_path / "service.log"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("WKR_")}
     try:
-        with open(log_path, "wb") as out:
-            process = subprocess.Popen(
-                [str(BIN / "wkr-serving-start"), "workers.linear.Worker", "-port_in", str(port),
-                 "-port_out", str(port), "-num_worker", "1", "-data_dir", str(disk),
-                 "-redis_persist", "on"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+        service = _serve(["-port_in", str(port), "-port_out", str(port), "-num_worker", "1",
+                          "-data_dir", str(disk), "-redis_persist", "on"],
+                         tmp_path / "service.log")
         try:
-            _fill_and_free(disk, port, log_path)
+            _fill_and_free(disk, port, service.log_path)
         finally:
-            process.terminate()
-            assert process.wait(60) == 0
-        log = log_path.read_text(errors="replace")
+            assert service.stop() == 0
+        log = service.log()
         assert log.count(" started, pid ") == 1 and "exited with code" not in log, log[-4000:]
     finally:
         subprocess.run(["umount", "--lazy", str(disk)], check=True)

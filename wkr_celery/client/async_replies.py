@@ -159,19 +159,22 @@ class AsyncReplies:
                 delay = min(delay * 2, 1.0)
                 continue
             except redis.RedisError as exc:  # refused for good: see Replies._listen_once
-                self._fail_pending(ServiceUnavailable(
-                    f"could not read answers from {watch.name}: {exc}"))
+                self._fail_all(ServiceUnavailable(
+                    f"could not read answers from {watch.name}: {exc}"),
+                    "answers cannot be read", quiet=False)
                 await self._pause(LISTEN_SECONDS)
                 continue
             delay = 0.05
             for data in rest:
                 self._resolve(data)
 
-    def _fail_pending(self, error: WKRError) -> None:
+    def _fail_all(self, error: WKRError, why: str, *, quiet: bool) -> None:
+        """:meth:`Replies._fail_all <.replies.Replies._fail_all>`: no answer can reach this
+        client, so nobody waits."""
         failed = sum(self.fail(task_id, error) for task_id in list(self.pending))
-        if failed:
-            log.error("answers cannot be read; failed %d pending request(s) with %s: %s",
-                      failed, type(error).__name__, error)
+        if failed and not quiet:
+            log.error("%s; failed %d pending request(s) with %s: %s", why, failed,
+                      type(error).__name__, error)
 
     def _resolve(self, data: Any) -> None:
         if data == _CLOSE_TOKEN:
@@ -221,10 +224,7 @@ class AsyncReplies:
                         "without one", verdict.why, len(doubted), self._doubt.grace)
         elif verdict.kind == "fail_all":
             assert verdict.error is not None
-            failed = sum(self.fail(task_id, verdict.error) for task_id in list(self.pending))
-            if failed and not verdict.quiet:
-                log.error("%s; failed %d pending request(s) with RequestLost", verdict.why,
-                          failed)
+            self._fail_all(verdict.error, verdict.why, quiet=verdict.quiet)
 
     async def _pause(self, seconds: float) -> bool:
         """Wait ``seconds`` or until closed; True when closed."""

@@ -140,11 +140,15 @@ class WKRClient(InputContract):
         self._publisher.start()
         self._replies.start()
 
+    def _forked(self) -> bool:
+        """Whether this process is a child forked after the client last started its part."""
+        return self._pid != os.getpid()
+
     def _in_this_process(self) -> None:
         """Start this process's own part of the client if it was made before a fork."""
-        if self._pid != os.getpid():
+        if self._forked():
             with _FORK_LOCK:
-                if self._pid != os.getpid():
+                if self._forked():
                     self._start_here(self._requests.spec)
 
     def _find_service(self, name: str | None, address: Address, *, ignore_all_checks: bool,
@@ -305,7 +309,7 @@ class WKRClient(InputContract):
     @property
     def pending(self) -> int:
         """Requests sent (by this process) and not yet answered."""
-        return len(self._replies.pending) if self._pid == os.getpid() else 0
+        return 0 if self._forked() else len(self._replies.pending)
 
     def server_status(self) -> dict[str, Any]:
         """Service config, live workers (their heartbeat figures) and queue length."""
@@ -317,7 +321,7 @@ class WKRClient(InputContract):
         """Stop the I/O threads; requests still pending are cancelled."""
         if self._closed:
             return
-        if self._pid != os.getpid():  # made before a fork, unused here: the rest is the
+        if self._forked():  # made before a fork, unused here: the rest is the
             self._closed = True  # parent's (its reply list above all), left alone
             return
         with self._outbox_cond:
