@@ -12,7 +12,6 @@ import os
 import pty
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import termios
@@ -47,13 +46,11 @@ class PtyProcess:
     user's shell runs a command: Ctrl+C is the byte 0x03 typed into it, which the kernel's
     terminal driver turns into SIGINT for the foreground process group, whatever it holds."""
 
-    def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str] | None,
-                 *, nohup: bool = False) -> None:
+    def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str] | None) -> None:
         self._master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             list(argv), cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
-            start_new_session=True, preexec_fn=_take_terminal_ignoring_hangup if nohup
-            else _take_terminal)
+            start_new_session=True, preexec_fn=_take_terminal)
         os.close(slave)
         self._hung_up = threading.Event()
         self._chunks: list[bytes] = []
@@ -102,10 +99,3 @@ class PtyProcess:
 def _take_terminal() -> None:
     """In the child, after setsid: make the pty on stdin the controlling terminal."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def _take_terminal_ignoring_hangup() -> None:
-    """As ``nohup`` starts a command: SIGHUP ignored, which ``exec`` keeps."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _take_terminal()
-

@@ -17,18 +17,17 @@ from typing import Any
 import redis as redis_py
 
 from tests.helpers import ROOT, free_port, local_redis, wait_until
-from tests.scripts import PtyProcess
+from tests.scripts import PtyProcess, script
 from wkr_celery.client import WKRClient
 
 
 class Terminal(PtyProcess):
     """``command`` (a console script or program on PATH) in a terminal of its own."""
 
-    def __init__(self, command: Sequence[str], cwd: Path, env: dict[str, str] | None = None,
-                 *, nohup: bool = False):
+    def __init__(self, command: Sequence[str], cwd: Path, env: dict[str, str] | None = None):
         executable = shutil.which(command[0])
         assert executable, f"{command[0]} is not on PATH; install the package (pip install -e .)"
-        super().__init__([executable, *command[1:]], cwd, env, nohup=nohup)
+        super().__init__([executable, *command[1:]], cwd, env)
 
     def close(self, timeout: float = 30.0) -> int:
         """Wait for the process (killing its group past ``timeout``); returns its exit code."""
@@ -57,9 +56,13 @@ class TerminalService:
         self.terminals: list[Terminal] = []
         self.clients: list[WKRClient] = []
 
-    def start(self, wait: bool = True, nohup: bool = False) -> Terminal:
-        terminal = Terminal(["wkr-serving-start", *self.args], cwd=ROOT, env=self.env,
-                            nohup=nohup)
+    def start(self, wait: bool = True, nohup: bool = False, cwd: Path = ROOT) -> Terminal:
+        """Typed in ``cwd`` (the project folder, where ``workers`` is); with ``nohup`` in front
+        (coreutils' own, which ignores SIGHUP and execs the script) when asked."""
+        command = ["wkr-serving-start", *self.args]
+        if nohup:
+            command = ["nohup", script("wkr-serving-start"), *self.args]
+        terminal = Terminal(command, cwd=cwd, env=self.env)
         self.terminals.append(terminal)
         if not wait:
             return terminal

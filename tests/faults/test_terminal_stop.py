@@ -168,9 +168,16 @@ def test_closing_the_terminal_stops_the_service_as_gracefully_as_ctrl_c(
 
 @pytest.mark.timeout(120)
 def test_a_service_started_under_nohup_outlives_its_terminal(
-    terminal_service: TerminalService,
+    terminal_service: TerminalService, tmp_path: Path,
 ) -> None:
-    terminal = terminal_service.start(nohup=True)
+    # `nohup wkr-serving-start …` typed in the project folder: a stand-in for it here (the
+    # packages the worker class is imported from linked), as nohup writes nohup.out into the
+    # folder it is typed in.
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for package in ("workers", "tests"):
+        (folder / package).symlink_to(ROOT / package)
+    terminal = terminal_service.start(nohup=True, cwd=folder)
     terminal.hang_up()
     client = terminal_service.client()
     assert client.encode(21).result(timeout=30) == 42
@@ -179,6 +186,7 @@ def test_a_service_started_under_nohup_outlives_its_terminal(
     terminal.proc.terminate()  # what a user of nohup does: kill <pid>
     assert terminal.close(timeout=30) == 0
     _assert_clean_stop(terminal_service)
+    assert "starting 2 worker(s)" in (folder / "nohup.out").read_text()  # nohup's own doing
 
 
 #: Prints "ready" only once SIGINT has its default action, so one Ctrl+C after "ready" kills it.
