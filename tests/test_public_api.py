@@ -39,7 +39,8 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=60, check=True).stdout.split()
     assert loaded == sorted(f"wkr_celery{m}" for m in (
-        "", ".broker", ".broker.plan", ".broker.queue", ".broker.registry", ".broker.results", ".client",
+        "", ".broker", ".broker.lane", ".broker.plan", ".broker.queue", ".broker.registry",
+        ".broker.results", ".client",
         ".client.client", ".client.discovery", ".client.doubt",
         ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".clock",
         ".codec", ".connections", ".envelope", ".errors", ".inputs", ".keys", ".messages",

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["Backoff", "die_with_parent", "send", "wait_or_kill", "pid_alive", "port_holder",
+__all__ = ["Backoff", "die_with_parent", "forks", "send", "wait_or_kill", "pid_alive", "port_holder",
            "owned_temp_dir", "clean_stale_dirs", "on_stop_signals", "OWNER_FILE"]
 
 log = logging.getLogger("wkr_celery.processes")
@@ -65,6 +65,23 @@ def _note_forking_parent() -> None:
 
 
 os.register_at_fork(before=_note_forking_parent)
+
+_forks = 0
+
+
+def forks() -> int:
+    """How many forks lie between this process and the one that first imported us: what an
+    object made before a fork compares with its own count to notice it is in a child. A read
+    of a global, where ``os.getpid()`` is a system call on every request."""
+    return _forks
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec

@@ -1,9 +1,10 @@
-"""One service's data on Redis, in three parts that follow a request's path:
+"""One service's data on Redis, in three parts that follow a request's path, and the lane they share:
 
 - :class:`RequestQueue` (:mod:`.queue`): the request lists on the broker Redis: publish,
   fetch, ack, give back, withdraw, requeue a dead worker's messages, sweep, length.
 - :class:`ResultStore` (:mod:`.results`): results on the result Redis: store (and hand to the
   caller), read, store a ``REVOKED`` result.
+- :class:`Lane` (:mod:`.lane`): a kept connection for the calls on a request's latency path.
 - :class:`ServiceRegistry` (:mod:`.registry`): what the service says about itself beside its
   queue: info, heartbeats of live workers, scaling state, the last failure.
 
@@ -13,6 +14,7 @@ No other code touches a service's keys. What the asyncio client needs is written
 connection with :func:`publish_call`'s arguments (docs/design.md draws the path).
 """
 
+from .lane import Lane
 from .plan import Plan, ping_plan, run, run_async
 from .queue import Fetched, RequestQueue, publish_call, queue_length_plan, withdraw_plan
 from .registry import (
@@ -25,7 +27,7 @@ from .registry import (
 )
 from .results import ResultStore, StoredResult, stored_plan
 
-__all__ = ["Fetched", "Plan", "RequestQueue", "ResultStore", "ServiceRegistry", "StoredResult",
+__all__ = ["Fetched", "Lane", "Plan", "RequestQueue", "ResultStore", "ServiceRegistry", "StoredResult",
            "as_str", "info_plan", "last_failure_plan", "live_workers_plan", "ping_plan",
            "publish_call", "queue_length_plan", "run", "run_async", "services_plan",
            "stored_plan", "withdraw_plan"]

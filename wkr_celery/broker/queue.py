@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .. import scripts
 from ..keys import ServiceKeys
+from .lane import Lane
 from .plan import Plan, ping_plan, run
 from .registry import as_str
 
@@ -42,6 +43,7 @@ class RequestQueue:
         self._requeue = client.register_script(scripts.REQUEUE_DEAD)
         self._sweep = client.register_script(scripts.SWEEP)
         self._publish = client.register_script(scripts.PUBLISH)
+        self._lane = Lane(client)  # publish, land and fetch: the latency path
         self._blmove = True  # Redis 6.2 and later; else BRPOPLPUSH, its older spelling
         #: The highest inflight id each worker fetched through this queue: ``fetch.lua`` issues
         #: it only higher ones, even from a counter a broker restarted empty has lost.
@@ -52,7 +54,7 @@ class RequestQueue:
     def publish(self, items: Sequence[tuple[int, str | bytes]], *, cap: int) -> int:
         """Push ``(list index, envelope)`` items in order; returns how many fit under ``cap``."""
         keys, args = publish_call(self.keys, items, cap=cap)
-        return int(self._publish(keys=keys, args=args))
+        return int(self._lane.run_script(self._publish, keys, args))
 
     # Worker side ---------------------------------------------------------------------------
 
@@ -64,7 +66,7 @@ class RequestQueue:
         an ack or a blame of an old id can never name a new message.
         """
         keys, args = self._fetch_call(worker_id, count)
-        return self._fetched(worker_id, self._fetch(keys=keys, args=args))
+        return self._fetched(worker_id, self._lane.run_script(self._fetch, keys, args))
 
     def land(self, worker_id: str, timeout: float, more: int = 0
              ) -> tuple[bytes | None, list[Fetched]]:
@@ -82,11 +84,11 @@ class RequestQueue:
         wait = max(1, math.ceil(timeout))
         if not more:
             try:
-                return self._move(self.client, worker_id, wait), []
+                return self._move(None, worker_id, wait), []
             except ResponseError as exc:
                 if not self._lacks_blmove(exc):
                     raise
-            return self._move(self.client, worker_id, wait), []
+            return self._move(None, worker_id, wait), []
         pipe = self.client.pipeline(transaction=False)
         self._move(pipe, worker_id, wait)
         keys, args = self._fetch_call(worker_id, more)
@@ -102,13 +104,13 @@ class RequestQueue:
             raise flat
         return landed, self._fetched(worker_id, flat)
 
-    def _move(self, client: Any, worker_id: str, wait: int) -> Any:
+    def _move(self, pipe: Any, worker_id: str, wait: int) -> Any:
         """``BLMOVE`` (``BRPOPLPUSH`` on a server without it) from the arrivals list into
-        ``worker_id``'s landing list, on ``client`` or a pipeline."""
+        ``worker_id``'s landing list, on ``pipe`` or, with ``None``, the lane."""
         k = self.keys
-        if self._blmove:
-            return client.blmove(k.arrivals, k.landing(worker_id), wait, "RIGHT", "LEFT")
-        return client.brpoplpush(k.arrivals, k.landing(worker_id), wait)
+        command = (("BLMOVE", k.arrivals, k.landing(worker_id), "RIGHT", "LEFT", wait)
+                   if self._blmove else ("BRPOPLPUSH", k.arrivals, k.landing(worker_id), wait))
+        return self._lane.execute(*command) if pipe is None else pipe.execute_command(*command)
 
     def _lacks_blmove(self, error: ResponseError) -> bool:
         """Whether ``error`` says the server has no ``BLMOVE`` (Redis < 6.2); if so, its older

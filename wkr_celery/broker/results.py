@@ -19,6 +19,7 @@ import redis
 from .. import scripts
 from ..keys import ServiceKeys, reply_key, task_meta_key
 from ..messages import decode_meta, encode_meta, now_iso, revoked_meta
+from .lane import Lane
 from .plan import Plan, ping_plan, run
 
 __all__ = ["ResultStore", "StoredResult", "stored_plan"]
@@ -36,6 +37,7 @@ class ResultStore:
         self.client = client
         self.keys = keys
         self._store = client.register_script(scripts.STORE)
+        self._lane = Lane(client)  # stores are on the latency path
 
     def store(
         self,
@@ -60,8 +62,9 @@ class ResultStore:
                          else targets.setdefault(client_id, len(targets) + 1))
         keys.extend(reply_key(client_id) for client_id in targets)
         ids, suspects, landed = (ack[1], ack[2], ack[3]) if ack else ((), (), ())
-        self._store(keys=keys, args=[expires, len(results), len(ids), len(suspects), len(landed),
-                                     *datas, *where, *ids, *suspects, *landed])
+        self._lane.run_script(self._store, keys, [expires, len(results), len(ids), len(suspects),
+                                                  len(landed), *datas, *where, *ids, *suspects,
+                                                  *landed])
 
     def untaken(self, reply_lists: Sequence[str]) -> list[str]:
         """Those of ``reply_lists`` that still hold replies no client has popped."""

@@ -29,6 +29,7 @@ from ..connections import REDIS_ERRORS, connect
 from ..errors import WKRError
 from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
+from ..processes import forks
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
 from .protocol import FIRST_RETRY, Address, InputContract, Outgoing, Requests, publish_failed, refused_publish
@@ -122,7 +123,7 @@ class WKRClient(InputContract):
         other's task ids, so a caller could get another's result. The child forgets what the
         parent had out; ``spec`` (the input contract, maybe set by the user) is kept.
         """
-        self._pid = os.getpid()
+        self._forks = forks()
         self.client_id = uuid.uuid4().hex
         self._reply_key = reply_key(self.client_id)
         self._requests = Requests(self.keys, self.server_config, reply_to=self.client_id,
@@ -142,7 +143,7 @@ class WKRClient(InputContract):
 
     def _forked(self) -> bool:
         """Whether this process is a child forked after the client last started its part."""
-        return self._pid != os.getpid()
+        return self._forks != forks()
 
     def _in_this_process(self) -> None:
         """Start this process's own part of the client if it was made before a fork."""

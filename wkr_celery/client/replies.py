@@ -41,7 +41,7 @@ from typing import Any
 
 import redis
 
-from ..broker import run, stored_plan
+from ..broker import Lane, run, stored_plan
 from ..connections import REDIS_ERRORS
 from ..errors import ServiceUnavailable, WKRError
 from .doubt import Doubt
@@ -76,6 +76,7 @@ class Replies:
         self.pending: dict[str, Future[Any]] = {}
         self.watches = watches
         self._redis = result_redis
+        self._lane = Lane(result_redis)  # the listener's and a lone caller's reads, in turn
         self._key = reply_key
         self._results = next(watch for _, watch in watches if watch.serves_results)
         self._grace = grace
@@ -173,19 +174,19 @@ class Replies:
 
     def _listen_once(self, delay: float) -> float:
         """One ``BLPOP`` (and a drain when more requests are out); returns the next retry delay."""
-        client, key, watch = self._redis, self._key, self._results
+        lane, key, watch = self._lane, self._key, self._results
         wait = self._expire()
         try:
             if self._recover_due or watch.changes != self._recovered:
                 self._recover()
-            first = client.blpop([key], timeout=wait)
+            first = lane.execute("BLPOP", key, wait)
             watch.reached()
             if first is None:
                 return delay
             # The oldest answer first, before another round trip; the rest only when
             # more requests are out (one at a time, there is nothing to drain).
             self._resolve(first[1])
-            rest = (client.lpop(key, _DRAIN) or []) if self.pending else []
+            rest = (lane.execute("LPOP", key, _DRAIN) or []) if self.pending else []
         except REDIS_ERRORS as exc:
             if self._closed.is_set():
                 return delay
@@ -232,27 +233,24 @@ class Replies:
         False when the listener should take over."""
         if self._recover_due or self._results.changes != self._recovered:
             return False  # reading stored results after an outage is the listener's job
-        pool = self._redis.connection_pool
-        try:
-            connection = pool.get_connection()
-        except (redis.RedisError, OSError):
-            return False
-        reply, clean = None, False
-        try:
-            connection.send_command("BLPOP", self._key, wait)
-            late = time.monotonic() + wait + _REPLY_MARGIN
-            while not connection.can_read(timeout=_POLL_SECONDS):
-                if future.done() or self._closed.is_set() or time.monotonic() > late:
-                    return False  # settled elsewhere, closing, or the Redis went silent
-            reply = connection.read_response()
-            clean = True
-        except (redis.RedisError, OSError):
-            return False
-        finally:
-            if not clean:  # the BLPOP may still answer on it: drop it; a popped answer is
-                connection.disconnect()  # still stored, and the listener reads it
-                self._recover_due = True
-            pool.release(connection)
+        with self._lane.held() as connection:
+            if connection is None:
+                return False
+            reply, clean = None, False
+            try:
+                connection.send_command("BLPOP", self._key, wait)
+                late = time.monotonic() + wait + _REPLY_MARGIN
+                while not connection.can_read(timeout=_POLL_SECONDS):
+                    if future.done() or self._closed.is_set() or time.monotonic() > late:
+                        return False  # settled elsewhere, closing, or the Redis went silent
+                reply = connection.read_response()
+                clean = True
+            except (redis.RedisError, OSError):
+                return False
+            finally:
+                if not clean:  # the BLPOP may still answer on it: drop it; a popped answer is
+                    connection.disconnect()  # still stored, and the listener reads it
+                    self._recover_due = True
         self._results.reached()
         if reply is not None:
             self._resolve(reply[1])
