@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -108,3 +109,38 @@ def _exit_code(pid: int, timeout: float) -> int:
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def test_threads_that_make_requests_at_once_get_distinct_task_ids() -> None:
+    """Task ids came from a generator, which raises "generator already executing" when a
+    second thread asks while the first is inside it (3 of 1,800 requests once, in the test
+    above): ids are made from ``itertools.count`` now. Thread switches are forced as often as
+    CPython allows, so a shared generator fails here at once."""
+    from wkr_celery.client.protocol import Requests
+    from wkr_celery.keys import ServiceKeys, priority_step
+
+    requests = Requests(ServiceKeys("ids"), {"protocol": "obj"}, reply_to="c" * 32,
+                        timeout=None, priority=priority_step("normal"), clock=lambda: 1.0e9)
+    made: list[list[str]] = [[] for _ in range(8)]
+    errors: list[BaseException] = []
+
+    def make(into: list[str]) -> None:
+        try:
+            for i in range(3000):
+                into.append(requests.make(i).task_id)
+        except BaseException as exc:  # what went wrong is the test's finding
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=make, args=(ids,)) for ids in made]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors
+    ids = [task_id for per_thread in made for task_id in per_thread]
+    assert len(ids) == 8 * 3000 and len(set(ids)) == len(ids)

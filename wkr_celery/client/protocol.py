@@ -140,8 +140,11 @@ class Requests:
         self.follow(info, max_payload=max_payload, max_queue=max_queue)
         # Task ids: a random prefix (the client's id) plus a counter. Unique like uuid4 (64
         # random bits per sender, never reused within one), at a tenth of the cost per request.
-        prefix = (reply_to or uuid.uuid4().hex)[:20]
-        self._task_ids = (f"{prefix}{n:012x}" for n in itertools.count())
+        # The counter is itertools.count itself, whose next() is one step under the GIL: a
+        # generator shared by a client's threads raised "generator already executing" when two
+        # of them asked at once.
+        self._id_prefix = (reply_to or uuid.uuid4().hex)[:20]
+        self._id_counter = itertools.count()
 
     def follow(self, info: Mapping[str, str], *, max_payload: int = DEFAULT_MAX_PAYLOAD,
                max_queue: int = 0) -> None:
@@ -159,7 +162,7 @@ class Requests:
         deadline = deadline_after(timeout, self.clock())
         expiry = None if timeout is None else time.monotonic() + timeout
         step = self.priority if priority is None else priority_step(priority)
-        task_id = next(self._task_ids)
+        task_id = f"{self._id_prefix}{next(self._id_counter):012x}"
         message = envelope.build(task_id, body, client_id=self.reply_to, deadline=deadline,
                                  priority=step)
         return Outgoing(task_id, PRIORITY_STEPS.index(step), message, expiry)
