@@ -98,3 +98,19 @@ def test_a_forked_child_makes_its_own_connection(client: redis.Redis) -> None:
     os.waitpid(pid, 0)
     assert child and child != parent
     assert lane.execute("CLIENT", "ID") == parent  # the parent's socket was left alone
+
+
+def test_a_client_without_hiredis_parser_goes_through_redis_pys_own_send_and_read(
+        redis_url: str) -> None:
+    from redis._parsers import _RESP2Parser
+
+    plain = redis.Redis.from_url(redis_url, parser_class=_RESP2Parser)
+    try:
+        lane = Lane(plain)
+        first = lane.execute("CLIENT", "ID")
+        assert lane.execute("RPUSH", "lane-plain", b"a") == 1
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            lane.execute("HSET", "lane-plain", "f", "v")
+        assert lane.execute("CLIENT", "ID") == first
+    finally:
+        plain.close()
