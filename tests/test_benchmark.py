@@ -183,3 +183,17 @@ def test_a_missing_wrk_skips_only_the_http_scenario_and_says_so(tmp_path: Path) 
     assert "wrk not found" in proc.stdout and "apt-get install -y wrk" in proc.stdout
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["http"] == {} and result["runs"]["tiny"]["naive"]["ok"]
+
+
+def test_the_lane_benchmark_prints_a_cost_per_call_for_each_way() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.lane", "--calls", "200",
+                           "--rounds", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split("  ")[1].strip() for line in lines] == [
+        "Redis.lpush", "send_command + read_response", "Lane.execute"]
+    for line in lines:
+        figures = [float(word) for word in line.split() if word.replace(".", "", 1).isdigit()]
+        assert len(figures) == 3 and all(f > 0 for f in figures[1:]), line  # round, CPU, wall
