@@ -13,7 +13,9 @@ through a :class:`Lane`: one connection of the client's own pool, kept, with the
 timeouts and health checks, and the same password and Sentinel lookup when it reconnects.
 
 Whatever goes wrong on the kept connection is left to redis-py: the connection is dropped and
-the command runs once more through the client's usual path, with its retry rules. A thread that
+the command runs once more through the client's usual path, with its retry rules. An error
+reply is raised; a refusal (:class:`~wkr_celery.connections.RedisRefused`) is raised and, as
+redis-py does, drops the connection, so a Sentinel client's next call finds the new master. A thread that
 finds the lane in use by another takes that path too, so sharing a lane is never wrong, only
 slower.
 """
@@ -63,8 +65,13 @@ class Lane:
             if connection is not None:
                 try:
                     return _round_trip(connection, args)
-                except (redis.ResponseError, RedisRefused):
-                    raise  # an answer (an error reply, a refusal), not a lost connection
+                except redis.ResponseError:
+                    raise  # an answer, not a lost connection: the connection stays
+                except RedisRefused:
+                    # Dropped, as redis-py drops it, so the next call connects again: to the
+                    # master Sentinel names now, when a failover demoted this one (READONLY).
+                    connection.disconnect()
+                    raise
                 except (redis.ConnectionError, redis.TimeoutError, OSError):
                     connection.disconnect()  # made again on next use; redis-py's path retries
                 except BaseException:
