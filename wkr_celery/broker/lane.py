@@ -52,6 +52,7 @@ class Lane:
         self._lock = threading.Lock()
         self._connection: Any = None
         self._forks = forks()
+        self._buffer = bytearray(65536)  # replies are read into it; one user at a time
 
     def execute(self, *args: Any) -> Any:
         """Run one command (no response callback: its raw reply) on the kept connection."""
@@ -64,7 +65,7 @@ class Lane:
                 connection = None  # none can be made now: redis-py's path retries that
             if connection is not None:
                 try:
-                    return _round_trip(connection, args)
+                    return _round_trip(connection, args, self._buffer)
                 except redis.ResponseError:
                     raise  # an answer, not a lost connection: the connection stays
                 except RedisRefused:
@@ -115,7 +116,7 @@ class Lane:
         return self._connection
 
 
-def _round_trip(connection: Any, args: tuple[Any, ...]) -> Any:
+def _round_trip(connection: Any, args: tuple[Any, ...], buffer: bytearray) -> Any:
     """Send ``args`` and read the reply on ``connection``, raising an error reply.
 
     With redis-py's hiredis parser (the one we install) this packs with ``hiredis`` and reads
@@ -135,7 +136,6 @@ def _round_trip(connection: Any, args: tuple[Any, ...]) -> Any:
         return connection.read_response()
     sock = connection._sock
     sock.sendall(packed)
-    buffer = _BUFFER.buffer
     while (reply := reader.gets()) is _NOT_ENOUGH_DATA:
         read = sock.recv_into(buffer)
         if not read:
@@ -146,11 +146,3 @@ def _round_trip(connection: Any, args: tuple[Any, ...]) -> Any:
     if isinstance(reply, Exception):  # hiredis returns error replies (parse_error made them)
         raise reply
     return reply
-
-
-class _Buffer(threading.local):
-    def __init__(self) -> None:
-        self.buffer = bytearray(65536)
-
-
-_BUFFER = _Buffer()
