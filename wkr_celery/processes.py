@@ -22,8 +22,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["Backoff", "die_with_parent", "forks", "send", "wait_or_kill", "pid_alive", "port_holder",
-           "owned_temp_dir", "clean_stale_dirs", "on_stop_signals", "OWNER_FILE"]
+__all__ = ["Backoff", "die_with_parent", "forks", "send", "wait_or_kill", "pid_alive",
+           "port_holder", "owned_temp_dir", "clean_stale_dirs", "on_stop_signals", "OWNER_FILE"]
 
 log = logging.getLogger("wkr_celery.processes")
 

@@ -1,4 +1,5 @@
-"""One service's data on Redis, in three parts that follow a request's path, and the lane they share:
+"""One service's data on Redis, in three parts that follow a request's path (and the lane the
+calls on that path take):
 
 - :class:`RequestQueue` (:mod:`.queue`): the request lists on the broker Redis: publish,
   fetch, ack, give back, withdraw, requeue a dead worker's messages, sweep, length.
@@ -27,7 +28,7 @@ from .registry import (
 )
 from .results import ResultStore, StoredResult, stored_plan
 
-__all__ = ["Fetched", "Lane", "Plan", "RequestQueue", "ResultStore", "ServiceRegistry", "StoredResult",
-           "as_str", "info_plan", "last_failure_plan", "live_workers_plan", "ping_plan",
+__all__ = ["Fetched", "Lane", "Plan", "RequestQueue", "ResultStore", "ServiceRegistry",
+           "StoredResult", "as_str", "info_plan", "last_failure_plan", "live_workers_plan", "ping_plan",
            "publish_call", "queue_length_plan", "run", "run_async", "services_plan",
            "stored_plan", "withdraw_plan"]

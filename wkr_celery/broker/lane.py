@@ -15,9 +15,9 @@ timeouts and health checks, and the same password and Sentinel lookup when it re
 Whatever goes wrong on the kept connection is left to redis-py: the connection is dropped and
 the command runs once more through the client's usual path, with its retry rules. An error
 reply is raised; a refusal (:class:`~wkr_celery.connections.RedisRefused`) is raised and, as
-redis-py does, drops the connection, so a Sentinel client's next call finds the new master. A thread that
-finds the lane in use by another takes that path too, so sharing a lane is never wrong, only
-slower.
+redis-py does, drops the connection, so a Sentinel client's next call finds the new master. A
+thread that finds the lane in use by another takes redis-py's path too, so sharing a lane is
+never wrong, only slower.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from ..connections import RedisRefused
+from ..connections import REDIS_ERRORS, RedisRefused
 from ..processes import forks
 
 __all__ = ["Lane"]
@@ -56,31 +56,21 @@ class Lane:
 
     def execute(self, *args: Any) -> Any:
         """Run one command (no response callback: its raw reply) on the kept connection."""
-        if not self._lock.acquire(blocking=False):
-            return self.client.execute_command(*args)
-        try:
+        connection = self._take()
+        if connection is not None:
             try:
-                connection = self._kept()
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                connection = None  # none can be made now: redis-py's path retries that
-            if connection is not None:
-                try:
-                    return _round_trip(connection, args, self._buffer)
-                except redis.ResponseError:
-                    raise  # an answer, not a lost connection: the connection stays
-                except RedisRefused:
-                    # Dropped, as redis-py drops it, so the next call connects again: to the
-                    # master Sentinel names now, when a failover demoted this one (READONLY).
-                    connection.disconnect()
+                return _round_trip(connection, args, self._buffer)
+            except redis.ResponseError:
+                raise  # an answer, read whole: the connection stays
+            except BaseException as exc:
+                # Lost, interrupted mid-reply, or refused: dropped, as redis-py drops it (after
+                # a refusal the next call connects again, to the master Sentinel names now).
+                connection.disconnect()
+                if isinstance(exc, RedisRefused) or not isinstance(exc, REDIS_ERRORS):
                     raise
-                except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    connection.disconnect()  # made again on next use; redis-py's path retries
-                except BaseException:
-                    connection.disconnect()  # interrupted mid-reply: never reuse it
-                    raise
-        finally:
-            self._lock.release()
-        return self.client.execute_command(*args)
+            finally:
+                self._lock.release()
+        return self.client.execute_command(*args)  # redis-py's path, with its retry rules
 
     def run_script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """``EVALSHA`` of ``script``, loading it first if the server lost it (a restart, a
@@ -96,24 +86,27 @@ class Lane:
         """The kept connection, for a caller that sends and reads on it by itself; ``None``
         while another thread has it or none can be made. A caller that leaves a reply unread
         must disconnect it."""
-        if not self._lock.acquire(blocking=False):
-            yield None
-            return
+        connection = self._take()
         try:
-            try:
-                connection = self._kept()
-            except (redis.RedisError, OSError):
-                connection = None  # no connection can be made now
             yield connection
         finally:
-            self._lock.release()
+            if connection is not None:
+                self._lock.release()
 
-    def _kept(self) -> Any:
-        if self._forks != forks():  # a forked child: the socket is the parent's
-            self._connection, self._forks = None, forks()
-        if self._connection is None:
-            self._connection = self.client.connection_pool.get_connection()
-        return self._connection
+    def _take(self) -> Any:
+        """The kept connection, made if need be, with the lane taken (release it); ``None``,
+        not taken, while another thread has it or no connection can be made."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._forks != forks():  # a forked child: the socket is the parent's
+                self._connection, self._forks = None, forks()
+            if self._connection is None:
+                self._connection = self.client.connection_pool.get_connection()
+            return self._connection
+        except (redis.RedisError, OSError):
+            self._lock.release()
+            return None
 
 
 def _round_trip(connection: Any, args: tuple[Any, ...], buffer: bytearray) -> Any:
@@ -124,25 +117,33 @@ def _round_trip(connection: Any, args: tuple[Any, ...], buffer: bytearray) -> An
     around it (10 µs of CPU per call on the 2-vCPU VM); otherwise through redis-py's
     ``send_command`` and ``read_response``. Either way the parser's reader holds any partial
     reply, so the two can follow each other on one connection."""
-    reader = getattr(connection._parser, "_reader", None)
-    if _NOT_ENOUGH_DATA is None or not isinstance(reader, hiredis.Reader):
+    reader: Any = getattr(connection._parser, "_reader", None)
+    packed = _packed(args) if isinstance(reader, hiredis.Reader) else None
+    if packed is None:
         connection.send_command(*args)
         return connection.read_response()
     connection.check_health()  # a PING first after 30 s unused, as redis-py does
-    try:
-        packed = hiredis.pack_command(args)
-    except TypeError:  # a type hiredis does not pack (redis-py's encoder may)
-        connection.send_command(*args)
-        return connection.read_response()
     sock = connection._sock
     sock.sendall(packed)
     while (reply := reader.gets()) is _NOT_ENOUGH_DATA:
         read = sock.recv_into(buffer)
         if not read:
             raise redis.ConnectionError("Redis closed the connection")
-        reader.feed(buffer, 0, read)  # type: ignore[arg-type]  # a bytearray, as redis-py feeds it
+        reader.feed(buffer, 0, read)
     if connection.health_check_interval:
         connection.next_health_check = time.monotonic() + connection.health_check_interval
     if isinstance(reply, Exception):  # hiredis returns error replies (parse_error made them)
         raise reply
     return reply
+
+
+def _packed(args: tuple[Any, ...]) -> bytes | None:
+    """``args`` as one command in Redis's protocol, by hiredis; ``None`` where this redis-py's
+    reader has no marker for a partial reply we know, or hiredis cannot pack a type (redis-py's
+    encoder may)."""
+    if _NOT_ENOUGH_DATA is None:
+        return None
+    try:
+        return hiredis.pack_command(args)
+    except TypeError:
+        return None

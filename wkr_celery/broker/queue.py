@@ -12,7 +12,7 @@ run.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -84,13 +84,13 @@ class RequestQueue:
         wait = max(1, math.ceil(timeout))
         if not more:
             try:
-                return self._move(None, worker_id, wait), []
+                return self._move(self._lane.execute, worker_id, wait), []
             except ResponseError as exc:
                 if not self._lacks_blmove(exc):
                     raise
-            return self._move(None, worker_id, wait), []
+            return self._move(self._lane.execute, worker_id, wait), []
         pipe = self.client.pipeline(transaction=False)
-        self._move(pipe, worker_id, wait)
+        self._move(pipe.execute_command, worker_id, wait)
         keys, args = self._fetch_call(worker_id, more)
         pipe.evalsha(self._fetch.sha, len(keys), *keys, *args)
         landed, flat = pipe.execute(raise_on_error=False)
@@ -104,13 +104,13 @@ class RequestQueue:
             raise flat
         return landed, self._fetched(worker_id, flat)
 
-    def _move(self, pipe: Any, worker_id: str, wait: int) -> Any:
+    def _move(self, execute: Callable[..., Any], worker_id: str, wait: int) -> Any:
         """``BLMOVE`` (``BRPOPLPUSH`` on a server without it) from the arrivals list into
-        ``worker_id``'s landing list, on ``pipe`` or, with ``None``, the lane."""
+        ``worker_id``'s landing list, by ``execute`` (the lane's, or a pipeline's)."""
         k = self.keys
-        command = (("BLMOVE", k.arrivals, k.landing(worker_id), "RIGHT", "LEFT", wait)
-                   if self._blmove else ("BRPOPLPUSH", k.arrivals, k.landing(worker_id), wait))
-        return self._lane.execute(*command) if pipe is None else pipe.execute_command(*command)
+        if self._blmove:
+            return execute("BLMOVE", k.arrivals, k.landing(worker_id), "RIGHT", "LEFT", wait)
+        return execute("BRPOPLPUSH", k.arrivals, k.landing(worker_id), wait)
 
     def _lacks_blmove(self, error: ResponseError) -> bool:
         """Whether ``error`` says the server has no ``BLMOVE`` (Redis < 6.2); if so, its older

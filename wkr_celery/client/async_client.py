@@ -37,7 +37,15 @@ from . import async_discovery as discovery
 from .async_replies import AsyncReplies, Waiting
 from .async_restarts import AsyncRedisWatch
 from .doubt import grace_from
-from .protocol import FIRST_RETRY, Address, InputContract, Outgoing, Requests, publish_failed, refused_publish
+from .protocol import (
+    FIRST_RETRY,
+    Address,
+    InputContract,
+    Outgoing,
+    Requests,
+    publish_failed,
+    refused_publish,
+)
 from .replies import LISTEN_SECONDS
 from .verdicts import watched
 

@@ -32,7 +32,15 @@ from ..keys import ServiceKeys, priority_step, reply_key
 from ..processes import forks
 from .discovery import check_reachable, find_service, read_info, wait_until_serving
 from .doubt import answer_grace
-from .protocol import FIRST_RETRY, Address, InputContract, Outgoing, Requests, publish_failed, refused_publish
+from .protocol import (
+    FIRST_RETRY,
+    Address,
+    InputContract,
+    Outgoing,
+    Requests,
+    publish_failed,
+    refused_publish,
+)
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
 from .verdicts import watched
