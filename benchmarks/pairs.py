@@ -88,10 +88,13 @@ def report(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
     for name in names:
         a = [pair[0][name] for pair in runs]
         b = [pair[1].get(name, 0.0) for pair in runs]
+        # A run too short for the CPU clock's 10 ms ticks can read 0: no ratio from that pair
         ratios = [y / x for x, y in zip(a, b) if x]
+        compared = (f"B/A median of {len(ratios)} paired ratios {statistics.median(ratios):.3f} "
+                    f"(range {min(ratios):.2f}-{max(ratios):.2f})" if ratios
+                    else "B/A: no pair with a figure for A")
         print(f"{name:16s} A {statistics.median(a):9.2f}  B {statistics.median(b):9.2f}  "
-              f"B/A median of {len(ratios)} paired ratios {statistics.median(ratios):.3f} "
-              f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+              f"{compared}")
     print("wrong or missing answers:", [p[0]["bad"] for p in runs], [p[1]["bad"] for p in runs])
 
 

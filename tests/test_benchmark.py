@@ -186,9 +186,9 @@ def test_a_missing_wrk_skips_only_the_http_scenario_and_says_so(tmp_path: Path) 
 
 
 def test_the_lane_benchmark_prints_a_cost_per_call_for_each_way() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """``python -m benchmarks.lane`` as docs/performance.md has it typed, from the checkout."""
     proc = subprocess.run([sys.executable, "-m", "benchmarks.lane", "--calls", "200",
-                           "--rounds", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--rounds", "1"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -197,3 +197,20 @@ def test_the_lane_benchmark_prints_a_cost_per_call_for_each_way() -> None:
     for line in lines:
         figures = [float(word) for word in line.split() if word.replace(".", "", 1).isdigit()]
         assert len(figures) == 3 and all(f > 0 for f in figures[1:]), line  # round, CPU, wall
+
+
+def test_paired_runs_print_each_figure_for_both_versions_and_no_wrong_answer() -> None:
+    """``python -m benchmarks.pairs BASE NEW`` as docs/performance.md has it typed, from the
+    checkout: both versions come from git (here the same one), one short pair."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.pairs", "HEAD", "HEAD",
+                           "--pairs", "1", "--requests", "500"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
+    for figure in ("p50_ms", "p99_ms", "stream", "cpu_client_us", "cpu_redis_us",
+                   "cpu_worker0_us"):
+        words = lines[figure]
+        assert words[1] == "A" and words[3] == "B", words
+        if figure in ("p50_ms", "p99_ms", "stream"):  # CPU figures may read 0 in so short a run
+            assert float(words[2]) > 0 and float(words[4]) > 0, words
+    assert "wrong or missing answers: [0] [0]" in proc.stdout
