@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -28,13 +27,12 @@ SYSTEMS = ("wkr", "celery", "batches", "naive", "coalesce")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str],
                                                                  Path]:
     out = tmp_path_factory.mktemp("bench")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
+    proc = subprocess.run(  # typed from the checkout, as docs/performance.md has it
         [sys.executable, "-m", "benchmarks", "--quick", "--workloads", "tiny",
          "--systems", ",".join(SYSTEMS), "--requests", "200", "--latency-requests", "30",
          "--inflight", "64", "--sweep", "1,16", "--sweep-seconds", "0.3", "--out", str(out),
          "--scenarios", "systems"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+        cwd=ROOT, capture_output=True, text=True, timeout=110)
     return proc, out
 
 
@@ -109,10 +107,9 @@ def test_the_answer_check_counts_wrong_misshapen_and_nan_answers() -> None:
 
 
 def _bench(out: Path, *argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """``python -m benchmarks --quick`` typed from the checkout, as docs/performance.md has it."""
     return subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out),
-                           *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                           *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +211,14 @@ def test_paired_runs_print_each_figure_for_both_versions_and_no_wrong_answer() -
         if figure in ("p50_ms", "p99_ms", "stream"):  # CPU figures may read 0 in so short a run
             assert float(words[2]) > 0 and float(words[4]) > 0, words
     assert "wrong or missing answers: [0] [0]" in proc.stdout
+
+
+def test_medians_of_an_even_number_of_runs_keep_each_setting_as_it_was() -> None:
+    """``--repeat 2`` with the clients scenario ended in a traceback: the median of two runs'
+    ``workers`` (1 and 1) was 1.0, which the table's integer format refuses."""
+    from benchmarks.summary import median_record
+
+    merged = median_record([{"workers": 1, "capacity": 100.0, "wrong": 1},
+                            {"workers": 1, "capacity": 300.0, "wrong": 0}])
+    assert merged == {"workers": 1, "capacity": 200.0, "wrong": 1}
+    assert type(merged["workers"]) is int
