@@ -83,6 +83,25 @@ def test_npy_service_takes_json_lists_and_msgpack_arrays(stack: Stack) -> None:
     np.testing.assert_allclose(answer["result"], expected[1], rtol=1e-4, atol=1e-5)
 
 
+def test_json_numbers_reach_predict_as_the_array_msgpack_sends(stack: Stack) -> None:
+    # Integers among the floats, a signed zero, a nested list: once the API knows the service
+    # (float32, (512,)) its JSON lists are read straight into arrays; the answers must equal
+    # msgpack's for the same float32 input, bit for bit, and a wrong shape is still refused.
+    x = np.random.default_rng(2).standard_normal(512).astype(np.float32)
+    x[:4] = [0.0, -0.0, 3.0, -7.0]
+    numbers = [0, -0.0, 3, -7] + x[4:].tolist()
+    (expected,) = codec.loads(post_msgpack(stack.keyed, "/encode", [{"data": x}]).content)
+    for attempt in range(3):  # the first may find the service's info not yet cached
+        as_json = stack.keyed.http.post("/encode", json={"id": attempt, "data": numbers})
+        assert as_json.status_code == 200, as_json.text
+        assert np.array_equal(np.asarray(as_json.json()["result"], dtype=np.float32),
+                              expected["result"])
+    nested = stack.keyed.http.post("/encode", json={"data": [numbers]})
+    assert nested.status_code == 400 and "shape (1, 512)" in nested.text, nested.text
+    short = stack.keyed.http.post("/encode", json={"data": numbers[:511]})
+    assert short.status_code == 400 and "shape (511,)" in short.text, short.text
+
+
 # Errors ---------------------------------------------------------------------------------------
 
 def test_api_key_is_required_only_when_configured(stack: Stack) -> None:

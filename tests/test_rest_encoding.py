@@ -64,3 +64,62 @@ def test_size_limits_still_count_every_number_and_every_level() -> None:
     check_size(deep, max_depth=6)
     with pytest.raises(ApiError, match="deeper than 5 levels"):
         check_size(deep, max_depth=5)
+
+
+# JSON lists of numbers read straight into arrays (simdjson) ------------------------------------
+
+def _usual(data: bytes, dtype: np.dtype[Any]) -> Any:
+    """What the API made of a body before the numbers path: orjson's list, then as_input."""
+    body = parse_body(data, False)
+    return {**body, "data": np.asarray(body["data"], dtype=dtype)}
+
+
+NUMBER_BODIES = [
+    b'{"id": 1, "data": [0.1, -2.5e-3, 1e-320, 3.4e39, -0, -0.0, 7, 123456789]}',
+    b'{"data": [9007199254740993, 9223372036854775807, -9223372036854775808, 1.7976931348623157e308]}',
+    b'{"data": [], "id": "x", "note": null, "ok": true, "n": 2.5}',
+    b'{"data":[1,2,3]}',
+]
+
+
+@pytest.mark.parametrize("data", NUMBER_BODIES)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_numbers_read_straight_into_an_array_equal_the_usual_path(data: bytes, dtype: str) -> None:
+    with np.errstate(over="ignore"):  # 3.4e39 is past float32's range: inf on both paths
+        fast = parse_body(data, False, np.dtype(dtype))
+        usual = _usual(data, np.dtype(dtype))
+    assert isinstance(fast["data"], np.ndarray) and fast["data"].dtype == np.dtype(dtype)
+    assert fast.keys() == usual.keys()
+    # bit for bit: the same rounding of every number (signed zeros, subnormals, overflow)
+    assert fast["data"].tobytes() == usual["data"].tobytes()
+    assert {k: v for k, v in fast.items() if k != "data"} == {
+        k: v for k, v in usual.items() if k != "data"}
+
+
+@pytest.mark.parametrize("data", [
+    b'{"data": [1, [2, 3], []]}',  # nested: simdjson would flatten it
+    b'{"id": "[", "data": [1.0]}',  # another [ anywhere
+    b'{"data": [1.0], "data": [2.0]}',  # a repeated key: the last one counts, as in orjson
+    b'{"data": [1.0, true, null]}',
+    b'{"data": [NaN, 1e400]}',  # what only the standard library reads
+    b'{"data": [123456789012345678901234567890]}',  # past 64 bits
+    b'{"id": {"a": 1}, "data": [1.0]}',  # an object beside the numbers
+    b'{"data": 1.5}',
+    b'[1.0, 2.0]',
+])
+def test_other_bodies_take_the_usual_path(data: bytes) -> None:
+    body = parse_body(data, False, np.dtype("float32"))
+    assert body == parse_body(data, False)  # the same Python objects, no array made
+
+
+def test_malformed_json_is_worded_by_the_usual_parser() -> None:
+    with pytest.raises(ApiError, match="body is not valid JSON"):
+        parse_body(b'{"data": [1.0, 2.0', False, np.dtype("float32"))
+
+
+def test_the_numbers_path_keeps_the_size_limit() -> None:
+    from wkr_celery.rest.encoding import MAX_ITEMS
+
+    data = b'{"data": [' + b"1," * MAX_ITEMS + b"1]}"
+    with pytest.raises(ApiError, match=f"more than {MAX_ITEMS} values"):
+        parse_body(data, False, np.dtype("float32"))

@@ -43,6 +43,7 @@ from ..keys import ServiceKeys, priority_step
 __all__ = ["Gateway", "TaskRegistry"]
 
 _LIVE_TTL = 0.5
+_FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})  # as InputSpec names them
 _T = TypeVar("_T")
 _ENVELOPE_BUDGET = 64 * 1024 * 1024
 
@@ -196,6 +197,16 @@ class Gateway:
                                               sentinel_master=s.sentinel_master)
 
     # Inputs -------------------------------------------------------------------------------
+
+    def json_numbers(self) -> np.dtype[Any] | None:
+        """The float dtype a JSON list of numbers becomes for this service (protocol ``npy``,
+        a float ``input_dtype``), for :func:`~.encoding.parse_body`; ``None`` when it is not
+        that or not known from memory (the event loop asks, so no socket is touched)."""
+        at, info = self._info
+        if (not info or time.monotonic() - at > _LIVE_TTL or info.get("protocol") != "npy"
+                or info.get("input_dtype") not in _FLOAT_DTYPES):
+            return None
+        return np.dtype(info["input_dtype"])
 
     def as_input(self, data: Any, from_json: bool) -> Any:
         """JSON lists become arrays of the service's dtype when it speaks ``npy``."""

@@ -68,7 +68,7 @@ async def _items(request: Request) -> tuple[list[dict[str, Any]], bool, bool, in
     msgpack = body_is_msgpack(request)
     settings = request.app.state.settings
     data = await read_body(request, settings.http_max_body, settings.http_read_timeout)
-    body = parse_body(data, msgpack)
+    body = parse_body(data, msgpack, request.app.state.gateway.json_numbers())
     many = isinstance(body, list)
     items = body if many else [body]
     if many and not items:
