@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wkr_celery.rest.encoding import check_size, dumps_json, parse_body, plain
 from wkr_celery.rest.problems import ApiError
@@ -123,3 +125,36 @@ def test_the_numbers_path_keeps_the_size_limit() -> None:
     data = b'{"data": [' + b"1," * MAX_ITEMS + b"1]}"
     with pytest.raises(ApiError, match=f"more than {MAX_ITEMS} values"):
         parse_body(data, False, np.dtype("float32"))
+
+
+#: JSON number texts in every spelling the grammar allows, far past float32's and float64's
+#: range and precision both ways, and within what a double holds (simdjson takes all of these).
+_ANY_NUMBER = st.from_regex(r"\A-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?\Z")
+_DOUBLE = st.from_regex(r"\A-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,2})?\Z")
+
+
+def _both(texts: list[str], dtype: str) -> tuple[Any, Any]:
+    data = ('{"id": 3, "data": [' + ", ".join(texts) + "]}").encode()
+    with np.errstate(over="ignore"):
+        return parse_body(data, False, np.dtype(dtype)), _usual(data, np.dtype(dtype))
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(_DOUBLE, max_size=40), dtype=st.sampled_from(["float16", "float32",
+                                                                    "float64"]))
+def test_numbers_a_double_holds_read_the_same_on_both_paths(texts: list[str], dtype: str
+                                                            ) -> None:
+    fast, usual = _both(texts, dtype)
+    assert isinstance(fast["data"], np.ndarray)  # the numbers path took them
+    assert fast["data"].dtype == usual["data"].dtype
+    assert fast["data"].tobytes() == usual["data"].tobytes(), texts
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(_ANY_NUMBER, max_size=40), dtype=st.sampled_from(["float32", "float64"]))
+def test_any_numbers_read_the_same_on_either_path(texts: list[str], dtype: str) -> None:
+    fast, usual = _both(texts, dtype)
+    if not isinstance(fast["data"], np.ndarray):  # refused by simdjson: the usual path's list
+        with np.errstate(over="ignore"):
+            fast = {**fast, "data": np.asarray(fast["data"], dtype=dtype)}
+    assert fast["data"].tobytes() == usual["data"].tobytes(), texts
