@@ -158,3 +158,10 @@ def test_any_numbers_read_the_same_on_either_path(texts: list[str], dtype: str) 
         with np.errstate(over="ignore"):
             fast = {**fast, "data": np.asarray(fast["data"], dtype=dtype)}
     assert fast["data"].tobytes() == usual["data"].tobytes(), texts
+
+
+def test_without_simdjson_numbers_take_the_usual_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wkr_celery.rest.encoding as encoding
+
+    monkeypatch.setattr(encoding, "simdjson", None)  # as where it is not installed (3.14)
+    assert parse_body(b'{"data": [1.5, 2]}', False, np.dtype("float32")) == {"data": [1.5, 2]}

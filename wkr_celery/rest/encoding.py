@@ -22,11 +22,15 @@ from typing import Any
 
 import numpy as np
 import orjson
-import simdjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import codec
+
+try:
+    import simdjson
+except ImportError:  # not installed where it has no wheel (pyproject.toml): the usual path only
+    simdjson = None  # type: ignore[assignment]
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -159,7 +163,7 @@ def _numbers_body(data: bytes, dtype: np.dtype[Any]) -> dict[str, Any] | None:
     simdjson cannot hold (past 64 bits, past a double's range), ``true``/``null`` in the list,
     more numbers than :data:`MAX_ITEMS`, or anything malformed (worded by the usual parsers).
     """
-    if data.count(b"[") != 1:
+    if simdjson is None or data.count(b"[") != 1:
         return None
     parser = getattr(_PARSERS, "parser", None)
     if parser is None:
