@@ -128,11 +128,16 @@ class Gateway:
 
     def info(self) -> dict[str, str]:
         """The service's info hash (protocol, limits, input spec); cached like heartbeats."""
-        at, info = self._info
-        if not info or time.monotonic() - at > _LIVE_TTL:
+        info = self._info_in_memory()
+        if not info:
             info = self._broker(self.service.info)
             self._info = (time.monotonic(), info)
         return info
+
+    def _info_in_memory(self) -> dict[str, str]:
+        """The cached info while it is fresh, else an empty one; touches no socket."""
+        at, info = self._info
+        return info if time.monotonic() - at <= _LIVE_TTL else {}
 
     def result_url(self) -> str:
         """Where the service stores results: ``-result_url``, else what its workers advertise
@@ -182,9 +187,8 @@ class Gateway:
     def cached(self) -> bool:
         """Whether :meth:`prepare_client` and :meth:`as_input` would answer from memory now,
         touching no socket: the event loop may then call them itself instead of a thread."""
-        now = time.monotonic()
-        return (self._client is not None and bool(self._live[1]) and bool(self._info[1])
-                and now - self._live[0] <= _LIVE_TTL and now - self._info[0] <= _LIVE_TTL)
+        return (self._client is not None and bool(self._live[1]) and bool(self._info_in_memory())
+                and time.monotonic() - self._live[0] <= _LIVE_TTL)
 
     def prepare_client(self) -> None:
         """Build the waiting client (no I/O of its own) once a worker is alive; blocks."""
@@ -202,9 +206,8 @@ class Gateway:
         """The float dtype a JSON list of numbers becomes for this service (protocol ``npy``,
         a float ``input_dtype``), for :func:`~.encoding.parse_body`; ``None`` when it is not
         that or not known from memory (the event loop asks, so no socket is touched)."""
-        at, info = self._info
-        if (not info or time.monotonic() - at > _LIVE_TTL or info.get("protocol") != "npy"
-                or info.get("input_dtype") not in _FLOAT_DTYPES):
+        info = self._info_in_memory()
+        if info.get("protocol") != "npy" or info.get("input_dtype") not in _FLOAT_DTYPES:
             return None
         return np.dtype(info["input_dtype"])
 
