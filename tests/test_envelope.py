@@ -126,3 +126,15 @@ def test_compact_envelopes_fuzzed_by_mutation_are_served_or_refused_never_raise(
 @given(st.binary(max_size=96).map(lambda b: b"\x96" + b))
 def test_any_bytes_after_the_compact_first_byte_are_served_or_refused(data: bytes) -> None:
     check(data)
+
+
+@pytest.mark.parametrize("depth", [1100, 100_000])
+@pytest.mark.parametrize("where", ["alone", "in the headers"])
+def test_json_nested_past_the_parsers_depth_is_refused_not_raised(depth: int, where: str) -> None:
+    # orjson stops at 1,024 levels and the standard parser then recurses until RecursionError:
+    # 2.2 KB of brackets once escaped parse_request and killed every worker that fetched it.
+    deep = b"[" * depth + b"]" * depth
+    raw = deep if where == "alone" else b'{"headers": {"id": "t1", "x": ' + deep + b"}}"
+    request = parse_request(raw)
+    assert isinstance(request.error, DecodeError)
+    assert "not JSON" in str(request.error)

@@ -143,12 +143,20 @@ def parse_request(raw: bytes | str, *, allow_pickle: bool = False,
     Our clients' compact envelopes (:mod:`wkr_celery.envelope`) and Celery's kombu envelopes are both
     read here, told apart by their first byte.
     """
+    try:
+        return _parse(raw, allow_pickle, max_payload)
+    except Exception as exc:  # one message's fault must never stop a worker's fetch thread
+        return DecodedRequest(None, None, None, None, DecodeError(
+            f"malformed message: {type(exc).__name__}: {exc}"[:300]))
+
+
+def _parse(raw: bytes | str, allow_pickle: bool, max_payload: int | None) -> DecodedRequest:
     if is_compact(raw):
         assert isinstance(raw, bytes)
         return _parse_compact(raw, max_payload)
     try:
         envelope = _loads_json(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: nested past json's depth
         return DecodedRequest(None, None, None, None, DecodeError("message is not JSON"))
     if not isinstance(envelope, dict):
         return DecodedRequest(None, None, None, None, DecodeError(

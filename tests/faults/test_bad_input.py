@@ -110,7 +110,8 @@ def test_garbage_in_the_queue_is_refused_and_logged_and_the_worker_keeps_serving
             {"headers": ["not", "a", "mapping"]})),
     }
     without_id = [b"\xff\xfe\x00\x9c garbage bytes", b"hello, not json", b"[1, 2, 3]",
-                  b"null", json.dumps(_envelope(None)).encode(), b""]
+                  b"null", json.dumps(_envelope(None)).encode(), b"",
+                  b"[" * 1100 + b"]" * 1100]  # past orjson's depth: json.loads recursed out
     first_workers = set(service.live_workers())
     # Onto the arrivals list, as a foreign producer would: that wakes an idle worker by itself.
     redis_client.lpush(keys.queue_for(3), *with_id.values(), *without_id)
