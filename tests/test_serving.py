@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -144,6 +145,19 @@ def test_wrong_number_of_results_fails_every_caller_in_that_batch(make_service) 
     assert contract, f"a batch of several inputs should break the contract: {errors}"
     assert "one result per input" in str(contract[0])
     assert all(e is None or isinstance(e, BatchContractError) for e in errors)
+
+
+@pytest.mark.parametrize(("op", "why"), [("badlen", "len() raised ValueError"),
+                                         ("baditer", "iteration raised RuntimeError")])
+def test_results_whose_length_or_iteration_raises_break_the_contract_not_the_worker(
+        make_service, op: str, why: str) -> None:
+    service = make_service("tests.workers_for_tests.BrokenResultsWorker")
+    workers = set(service.live_workers())
+    client = service.client()
+    with pytest.raises(BatchContractError, match=re.escape(why)):
+        client.encode(op).result(timeout=30)
+    assert client.encode(4).result(timeout=30) == 8
+    assert set(service.live_workers()) == workers, "the worker died: " + service.log()[-2000:]
 
 
 def test_undecodable_input_fails_alone_with_decode_error(poison_service: Service) -> None:

@@ -61,6 +61,37 @@ class WrongLengthWorker(WKRHardWorker):
         return list(input)[:-1] if len(input) > 1 else list(input)
 
 
+class _LenRaises:
+    def __len__(self) -> int:
+        return -1  # len() raises ValueError
+
+
+class _IterRaises:
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("results are not ready")
+
+
+class BrokenResultsWorker(WKRHardWorker):
+    """Returns results whose len() or iteration raises when a batch holds "badlen" or
+    "baditer"; doubles numbers otherwise."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return None
+
+    def predict(self, model: Any, input: Any) -> Any:
+        if "badlen" in input:
+            return _LenRaises()
+        if "baditer" in input:
+            return _IterRaises(len(input))
+        return [x * 2 for x in input]
+
+
 class GateWorker(WKRHardWorker):
     """Blocks predict until a file named by the input exists: lets a test hold a batch in
     predict (to stop or kill the worker mid-batch) and release it when it chooses."""

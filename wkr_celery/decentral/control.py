@@ -100,7 +100,7 @@ class ControlServer:
             try:
                 message = json.loads(item[1])
                 command_id, expires = str(message["id"]), float(message.get("expires", 0))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 log.error("dropped an unreadable control message: %r", item[1][:200])
                 continue
             if expires and wall_time() > expires:

@@ -151,21 +151,37 @@ class ModelRunner:
                 traceback=traceback.format_exc(),
             )
             return
-        try:
-            count = len(results)
-        except TypeError:
-            count = None
-        if count != len(indices):
-            got = "a result without a length" if count is None else f"{count} results"
+        values, problem = _one_each(results, len(indices))
+        if problem is not None:
             error = BatchContractError(
-                f"predict returned {got} for a batch of {len(indices)} inputs; "
+                f"predict returned {problem} for a batch of {len(indices)} inputs; "
                 "it must return one result per input"
             )
             for i in indices:
                 outcomes[i] = Outcome(error=error)
             return
-        for i, result in zip(indices, results):
+        for i, result in zip(indices, values):
             outcomes[i] = Outcome(value=result)
+
+
+def _one_each(results: Any, expected: int) -> tuple[list[Any], str | None]:
+    """``predict``'s results as a list, or what is wrong with them. Any error taking their
+    length or iterating them is the batch's contract broken, never the worker's death: the
+    predictor thread runs this, and a thread that dies takes every caller's batch with it."""
+    try:
+        count = len(results)
+    except Exception as exc:
+        return [], ("a result without a length" if isinstance(exc, TypeError)
+                    else f"a result whose len() raised {type(exc).__name__}: {exc}")
+    if count != expected:
+        return [], f"{count} results"
+    try:
+        values = list(results)
+    except Exception as exc:
+        return [], f"a result whose iteration raised {type(exc).__name__}: {exc}"
+    if len(values) != expected:
+        return [], f"a result of length {count} that iterated {len(values)} values"
+    return values, None
 
 
 def _overrides(worker: WKRHardWorker, method: str) -> bool:
