@@ -149,6 +149,21 @@ def test_encoding_refuses_what_decoding_would_refuse() -> None:
     for array in (np.array([object()]), np.zeros(2, dtype=[("a", "<f4")])):
         with pytest.raises(TypeError, match="not accepted by the decoder"):
             codec.dumps(array)
+    # Every dtype numpy has, array and scalar: written only if it reads back.
+    for dtype in {np.dtype(t) for t in np.sctypeDict.values()}:
+        for value in (np.zeros(2, dtype=dtype), np.zeros(2, dtype=dtype)[0]):
+            try:
+                data = codec.dumps({"v": value})
+            except TypeError:
+                continue
+            back = codec.loads(data)["v"]
+            if isinstance(value, np.ndarray):
+                assert back.dtype == value.dtype.newbyteorder("="), dtype
+            else:  # a float64 or a bool scalar may come back as Python's own
+                assert back == value, dtype
+    for value in (np.zeros(2, np.longdouble), np.longdouble(1), np.zeros(1, "M8[s]")):
+        with pytest.raises(TypeError, match="cannot be sent"):
+            codec.dumps(value)
 
 
 @pytest.mark.timeout(120)

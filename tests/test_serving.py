@@ -160,6 +160,17 @@ def test_results_whose_length_or_iteration_raises_break_the_contract_not_the_wor
     assert set(service.live_workers()) == workers, "the worker died: " + service.log()[-2000:]
 
 
+def test_a_result_no_decoder_could_read_fails_alone_naming_its_dtype(make_service) -> None:
+    service = make_service("tests.workers_for_tests.BrokenResultsWorker", "-batch_size", "8",
+                           "-batch_timeout", "200")
+    client = service.client()
+    futures = [client.encode(x) for x in (1, "float128", 3)]
+    wait(futures, timeout=30)
+    with pytest.raises(PredictError, match="float128"):
+        futures[1].result(timeout=0)
+    assert [futures[0].result(timeout=0), futures[2].result(timeout=0)] == [2, 6]
+
+
 def test_undecodable_input_fails_alone_with_decode_error(poison_service: Service) -> None:
     client = poison_service.client()
     good = client.encode(21)

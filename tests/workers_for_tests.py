@@ -79,7 +79,8 @@ class _IterRaises:
 
 class BrokenResultsWorker(WKRHardWorker):
     """Returns results whose len() or iteration raises when a batch holds "badlen" or
-    "baditer"; doubles numbers otherwise."""
+    "baditer", a float128 array (no decoder reads it) for "float128"; doubles numbers
+    otherwise."""
 
     def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
         return None
@@ -89,7 +90,7 @@ class BrokenResultsWorker(WKRHardWorker):
             return _LenRaises()
         if "baditer" in input:
             return _IterRaises(len(input))
-        return [x * 2 for x in input]
+        return [np.ones(2, np.longdouble) if x == "float128" else x * 2 for x in input]
 
 
 class GateWorker(WKRHardWorker):

@@ -45,12 +45,23 @@ _MAX_COMPLEX_TEXT = 200
 
 
 def _encode_hook(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray) and obj.dtype.kind in "OV":
-        what = "object" if obj.dtype.kind == "O" else "structured"
-        raise TypeError(
-            f"numpy arrays of dtype {what} ({obj.dtype}) are not accepted by the decoder; "
-            "convert to a list or to a plain numeric, bytes or str dtype")
+    if isinstance(obj, (np.ndarray, np.generic)):
+        _decodable(obj.dtype)
     return msgpack_numpy.encode(obj)
+
+
+def _decodable(dtype: np.dtype[Any]) -> None:
+    """``TypeError`` for a dtype :func:`loads` would refuse: what is written must be readable,
+    or a result is stored that its caller can never read (float128 once was)."""
+    if dtype.kind in "OV":
+        what = "object" if dtype.kind == "O" else "structured"
+        raise TypeError(
+            f"numpy arrays of dtype {what} ({dtype}) are not accepted by the decoder; "
+            "convert to a list or to a plain numeric, bytes or str dtype")
+    try:
+        safe_dtype(dtype.str)
+    except DecodeError as exc:
+        raise TypeError(f"numpy values of dtype {dtype} cannot be sent: {exc}") from None
 
 
 def safe_dtype(spelling: Any) -> np.dtype[Any]:
