@@ -322,6 +322,28 @@ def test_store_sets_results_publishes_a_foreign_one_and_acks(
         redis_client.delete(task_meta_key(ours), task_meta_key(foreign), reply)
 
 
+def test_store_skips_a_reply_key_of_another_type_and_still_stores_and_acks(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    """A reply key someone made a string once failed the whole script (WRONGTYPE): the worker
+    died with its batch unacked, and so did every worker that fetched it again."""
+    taken, good = reply_key(f"{keys.name}-taken"), reply_key(f"{keys.name}-good")
+    first, second = f"t-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}"
+    redis_client.set(taken, b"not a list")
+    redis_client.hset(keys.inflight("w1"), mapping={1: b"m1", 2: b"m2"})
+    try:
+        call_keys, args = store_call(keys, "w1", [(first, b"r1", 1), (second, b"r2", 2)],
+                                     [taken, good], acks=[1, 2], suspects=[])
+        assert script("store")(keys=call_keys, args=args) == 2
+
+        assert redis_client.get(task_meta_key(first)) == b"r1"  # recovery reads it there
+        assert redis_client.get(task_meta_key(second)) == b"r2"
+        assert redis_client.get(taken) == b"not a list"
+        assert redis_client.lrange(good, 0, -1) == [b"r2"]
+        assert not redis_client.exists(keys.inflight("w1"))
+    finally:
+        redis_client.delete(taken, good, task_meta_key(first), task_meta_key(second))
+
+
 def test_store_slices_argument_lists_longer_than_one_unpack(
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
     """10,000 results for one client and 10,000 acks: past unpack's ~8,000 values, so only the

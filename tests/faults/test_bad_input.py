@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from tests.helpers import Service, wait_until
-from wkr_celery import codec
+from wkr_celery import codec, envelope
 from wkr_celery.errors import PayloadTooLarge, PoisonInput, PredictError
-from wkr_celery.keys import task_meta_key
+from wkr_celery.keys import reply_key, task_meta_key
 from wkr_celery.messages import build_request, decode_meta, encode_body
 
 WORKER = "tests.faults.workers.Doubler"
@@ -134,6 +134,29 @@ def test_garbage_in_the_queue_is_refused_and_logged_and_the_worker_keeps_serving
     assert set(service.live_workers()) == first_workers, "a worker crashed on garbage"
     assert service.queue.queue_length() == 0
     assert service.log().count("refused message") >= len(with_id) + len(without_id)
+
+
+@pytest.mark.timeout(60)
+def test_a_reply_key_of_another_type_costs_only_that_reply_and_the_worker_keeps_serving(
+    make_service: Callable[..., Service], redis_client: redis.Redis
+) -> None:
+    """Someone with write access made a client's reply key a string: its result is still
+    stored on its result key, its batchmates are answered, and no worker dies (before, the
+    store script failed with WRONGTYPE and every worker that fetched the batch died)."""
+    service = make_service(WORKER)
+    workers = set(service.live_workers())
+    victim, task_id = f"victim-{uuid.uuid4().hex}", uuid.uuid4().hex
+    redis_client.set(reply_key(victim), b"not a list")
+    client = service.client()
+    redis_client.lpush(service.queue.keys.queue_for(3), envelope.build(
+        task_id, encode_body(20), client_id=victim, deadline=None, priority=3))
+    assert [client.encode(n).result(timeout=15) for n in range(3)] == [0, 2, 4]
+    stored = wait_until(partial(redis_client.get, task_meta_key(task_id)), timeout=15,
+                        what="the victim's result on its result key")
+    assert decode_meta(stored)["result"] == 40
+    assert redis_client.get(reply_key(victim)) == b"not a list"
+    assert set(service.live_workers()) == workers, "a worker died: " + service.log()[-2000:]
+    assert service.queue.queue_length() == 0
 
 
 @pytest.mark.timeout(60)

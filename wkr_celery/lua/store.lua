@@ -4,7 +4,8 @@
 --
 -- Each result is SET on its result key (Celery's `celery-task-meta-<id>`, expiring). A result
 -- for a foreign producer (reply target 0) is also PUBLISHed on that key, as Celery's backend
--- does; a result for one of our clients goes onto that client's reply list instead.
+-- does; a result for one of our clients goes onto that client's reply list instead (unless
+-- that key holds another type: then the result key alone has it).
 --
 -- KEYS: inflight hash ('' when not acking), deaths hash, landing list ('' when not acking),
 --       then `n` result keys, then one reply list per client (reply target k is KEYS[3 + n + k])
@@ -53,8 +54,14 @@ for i = 1, n do
 end
 for target, list in pairs(replies) do
   local key = KEYS[first_result_key + n + target - 1]
-  in_slices('RPUSH', key, list, 1, #list)
-  redis.call('EXPIRE', key, expires)
+  -- A reply key of another type (written by someone else) must not fail the script: the
+  -- worker would die with the batch unacked, and so would every worker after it. Its results
+  -- stay on their result keys, where the client's recovery reads them.
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'list' or kind == 'none' then
+    in_slices('RPUSH', key, list, 1, #list)
+    redis.call('EXPIRE', key, expires)
+  end
 end
 in_slices('HDEL', inflight, ARGV, first_ack, first_suspect - 1)
 in_slices('HDEL', deaths, ARGV, first_suspect, first_suspect + suspects - 1)
