@@ -8,6 +8,8 @@ service's take-all, and the ``REVOKED`` result a revoke stores in Celery's form.
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -32,9 +34,12 @@ from wkr_celery.broker import (
 )
 from wkr_celery.client import TaskFuture
 from wkr_celery.client.protocol import Requests
+from wkr_celery.config import Settings
 from wkr_celery.errors import InputError, ServiceOverloaded
 from wkr_celery.keys import SERVICES, ServiceKeys, priority_step, task_meta_key
 from wkr_celery.messages import encode_meta, now_iso, parse_request, revoked_meta
+from wkr_celery.server.buffer import RequestBuffer
+from wkr_celery.server.fetcher import Fetcher
 
 from .helpers import wait_until
 
@@ -115,6 +120,39 @@ def test_take_all_empties_the_lists_and_leaves_what_a_worker_holds(
 
     assert len(taken) == 2 and held[1] not in taken
     assert queue.queue_length() == 0 and queue.held("w1") == [held[0]]
+
+
+def test_reconcile_says_nothing_of_a_request_acked_while_it_looked(
+        redis_client: redis.Redis, keys: ServiceKeys, caplog: pytest.LogCaptureFixture) -> None:
+    """reconcile reads the inflight hash, then what the worker holds: a batch acked and
+    forgotten between the two reads looks orphaned, and once made a warning of a connection
+    lost and "0 request(s)" given back, every few seconds under load."""
+    requests = sender(keys, max_queue=0)
+    queue = RequestQueue(redis_client, keys)
+    requests.enqueue(queue, [requests.make(i) for i in range(2)])
+    fetched = queue.fetch("w1", 2)
+    settings = Settings()
+    fetcher = Fetcher(queue, "w1", RequestBuffer(4), settings, threading.Event(), 0.01)
+    fetcher.held.update(i for i, _, _ in fetched)
+    real_held = queue.held
+
+    def held_then_acked(worker_id: str) -> list[int]:  # the writer acks right after the read
+        ids = real_held(worker_id)
+        queue.ack(worker_id, ids)
+        fetcher.held.difference_update(ids)
+        return ids
+
+    queue.held = held_then_acked  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="wkr_celery.serving"):
+        fetcher.reconcile()
+    assert "gave back" not in caplog.text
+    assert queue.queue_length() == 0, "an acked request was given back"
+
+    queue.held = real_held  # type: ignore[method-assign]
+    redis_client.hset(keys.inflight("w1"), 96, b"fetched, reply lost")  # source 0  # a real orphan
+    with caplog.at_level(logging.WARNING, logger="wkr_celery.serving"):
+        fetcher.reconcile()
+    assert "gave back 1 request(s)" in caplog.text
 
 
 def test_a_revoked_task_gets_celerys_revoked_result_stored_and_published(

@@ -195,9 +195,12 @@ class Fetcher:
             orphans = [i for i in ids if i not in self.held]
             strays = [m for m in landed if m not in self.landed]  # nudges too
         if orphans or strays:
+            # One acked (and forgotten) between the two reads above looks orphaned too; the
+            # give-back finds it gone and counts only what it really returned.
             count = self.queue.give_back(self.worker_id, orphans, strays)
-            log.warning("gave back %d request(s) fetched without a reply (connection lost)",
-                        count)
+            if count:
+                log.warning("gave back %d request(s) fetched without a reply (connection "
+                            "lost)", count)
 
 
 def ack_args(requests: Collection[Request]) -> tuple[list[int], list[bytes], list[bytes]]:
