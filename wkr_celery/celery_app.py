@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from kombu.exceptions import OperationalError
 
 from .broker import ServiceRegistry
 from .codec import SERIALIZER, register_serializer
@@ -115,3 +116,23 @@ def _setup_logging(loglevel: Any = logging.INFO, **_: Any) -> None:
     """Plain level-first lines on stderr: the supervisor routes them to .log and .err."""
     level = loglevel if isinstance(loglevel, int) else logging.getLevelName(str(loglevel).upper())
     configure_stderr(level if isinstance(level, int) else logging.INFO)
+    reconnects = logging.getLogger(_CELERY_RECONNECTS)
+    if not any(isinstance(f, _ConnectionErrorOnOneLine) for f in reconnects.filters):
+        reconnects.addFilter(_ConnectionErrorOnOneLine())
+
+
+#: Celery's consumer says "Connection to broker lost" with the whole chained traceback (~40
+#: lines a worker) though the reconnect is expected and handled (docs/guarantees.md).
+_CELERY_RECONNECTS = "celery.worker.consumer.consumer"
+
+
+class _ConnectionErrorOnOneLine(logging.Filter):
+    """A lost connection said in one line: the exception's type and text after the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (*REDIS_ERRORS, OperationalError)):
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True

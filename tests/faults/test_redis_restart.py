@@ -69,6 +69,9 @@ def test_redis_restart_with_aof_loses_no_queued_request(
     assert [f.result() for f in before] == [2 * n for n in range(600)]
     assert [f.result() for f in after] == [2 * n for n in range(600, 700)]
     assert set(service.live_workers()) == worker_ids, "a worker was restarted, not reconnected"
+    log = service.log()
+    assert "Connection to broker lost" in log  # Celery's consumer saw it, and said it in a line:
+    assert "Traceback" not in log, log[-4000:]  # a handled event is no stack trace
 
 
 @pytest.mark.timeout(90)
