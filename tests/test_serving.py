@@ -160,13 +160,18 @@ def test_results_whose_length_or_iteration_raises_break_the_contract_not_the_wor
     assert set(service.live_workers()) == workers, "the worker died: " + service.log()[-2000:]
 
 
-def test_a_result_no_decoder_could_read_fails_alone_naming_its_dtype(make_service) -> None:
+@pytest.mark.parametrize(("odd", "why"), [("float128", "float128"),
+                                          ("unreadable", "device memory is gone")])
+def test_a_result_that_cannot_be_written_readably_fails_alone_saying_why(
+        make_service, odd: str, why: str) -> None:
     service = make_service("tests.workers_for_tests.BrokenResultsWorker", "-batch_size", "8",
                            "-batch_timeout", "200")
+    workers = set(service.live_workers())
     client = service.client()
-    futures = [client.encode(x) for x in (1, "float128", 3)]
+    futures = [client.encode(x) for x in (1, odd, 3)]
     wait(futures, timeout=30)
-    with pytest.raises(PredictError, match="float128"):
+    assert set(service.live_workers()) == workers, "the worker died: " + service.log()[-2000:]
+    with pytest.raises(PredictError, match=re.escape(why)):
         futures[1].result(timeout=0)
     assert [futures[0].result(timeout=0), futures[2].result(timeout=0)] == [2, 6]
 

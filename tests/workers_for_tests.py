@@ -77,10 +77,16 @@ class _IterRaises:
         raise RuntimeError("results are not ready")
 
 
+class _UnreadableArray(np.ndarray):
+    @property  # type: ignore[override]
+    def shape(self) -> Any:
+        raise RuntimeError("device memory is gone")
+
+
 class BrokenResultsWorker(WKRHardWorker):
     """Returns results whose len() or iteration raises when a batch holds "badlen" or
-    "baditer", a float128 array (no decoder reads it) for "float128"; doubles numbers
-    otherwise."""
+    "baditer", a float128 array (no decoder reads it) for "float128", an array whose shape
+    cannot be read for "unreadable"; doubles numbers otherwise."""
 
     def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
         return None
@@ -90,7 +96,9 @@ class BrokenResultsWorker(WKRHardWorker):
             return _LenRaises()
         if "baditer" in input:
             return _IterRaises(len(input))
-        return [np.ones(2, np.longdouble) if x == "float128" else x * 2 for x in input]
+        odd = {"float128": lambda: np.ones(2, np.longdouble),
+               "unreadable": lambda: np.ones(2, np.float32).view(_UnreadableArray)}
+        return [odd[x]() if x in odd else x * 2 for x in input]
 
 
 class GateWorker(WKRHardWorker):

@@ -53,7 +53,7 @@ class Outcome:
         if self.error is None:
             try:
                 stored = encode_meta(success_meta(task_id, self.value, date))
-            except (TypeError, ValueError, OverflowError) as exc:
+            except Exception as exc:  # whatever the user's object raises: its caller's failure
                 error: RequestFailed = PredictError(
                     f"predict returned a {type(self.value).__name__} result that cannot be "
                     f"encoded: {exc}"
