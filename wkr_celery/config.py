@@ -126,7 +126,7 @@ class Settings:
     max_attempts: int = _opt(3, "worker deaths an input may cause before it fails as poison")
     allow_pickle: bool = _opt(False, "accept pickle payloads (unsafe: runs code from the wire)")
     redis_persist: str = _opt("auto", "embedded Redis AOF: on, off, auto (on with -data_dir)")
-    data_dir: str = _opt("", "data directory of the embedded Redis")
+    data_dir: str = _opt("", "data directory of the embedded Redis (made 0700 when missing)")
     redis_password: str = _opt(
         "", "password of the embedded Redis; default: a random one kept in the data directory "
         "(wkr-redis.password, 0600), which local clients of this user find by its address")
