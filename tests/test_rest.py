@@ -102,6 +102,26 @@ def test_json_numbers_reach_predict_as_the_array_msgpack_sends(stack: Stack) -> 
     assert short.status_code == 400 and "shape (511,)" in short.text, short.text
 
 
+@pytest.mark.parametrize("huge", ["9" * 400, "-" + "9" * 400])
+def test_a_json_number_too_big_for_the_dtype_answers_400_naming_it(stack: Stack, huge: str
+                                                                   ) -> None:
+    # float32 cannot hold it: numpy raises OverflowError, which used to escape as a 500. The
+    # answer is the same whether or not the API knows the service (the numbers path or not).
+    rest = ",".join(["0"] * 511)
+    for attempt in range(3):
+        alone = stack.keyed.http.post("/encode", content=f'{{"data":[{huge},{rest}]}}',
+                                      headers={"Content-Type": "application/json"})
+        assert alone.status_code == 400, alone.text
+        error = error_of(alone)
+        assert error["type"] == "InputError"
+        assert "float32" in error["message"] and "cannot hold" in error["message"], error
+    listed = stack.keyed.http.post(
+        "/encode", content=f'[{{"data":[{rest},0]}},{{"data":[{rest},{huge}]}}]',
+        headers={"Content-Type": "application/json"})
+    assert listed.status_code == 400 and error_of(listed)["message"].startswith("item 1: ")
+    assert stack.keyed.http.post("/encode", json={"data": [0.5] * 512}).status_code == 200
+
+
 # Errors ---------------------------------------------------------------------------------------
 
 def test_api_key_is_required_only_when_configured(stack: Stack) -> None:
