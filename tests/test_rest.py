@@ -206,6 +206,26 @@ def test_predict_failures_answer_500_with_the_worker_error_text(stack: Stack) ->
     assert error_of(short)["type"] == "BatchContractError"
 
 
+def test_a_result_json_cannot_carry_answers_406_pointing_to_msgpack(stack: Stack) -> None:
+    # predict returned 1+2j: the input was fine, so not "the API process failed" (500).
+    as_json = stack.calc.http.post("/encode", json={"id": 1, "data": {"op": "complex"}})
+    assert as_json.status_code == 406, as_json.text
+    error = error_of(as_json)
+    assert error["type"] == "NotRepresentable"
+    assert "complex" in error["message"] and "application/msgpack" in error["message"]
+    listed = stack.calc.http.post("/encode", json=[{"data": 1}, {"data": {"op": "complex"}}])
+    assert listed.status_code == 406 and error_of(listed)["type"] == "NotRepresentable"
+    as_msgpack = post_msgpack(stack.calc, "/encode", {"id": 1, "data": {"op": "complex"}})
+    assert codec.loads(as_msgpack.content) == {"id": 1, "result": 1 + 2j}
+    task_id = stack.calc.http.post("/tasks", json={"data": {"op": "complex"}}).json()["task_id"]
+    wait_until(lambda: stack.calc.http.get(f"/tasks/{task_id}").status_code == 406, 20,
+               what="the task's result")
+    assert error_of(stack.calc.http.get(f"/tasks/{task_id}"))["type"] == "NotRepresentable"
+    by_accept = stack.calc.http.get(f"/tasks/{task_id}", headers={"Accept": "application/msgpack"})
+    assert codec.loads(by_accept.content)["result"] == 1 + 2j
+    assert "unexpected error" not in stack.calc.log()
+
+
 def test_no_worker_answers_503_with_retry_after(stack: Stack) -> None:
     for path in ("/encode", "/tasks"):
         response = stack.ghost.http.post(path, json={"data": 1})
