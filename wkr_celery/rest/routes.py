@@ -46,7 +46,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         415: "Content-Type is neither application/json nor application/msgpack",
         500: "predict failed for this input (PredictError, BatchContractError), or its "
              "result was over -max_result (ResultTooLarge)",
-        503: "no worker alive, or the queue is at -max_queue; see Retry-After",
+        503: "no worker alive, or the queue is at -max_queue, or the service stopped before "
+             "answering (RequestLost); see Retry-After",
         504: "no result before the timeout (DeadlineExceeded)",
     }.items()}
 _TIMEOUT = Query(30.0, gt=0, le=3600, description="seconds to wait for the result; the request "
