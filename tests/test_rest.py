@@ -108,7 +108,7 @@ def test_a_json_number_too_big_for_the_dtype_answers_400_naming_it(stack: Stack,
     # float32 cannot hold it: numpy raises OverflowError, which used to escape as a 500. The
     # answer is the same whether or not the API knows the service (the numbers path or not).
     rest = ",".join(["0"] * 511)
-    for attempt in range(3):
+    for _ in range(3):
         alone = stack.keyed.http.post("/encode", content=f'{{"data":[{huge},{rest}]}}',
                                       headers={"Content-Type": "application/json"})
         assert alone.status_code == 400, alone.text

@@ -23,7 +23,8 @@ from types import FrameType
 from typing import Any
 
 __all__ = ["Backoff", "die_with_parent", "forks", "send", "wait_or_kill", "pid_alive",
-           "port_holder", "private_dir", "owned_temp_dir", "clean_stale_dirs", "on_stop_signals", "OWNER_FILE"]
+           "port_holder", "private_dir", "owned_temp_dir", "clean_stale_dirs", "on_stop_signals",
+           "OWNER_FILE"]
 
 log = logging.getLogger("wkr_celery.processes")
 
