@@ -336,12 +336,10 @@ class WKRServer:
     # Stop ---------------------------------------------------------------------------------
 
     def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
-        """Graceful: each worker finishes its batch and gives buffered requests back; then
-        requests still queued in an embedded Redis that keeps nothing (no AOF) are failed with
-        ``RequestLost``, so no caller waits on them; then REST and Flower stop; Redis stops
-        last. The REST API is still up when the queued requests fail: it answers its callers
-        that ``RequestLost`` (JSON, 503) at once, instead of waiting out its graceful shutdown
-        for answers no worker will give."""
+        """Graceful: each worker finishes its batch and gives buffered requests back; requests
+        still queued in an embedded Redis that keeps nothing (no AOF) are failed with
+        ``RequestLost`` while the REST API is up, so it passes that on (JSON, 503) at once
+        rather than wait out its graceful shutdown; then REST and Flower stop; Redis last."""
         if self._stopped:
             return
         self._stopped = True
