@@ -1,7 +1,8 @@
 """A worker whose inputs say what to do, so REST tests can ask for each outcome by name.
 
 Inputs are ``{"op": ..., ...}``: ``double`` (x * 2, numbers or arrays), ``echo``, ``raise``
-(predict raises), ``short`` (predict returns one result too few: a contract error), ``hold``
+(predict raises), ``short`` (predict returns one result too few: a contract error), ``complex`` (a result JSON
+cannot carry), ``hold``
 (block in predict until the file ``gate`` exists, after creating ``gate + ".held"``).
 """
 
@@ -33,6 +34,8 @@ class Calc(WKRHardWorker):
         if op == "double":
             value = x["x"]
             return np.asarray(value) * 2 if isinstance(value, (list, np.ndarray)) else value * 2
+        if op == "complex":
+            return complex(x.get("real", 1), x.get("imag", 2))
         if op == "raise":
             raise ValueError(f"refusing {x.get('why', 'this input')}")
         if op == "hold":

@@ -145,6 +145,50 @@ def test_rest_without_port_out_serves_and_is_ready_only_with_its_result_store(
             proc.wait(15)
 
 
+def test_wkr_serving_http_help_describes_itself_not_wkr_serving_start() -> None:
+    shown = subprocess.run([str(BIN / "wkr-serving-http"), "--help"], capture_output=True,
+                           text=True, timeout=60, cwd=ROOT, env=_user_env())
+    assert shown.returncode == 0, shown.stderr
+    usage = shown.stdout.split("\n\n")[0]
+    assert usage.startswith("usage: wkr-serving-http ") and "[worker_class]" in usage, usage
+    assert "REST API" in shown.stdout and "WKRHardWorker subclass" not in shown.stdout
+    assert "-http_port" in shown.stdout and "-name" in shown.stdout
+    for worker_only in ("-num_worker", "-batch_size", "-device_map", "-model_dir", "-data_dir"):
+        assert worker_only not in shown.stdout, f"{worker_only} is listed: {shown.stdout}"
+
+
+def test_wkr_serving_http_warns_at_start_when_its_service_has_no_worker(
+        quickstart: Quickstart, tmp_path: Path) -> None:
+    """Without -name it serves the service named "default"; one that no worker serves is said
+    at start (the API still starts), not only as a 503 on every request."""
+    assert quickstart.client.encode(np.zeros(512, np.float32)).result(timeout=60) is not None
+
+    def start_http(*flags: str) -> str:
+        port, said = free_port(), tmp_path / f"http-{len(flags)}.log"
+        with open(said, "wb") as out:
+            proc = subprocess.Popen(
+                [str(BIN / "wkr-serving-http"), "-port_in", str(quickstart.port_in),
+                 "-http_port", str(port), *flags], cwd=tmp_path, env=_user_env(),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                def up() -> bool:
+                    try:
+                        return http.get("/healthz").status_code == 200
+                    except httpx.TransportError:
+                        return False
+                wait_until(up, 60, what=f"wkr-serving-http {flags}: {said.read_text()}")
+        finally:
+            proc.terminate()
+            proc.wait(15)
+        return said.read_text()
+
+    served = start_http()  # the quickstart's service is "default": its worker is alive
+    assert "warning" not in served, served
+    ghost = start_http("-name", "nosuch")
+    assert "warning: no worker of service 'nosuch' is alive" in ghost, ghost
+
+
 def test_wrong_shape_is_refused_in_the_readme_words_by_client_and_worker_under_obj(
         quickstart: Quickstart) -> None:
     message = readme_input_message()

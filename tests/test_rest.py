@@ -102,6 +102,26 @@ def test_json_numbers_reach_predict_as_the_array_msgpack_sends(stack: Stack) -> 
     assert short.status_code == 400 and "shape (511,)" in short.text, short.text
 
 
+@pytest.mark.parametrize("huge", ["9" * 400, "-" + "9" * 400])
+def test_a_json_number_too_big_for_the_dtype_answers_400_naming_it(stack: Stack, huge: str
+                                                                   ) -> None:
+    # float32 cannot hold it: numpy raises OverflowError, which used to escape as a 500. The
+    # answer is the same whether or not the API knows the service (the numbers path or not).
+    rest = ",".join(["0"] * 511)
+    for _ in range(3):
+        alone = stack.keyed.http.post("/encode", content=f'{{"data":[{huge},{rest}]}}',
+                                      headers={"Content-Type": "application/json"})
+        assert alone.status_code == 400, alone.text
+        error = error_of(alone)
+        assert error["type"] == "InputError"
+        assert "float32" in error["message"] and "cannot hold" in error["message"], error
+    listed = stack.keyed.http.post(
+        "/encode", content=f'[{{"data":[{rest},0]}},{{"data":[{rest},{huge}]}}]',
+        headers={"Content-Type": "application/json"})
+    assert listed.status_code == 400 and error_of(listed)["message"].startswith("item 1: ")
+    assert stack.keyed.http.post("/encode", json={"data": [0.5] * 512}).status_code == 200
+
+
 # Errors ---------------------------------------------------------------------------------------
 
 def test_api_key_is_required_only_when_configured(stack: Stack) -> None:
@@ -184,6 +204,26 @@ def test_predict_failures_answer_500_with_the_worker_error_text(stack: Stack) ->
     short = stack.calc.http.post("/encode", json={"data": {"op": "short"}})
     assert short.status_code == 500
     assert error_of(short)["type"] == "BatchContractError"
+
+
+def test_a_result_json_cannot_carry_answers_406_pointing_to_msgpack(stack: Stack) -> None:
+    # predict returned 1+2j: the input was fine, so not "the API process failed" (500).
+    as_json = stack.calc.http.post("/encode", json={"id": 1, "data": {"op": "complex"}})
+    assert as_json.status_code == 406, as_json.text
+    error = error_of(as_json)
+    assert error["type"] == "NotRepresentable"
+    assert "complex" in error["message"] and "application/msgpack" in error["message"]
+    listed = stack.calc.http.post("/encode", json=[{"data": 1}, {"data": {"op": "complex"}}])
+    assert listed.status_code == 406 and error_of(listed)["type"] == "NotRepresentable"
+    as_msgpack = post_msgpack(stack.calc, "/encode", {"id": 1, "data": {"op": "complex"}})
+    assert codec.loads(as_msgpack.content) == {"id": 1, "result": 1 + 2j}
+    task_id = stack.calc.http.post("/tasks", json={"data": {"op": "complex"}}).json()["task_id"]
+    wait_until(lambda: stack.calc.http.get(f"/tasks/{task_id}").status_code == 406, 20,
+               what="the task's result")
+    assert error_of(stack.calc.http.get(f"/tasks/{task_id}"))["type"] == "NotRepresentable"
+    by_accept = stack.calc.http.get(f"/tasks/{task_id}", headers={"Accept": "application/msgpack"})
+    assert codec.loads(by_accept.content)["result"] == 1 + 2j
+    assert "unexpected error" not in stack.calc.log()
 
 
 def test_no_worker_answers_503_with_retry_after(stack: Stack) -> None:

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -126,7 +126,7 @@ class Settings:
     max_attempts: int = _opt(3, "worker deaths an input may cause before it fails as poison")
     allow_pickle: bool = _opt(False, "accept pickle payloads (unsafe: runs code from the wire)")
     redis_persist: str = _opt("auto", "embedded Redis AOF: on, off, auto (on with -data_dir)")
-    data_dir: str = _opt("", "data directory of the embedded Redis")
+    data_dir: str = _opt("", "data directory of the embedded Redis (made 0700 when missing)")
     redis_password: str = _opt(
         "", "password of the embedded Redis; default: a random one kept in the data directory "
         "(wkr-redis.password, 0600), which local clients of this user find by its address")
@@ -245,11 +245,13 @@ class Settings:
 
     @classmethod
     def from_args(
-        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
+        **parser_options: Any,
     ) -> Settings:
-        """Parse ``wkr-serving-start`` flags on top of the environment's settings."""
+        """Parse ``wkr-serving-start`` flags on top of the environment's settings;
+        ``parser_options`` go to :func:`build_parser` (another script's name and help)."""
         base = cls.from_env(environ)
-        namespace = build_parser(base).parse_args(argv)
+        namespace = build_parser(base, **parser_options).parse_args(argv)
         return base.replace(**seconds_from_flags(vars(namespace)))
 
 
@@ -278,21 +280,31 @@ def _convert(f: dataclasses.Field[Any], text: str, *, source: str) -> Any:
         raise ConfigError(f"{source}={text!r} is not a valid {kind.__name__}") from None
 
 
-def build_parser(defaults: Settings | None = None) -> argparse.ArgumentParser:
-    """The ``wkr-serving-start`` parser, generated from the fields so flags and env never drift."""
+def build_parser(
+    defaults: Settings | None = None, *, prog: str = "wkr-serving-start",
+    description: str = "Start a batching inference service from a WKRHardWorker subclass.",
+    worker_class_help: str | None = None, shown: Collection[str] | None = None,
+) -> argparse.ArgumentParser:
+    """The ``wkr-serving-start`` parser, generated from the fields so flags and env never drift.
+
+    Another script taking the same command line (``wkr-serving-http``) names itself with
+    ``prog`` and ``description``, makes the worker class optional by giving its
+    ``worker_class_help``, and lists in its help only the flags it uses (``shown``, field
+    names): the others are still accepted, so the one command line works with either script.
+    """
     defaults = defaults or Settings()
-    parser = argparse.ArgumentParser(
-        prog="wkr-serving-start",
-        description="Start a batching inference service from a WKRHardWorker subclass.",
-        allow_abbrev=False,
-    )
-    parser.add_argument("worker_class", help="module.Class of your WKRHardWorker subclass")
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    if worker_class_help is None:
+        parser.add_argument("worker_class", help="module.Class of your WKRHardWorker subclass")
+    else:
+        parser.add_argument("worker_class", nargs="?", default="", help=worker_class_help)
     for f in fields(Settings):
         if not f.metadata.get("flag"):
             continue
         default = getattr(defaults, f.name)
         flag = "-" + f.name
-        help_text = f"{f.metadata['help']} (default: {_show(default, f)})"
+        help_text = (f"{f.metadata['help']} (default: {_show(default, f)})"
+                     if shown is None or f.name in shown else argparse.SUPPRESS)
         if isinstance(f.default, bool):
             parser.add_argument(flag, action="store_true", default=default, help=help_text)
         elif f.name == "redis_persist":

@@ -23,7 +23,8 @@ from types import FrameType
 from typing import Any
 
 __all__ = ["Backoff", "die_with_parent", "forks", "send", "wait_or_kill", "pid_alive",
-           "port_holder", "owned_temp_dir", "clean_stale_dirs", "on_stop_signals", "OWNER_FILE"]
+           "port_holder", "private_dir", "owned_temp_dir", "clean_stale_dirs", "on_stop_signals",
+           "OWNER_FILE"]
 
 log = logging.getLogger("wkr_celery.processes")
 
@@ -169,6 +170,14 @@ def port_holder(port: int) -> str:
         except OSError:
             continue
     return "a process this user cannot see" if inodes else "no listening process found"
+
+
+def private_dir(path: str) -> str:
+    """``path``, made (with its parents) when missing, the last folder readable by this user
+    alone (0700): a ``-data_dir`` holds queued inputs and results in Redis's append-only file,
+    which Redis writes 0644. A folder that already exists keeps the mode its owner gave it."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
 
 
 def owned_temp_dir(prefix: str) -> str:

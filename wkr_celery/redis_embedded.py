@@ -34,7 +34,14 @@ from redis.retry import Retry
 
 from . import redis_passwords
 from .errors import ConfigError, ServiceUnavailable
-from .processes import clean_stale_dirs, die_with_parent, owned_temp_dir, pid_alive, port_holder
+from .processes import (
+    clean_stale_dirs,
+    die_with_parent,
+    owned_temp_dir,
+    pid_alive,
+    port_holder,
+    private_dir,
+)
 
 __all__ = ["EmbeddedRedis", "redis_server_binary", "embedded_password", "DISABLED_COMMANDS"]
 
@@ -124,8 +131,7 @@ class EmbeddedRedis:
 
     def _dir(self) -> str:
         if self._data_dir is not None:
-            os.makedirs(self._data_dir, exist_ok=True)
-            return os.path.abspath(self._data_dir)
+            return os.path.abspath(private_dir(self._data_dir))
         if self._tmp is None:
             clean_stale_dirs("wkr-redis-")  # those of servers whose owner was killed
             self._tmp = owned_temp_dir(f"wkr-redis-{self.port}-")

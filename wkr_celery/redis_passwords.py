@@ -24,7 +24,7 @@ import stat
 from pathlib import Path
 
 from .errors import ConfigError
-from .processes import pid_alive
+from .processes import pid_alive, private_dir
 
 __all__ = ["LOOPBACK_HOSTS", "PASSWORD_FILE", "index_dir", "lookup", "remember", "forget",
            "new_password", "data_dir_password", "check_password"]
@@ -125,7 +125,7 @@ def data_dir_password(data_dir: str) -> str:
     """The password kept in ``data_dir`` (:data:`PASSWORD_FILE`, 0600), made on first use, so
     a restart on the same data (with its append-only file) keeps the same password."""
     path = Path(data_dir) / PASSWORD_FILE
-    os.makedirs(data_dir, exist_ok=True)
+    private_dir(data_dir)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:

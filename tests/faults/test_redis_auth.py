@@ -144,6 +144,7 @@ def test_password_files_are_private_to_the_user(
         info = path.stat()
         assert info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o600, path
     assert stat.S_IMODE(entry.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o755, "the user's own folder was changed"
     if os.getuid() == 0:  # another user enters the folder and reads a 0644 file, not the password
         (data_dir / "readable").write_text("anyone")
         (data_dir / "readable").chmod(0o644)
@@ -159,6 +160,23 @@ def test_password_files_are_private_to_the_user(
             continue
         assert password.encode() not in cmdline, f"pid {pid} shows the password"
     assert password not in service.log() and password not in service.terminals[0].output
+
+
+@pytest.mark.timeout(120)
+def test_a_data_dir_the_service_creates_is_readable_by_the_user_alone(
+    services: list[TerminalService], tmp_path: Path, data_dir: Path
+) -> None:
+    """Redis writes its append-only file (queued inputs, results) 0644: the folder that holds
+    it is what keeps other local users out, so the service makes it 0700 (inside a folder
+    others may enter, as ``data_dir`` is)."""
+    made = data_dir / "new" / "redis-data"
+    _serve(services, tmp_path, "-data_dir", str(made))
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    assert list(made.glob("wkr-*.aof")), "no AOF in the data dir; the test proved nothing"
+    if os.getuid() == 0:  # another user walks down to it and is stopped at its door
+        (data_dir / "new").chmod(0o755)
+        denied = _as_another_user("/usr/bin/ls", str(made))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
 
 
 @pytest.mark.timeout(180)

@@ -11,15 +11,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.decentral_support import Sink
 from tests.helpers import ROOT, Service, free_port, local_redis, nothing_listens, wait_until
+from tests.rest_support import error_of
 from wkr_celery.client.helper import RedisHandler
 from wkr_celery.errors import RequestLost
 from wkr_celery.keys import ServiceKeys
@@ -90,6 +95,89 @@ def test_ctrl_c_without_persistence_answers_batches_in_predict_and_fails_the_que
     assert all(isinstance(e, RequestLost) for e in lost), lost[:3]
     assert "stopped before serving this request" in str(lost[0])
     assert f"{len(lost)} queued request(s) failed with RequestLost" in terminal_service.log()
+
+
+#: Concurrent HTTP callers: more than two workers' batches of 8 hold, so most wait queued.
+HTTP_CALLERS = 64
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_answers_every_rest_caller_in_json_and_stops_without_waiting_for_them(
+    tmp_path: Path,
+) -> None:
+    """The REST API used to be stopped before the queued requests were failed: each of its
+    callers waited out uvicorn's graceful shutdown, was cancelled, and got a plain-text 500
+    while the log got an ``Exception in ASGI application`` traceback per request; the stop
+    took 10 s. Now the API is still up when they fail, and passes ``RequestLost`` on."""
+    stop = _ctrl_c_under_http_load(tmp_path)
+    assert "Cancel " not in stop.said, "uvicorn cancelled waiting requests: " + stop.said[-4000:]
+    assert "stopped before serving this request" in stop.lost[0]["message"]
+    assert stop.seconds < 8, f"the stop took {stop.seconds:.1f}s: the API waited for its callers"
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_with_persistence_answers_rest_callers_the_api_stops_waiting_for_in_json(
+    tmp_path: Path,
+) -> None:
+    """With -data_dir the queued requests are kept for the next start, so the API waits its
+    graceful shutdown for them, then uvicorn cancels each: still JSON, never a traceback."""
+    stop = _ctrl_c_under_http_load(tmp_path, "-data_dir", str(tmp_path / "redis-data"))
+    assert "REST API stopped before this request was answered" in stop.lost[0]["message"]
+
+
+@dataclass
+class _HttpStop:
+    seconds: float
+    lost: list[dict[str, Any]]
+    said: str
+
+
+def _ctrl_c_under_http_load(tmp_path: Path, *extra: str) -> _HttpStop:
+    """Ctrl+C while :data:`HTTP_CALLERS` callers wait on ``POST /encode``, most of them queued;
+    checks what every stop must give: exit 0, each caller answered right (200) or told
+    ``RequestLost`` in a JSON body (503), no traceback anywhere."""
+    port = free_port()
+    service = TerminalService(tmp_path, "tests.faults.workers.VerySlowDoubler",
+                              "-http_port", str(port), *extra)
+    url = f"http://127.0.0.1:{port}/encode"
+    try:
+        terminal = service.start()
+        limits = httpx.Limits(max_connections=HTTP_CALLERS)
+        with httpx.Client(limits=limits, timeout=60) as http, \
+                ThreadPoolExecutor(HTTP_CALLERS) as callers:
+            wait_until(lambda: _answers(http, url), 30, what="the REST API")
+            futures = [callers.submit(http.post, url, json={"id": n, "data": n})
+                       for n in range(HTTP_CALLERS)]
+            wait_until(lambda: any(f.done() for f in futures), 30, what="the first answer")
+            assert _in_redis(service) > 0, "nothing queued at the stop; the test proves nothing"
+            pressed = time.monotonic()
+            terminal.press_ctrl_c()
+            code = terminal.close(timeout=30)
+            seconds = time.monotonic() - pressed
+            responses = [f.result(timeout=30) for f in futures]
+    finally:
+        service.close()
+    said = terminal.output + service.log()
+    assert code == 0, f"exit code {code}; terminal:\n{terminal.output[-3000:]}"
+    for text in ("Traceback", "Exception in ASGI application"):
+        assert text not in said, said[-6000:]
+    lost = []
+    for n, response in enumerate(responses):
+        if response.status_code == 200:
+            assert response.json() == {"id": n, "result": 2 * n}
+        else:
+            assert response.status_code == 503, response.text
+            lost.append(error_of(response))
+    assert lost, "every request was answered before the stop; the test proved nothing"
+    assert {e["type"] for e in lost} == {"RequestLost"}, lost[:3]
+    return _HttpStop(seconds, lost, said)
+
+
+def _answers(http: httpx.Client, url: str) -> bool:
+    try:
+        return http.post(url, json={"data": 1}).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.mark.timeout(180)

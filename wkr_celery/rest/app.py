@@ -16,7 +16,7 @@ from . import apidocs, dashboard, routes, status
 from .fast_encode import FastEncode
 from .gateway import Gateway
 from .metrics import ApiMetrics, outcome_of
-from .problems import install_handlers, internal_error
+from .problems import install_handlers, internal_error, stopped_waiting
 
 __all__ = ["create_app"]
 
@@ -59,6 +59,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
 class _CountRequests:
     """Counts every HTTP request by route and outcome, and answers what escaped the app.
 
+    That includes a request uvicorn cancels when it stops (one still waiting when its graceful
+    shutdown ends): left to uvicorn, its caller gets a plain-text 500 and the log a traceback;
+    here it gets ``RequestLost`` in JSON, like the callers whose requests the stop failed.
+
     Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware``
     runs each request through a task group and a memory stream, a fifth of the API process's
     time on ``POST /encode`` before this change.
@@ -83,6 +87,12 @@ class _CountRequests:
 
         try:
             await self.app(scope, receive, send_counted)
+        except asyncio.CancelledError:
+            if started:  # the answer is on its way; uvicorn closes the connection
+                return
+            response = stopped_waiting(Request(scope))
+            status = response.status_code
+            await response(scope, receive, send)
         except Exception as exc:
             if started:  # the answer is on its way; nothing better can be sent now
                 self._count(scope, status)

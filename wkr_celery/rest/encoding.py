@@ -251,9 +251,20 @@ def plain(value: Any) -> Any:
 
 def render(content: Any, status: int = 200, *, msgpack: bool = False,
            headers: dict[str, str] | None = None) -> Response:
+    """``content`` in msgpack or JSON; ``ApiError(406)`` when JSON cannot carry it (a complex
+    number, a set in a result ``predict`` returned), naming the value and the way out, rather
+    than a 500 that only says the API failed: the input was fine and was predicted."""
+    from .problems import ApiError
+
     if msgpack:
         return Response(codec.dumps(content), status, headers=headers, media_type=MSGPACK)
-    return Response(dumps_json(content), status, headers=headers, media_type=JSON)
+    try:
+        return Response(dumps_json(content), status, headers=headers, media_type=JSON)
+    except TypeError as exc:
+        raise ApiError(406, "NotRepresentable", f"the result cannot be written as JSON "
+                       f"({exc}); ask in msgpack, which carries numpy arrays and complex "
+                       f"numbers: send the body as {MSGPACK} (or, for GET, send Accept: "
+                       f"{MSGPACK})") from None
 
 
 def dumps_json(content: Any) -> bytes:

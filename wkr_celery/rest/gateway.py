@@ -219,10 +219,14 @@ class Gateway:
         if not from_json:
             raise InputError(f"input is {type(data).__name__}; this service (protocol npy) "
                              "takes numpy arrays (msgpack-numpy)")
+        dtype = info.get("input_dtype") or None
         try:
-            return np.asarray(data, dtype=info.get("input_dtype") or None)
+            return np.asarray(data, dtype=dtype)
         except (TypeError, ValueError) as exc:
             raise InputError(f"input is not a numeric array: {exc}") from None
+        except OverflowError as exc:  # 400 digits for float32, 2**31 for int32: not 500
+            raise InputError(f"input holds a number this service's dtype ({dtype}) cannot "
+                             f"hold: {exc}") from None
 
     async def encode(self, data: Any, timeout: float, priority: str) -> Any:
         """Predict ``data`` and return its result; call :meth:`prepare_client` first."""

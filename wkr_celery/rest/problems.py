@@ -35,7 +35,8 @@ from ..errors import (
 )
 from .encoding import render, wants_msgpack
 
-__all__ = ["ApiError", "status_for", "install_handlers", "internal_error", "RETRY_AFTER"]
+__all__ = ["ApiError", "status_for", "install_handlers", "internal_error", "stopped_waiting",
+           "RETRY_AFTER"]
 
 log = logging.getLogger("wkr_celery.rest")
 
@@ -126,3 +127,12 @@ def internal_error(request: Request, exc: BaseException) -> Response:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(request, ApiError(
         500, "InternalError", "the API process failed on this request; see its log"))
+
+
+def stopped_waiting(request: Request) -> Response:
+    """The answer to a request the API process stopped while it waited for its result: the
+    result may still come, but not to this caller, who is told as the supervisor tells the
+    callers of requests it failed at a stop."""
+    return error_response(request, RequestLost(
+        "the REST API stopped before this request was answered; it may or may not have been "
+        "predicted; send it again once the service is back"))

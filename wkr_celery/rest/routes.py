@@ -40,11 +40,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
              "or holding too many values; the message names the problem",
         408: "the body did not arrive within -http_read_timeout",
         401: "missing or wrong X-API-Key, when the API has one",
+        406: "predict's result cannot be written as JSON (a complex number, a set): ask in "
+             "msgpack (NotRepresentable)",
         413: "body over -http_max_body, or an input over the service's -max_payload",
         415: "Content-Type is neither application/json nor application/msgpack",
         500: "predict failed for this input (PredictError, BatchContractError), or its "
              "result was over -max_result (ResultTooLarge)",
-        503: "no worker alive, or the queue is at -max_queue; see Retry-After",
+        503: "no worker alive, or the queue is at -max_queue, or the service stopped before "
+             "answering (RequestLost); see Retry-After",
         504: "no result before the timeout (DeadlineExceeded)",
     }.items()}
 _TIMEOUT = Query(30.0, gt=0, le=3600, description="seconds to wait for the result; the request "

@@ -336,10 +336,10 @@ class WKRServer:
     # Stop ---------------------------------------------------------------------------------
 
     def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
-        """Graceful: each worker finishes its batch and gives buffered requests back; then
-        REST and Flower stop; Redis stops last. Requests still queued in an embedded Redis that
-        keeps nothing (no AOF) are failed with ``RequestLost`` first, so no caller waits on
-        them."""
+        """Graceful: each worker finishes its batch and gives buffered requests back; requests
+        still queued in an embedded Redis that keeps nothing (no AOF) are failed with
+        ``RequestLost`` while the REST API is up, so it passes that on (JSON, 503) at once
+        rather than wait out its graceful shutdown; then REST and Flower stop; Redis last."""
         if self._stopped:
             return
         self._stopped = True
@@ -359,13 +359,13 @@ class WKRServer:
             slot.process = None
             if slot.pump is not None:
                 slot.pump.join(2)
+        self._fail_what_redis_forgets()
         for side in self.extras:
             send(side.process, signal.SIGTERM)
         for side in self.extras:
             if side.process is not None:
                 wait_or_kill(side.process, time.monotonic() + 10, f"{side.what} pid "
                              f"{side.process.pid}")
-        self._fail_what_redis_forgets()
         for server in reversed(self.redis_servers):
             server.stop()
         if self.router is not None:
