@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from wkr_celery import InputError, InvalidInput, WKRClient
+from wkr_celery import ConfigError, InputError, InvalidInput, WKRClient
 from workers.linear import make_weights
 
 from .helpers import ROOT, free_port, wait_until
@@ -39,8 +39,9 @@ def readme_input_message() -> str:
 class Quickstart:
     """``wkr-serving-start workers.linear.Worker -port_in P -port_out Q`` in its own session."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.port_in, self.port_out = free_port(), free_port()
+    def __init__(self, tmp_path: Path, one_redis: bool = False) -> None:
+        self.port_in = free_port()
+        self.port_out = self.port_in if one_redis else free_port()
         self.log_path = tmp_path / "service.log"
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
@@ -78,6 +79,14 @@ def _user_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
     service = Quickstart(tmp_path_factory.mktemp("quickstart"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def one_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
+    """The quickstart with ``-port_out`` equal to ``-port_in``: one Redis for both."""
+    service = Quickstart(tmp_path_factory.mktemp("one_redis"), one_redis=True)
     yield service
     service.stop()
 
@@ -191,3 +200,31 @@ def test_a_timeout_or_priority_of_the_wrong_type_is_refused_naming_it(
     expected = np.tanh(x @ make_weights())
     answer = client.encode(x, timeout=np.float32(30), priority=np.int64(1)).result(timeout=30)
     np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_port_out_that_is_not_where_the_service_stores_results_fails_at_once_naming_both(
+        quickstart: Quickstart) -> None:
+    with pytest.raises(ConfigError) as refused:
+        WKRClient(port=quickstart.port_in, port_out=quickstart.port_in, connect_timeout=30)
+    said = str(refused.value)
+    assert f"redis://127.0.0.1:{quickstart.port_out}/0" in said
+    assert f"redis://127.0.0.1:{quickstart.port_in}/0" in said
+    assert f"pass port_out={quickstart.port_out}" in said and "leave port_out out" in said
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{quickstart.port_out}/0"):
+        WKRClient(broker_url=quickstart.broker_url, result_url=quickstart.broker_url,
+                  connect_timeout=30)
+
+
+def test_a_client_that_names_no_port_out_reads_the_results_where_the_service_stores_them(
+        quickstart: Quickstart, one_redis: Quickstart) -> None:
+    for service in (quickstart, one_redis):
+        with WKRClient(port=service.port_in, connect_timeout=60) as client:
+            assert client.result_url == f"redis://127.0.0.1:{service.port_out}/0"
+            assert client.encode(np.zeros(512, np.float32)).result(timeout=30).shape == (128,)
+
+
+def test_the_default_result_port_against_a_one_redis_service_names_the_port_it_uses(
+        one_redis: Quickstart) -> None:
+    with pytest.raises(ConfigError) as refused:
+        WKRClient(port=one_redis.port_in, port_out=8998, connect_timeout=60)
+    assert f"pass port_out={one_redis.port_in}" in str(refused.value)
