@@ -9,7 +9,7 @@ import shlex
 import signal
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from wkr_celery.production import procs
 
 from .helpers import ROOT, Service, free_port, wait_until
 from .scripts import script, user_env
+from .test_newcomer import Quickstart
 from .test_production_script import sh
 
 GATED = "tests.production_workers.GatedDoubler"
@@ -83,6 +84,29 @@ def test_check_fails_while_the_worker_is_frozen_although_its_heartbeat_is_still_
         os.kill(beat["pid"], signal.SIGCONT)
     assert frozen.returncode == 1 and "none answered a ping" in frozen.stderr
     assert tool("check", *where(service), "-wait", "30").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def one_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
+    """``wkr-serving-start workers.linear.Worker -port_in P -port_out P``: one Redis for both."""
+    service = Quickstart(tmp_path_factory.mktemp("one_redis"), one_redis=True)
+    yield service
+    service.stop()
+
+
+def test_check_probe_reads_the_answer_where_the_service_stores_it_unless_told_otherwise(
+    one_redis: Quickstart,
+) -> None:
+    port = str(one_redis.port_in)
+    for where_ in (["-port_in", port], ["-broker_url", one_redis.broker_url]):
+        probed = tool("check", "-name", "default", *where_, "-probe", "-timeout", "10")
+        assert probed.returncode == 0, probed.stderr + one_redis.log()
+        assert "alive and answering" in probed.stdout
+    elsewhere = str(free_port())
+    told = tool("check", "-name", "default", "-port_in", port, "-port_out", elsewhere, "-probe")
+    assert told.returncode == 1
+    assert f"stores its results on redis://127.0.0.1:{port}/0" in told.stderr
+    assert f"pass port_out={port}" in told.stderr
 
 
 def test_a_worker_on_another_host_counts_by_heartbeat_but_not_for_a_local_probe(
