@@ -30,7 +30,8 @@ from .errors import ConfigError
 __all__ = [
     "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
     "result_url_from", "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
-    "check_url", "with_local_password", "LocalPassword", "RedisRefused",
+    "check_url", "with_local_password", "LocalPassword", "RedisRefused", "elsewhere",
+    "kept_result_store",
 ]
 
 
@@ -305,6 +306,44 @@ def result_url_from(broker_url: str, result_store: str | None, fallback: str) ->
             return urlunsplit(parts._replace(netloc=f"{credentials}@{parts.netloc}"))
         return value
     return fallback
+
+
+def elsewhere(given: str, advertised: str) -> bool:
+    """Whether ``given`` and ``advertised`` are surely two Redis servers (or databases): the
+    same host (loopback names alike) with another port or database. Another host may be the
+    same server seen through a name or a NAT the service cannot know, so it is trusted."""
+    ours, theirs = _where(given), _where(advertised)
+    if ours is None or theirs is None:
+        return False
+    return ours[0] == theirs[0] and ours[1:] != theirs[1:]
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _where(url: str) -> tuple[str, int, str] | None:
+    """(host, port, database) of a ``redis://`` or ``rediss://`` URL; ``None`` for any other."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        return None
+    host = "127.0.0.1" if parts.hostname in _LOOPBACK else parts.hostname.lower()
+    return host, port, parts.path.strip("/") or "0"
+
+
+def kept_result_store(broker_url: str, registered: str | None, mine: str) -> str:
+    """The ``result_store`` a worker advertises: the one already registered when both name
+    the same Redis, so a worker that took it (started by hand beside ``wkr-serving-start``)
+    does not turn ``port:8998``, which each client reads on its own broker host, into a URL
+    that names this worker's view of the host."""
+    if registered is None:
+        return mine
+    same = without_credentials(result_url_from(broker_url, registered, fallback="")) == \
+        without_credentials(result_url_from(broker_url, mine, fallback=""))
+    return registered if same else mine
 
 
 def without_credentials(url: str) -> str:

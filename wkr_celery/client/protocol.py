@@ -23,7 +23,7 @@ import numpy as np
 from .. import envelope
 from ..broker import RequestQueue, publish_call
 from ..codec import loads
-from ..connections import RedisRefused, redacted, redis_url, result_url_from
+from ..connections import RedisRefused, elsewhere, redacted, redis_url, result_url_from
 from ..errors import (
     ConfigError,
     DeadlineExceeded,
@@ -82,32 +82,6 @@ class Address:
             raise results_elsewhere(name, advertised, store or "", self.given_as,
                                     self.given_result_url)
         return self.given_result_url
-
-
-def elsewhere(given: str, advertised: str) -> bool:
-    """Whether ``given`` and ``advertised`` are surely two Redis servers (or databases): the
-    same host (loopback names alike) with another port or database. Another host may be the
-    same server seen through a name or a NAT the service cannot know, so it is trusted."""
-    ours, theirs = _where(given), _where(advertised)
-    if ours is None or theirs is None:
-        return False
-    return ours[0] == theirs[0] and ours[1:] != theirs[1:]
-
-
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def _where(url: str) -> tuple[str, int, str] | None:
-    """(host, port, database) of a ``redis://`` or ``rediss://`` URL; ``None`` for any other."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        return None
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        return None
-    host = "127.0.0.1" if parts.hostname in _LOOPBACK else parts.hostname.lower()
-    return host, port, parts.path.strip("/") or "0"
 
 
 def results_elsewhere(name: str, advertised: str, store: str, given_as: str,
