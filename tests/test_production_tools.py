@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -355,3 +358,55 @@ def test_two_services_run_from_one_folder_keep_their_own_pid_files_and_logs(
         for name in names:
             sh(scripts[name], "stop", tmp_path)
     assert not list(tmp_path.glob("*.pid"))
+
+
+@contextlib.contextmanager
+def something_else_listening() -> Iterator[int]:
+    """A port where a server that is not Redis answers (an SSH banner), for as long as needed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+def _start_and_check(broker_url: str) -> list[subprocess.CompletedProcess[str]]:
+    """``wkr-serving-start`` and ``wkr-serving-check`` as typed, both given ``broker_url``."""
+    start = subprocess.run([script("wkr-serving-start"), "workers.linear.Worker", "-device_map",
+                            "-1", "-broker_url", broker_url], cwd=ROOT, env=user_env(),
+                           capture_output=True, text=True, timeout=90)
+    return [start, tool("check", "-name", "x", "-broker_url", broker_url)]
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "redis://127.0.0.1:99999/0",
+                                 "redis://:secret@127.0.0.1:0/0"])
+def test_a_broker_url_with_an_impossible_port_is_refused_in_one_line(url: str) -> None:
+    for done in _start_and_check(url):
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "secret" not in done.stderr
+        assert "the port must be a number from 1 to 65535" in done.stderr
+
+
+def test_a_broker_port_where_something_else_answers_is_said_not_to_be_redis() -> None:
+    with something_else_listening() as port:
+        for done in _start_and_check(f"redis://127.0.0.1:{port}/0"):
+            assert done.returncode == 1, done.stderr
+            assert "Traceback" not in done.stderr
+            assert f"redis://127.0.0.1:{port}/0" in done.stderr
+            assert "is not a Redis server" in done.stderr

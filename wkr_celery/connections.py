@@ -69,8 +69,10 @@ class RedisRefused(redis.ConnectionError):
 
 
 #: Errors that mean "Redis is not reachable right now" (or refuses writes for now, see
-#: :class:`RedisRefused`); callers retry or report these.
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+#: :class:`RedisRefused`, or something else answers on its port: ``InvalidResponse``, which
+#: :func:`explain` words); callers retry or report these.
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError,
+                redis.exceptions.InvalidResponse)
 
 #: A refusal's code starts the reply, or, from a script, follows the ``-`` of the command that
 #: was refused inside it (``ERR Error running script ...: -OOM command not allowed ...``).
@@ -166,6 +168,19 @@ def check_url(label: str, url: str, sentinel_master: str) -> None:
                           "unix:// or sentinel://")
     if is_sentinel(url) and not sentinel_master:
         raise ConfigError(f"{label} is a Sentinel URL: give -sentinel_master NAME")
+    for part in url.split(";") if url.startswith(("redis://", "rediss://", "sentinel://")) else ():
+        if not _port_is_valid(part):
+            raise ConfigError(f"{label} {redacted(url)!r}: the port must be a number from 1 to "
+                              "65535, as in redis://127.0.0.1:6379/0")
+
+
+def _port_is_valid(url: str) -> bool:
+    """Whether ``url`` names no port (the default is taken) or one a connection can use."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:  # "Port could not be cast to integer value", "Port out of range"
+        return False
+    return port is None or port > 0
 
 
 def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
@@ -254,13 +269,8 @@ def _redacted_one(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
-    else:
-        netloc = f":***@{netloc}"
-    if parts.port:
-        netloc += f":{parts.port}"
+    where = parts.netloc.rpartition("@")[2]  # host and port as written, even a bad port
+    netloc = f"{parts.username}:***@{where}" if parts.username else f":***@{where}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -367,4 +377,10 @@ def explain(exc: BaseException) -> str:
                 "a TLS port, redis:// for a plaintext one")
     if isinstance(exc, RedisRefused):
         return str(exc)
+    if isinstance(exc, redis.exceptions.InvalidResponse):
+        return f"{NOT_REDIS} ({exc}); check the host and port"
     return f"not reachable: {exc}"
+
+
+#: What :func:`explain` says when something other than Redis answers on the port.
+NOT_REDIS = "is not a Redis server: what answers there does not speak the Redis protocol"

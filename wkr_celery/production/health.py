@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import redis
 
 from ..broker import ServiceRegistry
 from ..codec import loads
 from ..config import Settings
-from ..connections import REDIS_ERRORS, redacted
+from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ConfigError, WKRError
 from ..keys import ServiceKeys
 
@@ -94,7 +95,9 @@ def check_service(
     try:
         beats = ServiceRegistry(client, ServiceKeys(name)).live_workers()
     except REDIS_ERRORS as exc:
-        return _with(report, problem=f"broker {broker_url} is not reachable: {exc}")
+        why = explain(exc) if isinstance(exc, redis.exceptions.InvalidResponse) else (
+            f"is not reachable: {exc}")
+        return _with(report, problem=f"broker {broker_url} {why}")
     finally:
         client.close()
     if not beats:
