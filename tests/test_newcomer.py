@@ -236,11 +236,12 @@ def test_the_default_result_port_against_a_one_redis_service_names_the_port_it_u
 
 
 def _hand_worker(service: Quickstart, tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:
-    """``celery -A wkr_celery worker`` as the README starts one by hand beside the service."""
+    """``celery -A wkr_celery worker`` as the README starts one by hand beside the service
+    (no ``--pool``: the app's own is solo)."""
     with open(tmp_path / "hand.log", "wb") as log:
         return subprocess.Popen(
-            [str(BIN / "celery"), "-A", "wkr_celery", "worker", "--pool", "solo",
-             "-n", "wkr.default.9@%h"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            [str(BIN / "celery"), "-A", "wkr_celery", "worker", "-n", "wkr.default.9@%h"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=_user_env(
                 WKR_WORKER_CLASS="workers.linear.Worker", WKR_NAME="default",
                 WKR_BROKER_URL=service.broker_url, WKR_DEVICE_MAP="-1", **env))
@@ -270,6 +271,7 @@ def test_a_worker_started_by_hand_answers_through_the_services_result_redis(
         wait_until(lambda: its_beat() or hand.poll() is not None, 90,
                    what=f"the hand-started worker's heartbeat; log:\n{log.read_text()}")
         assert hand.poll() is None, log.read_text()
+        assert "(solo)" in log.read_text(), "not the solo pool: " + log.read_text()
         assert registry.info()["result_store"] == f"port:{quickstart.port_out}"
         with WKRClient(broker_url=quickstart.broker_url, connect_timeout=30) as client:
             def answered_one_more() -> bool:  # every answer comes, whoever computed it

@@ -59,6 +59,12 @@ def make_app(settings: Settings, backend: str | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # One process per worker: the batching loop serves the requests, Celery's pool only
+        # the control queue. `celery -A wkr_celery worker` without --pool takes this (its
+        # CLI default, prefork, yields to a configured worker_pool), so a worker started by
+        # hand does not fork idle children that each hold nothing but memory.
+        worker_pool="solo",
+        worker_concurrency=1,
         worker_hijack_root_logger=False,
         worker_send_task_events=settings.task_events,
         broker_connection_retry_on_startup=True,
