@@ -231,6 +231,29 @@ def test_a_command_nobody_takes_times_out_with_a_non_zero_exit(
     assert redis_client.llen(f"wkr:decentral:{name}:control") == 0, "the command was retracted"
 
 
+def test_status_of_an_unknown_name_on_a_reachable_redis_says_so_not_unreachable(
+        redis_url: str) -> None:
+    done = run_cli("status", ["-name", "nope", "-broker_url", redis_url, "-timeout", "3"])
+    assert done.returncode == 1
+    assert f"no decentralize central named 'nope' on {redis_url}" in done.stderr
+    assert "reachable" not in done.stderr
+
+
+def test_an_unreachable_control_redis_is_named_not_the_status_redis(
+        redis_client: redis.Redis, redis_server: EmbeddedRedis) -> None:
+    name, control_port = f"ghost{uuid.uuid4().hex[:6]}", free_port()
+    redis_client.set(f"wkr:decentral:{name}:owner", "a central", ex=30)  # status: it lives
+    try:
+        done = run_cli("status", ["-name", name, "-port", str(control_port),
+                                  "-port_out", str(redis_server.port), "-timeout", "3"])
+    finally:
+        redis_client.delete(f"wkr:decentral:{name}:owner")
+    assert done.returncode == 1
+    assert f"control Redis redis://127.0.0.1:{control_port}/0" in done.stderr
+    assert "not reachable" in done.stderr
+    assert f"127.0.0.1:{redis_server.port}/0: not reachable" not in done.stderr
+
+
 def test_a_switch_without_a_change_or_with_a_bad_server_list_is_a_usage_error(
         redis_url: str) -> None:
     nothing = run_cli("switch", ["-broker_url", redis_url])

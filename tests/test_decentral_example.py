@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +22,12 @@ from workers.linear import make_weights
 from .decentral_support import Sink, child_env, run_cli
 from .doc_commands import Command, Session, Substitutions, make_project
 from .helpers import ROOT, Service, wait_until
-from .test_documented_commands import DECENTRAL, client_when_serving, commands_run_by
+from .test_documented_commands import (
+    DECENTRAL,
+    RECEIVER,
+    client_when_serving,
+    commands_run_by,
+)
 
 DOC = (ROOT / "docs" / "decentral.md").read_text()
 EXAMPLE = ROOT / "examples" / "decentralize.py"
@@ -106,6 +112,33 @@ def test_the_documented_commands_run_the_example_end_to_end(tmp_path: Path) -> N
     finally:
         session.close()
         sink.close()
+
+
+def test_the_documented_receiver_answers_each_post_and_prints_it(tmp_path: Path) -> None:
+    """The stand-in for DECENTRAL_PUSH_API the docs start before the units, as typed."""
+    (command,) = commands_run_by(RECEIVER.test)
+    subs = Substitutions(tmp_path)
+    session = Session(subs, make_project(tmp_path))
+    url = f"http://127.0.0.1:{subs.port('8000')}/result"
+    try:
+        receiver = session.start(command)
+        wait_until(lambda: "receiving results" in receiver.output, 30,
+                   what=f"the receiver to listen:\n{receiver.output}")
+        for job in range(3):
+            assert _post(url, {"id": job, "result": [0.5, 1.5]}) == 200
+        wait_until(lambda: '{"id": 2, "result": [0.5, 1.5]}' in receiver.output, 10,
+                   what=f"the last result printed:\n{receiver.output}")
+        session.stop(receiver)
+    finally:
+        session.close()
+
+
+def _post(url: str, payload: dict[str, object]) -> int:
+    """POST ``payload`` as JSON the way ``examples/decentralize.py`` does; the HTTP status."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+        return int(response.status)
 
 
 def test_running_the_example_file_with_python_starts_the_same_central(

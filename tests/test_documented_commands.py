@@ -64,6 +64,8 @@ DECENTRAL = RunBy("tests/test_decentral_example.py::"
 COMPAT = "tests/test_wkr_serving_compat.py"
 COMPAT_DECENTRAL = RunBy(
     f"{COMPAT}::test_the_guides_decentralize_example_posts_a_result_for_every_queued_job")
+RECEIVER = RunBy("tests/test_decentral_example.py::"
+                 "test_the_documented_receiver_answers_each_post_and_prints_it")
 ELASTIC = RunBy(f"{HERE}::test_the_elastic_command_serves_and_reports_its_worker_range")
 BENCH_HELP = RunBy(f"{HERE}::test_the_benchmark_help_runs_as_written")
 QUICK_BENCH = "tests/test_benchmark.py::test_quick_benchmark_exits_zero_and_prints_the_table"
@@ -142,6 +144,7 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     'in range(10))"': COMPAT_DECENTRAL,
     # docs/decentral.md
     "wkr-serving-start workers.linear.Worker -num_worker 2": DECENTRAL,
+    "cd examples && python push_receiver.py 8000": RECEIVER,
     "python -c \"\nimport numpy as np\nfrom wkr_celery.client.helper import RedisHandler\n"
     "jobs = RedisHandler('EXAMPLE_QUEUE', '127.0.0.1', 8996)\njobs.push_many({'id': i, "
     "'input': np.random.rand(512).tolist()} for i in range(100))\"": DECENTRAL,

@@ -19,8 +19,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import redis
 
-from wkr_celery import InputError, InvalidInput, WKRClient
+from wkr_celery import ConfigError, InputError, InvalidInput, WKRClient
+from wkr_celery.broker import ServiceRegistry
+from wkr_celery.codec import loads
+from wkr_celery.connections import with_local_password
+from wkr_celery.keys import ServiceKeys
 from workers.linear import make_weights
 
 from .helpers import ROOT, free_port, wait_until
@@ -39,8 +44,9 @@ def readme_input_message() -> str:
 class Quickstart:
     """``wkr-serving-start workers.linear.Worker -port_in P -port_out Q`` in its own session."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.port_in, self.port_out = free_port(), free_port()
+    def __init__(self, tmp_path: Path, one_redis: bool = False) -> None:
+        self.port_in = free_port()
+        self.port_out = self.port_in if one_redis else free_port()
         self.log_path = tmp_path / "service.log"
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
@@ -78,6 +84,14 @@ def _user_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
     service = Quickstart(tmp_path_factory.mktemp("quickstart"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def one_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
+    """The quickstart with ``-port_out`` equal to ``-port_in``: one Redis for both."""
+    service = Quickstart(tmp_path_factory.mktemp("one_redis"), one_redis=True)
     yield service
     service.stop()
 
@@ -235,3 +249,94 @@ def test_a_timeout_or_priority_of_the_wrong_type_is_refused_naming_it(
     expected = np.tanh(x @ make_weights())
     answer = client.encode(x, timeout=np.float32(30), priority=np.int64(1)).result(timeout=30)
     np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_port_out_that_is_not_where_the_service_stores_results_fails_at_once_naming_both(
+        quickstart: Quickstart) -> None:
+    with pytest.raises(ConfigError) as refused:
+        WKRClient(port=quickstart.port_in, port_out=quickstart.port_in, connect_timeout=30)
+    said = str(refused.value)
+    assert f"redis://127.0.0.1:{quickstart.port_out}/0" in said
+    assert f"redis://127.0.0.1:{quickstart.port_in}/0" in said
+    assert f"pass port_out={quickstart.port_out}" in said and "leave port_out out" in said
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{quickstart.port_out}/0"):
+        WKRClient(broker_url=quickstart.broker_url, result_url=quickstart.broker_url,
+                  connect_timeout=30)
+
+
+def test_a_client_that_names_no_port_out_reads_the_results_where_the_service_stores_them(
+        quickstart: Quickstart, one_redis: Quickstart) -> None:
+    for service in (quickstart, one_redis):
+        with WKRClient(port=service.port_in, connect_timeout=60) as client:
+            assert client.result_url == f"redis://127.0.0.1:{service.port_out}/0"
+            assert client.encode(np.zeros(512, np.float32)).result(timeout=30).shape == (128,)
+
+
+def test_the_default_result_port_against_a_one_redis_service_names_the_port_it_uses(
+        one_redis: Quickstart) -> None:
+    with pytest.raises(ConfigError) as refused:
+        WKRClient(port=one_redis.port_in, port_out=8998, connect_timeout=60)
+    assert f"pass port_out={one_redis.port_in}" in str(refused.value)
+
+
+def _hand_worker(service: Quickstart, tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``celery -A wkr_celery worker`` as the README starts one by hand beside the service
+    (no ``--pool``: the app's own is solo)."""
+    with open(tmp_path / "hand.log", "wb") as log:
+        return subprocess.Popen(
+            [str(BIN / "celery"), "-A", "wkr_celery", "worker", "-n", "wkr.default.9@%h"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=_user_env(
+                WKR_WORKER_CLASS="workers.linear.Worker", WKR_NAME="default",
+                WKR_BROKER_URL=service.broker_url, WKR_DEVICE_MAP="-1", **env))
+
+
+def _stop_hand_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_a_worker_started_by_hand_answers_through_the_services_result_redis(
+        quickstart: Quickstart, tmp_path: Path) -> None:
+    hand = _hand_worker(quickstart, tmp_path)
+    registry = ServiceRegistry(redis.Redis.from_url(with_local_password(quickstart.broker_url)),
+                               ServiceKeys("default"))
+    log = tmp_path / "hand.log"
+    try:
+        def its_beat() -> dict[str, object] | None:
+            beats = [loads(b) for b in registry.live_workers().values()]
+            return next((b for b in beats if b["pid"] == hand.pid), None)
+
+        wait_until(lambda: its_beat() or hand.poll() is not None, 90,
+                   what=f"the hand-started worker's heartbeat; log:\n{log.read_text()}")
+        assert hand.poll() is None, log.read_text()
+        assert "(solo)" in log.read_text(), "not the solo pool: " + log.read_text()
+        assert registry.info()["result_store"] == f"port:{quickstart.port_out}"
+        with WKRClient(broker_url=quickstart.broker_url, connect_timeout=30) as client:
+            def answered_one_more() -> bool:  # every answer comes, whoever computed it
+                assert client.encode(np.zeros(512, np.float32)).result(timeout=30).shape == (128,)
+                beat = its_beat()
+                return beat is not None and int(str(beat["requests"])) > 0
+
+            wait_until(answered_one_more, 60, what="the hand-started worker to answer requests")
+    finally:
+        _stop_hand_worker(hand)
+    assert registry.info()["result_store"] == f"port:{quickstart.port_out}"
+
+
+def test_a_worker_started_by_hand_with_another_result_redis_refuses_to_start(
+        quickstart: Quickstart, tmp_path: Path) -> None:
+    hand = _hand_worker(quickstart, tmp_path, WKR_RESULT_URL=quickstart.broker_url)
+    try:
+        hand.wait(90)
+    finally:
+        _stop_hand_worker(hand)
+    said = (tmp_path / "hand.log").read_text(errors="replace")
+    assert hand.returncode != 0, said
+    assert f"stores its results on redis://127.0.0.1:{quickstart.port_out}/0" in said
+    assert f"WKR_RESULT_URL=redis://127.0.0.1:{quickstart.port_out}/0" in said

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from wkr_celery.production import procs
 
 from .helpers import ROOT, Service, free_port, wait_until
 from .scripts import script, user_env
+from .test_newcomer import Quickstart
 from .test_production_script import sh
 
 GATED = "tests.production_workers.GatedDoubler"
@@ -83,6 +87,29 @@ def test_check_fails_while_the_worker_is_frozen_although_its_heartbeat_is_still_
         os.kill(beat["pid"], signal.SIGCONT)
     assert frozen.returncode == 1 and "none answered a ping" in frozen.stderr
     assert tool("check", *where(service), "-wait", "30").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def one_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
+    """``wkr-serving-start workers.linear.Worker -port_in P -port_out P``: one Redis for both."""
+    service = Quickstart(tmp_path_factory.mktemp("one_redis"), one_redis=True)
+    yield service
+    service.stop()
+
+
+def test_check_probe_reads_the_answer_where_the_service_stores_it_unless_told_otherwise(
+    one_redis: Quickstart,
+) -> None:
+    port = str(one_redis.port_in)
+    for where_ in (["-port_in", port], ["-broker_url", one_redis.broker_url]):
+        probed = tool("check", "-name", "default", *where_, "-probe", "-timeout", "10")
+        assert probed.returncode == 0, probed.stderr + one_redis.log()
+        assert "alive and answering" in probed.stdout
+    elsewhere = str(free_port())
+    told = tool("check", "-name", "default", "-port_in", port, "-port_out", elsewhere, "-probe")
+    assert told.returncode == 1
+    assert f"stores its results on redis://127.0.0.1:{port}/0" in told.stderr
+    assert f"pass port_out={port}" in told.stderr
 
 
 def test_a_worker_on_another_host_counts_by_heartbeat_but_not_for_a_local_probe(
@@ -331,3 +358,55 @@ def test_two_services_run_from_one_folder_keep_their_own_pid_files_and_logs(
         for name in names:
             sh(scripts[name], "stop", tmp_path)
     assert not list(tmp_path.glob("*.pid"))
+
+
+@contextlib.contextmanager
+def something_else_listening() -> Iterator[int]:
+    """A port where a server that is not Redis answers (an SSH banner), for as long as needed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+def _start_and_check(broker_url: str) -> list[subprocess.CompletedProcess[str]]:
+    """``wkr-serving-start`` and ``wkr-serving-check`` as typed, both given ``broker_url``."""
+    start = subprocess.run([script("wkr-serving-start"), "workers.linear.Worker", "-device_map",
+                            "-1", "-broker_url", broker_url], cwd=ROOT, env=user_env(),
+                           capture_output=True, text=True, timeout=90)
+    return [start, tool("check", "-name", "x", "-broker_url", broker_url)]
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "redis://127.0.0.1:99999/0",
+                                 "redis://:secret@127.0.0.1:0/0"])
+def test_a_broker_url_with_an_impossible_port_is_refused_in_one_line(url: str) -> None:
+    for done in _start_and_check(url):
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "secret" not in done.stderr
+        assert "the port must be a number from 1 to 65535" in done.stderr
+
+
+def test_a_broker_port_where_something_else_answers_is_said_not_to_be_redis() -> None:
+    with something_else_listening() as port:
+        for done in _start_and_check(f"redis://127.0.0.1:{port}/0"):
+            assert done.returncode == 1, done.stderr
+            assert "Traceback" not in done.stderr
+            assert f"redis://127.0.0.1:{port}/0" in done.stderr
+            assert "is not a Redis server" in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import pickle
 import re
@@ -18,6 +19,7 @@ import pytest
 import redis
 
 from wkr_celery import (
+    AsyncWKRClient,
     BatchContractError,
     PredictError,
     ServiceUnavailable,
@@ -338,3 +340,37 @@ def test_unknown_or_invalid_flags_fail_at_once_naming_them() -> None:
 def test_encode_many_streams_results_in_input_order(poison_service: Service) -> None:
     client = poison_service.client()
     assert list(client.encode_many(range(500), max_inflight=32)) == [2 * i for i in range(500)]
+
+
+def test_a_client_that_names_no_service_takes_the_live_one_of_those_ever_listed(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedRedis(free_port()).start()  # a broker that outlives its services
+    services: list[Service] = []
+    try:
+        first = start_service("first", server.url, server.url, tmp_path, wait=1)
+        services.append(first)
+        assert first.stop() == 0
+        second = start_service("second", server.url, server.url, tmp_path, wait=1)
+        services.append(second)
+        with WKRClient(broker_url=server.url, connect_timeout=10) as client:
+            assert client.name == "second"
+            assert client.encode(np.zeros(512, np.float32)).result(timeout=30).shape == (128,)
+        assert asyncio.run(_name_found_by_async_client(server.url)) == "second"
+        services.append(start_service("first", server.url, server.url, tmp_path, wait=1))
+        with pytest.raises(ServiceUnavailable, match=r"serves \['first', 'second'\] \(each"):
+            WKRClient(broker_url=server.url, connect_timeout=10)
+        for service in services:
+            service.stop()
+        with pytest.raises(ServiceUnavailable,
+                           match=r"lists \['first', 'second'\], but none has a live worker"):
+            WKRClient(broker_url=server.url, connect_timeout=1)
+    finally:
+        for service in services:
+            service.stop()
+        server.stop()
+
+
+async def _name_found_by_async_client(broker_url: str) -> str | None:
+    async with AsyncWKRClient(broker_url=broker_url, connect_timeout=10) as client:
+        return client.name

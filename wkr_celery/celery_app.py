@@ -12,6 +12,8 @@ without importing the server.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, signals
@@ -20,12 +22,13 @@ from kombu.exceptions import OperationalError
 from .broker import ServiceRegistry
 from .codec import SERIALIZER, register_serializer
 from .config import Settings
-from .connections import REDIS_ERRORS, result_url_from
+from .connections import REDIS_ERRORS, elsewhere, result_url_from, without_credentials
+from .errors import ConfigError
 from .keys import ServiceKeys
 from .logs import configure_stderr
 from .messages import TASK_NAME
 
-__all__ = ["make_app", "get_app", "producer_backend", "SERVING_STEP"]
+__all__ = ["make_app", "get_app", "hand_worker_settings", "producer_backend", "SERVING_STEP"]
 
 #: The bootstep that runs the batching loop in a worker, loaded by Celery's worker alone.
 SERVING_STEP = "wkr_celery.server.bootstep:ServingStep"
@@ -57,6 +60,12 @@ def make_app(settings: Settings, backend: str | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # One process per worker: the batching loop serves the requests, Celery's pool only
+        # the control queue. `celery -A wkr_celery worker` without --pool takes this (its
+        # CLI default, prefork, yields to a configured worker_pool), so a worker started by
+        # hand does not fork idle children that each hold nothing but memory.
+        worker_pool="solo",
+        worker_concurrency=1,
         worker_hijack_root_logger=False,
         worker_send_task_events=settings.task_events,
         broker_connection_retry_on_startup=True,
@@ -86,9 +95,49 @@ def get_app() -> Celery:
     """The process's app, built once from the environment (what ``celery -A`` needs)."""
     global _app
     if _app is None:
-        settings = Settings.from_env()
+        settings = hand_worker_settings(Settings.from_env(), os.environ)
         _app = make_app(settings, backend=producer_backend(settings))
     return _app
+
+
+def hand_worker_settings(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """The settings of a worker started by hand (``celery -A wkr_celery worker`` with
+    ``WKR_WORKER_CLASS``, not by ``wkr-serving-start``, which sets ``WKR_WORKER_ID``).
+
+    With no ``WKR_RESULT_URL`` it stores results where the live workers of its service do,
+    so its answers reach the clients that follow the service; with one that is surely another
+    Redis than theirs it refuses to start (``ConfigError``): its answers would never come,
+    and it would tell the clients to read everyone's from there.
+    """
+    if not settings.worker_class or "WKR_WORKER_ID" in environ:
+        return settings
+    store = _live_result_store(settings)
+    if store is None:
+        return settings
+    theirs = result_url_from(settings.broker, store, fallback=settings.backend)
+    if not settings.result_url:
+        return settings.replace(result_url=theirs)
+    if elsewhere(settings.backend, theirs):
+        there, here = without_credentials(theirs), without_credentials(settings.backend)
+        raise ConfigError(
+            f"service {settings.name!r} stores its results on {there}, and WKR_RESULT_URL "
+            f"names {here}; set WKR_RESULT_URL={there}, or leave it out to store them there too")
+    return settings
+
+
+def _live_result_store(settings: Settings) -> str | None:
+    """The ``result_store`` a live worker of the service advertises; ``None`` when no worker
+    is alive (what is registered then is stale) or the broker cannot be reached."""
+    client = settings.connect_broker()
+    try:
+        registry = ServiceRegistry(client, ServiceKeys(settings.name))
+        if not registry.live_workers():
+            return None
+        return registry.info().get("result_store")
+    except REDIS_ERRORS:
+        return None
+    finally:
+        client.close()
 
 
 def producer_backend(settings: Settings) -> str:

@@ -30,7 +30,8 @@ from .errors import ConfigError
 __all__ = [
     "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
     "result_url_from", "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
-    "check_url", "with_local_password", "LocalPassword", "RedisRefused",
+    "check_url", "with_local_password", "LocalPassword", "RedisRefused", "elsewhere",
+    "kept_result_store",
 ]
 
 
@@ -68,8 +69,10 @@ class RedisRefused(redis.ConnectionError):
 
 
 #: Errors that mean "Redis is not reachable right now" (or refuses writes for now, see
-#: :class:`RedisRefused`); callers retry or report these.
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+#: :class:`RedisRefused`, or something else answers on its port: ``InvalidResponse``, which
+#: :func:`explain` words); callers retry or report these.
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError,
+                redis.exceptions.InvalidResponse)
 
 #: A refusal's code starts the reply, or, from a script, follows the ``-`` of the command that
 #: was refused inside it (``ERR Error running script ...: -OOM command not allowed ...``).
@@ -165,6 +168,19 @@ def check_url(label: str, url: str, sentinel_master: str) -> None:
                           "unix:// or sentinel://")
     if is_sentinel(url) and not sentinel_master:
         raise ConfigError(f"{label} is a Sentinel URL: give -sentinel_master NAME")
+    for part in url.split(";") if url.startswith(("redis://", "rediss://", "sentinel://")) else ():
+        if not _port_is_valid(part):
+            raise ConfigError(f"{label} {redacted(url)!r}: the port must be a number from 1 to "
+                              "65535, as in redis://127.0.0.1:6379/0")
+
+
+def _port_is_valid(url: str) -> bool:
+    """Whether ``url`` names no port (the default is taken) or one a connection can use."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:  # "Port could not be cast to integer value", "Port out of range"
+        return False
+    return port is None or port > 0
 
 
 def connect(url: str, *, blocking_timeout: float = 0.0, decode: bool = False,
@@ -253,13 +269,8 @@ def _redacted_one(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
-    else:
-        netloc = f":***@{netloc}"
-    if parts.port:
-        netloc += f":{parts.port}"
+    where = parts.netloc.rpartition("@")[2]  # host and port as written, even a bad port
+    netloc = f"{parts.username}:***@{where}" if parts.username else f":***@{where}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -307,6 +318,44 @@ def result_url_from(broker_url: str, result_store: str | None, fallback: str) ->
     return fallback
 
 
+def elsewhere(given: str, advertised: str) -> bool:
+    """Whether ``given`` and ``advertised`` are surely two Redis servers (or databases): the
+    same host (loopback names alike) with another port or database. Another host may be the
+    same server seen through a name or a NAT the service cannot know, so it is trusted."""
+    ours, theirs = _where(given), _where(advertised)
+    if ours is None or theirs is None:
+        return False
+    return ours[0] == theirs[0] and ours[1:] != theirs[1:]
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _where(url: str) -> tuple[str, int, str] | None:
+    """(host, port, database) of a ``redis://`` or ``rediss://`` URL; ``None`` for any other."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        return None
+    host = "127.0.0.1" if parts.hostname in _LOOPBACK else parts.hostname.lower()
+    return host, port, parts.path.strip("/") or "0"
+
+
+def kept_result_store(broker_url: str, registered: str | None, mine: str) -> str:
+    """The ``result_store`` a worker advertises: the one already registered when both name
+    the same Redis, so a worker that took it (started by hand beside ``wkr-serving-start``)
+    does not turn ``port:8998``, which each client reads on its own broker host, into a URL
+    that names this worker's view of the host."""
+    if registered is None:
+        return mine
+    same = without_credentials(result_url_from(broker_url, registered, fallback="")) == \
+        without_credentials(result_url_from(broker_url, mine, fallback=""))
+    return registered if same else mine
+
+
 def without_credentials(url: str) -> str:
     """``url`` with user and password removed: what may be written where others read it."""
     parts = urlsplit(url)
@@ -328,4 +377,10 @@ def explain(exc: BaseException) -> str:
                 "a TLS port, redis:// for a plaintext one")
     if isinstance(exc, RedisRefused):
         return str(exc)
+    if isinstance(exc, redis.exceptions.InvalidResponse):
+        return f"{NOT_REDIS} ({exc}); check the host and port"
     return f"not reachable: {exc}"
+
+
+#: What :func:`explain` says when something other than Redis answers on the port.
+NOT_REDIS = "is not a Redis server: what answers there does not speak the Redis protocol"

@@ -23,12 +23,13 @@ from .registry import (
     as_str,
     info_plan,
     last_failure_plan,
+    live_services_plan,
     live_workers_plan,
     services_plan,
 )
 from .results import ResultStore, StoredResult, stored_plan
 
 __all__ = ["Fetched", "Lane", "Plan", "RequestQueue", "ResultStore", "ServiceRegistry",
-           "StoredResult", "as_str", "info_plan", "last_failure_plan", "live_workers_plan", "ping_plan",
-           "publish_call", "queue_length_plan", "run", "run_async", "services_plan",
-           "stored_plan", "withdraw_plan"]
+           "StoredResult", "as_str", "info_plan", "last_failure_plan", "live_services_plan",
+           "live_workers_plan", "ping_plan", "publish_call", "queue_length_plan", "run",
+           "run_async", "services_plan", "stored_plan", "withdraw_plan"]

@@ -18,8 +18,8 @@ import redis
 from ..keys import SERVICES, ServiceKeys
 from .plan import Plan, run
 
-__all__ = ["ServiceRegistry", "as_str", "info_plan", "last_failure_plan", "live_workers_plan",
-           "services_plan"]
+__all__ = ["ServiceRegistry", "as_str", "info_plan", "last_failure_plan", "live_services_plan",
+           "live_workers_plan", "services_plan"]
 
 
 class ServiceRegistry:
@@ -89,6 +89,23 @@ def services_plan() -> Plan[list[str]]:
     """The names of the services listed on this broker."""
     (names,) = yield lambda pipe: pipe.smembers(SERVICES)
     return [as_str(name) for name in names]
+
+
+def live_services_plan() -> Plan[dict[str, bool]]:
+    """Each service listed on this broker, and whether a worker of it has a heartbeat now: a
+    stopped service stays listed (nothing unlists a name), so a client that names no service
+    chooses among the live ones. Three round trips, whatever the number of services."""
+    names = sorted((yield from services_plan()))
+    if not names:
+        return {}
+    keys = [ServiceKeys(name) for name in names]
+    members = yield lambda pipe: [pipe.smembers(k.workers) for k in keys]
+    beats = [(k.name, k.heartbeat(as_str(w))) for k, ids in zip(keys, members) for w in ids]
+    alive: set[str] = set()
+    if beats:
+        (values,) = yield lambda pipe: pipe.mget([key for _, key in beats])
+        alive = {name for (name, _), value in zip(beats, values) if value is not None}
+    return {name: name in alive for name in names}
 
 
 def info_plan(keys: ServiceKeys) -> Plan[dict[str, str]]:

@@ -65,7 +65,7 @@ class AsyncWKRClient(InputContract):
         self,
         ip: str = "127.0.0.1",
         port: int = 8996,
-        port_out: int | None = 8998,
+        port_out: int | None = None,
         *,
         name: str | None = None,
         broker_url: str | None = None,
@@ -140,7 +140,7 @@ class AsyncWKRClient(InputContract):
             if not self._ignore_all_checks:
                 info = await discovery.wait_until_serving(
                     broker, keys, self.broker_url, self._connect_timeout, self._check_version)
-            result_url = self._address.result_url(info)
+            result_url = self._address.result_url(info, name)
             results = connect_async(result_url, blocking_timeout=LISTEN_SECONDS,
                                     sentinel_master=self._sentinel_master)
             opened.append(results)

@@ -16,10 +16,10 @@ import redis.asyncio
 from ..broker import (
     info_plan,
     last_failure_plan,
+    live_services_plan,
     live_workers_plan,
     ping_plan,
     run_async,
-    services_plan,
 )
 from ..connections import REDIS_ERRORS
 from ..errors import ServiceUnavailable
@@ -43,13 +43,13 @@ async def find_service(client: redis.asyncio.Redis, broker_url: str, timeout: fl
     deadline = time.monotonic() + timeout
     while True:
         try:
-            names = await run_async(client, services_plan())
+            liveness = await run_async(client, live_services_plan())
         except REDIS_ERRORS as exc:
             if time.monotonic() >= deadline:
                 raise broker_unreachable(broker_url, timeout, exc) from exc
             await asyncio.sleep(0.1)
             continue
-        name = pick_service(names, broker_url)
+        name = pick_service(liveness, broker_url, last_try=time.monotonic() >= deadline)
         if name is not None:
             return name
         if time.monotonic() >= deadline:

@@ -87,7 +87,7 @@ class WKRClient(InputContract):
         self,
         ip: str = "127.0.0.1",
         port: int = 8996,
-        port_out: int | None = 8998,
+        port_out: int | None = None,
         *,
         name: str | None = None,
         broker_url: str | None = None,
@@ -176,7 +176,7 @@ class WKRClient(InputContract):
         if not ignore_all_checks:
             self.server_config = wait_until_serving(
                 self._registry, self.broker_url, connect_timeout, check_version)
-        self.result_url = address.result_url(self.server_config)
+        self.result_url = address.result_url(self.server_config, self.name)
         self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
                                      sentinel_master=sentinel_master)
         if not ignore_all_checks:

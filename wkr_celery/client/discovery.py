@@ -9,10 +9,11 @@ decisions (which service, when to give up, whether versions match) are plain fun
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import redis
 
-from ..broker import ServiceRegistry, ping_plan, run, services_plan
+from ..broker import ServiceRegistry, live_services_plan, ping_plan, run
 from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ServiceUnavailable, VersionMismatch
 from ..version import __version__
@@ -32,13 +33,13 @@ def find_service(client: redis.Redis, broker_url: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            names = run(client, services_plan())
+            liveness = run(client, live_services_plan())
         except REDIS_ERRORS as exc:
             if time.monotonic() >= deadline:
                 raise broker_unreachable(broker_url, timeout, exc) from exc
             time.sleep(0.1)
             continue
-        name = pick_service(names, broker_url)
+        name = pick_service(liveness, broker_url, last_try=time.monotonic() >= deadline)
         if name is not None:
             return name
         if time.monotonic() >= deadline:
@@ -85,12 +86,27 @@ def check_reachable(client: redis.Redis, what: str, url: str) -> None:
 
 # Decisions, shared with the asyncio client ---------------------------------------------------
 
-def pick_service(names: list[str], broker_url: str) -> str | None:
-    """The one service in ``names``; ``None`` while there is none; an error when several."""
-    if len(names) > 1:
+def pick_service(liveness: Mapping[str, bool], broker_url: str, *, last_try: bool
+                 ) -> str | None:
+    """The service to talk to, from each listed service's liveness (a stopped one stays
+    listed): the one with a live worker; else the only one listed, live or not (waiting for
+    its worker is :func:`wait_until_serving`'s, which says why none lives); ``None`` while
+    several are listed and none is live yet. An error, listing them, when several are live,
+    or at the ``last_try`` when none of several is."""
+    live = sorted(name for name, alive in liveness.items() if alive)
+    if len(live) == 1:
+        return live[0]
+    if len(live) > 1:
         raise ServiceUnavailable(
-            f"broker {redacted(broker_url)} serves {sorted(names)}; pass name=... to choose")
-    return names[0] if names else None
+            f"broker {redacted(broker_url)} serves {live} (each with a live worker; listed: "
+            f"{sorted(liveness)}); pass name=... to choose")
+    if len(liveness) == 1:
+        return next(iter(liveness))
+    if liveness and last_try:
+        raise ServiceUnavailable(
+            f"broker {redacted(broker_url)} lists {sorted(liveness)}, but none has a live "
+            "worker; pass name=... to wait for one, or start one with wkr-serving-start")
+    return None
 
 
 def broker_unreachable(broker_url: str, timeout: float, exc: BaseException) -> ServiceUnavailable:

@@ -16,14 +16,16 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from .. import envelope
 from ..broker import RequestQueue, publish_call
 from ..codec import loads
-from ..connections import RedisRefused, redacted, redis_url, result_url_from
+from ..connections import RedisRefused, elsewhere, redacted, redis_url, result_url_from
 from ..errors import (
+    ConfigError,
     DeadlineExceeded,
     InputError,
     RequestFailed,
@@ -43,25 +45,55 @@ log = logging.getLogger("wkr_celery.client")
 
 @dataclass(frozen=True)
 class Address:
-    """Where a client finds a service, from its constructor's arguments and the service info."""
+    """Where a client finds a service, from its constructor's arguments and the service info.
+
+    ``given_as`` is how the caller named the result Redis (``port_out=8996``,
+    ``result_url=...``), for the error that says how to fix it; ``""`` when they did not.
+    """
 
     broker_url: str
     given_result_url: str | None
     fallback_result_url: str
+    given_as: str = ""
 
     @classmethod
     def of(cls, ip: str, port: int, port_out: int | None, broker_url: str | None,
            result_url: str | None) -> Address:
         """Results: the URL given; else ``port_out`` on the broker's host (the seed's form);
         else where the service's workers say they store them (``result_store``)."""
-        given = result_url or (redis_url(None, host=ip, port=port_out)
-                               if port_out and not broker_url else None)
-        return cls(redis_url(broker_url, host=ip, port=port), given,
-                   redis_url(broker_url, host=ip, port=8998))
+        broker = redis_url(broker_url, host=ip, port=port)
+        fallback = redis_url(broker_url, host=ip, port=8998)
+        if result_url:
+            return cls(broker, result_url, fallback, f"result_url={redacted(result_url)!r}")
+        if port_out and not broker_url:
+            return cls(broker, redis_url(None, host=ip, port=port_out), fallback,
+                       f"port_out={port_out}")
+        return cls(broker, None, fallback)
 
-    def result_url(self, info: Mapping[str, str]) -> str:
-        return self.given_result_url or result_url_from(
-            self.broker_url, info.get("result_store"), fallback=self.fallback_result_url)
+    def result_url(self, info: Mapping[str, str], name: str = "") -> str:
+        """The result Redis to read: the one given, unless the service plainly stores its
+        results elsewhere (a ``ConfigError`` naming both: otherwise every answer would be
+        waited for where none ever comes); else the advertised one."""
+        store = info.get("result_store")
+        advertised = result_url_from(self.broker_url, store, fallback="")
+        if self.given_result_url is None:
+            return advertised or self.fallback_result_url
+        if advertised and elsewhere(self.given_result_url, advertised):
+            raise results_elsewhere(name, advertised, store or "", self.given_as,
+                                    self.given_result_url)
+        return self.given_result_url
+
+
+def results_elsewhere(name: str, advertised: str, store: str, given_as: str,
+                      given: str) -> ConfigError:
+    port = urlsplit(advertised).port
+    fix = (f"pass port_out={port}" if given_as.startswith("port_out") and port
+           else f"pass result_url={redacted(advertised)!r}")
+    return ConfigError(
+        f"service {name!r} stores its results on {redacted(advertised)} (it advertises "
+        f"result_store {store!r}), but this client was told to read them from "
+        f"{redacted(given)} ({given_as}), where no answer would come; {fix}, or leave "
+        f"{given_as.partition('=')[0]} out so the client follows the service")
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,16 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from .. import scripts
 from ..clock import wall_time
-from ..connections import REDIS_ERRORS, connect, redacted
+from ..connections import REDIS_ERRORS, connect, explain, redacted
 from ..errors import ConfigError, ServiceUnavailable
 from ..keys import DecentralKeys
+
+T = TypeVar("T")
 
 __all__ = ["ControlServer", "ControlClient", "OWNER_TTL"]
 
@@ -166,28 +169,37 @@ class ControlClient:
         return None if raw is None else json.loads(raw)
 
     def send(self, command: str, **args: Any) -> dict[str, Any]:
-        """The central's reply; ``ServiceUnavailable`` when no central answers in time."""
+        """The central's reply; ``ServiceUnavailable`` when no central answers in time, or a
+        Redis it talks through is not reachable (that one named)."""
         where = f"{self.keys.name!r} on {redacted(self.status_url)}"
+        if not self._through("status", self.status_url, self.alive):
+            raise ServiceUnavailable(f"no decentralize central named {where}")
+        command_id = uuid.uuid4().hex
+        message = json.dumps({
+            "id": command_id, "command": command, "args": args,
+            "expires": wall_time() + self.timeout, "wait": max(0.5, self.timeout - 1.0),
+        })
+        self._through("control", self.control_url,
+                      lambda: self._control.rpush(self.keys.control, message))
+        reply = self._through("status", self.status_url,
+                              lambda: self._wait(self.keys.reply(command_id)))
+        if reply is None:
+            self._through("control", self.control_url,
+                          lambda: self._control.lrem(self.keys.control, 1, message))
+            raise ServiceUnavailable(
+                f"no decentralize central named {where} answered {command!r} within "
+                f"{self.timeout:g}s")
+        return json.loads(reply)
+
+    def _through(self, role: str, url: str, action: Callable[[], T]) -> T:
+        """``action`` on the ``role`` Redis at ``url``; a connection error names that one
+        (the control and status Redis differ with ``-port`` and ``-port_out``)."""
         try:
-            if not self.alive():
-                raise ServiceUnavailable(f"no decentralize central named {where}")
-            command_id = uuid.uuid4().hex
-            message = json.dumps({
-                "id": command_id, "command": command, "args": args,
-                "expires": wall_time() + self.timeout, "wait": max(0.5, self.timeout - 1.0),
-            })
-            self._control.rpush(self.keys.control, message)
-            reply = self._wait(self.keys.reply(command_id))
-            if reply is None:
-                self._control.lrem(self.keys.control, 1, message)
-                raise ServiceUnavailable(
-                    f"no decentralize central named {where} answered {command!r} within "
-                    f"{self.timeout:g}s")
+            return action()
         except REDIS_ERRORS as exc:
             raise ServiceUnavailable(
-                f"no decentralize central named {where}: control Redis not reachable ({exc})"
-            ) from exc
-        return json.loads(reply)
+                f"no decentralize central named {self.keys.name!r} can be reached: its {role} "
+                f"Redis {redacted(url)}: {explain(exc)}") from exc
 
     def _wait(self, key: str) -> bytes | None:
         deadline = time.monotonic() + self.timeout

@@ -87,6 +87,16 @@ def parse_service_flags(
     return base.replace(**seconds_from_flags(vars(parser.parse_args(list(argv)))))
 
 
+def names_results(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``argv`` (``-port_out``, ``-result_url``) or the environment (``WKR_PORT_OUT``,
+    ``WKR_RESULT_URL``) names the result Redis. A tool that only reads answers follows where
+    the service says it stores them otherwise: ``-port_out``'s default (8998) is no evidence."""
+    environ = os.environ if environ is None else environ
+    flags = {arg.partition("=")[0] for arg in argv}
+    return bool(flags & {"-port_out", "-result_url"}) or any(
+        environ.get(key) for key in ("WKR_PORT_OUT", "WKR_RESULT_URL"))
+
+
 def refuse_like_decentral_start(prog: str, argv: Sequence[str]) -> None:
     """Raise (or exit 2, as argparse does) where ``wkr-decentral-start argv`` would refuse.
 

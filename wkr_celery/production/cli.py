@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ..errors import ConfigError
-from .args import Option, fail, parse_service_flags, take_options, usage
+from .args import Option, fail, names_results, parse_service_flags, take_options, usage
 from .command import decentral_command, flag_value, serving_command
 from .health import check_http, check_service
 from .script import render_script
@@ -117,7 +117,9 @@ def serving_check_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return fail(prog, exc)
     timeout, probe, local = float(own["timeout"]), bool(own["probe"]), bool(own["local"])
-    report = _retry(lambda: check_service(settings, timeout=timeout, probe=probe, local=local),
+    given = names_results(rest)
+    report = _retry(lambda: check_service(settings, timeout=timeout, probe=probe, local=local,
+                                          results_given=given),
                     lambda r: r.healthy, float(own["wait"]))
     if not report.healthy:
         print(f"{prog}: {report.summary()}", file=sys.stderr)

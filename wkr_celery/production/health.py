@@ -14,16 +14,20 @@ import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import redis
 
 from ..broker import ServiceRegistry
 from ..codec import loads
 from ..config import Settings
-from ..connections import REDIS_ERRORS, redacted
-from ..errors import WKRError
+from ..connections import REDIS_ERRORS, explain, redacted
+from ..errors import ConfigError, WKRError
 from ..keys import ServiceKeys
+
+if TYPE_CHECKING:
+    from ..client import WKRClient
 
 __all__ = ["WorkerHealth", "HealthReport", "check_service", "celery_node", "check_http"]
 
@@ -74,11 +78,16 @@ def celery_node(service: str, worker_id: str, host: str) -> str | None:
 
 
 def check_service(
-    settings: Settings, *, timeout: float = 3.0, probe: bool = False, local: bool = False
+    settings: Settings, *, timeout: float = 3.0, probe: bool = False, local: bool = False,
+    results_given: bool = False,
 ) -> HealthReport:
     """Healthy when at least one worker has a heartbeat and answers (and the probe, if asked).
 
     ``local`` counts only this host's workers: a container's or a pod's own probe.
+    ``results_given``: the caller named the result Redis (``-port_out``; a ``result_url`` in
+    ``settings`` counts too), so the probe reads its answer there, and fails naming both when
+    the service stores results elsewhere; else it reads where the service says, as a
+    ``WKRClient`` given no result address does.
     """
     name, broker_url = settings.name, redacted(settings.broker)
     report = HealthReport(name, broker_url)
@@ -86,7 +95,9 @@ def check_service(
     try:
         beats = ServiceRegistry(client, ServiceKeys(name)).live_workers()
     except REDIS_ERRORS as exc:
-        return _with(report, problem=f"broker {broker_url} is not reachable: {exc}")
+        why = explain(exc) if isinstance(exc, redis.exceptions.InvalidResponse) else (
+            f"is not reachable: {exc}")
+        return _with(report, problem=f"broker {broker_url} {why}")
     finally:
         client.close()
     if not beats:
@@ -113,7 +124,7 @@ def check_service(
             f"{len(workers)} worker(s) have a heartbeat but none answered a ping within "
             f"{timeout:g}s: {', '.join(nodes)} (stuck, paused, or their consumer is down)"))
     if probe:
-        problem = _probe(settings, timeout)
+        problem = _probe(settings, timeout, results_given or bool(settings.result_url))
         if problem:
             return _with(report, problem=problem)
     return report
@@ -148,23 +159,36 @@ def _ping(settings: Settings, nodes: list[str], timeout: float) -> set[str]:
     return {node for reply in replies or [] for node in reply}
 
 
-def _probe(settings: Settings, timeout: float) -> str:
+def _probe(settings: Settings, timeout: float, results_given: bool) -> str:
     """Send one zero input of the advertised shape; an error text, or "" when answered."""
-    from ..client import WKRClient
-
     try:
-        with WKRClient(name=settings.name, broker_url=settings.broker,
-                       result_url=settings.backend, connect_timeout=timeout,
-                       sentinel_master=settings.sentinel_master) as client:
+        with _probe_client(settings, timeout, results_given) as client:
             shape = client.input_shape
             if shape is None or any(d is None for d in shape):
                 return (f"-probe needs a fixed input shape, and {settings.name!r} advertises "
                         f"{shape}; set input_shape on the worker class or drop -probe")
             client.encode(np.zeros(shape, dtype=client.input_dtype or np.float32),
                           timeout=timeout).result(timeout + 1)
+    except ConfigError as exc:  # the result Redis named is not the service's
+        return str(exc)
     except (WKRError, TimeoutError) as exc:
         return f"a probe request was not answered within {timeout:g}s: {exc!r}"
     return ""
+
+
+def _probe_client(settings: Settings, timeout: float, results_given: bool) -> WKRClient:
+    """A client named as the flags name the service: the embedded Redis by its ports (so a
+    wrong ``-port_out`` is said as ``port_out``), else by URL; results where the service
+    says, unless the flags named them."""
+    from ..client import WKRClient
+
+    common: dict[str, Any] = {"name": settings.name, "connect_timeout": timeout,
+                              "sentinel_master": settings.sentinel_master}
+    if not (settings.broker_url or settings.result_url or settings.redis_password):
+        return WKRClient(port=settings.port_in,
+                         port_out=settings.port_out if results_given else None, **common)
+    return WKRClient(broker_url=settings.broker,
+                     result_url=settings.backend if results_given else None, **common)
 
 
 def check_http(url: str, timeout: float = 3.0) -> str:

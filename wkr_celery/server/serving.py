@@ -26,7 +26,7 @@ from ..broker import RequestQueue, ResultStore, ServiceRegistry
 from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
-from ..connections import REDIS_ERRORS
+from ..connections import REDIS_ERRORS, kept_result_store
 from ..keys import ServiceKeys
 from ..messages import now_iso
 from ..version import __version__
@@ -221,9 +221,7 @@ class ServingLoop:
                 self.ready.set()
                 return
             self._serving = True
-        info = self._info = service_info(self.settings, self.worker)
-        self._retry(lambda: self.registry.write_info(info), "write service info",
-                    time.monotonic() + 60)
+        self._retry(self._write_info, "write service info", time.monotonic() + 60)
         self._beat()
         self._start_io()
         self.ready.set()
@@ -349,6 +347,15 @@ class ServingLoop:
             "statistics": self.worker.statistics.snapshot(), "version": __version__,
         })
         self.registry.heartbeat(self.worker_id, status, self.settings.visibility_timeout)
+
+    def _write_info(self) -> None:
+        """Write the service info; a ``result_store`` already registered for the same Redis
+        is kept as it is written (:func:`~wkr_celery.connections.kept_result_store`)."""
+        info = service_info(self.settings, self.worker)
+        info["result_store"] = kept_result_store(
+            self.settings.broker, self.registry.info().get("result_store"), info["result_store"])
+        self._info = info
+        self.registry.write_info(info)
 
     def _heartbeat_loop(self) -> None:
         interval = min(1.0, self.settings.visibility_timeout / 5)
