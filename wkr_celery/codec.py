@@ -53,6 +53,8 @@ def _encode_hook(obj: Any) -> Any:
 def _decodable(dtype: np.dtype[Any]) -> None:
     """``TypeError`` for a dtype :func:`loads` would refuse: what is written must be readable,
     or a result is stored that its caller can never read (float128 once was)."""
+    if dtype in _DECODABLE:  # every array a client or worker writes passes here
+        return
     if dtype.kind in "OV":
         what = "object" if dtype.kind == "O" else "structured"
         raise TypeError(
@@ -62,6 +64,11 @@ def _decodable(dtype: np.dtype[Any]) -> None:
         safe_dtype(dtype.str)
     except DecodeError as exc:
         raise TypeError(f"numpy values of dtype {dtype} cannot be sent: {exc}") from None
+    if len(_DECODABLE) < 256:  # a service writes a handful of dtypes (str and bytes sizes vary)
+        _DECODABLE.add(dtype)
+
+
+_DECODABLE: set[np.dtype[Any]] = set()
 
 
 def safe_dtype(spelling: Any) -> np.dtype[Any]:
