@@ -47,6 +47,18 @@ def nothing_listens(port: int) -> bool:
     return False
 
 
+def stop_gracefully(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (a graceful stop) unless it has exited; killed if it outlives 60 s. Its code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return int(proc.returncode)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
                what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test at ``timeout``."""

@@ -28,7 +28,7 @@ from wkr_celery.connections import with_local_password
 from wkr_celery.keys import ServiceKeys
 from workers.linear import make_weights
 
-from .helpers import ROOT, free_port, wait_until
+from .helpers import ROOT, free_port, stop_gracefully, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -291,16 +291,6 @@ def _hand_worker(service: Quickstart, tmp_path: Path, **env: str) -> subprocess.
                 WKR_BROKER_URL=service.broker_url, WKR_DEVICE_MAP="-1", **env))
 
 
-def _stop_hand_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def test_a_worker_started_by_hand_answers_through_the_services_result_redis(
         quickstart: Quickstart, tmp_path: Path) -> None:
     hand = _hand_worker(quickstart, tmp_path)
@@ -325,7 +315,7 @@ def test_a_worker_started_by_hand_answers_through_the_services_result_redis(
 
             wait_until(answered_one_more, 60, what="the hand-started worker to answer requests")
     finally:
-        _stop_hand_worker(hand)
+        stop_gracefully(hand)
     assert registry.info()["result_store"] == f"port:{quickstart.port_out}"
 
 
@@ -335,7 +325,7 @@ def test_a_worker_started_by_hand_with_another_result_redis_refuses_to_start(
     try:
         hand.wait(90)
     finally:
-        _stop_hand_worker(hand)
+        stop_gracefully(hand)
     said = (tmp_path / "hand.log").read_text(errors="replace")
     assert hand.returncode != 0, said
     assert f"stores its results on redis://127.0.0.1:{quickstart.port_out}/0" in said

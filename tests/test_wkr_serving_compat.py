@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -27,7 +26,7 @@ import wkr_celery.client
 from wkr_celery.errors import DeadlineExceeded, InputError
 
 from .decentral_support import Sink
-from .helpers import ROOT, free_port, wait_until
+from .helpers import ROOT, free_port, stop_gracefully, wait_until
 
 DOC = (ROOT / "docs" / "compat.md").read_text()
 EXAMPLES = ROOT / "examples" / "wkr_serving"
@@ -77,18 +76,6 @@ def _doc_command(program: str, values: dict[str, str]) -> tuple[list[str], dict[
     return words, _script_env(env)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    """SIGTERM (a graceful stop) unless it has exited; killed if it outlives 60 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return int(proc.returncode)
-
-
 @dataclass
 class SeedServer:
     port_in: int
@@ -117,7 +104,7 @@ def seed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer
             raise AssertionError(f"{exc}\n{output.read_text(errors='replace')}") from exc
         yield server
     finally:
-        code = _stop(proc)
+        code = stop_gracefully(proc)
     assert code == 0, output.read_text(errors="replace")
 
 
@@ -229,7 +216,7 @@ def test_the_guides_decentralize_example_posts_a_result_for_every_queued_job(
         assert "DONE job with input: [" in (tmp_path / "decentral.log").read_text()
     finally:
         sink.close()
-        _stop(central)
+        stop_gracefully(central)
 
 
 def _package_dirs(root: Path) -> set[str]:

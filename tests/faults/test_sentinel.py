@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import redis
 
-from tests.helpers import ROOT, free_port, wait_until
+from tests.helpers import ROOT, free_port, stop_gracefully, wait_until
 from wkr_celery import AsyncWKRClient, RequestLost, ServiceUnavailable, WKRClient, WKRError
 from wkr_celery.redis_embedded import redis_server_binary
 from workers.linear import make_weights
@@ -138,15 +138,6 @@ def _serve(group: Group, name: str, log_path: Path) -> subprocess.Popen[bytes]:
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def _stop(service: subprocess.Popen[bytes]) -> None:
-    service.send_signal(signal.SIGTERM)
-    try:
-        service.wait(60)
-    except subprocess.TimeoutExpired:
-        service.kill()
-        service.wait(10)
-
-
 def test_master_killed_under_load_fails_over_and_every_request_ends_answered_or_lost(
         group: Group, tmp_path: Path) -> None:
     name = f"s{uuid.uuid4().hex[:8]}"
@@ -217,7 +208,7 @@ def test_master_killed_under_load_fails_over_and_every_request_ends_answered_or_
         client.close()
     finally:
         stop.set()
-        _stop(service)
+        stop_gracefully(service)
 
 
 def test_the_asyncio_client_is_served_through_the_sentinels(group: Group, tmp_path: Path
@@ -233,5 +224,5 @@ def test_the_asyncio_client_is_served_through_the_sentinels(group: Group, tmp_pa
     try:
         ys = asyncio.run(asyncio.wait_for(main(), 120))
     finally:
-        _stop(service)
+        stop_gracefully(service)
     np.testing.assert_allclose(np.stack(ys), np.tanh(xs @ make_weights()), rtol=1e-4, atol=1e-5)
