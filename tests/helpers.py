@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,51 @@ def nothing_listens(port: int) -> bool:
     except OSError:
         return True
     return False
+
+
+class PortForward:
+    """Forwards connections on a new loopback port to ``127.0.0.1:target``: a port published
+    under another number, as a container's would be (``-p 18998:8998``)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                inbound, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            outbound = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            outbound.settimeout(None)
+            self._sockets += [inbound, outbound]
+            for source, sink in ((inbound, outbound), (outbound, inbound)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+    def __enter__(self) -> PortForward:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        sink.close()
 
 
 def stop_gracefully(proc: subprocess.Popen[bytes]) -> int:

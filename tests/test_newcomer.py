@@ -28,7 +28,7 @@ from wkr_celery.connections import with_local_password
 from wkr_celery.keys import ServiceKeys
 from workers.linear import make_weights
 
-from .helpers import ROOT, free_port, stop_gracefully, wait_until
+from .helpers import ROOT, PortForward, free_port, stop_gracefully, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -262,6 +262,19 @@ def test_a_port_out_that_is_not_where_the_service_stores_results_fails_at_once_n
     with pytest.raises(ConfigError, match=f"127.0.0.1:{quickstart.port_out}/0"):
         WKRClient(broker_url=quickstart.broker_url, result_url=quickstart.broker_url,
                   connect_timeout=30)
+
+
+def test_a_result_port_mapped_to_another_number_is_the_same_redis_and_serves(
+        quickstart: Quickstart) -> None:
+    """The address check asks the servers when two addresses differ on one host: a port
+    published under another number (here a forward in the test) reaches the same Redis."""
+    results = with_local_password(f"redis://127.0.0.1:{quickstart.port_out}/0")
+    with PortForward(quickstart.port_out) as mapped:
+        mapped_url = results.replace(f":{quickstart.port_out}/", f":{mapped.port}/")
+        with WKRClient(broker_url=quickstart.broker_url, result_url=mapped_url,
+                       connect_timeout=30) as client:
+            assert client.result_url == mapped_url
+            assert client.encode(np.zeros(512, np.float32)).result(timeout=30).shape == (128,)
 
 
 def test_a_client_that_names_no_port_out_reads_the_results_where_the_service_stores_them(

@@ -31,6 +31,7 @@ __all__ = [
     "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
     "result_url_from", "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
     "check_url", "with_local_password", "LocalPassword", "RedisRefused", "elsewhere",
+    "one_server",
     "kept_result_store",
 ]
 
@@ -326,6 +327,29 @@ def elsewhere(given: str, advertised: str) -> bool:
     if ours is None or theirs is None:
         return False
     return ours[0] == theirs[0] and ours[1:] != theirs[1:]
+
+
+def one_server(given: str, advertised: str) -> bool:
+    """Whether ``given``, an address :func:`elsewhere` finds apart from ``advertised``, still
+    reaches the same Redis server (the same ``run_id``): a port mapped to another number on the
+    same host. The given one must answer; an advertised one that does not answer here may be
+    the service's own view of a mapped port, so the given one is then trusted."""
+    ours = _run_id(given)
+    if ours is None:
+        return False
+    theirs = _run_id(advertised)
+    return theirs is None or theirs == ours
+
+
+def _run_id(url: str) -> str | None:
+    """The server's ``run_id``; ``None`` when it cannot be asked (down, refused, no password)."""
+    client = connect(url)
+    try:
+        return str(client.info("server")["run_id"])
+    except (*REDIS_ERRORS, redis.RedisError, KeyError):
+        return None
+    finally:
+        client.close()
 
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -140,7 +140,8 @@ class AsyncWKRClient(InputContract):
             if not self._ignore_all_checks:
                 info = await discovery.wait_until_serving(
                     broker, keys, self.broker_url, self._connect_timeout, self._check_version)
-            result_url = self._address.result_url(info, name)
+            # It may ask Redis (a mapped port?), with the blocking client: not on the loop.
+            result_url = await asyncio.to_thread(self._address.result_url, info, name)
             results = connect_async(result_url, blocking_timeout=LISTEN_SECONDS,
                                     sentinel_master=self._sentinel_master)
             opened.append(results)

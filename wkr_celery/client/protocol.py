@@ -23,7 +23,14 @@ import numpy as np
 from .. import envelope
 from ..broker import RequestQueue, publish_call
 from ..codec import loads
-from ..connections import RedisRefused, elsewhere, redacted, redis_url, result_url_from
+from ..connections import (
+    RedisRefused,
+    elsewhere,
+    one_server,
+    redacted,
+    redis_url,
+    result_url_from,
+)
 from ..errors import (
     ConfigError,
     DeadlineExceeded,
@@ -73,12 +80,16 @@ class Address:
     def result_url(self, info: Mapping[str, str], name: str = "") -> str:
         """The result Redis to read: the one given, unless the service plainly stores its
         results elsewhere (a ``ConfigError`` naming both: otherwise every answer would be
-        waited for where none ever comes); else the advertised one."""
+        waited for where none ever comes); else the advertised one.
+
+        Asks Redis (:func:`~wkr_celery.connections.one_server`) only when the two addresses
+        differ on one host, which a port mapped to another number also looks like."""
         store = info.get("result_store")
         advertised = result_url_from(self.broker_url, store, fallback="")
         if self.given_result_url is None:
             return advertised or self.fallback_result_url
-        if advertised and elsewhere(self.given_result_url, advertised):
+        if (advertised and elsewhere(self.given_result_url, advertised)
+                and not one_server(self.given_result_url, advertised)):
             raise results_elsewhere(name, advertised, store or "", self.given_as,
                                     self.given_result_url)
         return self.given_result_url
