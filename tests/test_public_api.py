@@ -44,7 +44,7 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
         ".client.client", ".client.discovery", ".client.doubt",
         ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".clock",
         ".codec", ".connections", ".envelope", ".errors", ".inputs", ".keys", ".messages",
-        ".processes", ".redis_passwords", ".scripts", ".version"))
+        ".processes", ".redis_passwords", ".result_store", ".scripts", ".version"))
 
 
 def test_seed_import_paths() -> None:

@@ -22,11 +22,12 @@ from kombu.exceptions import OperationalError
 from .broker import ServiceRegistry
 from .codec import SERIALIZER, register_serializer
 from .config import Settings
-from .connections import REDIS_ERRORS, elsewhere, result_url_from, without_credentials
+from .connections import REDIS_ERRORS, without_credentials
 from .errors import ConfigError
 from .keys import ServiceKeys
 from .logs import configure_stderr
 from .messages import TASK_NAME
+from .result_store import elsewhere, result_url_from
 
 __all__ = ["make_app", "get_app", "hand_worker_settings", "producer_backend", "SERVING_STEP"]
 

@@ -193,7 +193,7 @@ class Settings:
 
     @property
     def result_store(self) -> str:
-        """Where results live, as workers advertise it (``connections.result_url_from`` reads
+        """Where results live, as workers advertise it (``result_store.result_url_from`` reads
         it): ``""`` on the broker, ``port:N`` embedded beside it, ``url:U`` elsewhere."""
         if self.backend == self.broker:
             return ""

@@ -23,14 +23,7 @@ import numpy as np
 from .. import envelope
 from ..broker import RequestQueue, publish_call
 from ..codec import loads
-from ..connections import (
-    RedisRefused,
-    elsewhere,
-    one_server,
-    redacted,
-    redis_url,
-    result_url_from,
-)
+from ..connections import RedisRefused, redacted, redis_url
 from ..errors import (
     ConfigError,
     DeadlineExceeded,
@@ -42,6 +35,7 @@ from ..errors import (
 from ..inputs import DEFAULT_MAX_PAYLOAD, InputSpec
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
 from ..messages import deadline_after, error_of
+from ..result_store import elsewhere, one_server, result_url_from
 
 __all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "Sent", "read_reply",
            "overloaded", "publish_failed", "deadline_exceeded"]
@@ -82,7 +76,7 @@ class Address:
         results elsewhere (a ``ConfigError`` naming both: otherwise every answer would be
         waited for where none ever comes); else the advertised one.
 
-        Asks Redis (:func:`~wkr_celery.connections.one_server`) only when the two addresses
+        Asks Redis (:func:`~wkr_celery.result_store.one_server`) only when the two addresses
         differ on one host, which a port mapped to another number also looks like."""
         store = info.get("result_store")
         advertised = result_url_from(self.broker_url, store, fallback="")

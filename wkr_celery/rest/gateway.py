@@ -36,9 +36,10 @@ from ..client.protocol import Requests, publish_failed
 from ..clock import RedisClock, wall_time
 from ..codec import loads
 from ..config import Settings
-from ..connections import REDIS_ERRORS, connect, redacted, result_url_from
+from ..connections import REDIS_ERRORS, connect, redacted
 from ..errors import InputError, ServiceUnavailable, TaskFinished, TaskStarted, UnknownTask
 from ..keys import ServiceKeys, priority_step
+from ..result_store import result_url_from
 
 __all__ = ["Gateway", "TaskRegistry"]
 

@@ -26,9 +26,10 @@ from ..broker import RequestQueue, ResultStore, ServiceRegistry
 from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
-from ..connections import REDIS_ERRORS, kept_result_store
+from ..connections import REDIS_ERRORS
 from ..keys import ServiceKeys
 from ..messages import now_iso
+from ..result_store import kept_result_store
 from ..version import __version__
 from .acks import PendingAcks
 from .buffer import KeyedRequestBuffer, RequestBuffer
@@ -350,7 +351,7 @@ class ServingLoop:
 
     def _write_info(self) -> None:
         """Write the service info; a ``result_store`` already registered for the same Redis
-        is kept as it is written (:func:`~wkr_celery.connections.kept_result_store`)."""
+        is kept as it is written (:func:`~wkr_celery.result_store.kept_result_store`)."""
         info = service_info(self.settings, self.worker)
         info["result_store"] = kept_result_store(
             self.settings.broker, self.registry.info().get("result_store"), info["result_store"])
