@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .keys import ServiceKeys
 from .logs import configure_stderr
 from .messages import TASK_NAME
-from .result_store import elsewhere, result_url_from
+from .result_store import not_where_it_stores, result_url_from
 
 __all__ = ["make_app", "get_app", "hand_worker_settings", "producer_backend", "SERVING_STEP"]
 
@@ -118,7 +118,7 @@ def hand_worker_settings(settings: Settings, environ: Mapping[str, str]) -> Sett
     theirs = result_url_from(settings.broker, store, fallback=settings.backend)
     if not settings.result_url:
         return settings.replace(result_url=theirs)
-    if elsewhere(settings.backend, theirs):
+    if not_where_it_stores(settings.backend, theirs):
         there, here = without_credentials(theirs), without_credentials(settings.backend)
         raise ConfigError(
             f"service {settings.name!r} stores its results on {there}, and WKR_RESULT_URL "

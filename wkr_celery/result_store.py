@@ -11,7 +11,7 @@ import redis
 
 from .connections import REDIS_ERRORS, connect, without_credentials
 
-__all__ = ["result_url_from", "elsewhere", "one_server", "kept_result_store"]
+__all__ = ["result_url_from", "not_where_it_stores", "kept_result_store"]
 
 
 def result_url_from(broker_url: str, result_store: str | None, fallback: str) -> str:
@@ -40,6 +40,13 @@ def result_url_from(broker_url: str, result_store: str | None, fallback: str) ->
             return urlunsplit(parts._replace(netloc=f"{credentials}@{parts.netloc}"))
         return value
     return fallback
+
+
+def not_where_it_stores(given: str, advertised: str) -> bool:
+    """Whether a result address someone gave is surely not the service's result Redis: another
+    port or database on the same host (:func:`elsewhere`) that is not the same server behind
+    a mapped port either (:func:`one_server`, which asks Redis, so only when the first holds)."""
+    return elsewhere(given, advertised) and not one_server(given, advertised)
 
 
 def elsewhere(given: str, advertised: str) -> bool:

@@ -35,7 +35,7 @@ from ..errors import (
 from ..inputs import DEFAULT_MAX_PAYLOAD, InputSpec
 from ..keys import PRIORITY_STEPS, ServiceKeys, priority_step
 from ..messages import deadline_after, error_of
-from ..result_store import elsewhere, one_server, result_url_from
+from ..result_store import not_where_it_stores, result_url_from
 
 __all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "Sent", "read_reply",
            "overloaded", "publish_failed", "deadline_exceeded"]
@@ -76,14 +76,13 @@ class Address:
         results elsewhere (a ``ConfigError`` naming both: otherwise every answer would be
         waited for where none ever comes); else the advertised one.
 
-        Asks Redis (:func:`~wkr_celery.result_store.one_server`) only when the two addresses
+        Asks Redis (:func:`~wkr_celery.result_store.not_where_it_stores`) only when the two addresses
         differ on one host, which a port mapped to another number also looks like."""
         store = info.get("result_store")
         advertised = result_url_from(self.broker_url, store, fallback="")
         if self.given_result_url is None:
             return advertised or self.fallback_result_url
-        if (advertised and elsewhere(self.given_result_url, advertised)
-                and not one_server(self.given_result_url, advertised)):
+        if advertised and not_where_it_stores(self.given_result_url, advertised):
             raise results_elsewhere(name, advertised, store or "", self.given_as,
                                     self.given_result_url)
         return self.given_result_url
