@@ -58,12 +58,13 @@ class PtyProcess:
         self._reader.start()
 
     def _read(self) -> None:
+        master = self._master  # closing sets the attribute to -1; this thread keeps its fd
         while not self._hung_up.is_set():
             try:
-                if not select.select([self._master], [], [], 0.1)[0]:
+                if not select.select([master], [], [], 0.1)[0]:
                     continue
-                chunk = os.read(self._master, 65536)
-            except OSError:  # EIO once every process holding the terminal has exited
+                chunk = os.read(master, 65536)
+            except (OSError, ValueError):  # EIO once every process holding it has exited
                 return
             if not chunk:
                 return
@@ -87,6 +88,10 @@ class PtyProcess:
         self._close_terminal()
 
     def _close_terminal(self) -> None:
+        self._reader.join(5)  # it ends by itself once no process holds the terminal
+        # A background process (`run_script.sh start`) may hold it for good: the reader is
+        # told to stop before its fd is closed under it.
+        self._hung_up.set()
         self._reader.join(5)
         if self._master >= 0:
             try:

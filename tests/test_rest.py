@@ -13,8 +13,10 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from wkr_celery import codec
+from wkr_celery.broker.registry import ServiceRegistry
 from wkr_celery.celery_app import make_app
 from wkr_celery.config import Settings
+from wkr_celery.keys import ServiceKeys
 from workers.linear import make_weights
 
 from .helpers import wait_until
@@ -233,6 +235,23 @@ def test_no_worker_answers_503_with_retry_after(stack: Stack) -> None:
         assert response.headers["Retry-After"] == "1"
         error = error_of(response)
         assert error["type"] == "ServiceUnavailable" and "no worker" in error["message"]
+
+
+def test_a_worker_just_come_up_is_not_refused_on_a_stale_look(
+        stack: Stack, redis_client: redis.Redis) -> None:
+    """Live workers are cached for half a second between requests, so `/status/server` can
+    remember "none" just before the first heartbeat: a request right after it is checked
+    afresh before it is refused (in CI, `/encode` once got 503 from an elastic service whose
+    floor worker had just started)."""
+    keys = ServiceKeys(stack.ghost.name)
+    assert stack.ghost.http.get("/status/server").json()["workers"] == []  # "none", cached
+    ServiceRegistry(redis_client, keys).heartbeat("just-up", codec.dumps({"pid": 1}), ttl=30)
+    try:
+        response = stack.ghost.http.post("/tasks", json={"data": 1})
+        assert response.status_code == 202, response.text
+    finally:
+        redis_client.delete(keys.heartbeat("just-up"), *keys.queues)
+        redis_client.srem(keys.workers, "just-up")
 
 
 def test_unexpected_failure_answers_500_without_the_api_traceback(

@@ -122,7 +122,9 @@ class Gateway:
         return live
 
     def require_worker(self) -> None:
-        if not self.live_workers():
+        """Refuse a request only on a fresh look: the half-second cache may predate the
+        first heartbeat of a worker that has just come up."""
+        if not self.live_workers() and not self.live_workers(fresh=True):
             raise ServiceUnavailable(
                 f"no worker of service {self.settings.name!r} is alive; start one with "
                 f"`wkr-serving-start module.Worker -name {self.settings.name}`")
