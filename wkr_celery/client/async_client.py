@@ -36,7 +36,6 @@ from ..keys import ServiceKeys, priority_step, reply_key
 from . import async_discovery as discovery
 from .async_replies import AsyncReplies, Waiting
 from .async_restarts import AsyncRedisWatch
-from .doubt import grace_from
 from .protocol import (
     FIRST_RETRY,
     Address,
@@ -103,13 +102,15 @@ class AsyncWKRClient(InputContract):
         self._wake: asyncio.Event | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
-        self._clock = RedisClock()  # deadlines are on the broker's clock; read by _sync_clock
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one its I/O tasks run on
+        self._clock = RedisClock()  # deadlines are on the broker's clock; read by sync_clock
 
     # Connecting ---------------------------------------------------------------------------
 
     async def connect(self) -> AsyncWKRClient:
         """Find and check the service, start the I/O tasks; at most once, however many ask."""
         if self._requests is not None:
+            self._check_loop()
             return self
         if self._closed:
             raise WKRError("client is closed")
@@ -134,7 +135,7 @@ class AsyncWKRClient(InputContract):
                 name = await discovery.find_service(broker, self.broker_url,
                                                     self._connect_timeout)
             keys = ServiceKeys(name)
-            await self._sync_clock(broker)
+            await discovery.sync_clock(self._clock, broker)
             info = await discovery.read_info(broker, keys, self.broker_url,
                                              self._ignore_all_checks)
             if not self._ignore_all_checks:
@@ -164,35 +165,25 @@ class AsyncWKRClient(InputContract):
         self._replies = AsyncReplies(results, self._reply_key, watches, grace=self._grace,
                                      grace0=await self._grace(),
                                      outage_limit=self._connect_timeout)
+        self._loop = asyncio.get_running_loop()
         self._replies.start()
         self._wake = asyncio.Event()
         self._publisher = asyncio.ensure_future(self._publish_loop())
         self._requests = Requests(keys, info, reply_to=self.client_id, timeout=self.timeout,
                                   priority=self.priority, clock=self._clock.now)
 
-    async def _sync_clock(self, broker: redis.asyncio.Redis) -> None:
-        """Read the broker's ``TIME`` when the last reading is due for renewal; an unreachable
-        broker keeps the last reading (see :class:`~wkr_celery.clock.RedisClock`)."""
-        if not self._clock.due:
-            return
-        before = time.monotonic()
-        try:
-            reply = await broker.time()
-        except REDIS_ERRORS as exc:
-            log.debug("could not read the Redis clock: %s", exc)
-            return
-        self._clock.record(reply, before, time.monotonic())
+    def _check_loop(self) -> None:
+        """Its I/O tasks run on the loop it connected on: from another (a second
+        ``asyncio.run``) nobody would publish or read, and every await would wait for ever."""
+        if asyncio.get_running_loop() is not self._loop:
+            raise WKRError("this AsyncWKRClient was connected on another event loop, which runs "
+                           "its I/O; make one client per event loop (each asyncio.run is a new one)")
 
     async def _grace(self) -> float:
-        """How long requests in doubt may go unanswered (:func:`~.doubt.grace_from`), from the
-        workers' heartbeats; the visibility timeout alone while they cannot be read."""
+        """How long requests in doubt may go unanswered (:func:`~.async_discovery.answer_grace`)."""
         assert self._broker is not None and self.name is not None
         visibility = float(self.server_config.get("visibility_timeout") or 10.0)
-        try:
-            beats = await discovery.live_workers(self._broker, ServiceKeys(self.name))
-        except REDIS_ERRORS:
-            beats = {}
-        return grace_from(beats.values(), visibility)
+        return await discovery.answer_grace(self._broker, ServiceKeys(self.name), visibility)
 
     # Sending ------------------------------------------------------------------------------
 
@@ -291,7 +282,7 @@ class AsyncWKRClient(InputContract):
         assert self._requests is not None and self._replies is not None
         assert self._broker is not None
         requests, replies = self._requests, self._replies
-        await self._sync_clock(self._broker)
+        await discovery.sync_clock(self._clock, self._broker)
         keys, args = requests.publish_call([w.request for w in items])
         give_up = time.monotonic() + self._connect_timeout
         delay = FIRST_RETRY
@@ -370,6 +361,11 @@ class AsyncWKRClient(InputContract):
         """Stop the I/O tasks; requests still pending fail with ``WKRError``."""
         if self._closed:
             return
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            self._closed = True  # its tasks and connections went with a closed loop; a
+            if self._loop.is_closed():  # running one's are closed only from it
+                return
+            self._check_loop()
         self._closed = True
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()

@@ -9,6 +9,7 @@ Redis comes from the broker layer's plans (:mod:`wkr_celery.broker.plan`), the r
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import redis.asyncio
@@ -21,6 +22,7 @@ from ..broker import (
     ping_plan,
     run_async,
 )
+from ..clock import RedisClock
 from ..connections import REDIS_ERRORS
 from ..errors import ServiceUnavailable
 from ..keys import ServiceKeys
@@ -33,9 +35,10 @@ from .discovery import (
     pick_service,
     unreachable,
 )
+from .doubt import grace_from
 
 __all__ = ["find_service", "read_info", "wait_until_serving", "check_reachable", "info_of",
-           "live_workers"]
+           "live_workers", "answer_grace", "sync_clock"]
 
 
 async def find_service(client: redis.asyncio.Redis, broker_url: str, timeout: float) -> str:
@@ -105,3 +108,29 @@ async def info_of(client: redis.asyncio.Redis, keys: ServiceKeys) -> dict[str, s
 async def live_workers(client: redis.asyncio.Redis, keys: ServiceKeys) -> dict[str, bytes]:
     """Heartbeat payloads of workers alive now, by worker id (as the sync registry reads them)."""
     return await run_async(client, live_workers_plan(keys))
+
+
+async def answer_grace(client: redis.asyncio.Redis, keys: ServiceKeys, visibility: float
+                       ) -> float:
+    """How long requests in doubt may go unanswered (:func:`~.doubt.grace_from`), from the
+    workers' heartbeats; ``visibility`` (the visibility timeout) alone while they cannot be
+    read."""
+    try:
+        beats = await live_workers(client, keys)
+    except REDIS_ERRORS:
+        beats = {}
+    return grace_from(beats.values(), visibility)
+
+
+async def sync_clock(clock: RedisClock, broker: redis.asyncio.Redis) -> None:
+    """Read the broker's ``TIME`` into ``clock`` when the last reading is due for renewal; an
+    unreachable broker keeps the last reading (see :class:`~wkr_celery.clock.RedisClock`)."""
+    if not clock.due:
+        return
+    before = time.monotonic()
+    try:
+        reply = await broker.time()
+    except REDIS_ERRORS as exc:
+        logging.getLogger("wkr_celery.client").debug("could not read the Redis clock: %s", exc)
+        return
+    clock.record(reply, before, time.monotonic())
