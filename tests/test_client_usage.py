@@ -4,14 +4,19 @@ with a clear error at once, never a silent hang (real services, real Redis)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
 import time
+import warnings
 from typing import Any
 
 import pytest
+import redis
 
-from wkr_celery import AsyncWKRClient, WKRError
+from wkr_celery import AsyncWKRClient, WKRClient, WKRError
+from wkr_celery.keys import reply_key
 
-from .helpers import Service
+from .helpers import Service, wait_until
 
 
 def _async_client(service: Service, **kwargs: Any) -> AsyncWKRClient:
@@ -24,9 +29,13 @@ def test_an_async_client_used_on_another_event_loop_says_so_at_once(make_service
     """A module-level client and two ``asyncio.run`` calls: the I/O tasks died with the first
     loop, so the second loop's ``encode`` waited forever (or until the caller's own timeout)
     for a publisher that no longer runs."""
-    service = make_service("tests.workers_for_tests.PoisonWorker")
-    client = _async_client(service)
+    _use_on_two_loops(_async_client(make_service("tests.workers_for_tests.PoisonWorker")))
+    with warnings.catch_warnings():  # its sockets went with the first loop, unclosable now:
+        warnings.simplefilter("ignore", ResourceWarning)  # the cost of the mistake, not a
+        gc.collect()  # failure of the next test that collects garbage
 
+
+def _use_on_two_loops(client: AsyncWKRClient) -> None:
     async def encode(x: Any) -> Any:
         return await asyncio.wait_for(client.encode(x), 20)
 
@@ -40,4 +49,41 @@ def test_an_async_client_used_on_another_event_loop_says_so_at_once(make_service
         return [y async for y in client.encode_many([1, 2])]
     with pytest.raises(WKRError, match="another event loop"):
         asyncio.run(asyncio.wait_for(many(), 20))
-    asyncio.run(asyncio.wait_for(client.close(), 20))
+    asyncio.run(asyncio.wait_for(client.close(), 20))  # closed: its loop is gone
+
+
+def test_a_client_nobody_references_any_more_stops_its_threads_and_closes(
+        make_service) -> None:
+    """A client made per call and never closed (``WKRClient(...).encode(x).result()`` in a
+    request handler) kept its five threads and its connections for ever: they referenced the
+    client, so it was never collected, and each call leaked them. Like an unreferenced
+    ``ThreadPoolExecutor``, it now stops them once collected, and not before: a future still
+    held keeps its client."""
+    service = make_service("tests.workers_for_tests.PoisonWorker")
+
+    def make() -> WKRClient:
+        return WKRClient(name=service.name, broker_url=service.broker_url,
+                         result_url=service.result_url, connect_timeout=30)
+
+    assert make().encode(3).result(timeout=30) == 6  # only its future holds the client
+    gc.collect()
+    before = set(threading.enumerate())
+    client = make()
+    future = client.encode(4)
+    threads = [t for t in threading.enumerate() if t not in before]
+    assert threads and all(t.name.startswith("wkr-client") for t in threads)
+    key = reply_key(client.client_id)
+    del client
+    gc.collect()
+    assert future.result(timeout=30) == 8
+    assert all(t.is_alive() for t in threads)  # its future kept it
+
+    del future
+    gc.collect()
+    wait_until(lambda: not any(t.is_alive() for t in threads), 20,
+               what="the threads of a client nobody references to stop")
+    results = redis.Redis.from_url(service.result_url)
+    try:
+        assert not results.exists(key)
+    finally:
+        results.close()

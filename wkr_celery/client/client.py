@@ -6,6 +6,10 @@ cap, and a listener (:mod:`.replies`) pops this client's reply list in bulk and 
 by task id. A lone request is published from the caller's own thread instead. A watch thread
 per Redis (:mod:`.restarts`) notices outages and empty restarts, so the broker being down never
 stops answers from the result Redis.
+
+None of these threads references the client itself, so a client nobody references any more
+(and no future of it is still held or pending) is collected like any object, and a finalizer
+stops its threads and closes its connections, as :meth:`WKRClient.close` does.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import redis
@@ -57,10 +63,12 @@ class TaskFuture(Future[Any]):
     names its request, so ``AsyncResult(future.task_id)`` finds the result too until it
     expires."""
 
-    def __init__(self, task_id: str, *, replies: Replies | None = None) -> None:
+    def __init__(self, task_id: str, *, replies: Replies | None = None,
+                 client: WKRClient | None = None) -> None:
         super().__init__()
         self.task_id = task_id
         self._replies = replies
+        self._client = client  # a client is not collected (and stopped) while its futures live
 
     def result(self, timeout: float | None = None) -> Any:
         return super().result(self._read_own_answer(timeout))
@@ -139,15 +147,22 @@ class WKRClient(InputContract):
                                   clock=self._clock.now)
         if spec is not None:
             self._requests.spec = spec
+        visibility = float(self.server_config.get("visibility_timeout") or 10.0)
         self._replies = Replies(self._result_redis, self._reply_key, self._watches(),
-                                grace=self._answer_grace, outage_limit=self._connect_timeout)
+                                grace=partial(answer_grace, self._registry, visibility),
+                                outage_limit=self._connect_timeout)
         self._outbox: list[Outgoing] = []
         self._outbox_cond = threading.Condition()
         self._publishing = False
-        self._publisher = threading.Thread(target=self._publish_loop, daemon=True,
+        self._publisher = threading.Thread(target=_publish_loop, daemon=True,
+                                           args=(weakref.ref(self), self._outbox_cond),
                                            name="wkr-client-publish")
         self._publisher.start()
         self._replies.start()
+        self._stop = weakref.finalize(self, _stop, self._forks, self._outbox_cond,
+                                      self._publisher, self._connect_timeout + 5, self._replies,
+                                      (self._broker_redis, self._result_redis))
+        self._stop.atexit = False  # at exit the daemon threads just end, as they always did
 
     def _forked(self) -> bool:
         """Whether this process is a child forked after the client last started its part."""
@@ -192,10 +207,6 @@ class WKRClient(InputContract):
         return [(url, RedisWatch(role, url, connections[url]))
                 for role, url in watched(self.broker_url, self.result_url)]
 
-    def _answer_grace(self) -> float:
-        visibility = float(self.server_config.get("visibility_timeout") or 10.0)
-        return answer_grace(self._registry, visibility)
-
     # Sending ------------------------------------------------------------------------------
 
     def encode(
@@ -213,7 +224,7 @@ class WKRClient(InputContract):
             raise WKRError("client is closed")
         self._in_this_process()
         item = self._requests.make(x, timeout=timeout, priority=priority)
-        future = TaskFuture(item.task_id, replies=self._replies)
+        future = TaskFuture(item.task_id, replies=self._replies, client=self)
         self._replies.expect(item.task_id, future, item.expiry)
         idle = len(self._replies.pending) == 1  # nothing else in flight: no batch to gather
         with self._outbox_cond:
@@ -252,19 +263,6 @@ class WKRClient(InputContract):
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
-
-    def _publish_loop(self) -> None:
-        while True:
-            with self._outbox_cond:
-                while not self._closed and (not self._outbox or self._publishing):
-                    self._outbox_cond.wait()
-                if not self._outbox:
-                    return
-                items, self._outbox = self._outbox, []
-                self._publishing = True
-            self._publish(items)
-            with self._outbox_cond:
-                self._publishing = False
 
     def _publish(self, items: list[Outgoing], inline: bool = False) -> None:
         """Send ``items`` in one round trip; retried (by the publisher thread) while the broker
@@ -335,11 +333,7 @@ class WKRClient(InputContract):
             return
         with self._outbox_cond:
             self._closed = True
-            self._outbox_cond.notify_all()
-        self._publisher.join(self._connect_timeout + 5)
-        self._replies.close()
-        self._broker_redis.close()
-        self._result_redis.close()
+        self._stop()
 
     def __enter__(self) -> WKRClient:
         return self
@@ -347,3 +341,44 @@ class WKRClient(InputContract):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def _publish_loop(client_ref: weakref.ref[WKRClient], cond: threading.Condition) -> None:
+    """The publisher thread. It holds its client only while it has requests to send, so that
+    a client nobody references any more is collected; its finalizer (:func:`_stop`) then
+    wakes this thread to end."""
+    while True:
+        with cond:
+            while True:
+                client = client_ref()
+                if client is None:
+                    return
+                if client._closed or (client._outbox and not client._publishing):
+                    break
+                del client  # not held while waiting
+                cond.wait()
+            if not client._outbox:
+                return
+            items, client._outbox = client._outbox, []
+            client._publishing = True
+        client._publish(items)
+        with cond:
+            client._publishing = False
+        del client
+
+
+def _stop(forks_at_start: int, cond: threading.Condition, publisher: threading.Thread,
+          join_timeout: float, replies: Replies, connections: Sequence[redis.Redis]) -> None:
+    """Stop one process's part of a client: on :meth:`WKRClient.close`, or once the client is
+    collected. A part copied into a forked child is its parent's (the reply list above all),
+    left alone there. It may run on one of the client's own threads (the one that dropped the
+    last reference), which is not waited for."""
+    if forks() != forks_at_start:
+        return
+    with cond:
+        cond.notify_all()
+    if publisher is not threading.current_thread():
+        publisher.join(join_timeout)
+    replies.close()
+    for connection in connections:
+        connection.close()

@@ -135,8 +135,8 @@ class Replies:
             self._redis.rpush(self._key, _CLOSE_TOKEN)
         except REDIS_ERRORS:
             pass
-        for thread in self._threads:
-            if thread.is_alive():
+        for thread in self._threads:  # a finalizer may run this on one of them (client.py)
+            if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(LISTEN_SECONDS + 11)
         for task_id in list(self.pending):
             future = self.pending.pop(task_id, None)
