@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from .argparsing import Parser
 from .connections import (
     check_url,
     connect,
@@ -293,7 +294,7 @@ def build_parser(
     names): the others are still accepted, so the one command line works with either script.
     """
     defaults = defaults or Settings()
-    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    parser = Parser(prog=prog, description=description, allow_abbrev=False)
     if worker_class_help is None:
         parser.add_argument("worker_class", help="module.Class of your WKRHardWorker subclass")
     else:

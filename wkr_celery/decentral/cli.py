@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..argparsing import Parser
 from ..errors import ServiceUnavailable, WKRError
 from .central import WKRDecentralizeCentral
 from .config import DecentralSettings, add_connection_flags, parse_remote_servers
@@ -41,7 +42,7 @@ def start_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    parser = Parser(prog=prog, description=description, allow_abbrev=False)
     add_connection_flags(parser)
     parser.add_argument("-timeout", type=float, default=30.0,
                         help="seconds to wait for the central's answer (default: 30)")

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..argparsing import Parser
 from ..connections import check_url, redis_url
 from ..errors import ConfigError
 
@@ -191,7 +192,7 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_start_parser() -> argparse.ArgumentParser:
     defaults = DecentralSettings()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="wkr-decentral-start", allow_abbrev=False,
         description="Run groups of WKRWorker processing units against wkr-celery services.")
     parser.add_argument("worker_class", help="module.Class of your WKRWorker subclass")
