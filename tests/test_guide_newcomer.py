@@ -9,12 +9,16 @@ Everything runs on 127.0.0.1, on free ports, with the embedded Redis.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT
-from .scripts import script, user_env
+from wkr_celery import WKRClient
+from wkr_celery.errors import ServiceUnavailable
+
+from .helpers import ROOT, free_port, stop_gracefully
+from .scripts import BIN, script, user_env
 
 
 def _run(argv: list[str], cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -35,3 +39,55 @@ def test_a_mistyped_flag_is_one_line_naming_the_flag_meant(
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert f"did you mean {meant}?" in lines[0] and f"{command[0]} -h" in lines[0], lines[0]
+
+
+class SeedService:
+    """The guide's server (``examples/server.py``) as the production section names it: typed
+    in ``examples/`` as ``wkr-serving-start server.Worker -name … -port_in … -port_out …``."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.name = "YOUR_PRODUCTION_SERVICE_NAME"
+        self.port_in, self.port_out = free_port(), free_port()
+        self.log_path = tmp_path / "service.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [script("wkr-serving-start"), "server.Worker", "-name", self.name,
+                 "-port_in", str(self.port_in), "-port_out", str(self.port_out),
+                 "-num_worker", "2", "-batch_size", "1", "-device_map", "-1"],
+                cwd=ROOT / "examples", env=user_env(), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        WKRClient(port=self.port_in, port_out=self.port_out, connect_timeout=60).close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def seed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedService]:
+    service = SeedService(tmp_path_factory.mktemp("seed"))
+    yield service
+    assert stop_gracefully(service.proc) == 0, service.log()
+
+
+def test_the_guides_client_at_0_0_0_0_gets_its_answer(seed_service: SeedService,
+                                                      tmp_path: Path) -> None:
+    """The guide's client as written: ``ip='0.0.0.0'`` reaches the embedded Redis on this
+    machine, whose password it finds as for 127.0.0.1."""
+    client = tmp_path / "client.py"
+    client.write_text(
+        "import numpy as np\n"
+        "from wkr_celery.client import WKRClient\n\n"
+        'if __name__ == "__main__":\n'
+        f"    client = WKRClient(ip='0.0.0.0', port={seed_service.port_in}, "
+        f"port_out={seed_service.port_out}, check_version=False)\n"
+        "    input = np.zeros((5,5))\n"
+        "    output = client.encode(input)\n"
+        "    print(output.result(timeout=30).shape)\n")
+    done = _run([str(BIN / "python"), str(client)], cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "(5, 3)", done.stdout + done.stderr
+
+
+def test_a_refused_password_says_to_put_it_in_the_url(seed_service: SeedService) -> None:
+    url = f"redis://:wrong@127.0.0.1:{seed_service.port_in}/0"
+    with pytest.raises(ServiceUnavailable, match=r"put the password in the URL: redis://:PASS"):
+        WKRClient(broker_url=url, connect_timeout=0.5)

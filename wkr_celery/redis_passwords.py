@@ -31,8 +31,9 @@ __all__ = ["LOOPBACK_HOSTS", "PASSWORD_FILE", "index_dir", "lookup", "remember",
 
 log = logging.getLogger("wkr_celery.redis")
 
-#: Host names that mean this machine, the only place an embedded Redis listens.
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Host names that mean this machine, the only place an embedded Redis listens. 0.0.0.0 is the
+#: seed guide's client address (``WKRClient(ip='0.0.0.0', …)``): Linux connects it to loopback.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 
 #: The file in a ``-data_dir`` that keeps its Redis password across restarts.
 PASSWORD_FILE = "wkr-redis.password"

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from .connections import REDIS_ERRORS, connect, without_credentials
+from .redis_passwords import LOOPBACK_HOSTS
 
 __all__ = ["result_url_from", "not_where_it_stores", "kept_result_store"]
 
@@ -82,9 +83,6 @@ def _run_id(url: str) -> str | None:
         client.close()
 
 
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
 def _where(url: str) -> tuple[str, int, str] | None:
     """(host, port, database) of a ``redis://`` or ``rediss://`` URL; ``None`` for any other."""
     parts = urlsplit(url)
@@ -94,7 +92,7 @@ def _where(url: str) -> tuple[str, int, str] | None:
         port = parts.port or 6379
     except ValueError:
         return None
-    host = "127.0.0.1" if parts.hostname in _LOOPBACK else parts.hostname.lower()
+    host = "127.0.0.1" if parts.hostname in LOOPBACK_HOSTS else parts.hostname.lower()
     return host, port, parts.path.strip("/") or "0"
 
 

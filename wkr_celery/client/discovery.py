@@ -111,7 +111,7 @@ def pick_service(liveness: Mapping[str, bool], broker_url: str, *, last_try: boo
 
 def broker_unreachable(broker_url: str, timeout: float, exc: BaseException) -> ServiceUnavailable:
     return ServiceUnavailable(
-        f"broker {redacted(broker_url)} is not reachable after {timeout:.0f}s: {exc}")
+        f"broker {redacted(broker_url)}: {explain(exc)} (tried for {timeout:.0f}s)")
 
 
 def no_service(broker_url: str, timeout: float) -> ServiceUnavailable:
