@@ -8,6 +8,8 @@ Everything runs on 127.0.0.1, on free ports, with the embedded Redis.
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from wkr_celery import WKRClient
 from wkr_celery.errors import ServiceUnavailable
 
-from .helpers import ROOT, free_port, stop_gracefully
+from .helpers import ROOT, free_port, nothing_listens, stop_gracefully
 from .scripts import BIN, script, user_env
 
 
@@ -91,3 +93,25 @@ def test_a_refused_password_says_to_put_it_in_the_url(seed_service: SeedService)
     url = f"redis://:wrong@127.0.0.1:{seed_service.port_in}/0"
     with pytest.raises(ServiceUnavailable, match=r"put the password in the URL: redis://:PASS"):
         WKRClient(broker_url=url, connect_timeout=0.5)
+
+
+@pytest.mark.parametrize("flag", ["-http_port", "-flower_port"])
+def test_an_http_port_in_use_is_refused_in_one_line_before_anything_starts(flag: str) -> None:
+    """The guide's ``-http_port 8900`` with something already on 8900: said at once, naming the
+    holder, instead of a service whose REST API fails to bind and is restarted forever."""
+    port_in = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        done = _run([script("wkr-serving-start"), "server.Worker", "-port_in", str(port_in),
+                     "-port_out", str(free_port()), flag, str(taken)], cwd=ROOT / "examples")
+        http = _run([script("wkr-serving-http"), "-port_in", str(port_in), "-http_port",
+                     str(taken)])
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert f"{flag} {taken}: port {taken} on 127.0.0.1 is taken by pid {os.getpid()}" in lines[0]
+    assert f"choose another {flag}" in lines[0]
+    assert nothing_listens(port_in)  # refused before its Redis started
+    if flag == "-http_port":
+        assert http.returncode == 1 and "is taken by" in http.stderr.strip(), http.stderr

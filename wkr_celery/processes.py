@@ -166,7 +166,7 @@ def port_holder(port: int) -> str:
             if any(os.readlink(f"/proc/{entry}/fd/{fd}") in inodes for fd in fds):
                 with open(f"/proc/{entry}/cmdline", "rb") as handle:
                     command = handle.read().replace(b"\0", b" ").decode(errors="replace")
-                return f"pid {entry} ({command.strip()[:120]})"
+                return f"pid {entry} ({' '.join(command.split())[:120]})"
         except OSError:
             continue
     return "a process this user cannot see" if inodes else "no listening process found"

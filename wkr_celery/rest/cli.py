@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from ..config import Settings
 from ..errors import WKRError
+from .extras import refuse_taken_ports
 
 __all__ = ["main", "settings_from_argv", "API_FLAGS"]
 
@@ -50,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not settings.http_port:
         print("wkr-serving-http: error: give -http_port (the port to serve on)", file=sys.stderr)
         return 2
+    try:
+        refuse_taken_ports(settings)
+    except WKRError as exc:
+        print(f"wkr-serving-http: error: {exc}", file=sys.stderr)
+        return 1
     _warn_without_workers(settings)
     if settings.http_workers > 1:
         from .pool import run_pool

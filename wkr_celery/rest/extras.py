@@ -4,8 +4,10 @@ processes) and Flower (``-flower_port``), each a child of ``wkr-serving-start`` 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,12 +15,14 @@ from typing import TYPE_CHECKING
 
 from ..child_env import build_child_env
 from ..config import Settings
-from ..processes import die_with_parent
+from ..errors import ServiceUnavailable
+from ..processes import die_with_parent, port_holder
 
 if TYPE_CHECKING:
     from ..server.children import SideProcess
 
-__all__ = ["rest_command", "rest_processes", "flower_command", "child_env", "start"]
+__all__ = ["rest_command", "rest_processes", "flower_command", "child_env", "start",
+           "refuse_taken_ports"]
 
 
 def rest_command(settings: Settings) -> list[str]:
@@ -66,3 +70,41 @@ def start(command: list[str], settings: Settings, *, piped: bool,
         stdout=subprocess.PIPE if piped else None, stderr=subprocess.STDOUT if piped else None,
         start_new_session=True, preexec_fn=preexec_fn,
     )
+
+
+def refuse_taken_ports(settings: Settings) -> None:
+    """Refuse (:class:`ServiceUnavailable`) an ``-http_port`` or ``-flower_port`` this process
+    cannot listen on, naming what holds it, before anything starts: else the REST API or Flower
+    fails to bind, and is restarted for as long as the service runs without it."""
+    for flag, host, port in (("-http_port", settings.http_host, settings.http_port),
+                             ("-flower_port", "127.0.0.1", settings.flower_port)):
+        problem = _cannot_listen(host, port) if port else None
+        if problem is None:
+            continue
+        if problem.errno == errno.EADDRINUSE:
+            raise ServiceUnavailable(f"{flag} {port}: port {port} on {host} is taken by "
+                                     f"{port_holder(port)}; stop that process or choose "
+                                     f"another {flag}")
+        raise ServiceUnavailable(f"{flag} {port}: cannot listen on {host}:{port}: "
+                                 f"{problem.strerror or problem}")
+
+
+def _cannot_listen(host: str, port: int) -> OSError | None:
+    """Why binding ``host:port`` fails, as the API's server would bind it (``SO_REUSEADDR``:
+    connections of an earlier run in TIME_WAIT are no obstacle, a listener is); ``None`` when
+    it would not, or when ``host`` does not resolve (the server says that itself)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        return None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return exc
+    return None

@@ -8,6 +8,7 @@ SIGINT kills the workers at once. docs/guarantees.md says what a stop promises t
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
     except WKRError as exc:
         print(f"wkr-serving-start: error: {exc}", file=sys.stderr)
+        # The error is the one line to read: nothing served, so the stop's own lines are noise.
+        logging.getLogger("wkr_celery.server").setLevel(logging.WARNING)
         server.stop(graceful=False)
         return 1
     _tell(f"wkr-serving-start: service {settings.name!r} starting {settings.num_worker} "

@@ -51,6 +51,7 @@ from ..processes import (
     wait_or_kill,
 )
 from ..redis_embedded import EmbeddedRedis, embedded_password
+from ..rest import extras
 from ..worker_class import class_path, load_class
 from .children import SideProcess, WatchedRedis
 from .elastic import Elastic
@@ -119,6 +120,7 @@ class WKRServer:
             root.setLevel(logging.INFO)
         elif not logging.getLogger().handlers:
             configure_stderr()
+        extras.refuse_taken_ports(s)  # before anything starts
         self._start_redis()
         broker = s.connect_broker()
         self.queue = RequestQueue(broker, self.keys)
@@ -168,8 +170,6 @@ class WKRServer:
 
     def _start_extras(self) -> None:
         """Processes beside the workers (REST API, Flower), when their ports are given."""
-        from ..rest import extras
-
         s = self.settings
         piped = self.router is not None
         sides = extras.rest_processes(s, piped=piped) if s.http_port else []
