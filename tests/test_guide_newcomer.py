@@ -8,15 +8,19 @@ Everything runs on 127.0.0.1, on free ports, with the embedded Redis.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from wkr_celery import WKRClient
+from wkr_celery.client import AsyncWKRClient
 from wkr_celery.errors import ServiceUnavailable
 
 from .helpers import ROOT, free_port, nothing_listens, stop_gracefully
@@ -115,3 +119,41 @@ def test_an_http_port_in_use_is_refused_in_one_line_before_anything_starts(flag:
     assert nothing_listens(port_in)  # refused before its Redis started
     if flag == "-http_port":
         assert http.returncode == 1 and "is taken by" in http.stderr.strip(), http.stderr
+
+
+@pytest.mark.parametrize("client_module", ["wkr_celery.client", "wkr_serving.client"])
+def test_the_guides_unit_client_finds_a_service_started_with_a_name(
+        seed_service: SeedService, client_module: str) -> None:
+    """The guide's decentralize unit builds ``WKRClient(ip=ip, port=port, port_out=port_out,
+    ignore_all_checks=True)``: no name. Its service was started under the production section's
+    ``-name``; the unit's requests must reach it, not a ``default`` service nobody serves."""
+    module = importlib.import_module(client_module)
+    client = module.WKRClient(ip="127.0.0.1", port=seed_service.port_in,
+                              port_out=seed_service.port_out, ignore_all_checks=True)
+    try:
+        assert client.name == seed_service.name
+        output = client.encode(np.zeros(5), timeout=30)
+        result = output.result(timeout=30) if client_module == "wkr_celery.client" else output
+        assert np.shape(result) == (3,)
+    finally:
+        client.close()
+
+
+def test_a_unit_client_with_no_service_yet_still_starts(tmp_path: Path) -> None:
+    """``ignore_all_checks`` waits for nothing: with no broker to look at, it takes ``default``."""
+    client = WKRClient(ip="127.0.0.1", port=free_port(), port_out=free_port(),
+                       ignore_all_checks=True, connect_timeout=1)
+    try:
+        assert client.name == "default"
+    finally:
+        client.close()
+
+
+def test_the_asyncio_client_without_checks_finds_a_service_started_with_a_name(
+        seed_service: SeedService) -> None:
+    async def call() -> tuple[str, tuple[int, ...]]:
+        async with AsyncWKRClient(ip="127.0.0.1", port=seed_service.port_in,
+                                  port_out=seed_service.port_out, ignore_all_checks=True) as c:
+            return c.name, np.shape(await c.encode(np.zeros(5), timeout=30))
+
+    assert asyncio.run(asyncio.wait_for(call(), 60)) == (seed_service.name, (3,))

@@ -130,7 +130,7 @@ class AsyncWKRClient(InputContract):
         opened = [broker]
         try:
             if self.name or self._ignore_all_checks:
-                name = self.name or "default"
+                name = self.name or await discovery.name_without_checks(broker, self.broker_url)
             else:
                 name = await discovery.find_service(broker, self.broker_url,
                                                     self._connect_timeout)

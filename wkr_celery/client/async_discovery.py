@@ -37,8 +37,8 @@ from .discovery import (
 )
 from .doubt import grace_from
 
-__all__ = ["find_service", "read_info", "wait_until_serving", "check_reachable", "info_of",
-           "live_workers", "answer_grace", "sync_clock"]
+__all__ = ["find_service", "name_without_checks", "read_info", "wait_until_serving",
+           "check_reachable", "info_of", "live_workers", "answer_grace", "sync_clock"]
 
 
 async def find_service(client: redis.asyncio.Redis, broker_url: str, timeout: float) -> str:
@@ -58,6 +58,14 @@ async def find_service(client: redis.asyncio.Redis, broker_url: str, timeout: fl
         if time.monotonic() >= deadline:
             raise no_service(broker_url, timeout)
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def name_without_checks(client: redis.asyncio.Redis, broker_url: str) -> str:
+    """:func:`.discovery.name_without_checks`, awaited."""
+    try:
+        return await find_service(client, broker_url, 0.0)
+    except (ServiceUnavailable, redis.RedisError):
+        return "default"
 
 
 async def read_info(client: redis.asyncio.Redis, keys: ServiceKeys, broker_url: str,

@@ -36,7 +36,13 @@ from ..errors import WKRError
 from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from ..processes import forks
-from .discovery import check_reachable, find_service, read_info, wait_until_serving
+from .discovery import (
+    check_reachable,
+    find_service,
+    name_without_checks,
+    read_info,
+    wait_until_serving,
+)
 from .doubt import answer_grace
 from .protocol import (
     FIRST_RETRY,
@@ -180,7 +186,7 @@ class WKRClient(InputContract):
         """Find the service on the broker, wait for a live worker, and connect to where it
         stores results; a failure closes the result connection it opened."""
         if name or ignore_all_checks:
-            self.name = name or "default"
+            self.name = name or name_without_checks(self._broker_redis, self.broker_url)
         else:
             self.name = find_service(self._broker_redis, self.broker_url, connect_timeout)
         self.keys = ServiceKeys(self.name)

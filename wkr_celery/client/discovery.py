@@ -19,7 +19,7 @@ from ..errors import ServiceUnavailable, VersionMismatch
 from ..version import __version__
 
 __all__ = [
-    "check_reachable", "find_service", "read_info", "wait_until_serving",
+    "check_reachable", "find_service", "name_without_checks", "read_info", "wait_until_serving",
     "pick_service", "broker_unreachable", "no_service", "no_live_worker", "checked_version",
     "unreachable", "POLL_SECONDS",
 ]
@@ -45,6 +45,17 @@ def find_service(client: redis.Redis, broker_url: str, timeout: float) -> str:
         if time.monotonic() >= deadline:
             raise no_service(broker_url, timeout)
         time.sleep(POLL_SECONDS)
+
+
+def name_without_checks(client: redis.Redis, broker_url: str) -> str:
+    """The service a client with ``ignore_all_checks`` and no ``name`` talks to (the seed's
+    decentralize unit): the one :func:`find_service` finds in one look, without waiting, so a
+    service started with ``-name`` is found by its address as in the seed; else ``default``,
+    the name wkr-serving-start uses without ``-name``. An unreachable broker is no error here."""
+    try:
+        return find_service(client, broker_url, 0.0)
+    except (ServiceUnavailable, redis.RedisError):
+        return "default"
 
 
 def read_info(registry: ServiceRegistry, broker_url: str, ignore_errors: bool) -> dict[str, str]:
