@@ -157,3 +157,19 @@ def test_the_asyncio_client_without_checks_finds_a_service_started_with_a_name(
             return c.name, np.shape(await c.encode(np.zeros(5), timeout=30))
 
     assert asyncio.run(asyncio.wait_for(call(), 60)) == (seed_service.name, (3,))
+
+
+@pytest.mark.parametrize(("command", "held"), [
+    (["wkr-serving-start", "server.Worker"], "server.py"),
+    (["wkr-serving-make", "server.Worker", "-name", "x"], "server.py"),
+    (["wkr-serving-start", "workers.linear.Worker"], "workers/"),
+    (["wkr-decentral-start", "decentralize.ProcessingModel", "-remote_servers",
+      "[[127.0.0.1, 8996, 8998]]"], "decentralize.py"),
+])
+def test_a_command_typed_in_the_wrong_folder_says_which_folder(
+        command: list[str], held: str, tmp_path: Path) -> None:
+    done = _run([script(command[0]), *command[1:]], cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"run the command in the folder that holds {held}" in lines[0], lines[0]
+    assert str(tmp_path) in lines[0]

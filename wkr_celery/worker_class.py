@@ -41,13 +41,24 @@ def load_class(path: str, base: type[T]) -> type[T]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import module {module_name!r} of {path!r}: {exc}") from exc
+        raise ConfigError(f"cannot import module {module_name!r} of {path!r}: {exc}"
+                          f"{_where_to_run(module_name, exc)}") from exc
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         found = "nothing" if cls is None else repr(cls)
         raise ConfigError(f"{path!r} is not a {base.__name__} subclass (found {found} in "
                           f"{module_name!r})")
     return cls
+
+
+def _where_to_run(module_name: str, exc: ImportError) -> str:
+    """What to do when the module itself is not found from here (not a module it imports):
+    the command was typed in another folder than the one that holds it."""
+    top = module_name.split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError) or exc.name != top:
+        return ""
+    held = f"{top}/" if "." in module_name else f"{top}.py (or the package {top}/)"
+    return f"; run the command in the folder that holds {held}, not in {os.getcwd()}"
 
 
 def class_path(cls: type) -> tuple[str, list[str]]:
