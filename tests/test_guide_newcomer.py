@@ -23,7 +23,7 @@ from wkr_celery import WKRClient
 from wkr_celery.client import AsyncWKRClient
 from wkr_celery.errors import ServiceUnavailable
 
-from .helpers import ROOT, free_port, nothing_listens, stop_gracefully
+from .helpers import ROOT, free_port, nothing_listens, stop_gracefully, wait_until
 from .scripts import BIN, script, user_env
 
 
@@ -173,3 +173,37 @@ def test_a_command_typed_in_the_wrong_folder_says_which_folder(
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert f"run the command in the folder that holds {held}" in lines[0], lines[0]
     assert str(tmp_path) in lines[0]
+
+
+def test_with_log_dir_a_worker_that_fails_to_start_is_told_on_the_terminal(tmp_path: Path) -> None:
+    """The guide's server as written imports TensorFlow in ``get_env`` and starts with
+    ``-log_dir``: where TensorFlow is missing, every worker dies at start, and the terminal
+    must say so (one line per death, naming the .err file), not only the log file."""
+    (tmp_path / "server.py").write_text(
+        "from wkr_celery.server import WKRHardWorker\n\n"
+        "class Worker(WKRHardWorker):\n"
+        "    def get_env(self, device_id, tmp_dir):\n"
+        "        import no_such_framework_here\n"
+        "    def get_model(self, envs, model_dir, model_name, tmp_dir):\n"
+        "        return None\n"
+        "    def predict(self, model, input):\n"
+        "        return input\n")
+    terminal = tmp_path / "terminal.txt"
+    log_dir = tmp_path / "log_dir"
+    with open(terminal, "wb") as out:
+        proc = subprocess.Popen(
+            [script("wkr-serving-start"), "server.Worker", "-port_in", str(free_port()),
+             "-port_out", str(free_port()), "-num_worker", "2", "-log_dir", str(log_dir)],
+            cwd=tmp_path, env=user_env(), stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+    try:
+        told = wait_until(lambda: [line for line in terminal.read_text().splitlines()
+                                   if "failed to start" in line], 60,
+                          what="a failed start on the terminal")
+    finally:
+        stop_gracefully(proc)
+    shown = terminal.read_text()
+    assert f"log in {log_dir}/default.log and .err" in shown, shown
+    assert "No module named 'no_such_framework_here'" in told[0], told
+    assert told[0].endswith(f"(details: {log_dir}/default.err)"), told
+    assert "Traceback" not in shown, shown

@@ -9,6 +9,7 @@ SIGINT kills the workers at once. docs/guarantees.md says what a stop promises t
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.request_stop()
 
     on_stop_signals(on_signal)
+    log_file = os.path.join(settings.log_dir, settings.name)
+    if settings.log_dir:  # the terminal still hears why a worker or a side process died
+        logging.getLogger("wkr_celery.server").addHandler(_ErrorsToTerminal(f"{log_file}.err"))
     try:
         server.start()
     except WKRError as exc:
@@ -50,12 +54,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.stop(graceful=False)
         return 1
     _tell(f"wkr-serving-start: service {settings.name!r} starting {settings.num_worker} "
-          f"worker(s); broker {redacted(settings.broker)}; Ctrl+C stops")
+          f"worker(s); broker {redacted(settings.broker)}; "
+          f"{f'log in {log_file}.log and .err; ' if settings.log_dir else ''}Ctrl+C stops")
     # Without -log_dir the supervisor's own "stopping service" log line is on the terminal.
     server.serve_forever(on_stop=None if not settings.log_dir else lambda: _tell(
         f"wkr-serving-start: stopping service {settings.name!r}: batches in predict finish "
         "(Ctrl+C again kills the workers)"))
     return 0
+
+
+class _ErrorsToTerminal(logging.Handler):
+    """With ``-log_dir``, the supervisor's errors (a worker that failed to start or died, a
+    REST API that exited) are also one line each on the terminal, pointing at the ``.err``
+    file that has the traceback: else a crash-looping service looks, there, like one that
+    serves."""
+
+    def __init__(self, err_path: str) -> None:
+        super().__init__(logging.ERROR)
+        self.err_path = err_path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _tell(f"wkr-serving-start: {record.getMessage()} (details: {self.err_path})")
 
 
 def _tell(line: str) -> None:
