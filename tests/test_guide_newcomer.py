@@ -207,3 +207,35 @@ def test_with_log_dir_a_worker_that_fails_to_start_is_told_on_the_terminal(tmp_p
     assert "No module named 'no_such_framework_here'" in told[0], told
     assert told[0].endswith(f"(details: {log_dir}/default.err)"), told
     assert "Traceback" not in shown, shown
+
+
+def test_with_log_dir_a_unit_that_fails_is_told_on_the_terminal(tmp_path: Path) -> None:
+    """The same for the guide's ``wkr-decentral-start … -log_dir /tmp/log_dir``: a unit whose
+    ``get_model`` raises is one line on the terminal, its multi-line error joined."""
+    (tmp_path / "decentralize.py").write_text(
+        "from wkr_celery.client import WKRWorker\n\n"
+        "class ProcessingModel(WKRWorker):\n"
+        "    def get_model(self, ip, port, port_out):\n"
+        "        raise Exception('no job Redis here\\nTHIS IS CUSTOM EXCEPTION')\n"
+        "    def do_work(self, model, logger):\n"
+        "        pass\n"
+        "    def off_model(self, model):\n"
+        "        pass\n")
+    terminal = tmp_path / "terminal.txt"
+    log_dir = tmp_path / "log_dir"
+    with open(terminal, "wb") as out:
+        proc = subprocess.Popen(
+            [script("wkr-decentral-start"), "decentralize.ProcessingModel", "-port",
+             str(free_port()), "-port_out", str(free_port()), "-num_client", "1",
+             "-remote_servers", f"[[127.0.0.1, {free_port()}, {free_port()}]]",
+             "-log_dir", str(log_dir)],
+            cwd=tmp_path, env=user_env(), stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+    try:
+        told = wait_until(lambda: [line for line in terminal.read_text().splitlines()
+                                   if "no job Redis here THIS IS CUSTOM EXCEPTION" in line], 60,
+                          what="a failed unit on the terminal")
+    finally:
+        stop_gracefully(proc)
+    assert told[0].startswith("wkr-decentral-start: unit "), told
+    assert told[0].endswith(f"(details: {log_dir}/decentral.err)"), told

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import IO
 
-__all__ = ["LINE_FORMAT", "configure_stderr", "LogRouter"]
+__all__ = ["LINE_FORMAT", "configure_stderr", "LogRouter", "ErrorsToTerminal"]
 
 LINE_FORMAT = "%(levelname)s %(asctime)s %(processName)s[%(process)d] %(name)s: %(message)s"
 _LEVELS = {name: getattr(logging, name) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
@@ -82,3 +82,20 @@ class LogRouter:
     def close(self) -> None:
         self._log.close()
         self._err.close()
+
+
+class ErrorsToTerminal(logging.Handler):
+    """With ``-log_dir``, a supervisor's errors (a worker or unit that failed to start or died,
+    a REST API that exited) are also one line each on its terminal, naming the ``.err`` file
+    that has the traceback: else a crash-looping service looks, there, like one that serves."""
+
+    def __init__(self, prog: str, err_path: str) -> None:
+        super().__init__(logging.ERROR)
+        self.prog, self.err_path = prog, err_path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = " ".join(record.getMessage().split())  # a user's exception text may span lines
+        try:
+            print(f"{self.prog}: {line} (details: {self.err_path})", file=sys.stderr, flush=True)
+        except OSError:  # a terminal that is gone stops nothing
+            pass

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ..argparsing import Parser
 from ..errors import ServiceUnavailable, WKRError
+from ..logs import ErrorsToTerminal
 from .central import WKRDecentralizeCentral
 from .config import DecentralSettings, add_connection_flags, parse_remote_servers
 from .control import ControlClient
@@ -38,6 +41,10 @@ def start_main(argv: Sequence[str] | None = None) -> int:
     except WKRError as exc:
         print(f"wkr-decentral-start: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if settings.log_dir:  # the terminal still hears why a unit died
+        err_path = os.path.join(settings.log_dir, f"{settings.name}.err")
+        logging.getLogger("wkr_celery.decentral").addHandler(
+            ErrorsToTerminal("wkr-decentral-start", err_path))
     return central.run()
 
 

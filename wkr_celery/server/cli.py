@@ -18,6 +18,7 @@ from types import FrameType
 from ..config import Settings
 from ..connections import redacted
 from ..errors import WKRError
+from ..logs import ErrorsToTerminal
 from ..processes import on_stop_signals
 from .supervisor import WKRServer
 
@@ -44,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_stop_signals(on_signal)
     log_file = os.path.join(settings.log_dir, settings.name)
     if settings.log_dir:  # the terminal still hears why a worker or a side process died
-        logging.getLogger("wkr_celery.server").addHandler(_ErrorsToTerminal(f"{log_file}.err"))
+        logging.getLogger("wkr_celery.server").addHandler(
+            ErrorsToTerminal("wkr-serving-start", f"{log_file}.err"))
     try:
         server.start()
     except WKRError as exc:
@@ -61,20 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wkr-serving-start: stopping service {settings.name!r}: batches in predict finish "
         "(Ctrl+C again kills the workers)"))
     return 0
-
-
-class _ErrorsToTerminal(logging.Handler):
-    """With ``-log_dir``, the supervisor's errors (a worker that failed to start or died, a
-    REST API that exited) are also one line each on the terminal, pointing at the ``.err``
-    file that has the traceback: else a crash-looping service looks, there, like one that
-    serves."""
-
-    def __init__(self, err_path: str) -> None:
-        super().__init__(logging.ERROR)
-        self.err_path = err_path
-
-    def emit(self, record: logging.LogRecord) -> None:
-        _tell(f"wkr-serving-start: {record.getMessage()} (details: {self.err_path})")
 
 
 def _tell(line: str) -> None:
