@@ -239,3 +239,12 @@ def test_with_log_dir_a_unit_that_fails_is_told_on_the_terminal(tmp_path: Path) 
         stop_gracefully(proc)
     assert told[0].startswith("wkr-decentral-start: unit "), told
     assert told[0].endswith(f"(details: {log_dir}/decentral.err)"), told
+
+
+def test_a_client_with_no_service_at_its_address_says_what_to_check() -> None:
+    port = free_port()
+    with pytest.raises(ServiceUnavailable) as failed:
+        WKRClient(ip="127.0.0.1", port=port, port_out=free_port(), connect_timeout=0.5)
+    said = str(failed.value)
+    assert f"broker redis://127.0.0.1:{port}/0: not reachable" in said, said
+    assert "check ip and port, or start the service there with wkr-serving-start" in said, said

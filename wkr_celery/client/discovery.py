@@ -121,8 +121,10 @@ def pick_service(liveness: Mapping[str, bool], broker_url: str, *, last_try: boo
 
 
 def broker_unreachable(broker_url: str, timeout: float, exc: BaseException) -> ServiceUnavailable:
-    return ServiceUnavailable(
-        f"broker {redacted(broker_url)}: {explain(exc)} (tried for {timeout:.0f}s)")
+    said = explain(exc)
+    if said.startswith("not reachable"):  # nothing answers there: say what to check
+        said += "; check ip and port, or start the service there with wkr-serving-start"
+    return ServiceUnavailable(f"broker {redacted(broker_url)}: {said} (tried for {timeout:.0f}s)")
 
 
 def no_service(broker_url: str, timeout: float) -> ServiceUnavailable:
