@@ -248,3 +248,19 @@ def test_a_client_with_no_service_at_its_address_says_what_to_check() -> None:
     said = str(failed.value)
     assert f"broker redis://127.0.0.1:{port}/0: not reachable" in said, said
     assert "check ip and port, or start the service there with wkr-serving-start" in said, said
+
+
+def test_a_redis_port_of_0_is_refused_in_one_line() -> None:
+    """``-port_out 0`` started the broker's Redis, then failed in redis-server's own lines."""
+    done = _run([script("wkr-serving-start"), "server.Worker", "-port_in", str(free_port()),
+                 "-port_out", "0"], cwd=ROOT / "examples")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "wkr-serving-start: error: port_out 0 is out of range: give a port from 1 to 65535"]
+
+
+def test_a_mistyped_environment_variable_names_the_one_meant() -> None:
+    done = subprocess.run([script("wkr-serving-start"), "server.Worker"], cwd=ROOT / "examples",
+                          env=user_env({"WKR_NUM_WORKERS": "2"}), capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "WKR_NUM_WORKERS (did you mean WKR_NUM_WORKER?)" in done.stderr

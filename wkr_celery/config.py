@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 from collections.abc import Collection, Mapping, Sequence
@@ -147,6 +148,9 @@ class Settings:
             value = getattr(self, name)
             if value < 0 or ("port" in name and value > 65535):
                 raise ConfigError(f"{name} {value} is out of range")
+        for name in ("port_in", "port_out"):  # a Redis port: 0 (http_port's "none") is none
+            if getattr(self, name) == 0:
+                raise ConfigError(f"{name} 0 is out of range: give a port from 1 to 65535")
         for name in ("batch_timeout", "visibility_timeout", "result_expires"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -237,7 +241,9 @@ class Settings:
             f = by_env.get(key)
             if f is None:
                 known = ", ".join(sorted(by_env))
-                raise ConfigError(f"unknown environment variable {key}; known: {known}")
+                close = difflib.get_close_matches(key, list(by_env), n=1, cutoff=0.8)
+                meant = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"unknown environment variable {key}{meant}; known: {known}")
             values[f.name] = _convert(f, text, source=key)
         values.update(overrides)
         return cls(**values)
