@@ -264,3 +264,20 @@ def test_a_mistyped_environment_variable_names_the_one_meant() -> None:
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "WKR_NUM_WORKERS (did you mean WKR_NUM_WORKER?)" in done.stderr
+
+
+def test_the_decentral_http_port_in_use_names_its_holder() -> None:
+    """The guide gives the server and the decentralize command the same ``-http_port 8900``:
+    on one machine the second must say who holds it and what to change."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        done = _run([script("wkr-decentral-start"), "decentralize.ProcessingModel", "-port",
+                     str(free_port()), "-port_out", str(free_port()), "-http_port", str(taken),
+                     "-remote_servers", f"[[127.0.0.1, {free_port()}, {free_port()}]]"],
+                    cwd=ROOT / "examples")
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert (f"-http_port {taken}: port {taken} on 127.0.0.1 is taken by pid {os.getpid()}"
+            in errors[0]) and "choose another -http_port" in errors[0], errors[0]

@@ -13,6 +13,7 @@ unit whose ``do_work`` raised (the traceback is in ``<name>.err``) with a growin
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import queue
@@ -31,7 +32,7 @@ from ..clock import wall_time
 from ..connections import redacted
 from ..errors import ConfigError, WKRError
 from ..logs import LogRouter, configure_stderr
-from ..processes import on_stop_signals
+from ..processes import on_stop_signals, port_holder
 from ..redis_embedded import EmbeddedRedis, embedded_password
 from ..worker_class import class_path, load_class
 from .config import DecentralSettings, parse_remote_servers
@@ -124,7 +125,10 @@ class WKRDecentralizeCentral:
             try:
                 self.http = StatusHTTPServer(s.http_host, s.http_port, lambda: self._snapshot)
             except OSError as exc:
-                raise ConfigError(f"-http_port {s.http_port} on {s.http_host}: {exc}") from exc
+                held = (f"port {s.http_port} on {s.http_host} is taken by "
+                        f"{port_holder(s.http_port)}; stop that process or choose another "
+                        "-http_port" if exc.errno == errno.EADDRINUSE else str(exc))
+                raise ConfigError(f"-http_port {s.http_port}: {held}") from exc
             self.http.start()
         self.pool.reconcile(s.remote_servers, s.num_client)
         self.pool.check()
