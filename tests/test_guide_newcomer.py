@@ -188,21 +188,11 @@ def test_with_log_dir_a_worker_that_fails_to_start_is_told_on_the_terminal(tmp_p
         "        return None\n"
         "    def predict(self, model, input):\n"
         "        return input\n")
-    terminal = tmp_path / "terminal.txt"
     log_dir = tmp_path / "log_dir"
-    with open(terminal, "wb") as out:
-        proc = subprocess.Popen(
-            [script("wkr-serving-start"), "server.Worker", "-port_in", str(free_port()),
-             "-port_out", str(free_port()), "-num_worker", "2", "-log_dir", str(log_dir)],
-            cwd=tmp_path, env=user_env(), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
-    try:
-        told = wait_until(lambda: [line for line in terminal.read_text().splitlines()
-                                   if "failed to start" in line], 60,
-                          what="a failed start on the terminal")
-    finally:
-        stop_gracefully(proc)
-    shown = terminal.read_text()
+    told, shown = _terminal_until(
+        [script("wkr-serving-start"), "server.Worker", "-port_in", str(free_port()),
+         "-port_out", str(free_port()), "-num_worker", "2", "-log_dir", str(log_dir)],
+        tmp_path, "failed to start")
     assert f"log in {log_dir}/default.log and .err" in shown, shown
     assert "No module named 'no_such_framework_here'" in told[0], told
     assert told[0].endswith(f"(details: {log_dir}/default.err)"), told
@@ -221,22 +211,13 @@ def test_with_log_dir_a_unit_that_fails_is_told_on_the_terminal(tmp_path: Path) 
         "        pass\n"
         "    def off_model(self, model):\n"
         "        pass\n")
-    terminal = tmp_path / "terminal.txt"
     log_dir = tmp_path / "log_dir"
-    with open(terminal, "wb") as out:
-        proc = subprocess.Popen(
-            [script("wkr-decentral-start"), "decentralize.ProcessingModel", "-port",
-             str(free_port()), "-port_out", str(free_port()), "-num_client", "1",
-             "-remote_servers", f"[[127.0.0.1, {free_port()}, {free_port()}]]",
-             "-log_dir", str(log_dir)],
-            cwd=tmp_path, env=user_env(), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
-    try:
-        told = wait_until(lambda: [line for line in terminal.read_text().splitlines()
-                                   if "no job Redis here THIS IS CUSTOM EXCEPTION" in line], 60,
-                          what="a failed unit on the terminal")
-    finally:
-        stop_gracefully(proc)
+    told, _ = _terminal_until(
+        [script("wkr-decentral-start"), "decentralize.ProcessingModel", "-port",
+         str(free_port()), "-port_out", str(free_port()), "-num_client", "1",
+         "-remote_servers", f"[[127.0.0.1, {free_port()}, {free_port()}]]",
+         "-log_dir", str(log_dir)],
+        tmp_path, "no job Redis here THIS IS CUSTOM EXCEPTION")
     assert told[0].startswith("wkr-decentral-start: unit "), told
     assert told[0].endswith(f"(details: {log_dir}/decentral.err)"), told
 
@@ -281,3 +262,18 @@ def test_the_decentral_http_port_in_use_names_its_holder() -> None:
     assert done.returncode == 1 and len(errors) == 1, done.stderr
     assert (f"-http_port {taken}: port {taken} on 127.0.0.1 is taken by pid {os.getpid()}"
             in errors[0]) and "choose another -http_port" in errors[0], errors[0]
+
+
+def _terminal_until(argv: list[str], cwd: Path, needle: str) -> tuple[list[str], str]:
+    """Start ``argv`` in ``cwd`` with its output on a file standing for the terminal, wait for
+    a line holding ``needle``, stop it as Ctrl+C would: those lines, and all it showed."""
+    terminal = cwd / "terminal.txt"
+    with open(terminal, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=user_env(), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        told = wait_until(lambda: [line for line in terminal.read_text().splitlines()
+                                   if needle in line], 60, what=f"{needle!r} on the terminal")
+    finally:
+        stop_gracefully(proc)
+    return told, terminal.read_text()
