@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import multiprocessing
 import threading
 import time
 import warnings
@@ -87,3 +88,15 @@ def test_a_client_nobody_references_any_more_stops_its_threads_and_closes(
         assert not results.exists(key)
     finally:
         results.close()
+
+
+def test_a_client_sent_to_a_spawned_process_says_what_to_do(make_service) -> None:
+    """``Process(target=f, args=(client,))`` under ``spawn`` failed with ``TypeError: cannot
+    pickle '_thread.RLock' object``, naming neither the client nor the way out."""
+    service = make_service("tests.workers_for_tests.PoisonWorker")
+    with WKRClient(name=service.name, broker_url=service.broker_url,
+                   result_url=service.result_url, connect_timeout=30) as client:
+        child = multiprocessing.get_context("spawn").Process(target=print, args=(client,))
+        with pytest.raises(WKRError, match="make one in that process"):
+            child.start()
+        assert client.encode(5).result(timeout=30) == 10  # the client is unharmed

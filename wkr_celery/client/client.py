@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 
@@ -340,6 +340,13 @@ class WKRClient(InputContract):
         with self._outbox_cond:
             self._closed = True
         self._stop()
+
+    def __reduce__(self) -> NoReturn:
+        # Sent to a spawned process (multiprocessing, a pool's arguments), pickle would fail
+        # on a lock with a message that names neither the client nor the way out.
+        raise WKRError("a WKRClient cannot be sent to another process (it holds threads and "
+                       "connections): make one in that process, e.g. in a Pool initializer; "
+                       "a forked child may use its parent's")
 
     def __enter__(self) -> WKRClient:
         return self
