@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable
 
 import httpx
+import psutil
 import pytest
 
 from tests.helpers import Service, free_port, wait_until
+from wkr_celery import codec
 
 WORKER = "tests.faults.workers.Doubler"
 READ_TIMEOUT = 1.0
@@ -96,6 +98,52 @@ def test_slow_clients_are_cut_off_and_normal_ones_served(
         finally:
             for sock in (silent, dribbler, staller):
                 sock.close()
+
+        answer = http.post("/encode", json={"id": 1, "data": 21})
+        assert answer.status_code == 200 and answer.json() == {"id": 1, "result": 42}
+
+
+def _server_side_open(port: int, client_port: int) -> bool:
+    """Whether the API still holds its end of the connection from ``client_port``."""
+    return any(c.laddr and c.laddr.port == port and c.raddr and c.raddr.port == client_port
+               and c.status == psutil.CONN_ESTABLISHED
+               for c in psutil.net_connections(kind="tcp4"))
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_stops_reading_its_answer_is_cut_off(
+    make_service: Callable[..., Service],
+) -> None:
+    """A client that sends a request and never reads the answer held the API's connection,
+    and the whole answer in the API's memory, for ever: uvicorn waits for the socket to drain
+    with no deadline. Many such clients exhaust the API process's memory."""
+    port = free_port()
+    service = make_service(WORKER, "-http_port", str(port), "-http_read_timeout",
+                           str(READ_TIMEOUT))
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=30) as http:
+        def up() -> bool:
+            try:
+                return http.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+        wait_until(up, 60, what="the REST API;\n" + service.log()[-3000:])
+
+        body = codec.dumps({"id": 1, "data": b"x" * (4 * 1024 * 1024)})  # answer: 8 MiB
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+        reader.settimeout(0.2)
+        try:
+            reader.connect(("127.0.0.1", port))
+            reader.sendall(b"POST /encode HTTP/1.1\r\nHost: api\r\nContent-Type: "
+                           b"application/msgpack\r\nContent-Length: "
+                           + str(len(body)).encode() + b"\r\n\r\n" + body)
+            client_port = reader.getsockname()[1]
+            wait_until(lambda: not _server_side_open(port, client_port), GIVE_UP,
+                       what="the API to drop a connection whose client reads nothing of its "
+                            "answer")
+        finally:
+            reader.close()
 
         answer = http.post("/encode", json={"id": 1, "data": 21})
         assert answer.status_code == 200 and answer.json() == {"id": 1, "result": 42}

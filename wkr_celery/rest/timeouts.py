@@ -7,6 +7,13 @@ its memory, for ever. :func:`head_timeout_protocol` gives uvicorn's h11 protocol
 from the moment a connection opens, and again after each response, the next request head must
 be complete within ``seconds`` or the connection is closed. The body has its own deadline, kept
 by :func:`~wkr_celery.rest.encoding.read_body` (``408`` when it passes).
+
+The answer has one too. uvicorn waits, with no deadline, for a full socket to drain before it
+writes more: a client that sends a request and never reads its answer held the connection, and
+the whole answer in the API's memory (the transport buffers what the socket does not take), for
+ever. Once the transport stops taking writes (``pause_writing``), the client must take some of
+the answer within ``seconds`` or the connection is aborted; any progress (``resume_writing``)
+starts the clock again, so a slow but reading client is never cut off.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ def head_timeout_protocol(seconds: float) -> type[H11Protocol]:
 
     class HeadTimeoutH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _write_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -45,8 +53,18 @@ def head_timeout_protocol(seconds: float) -> type[H11Protocol]:
             if not self.transport.is_closing() and not self._request_in_app():
                 self._arm_head_timer()
 
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(seconds, self._write_timed_out)
+
+        def resume_writing(self) -> None:
+            self._cancel_write_timer()
+            super().resume_writing()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            self._cancel_write_timer()
             super().connection_lost(exc)
 
         def _request_in_app(self) -> bool:
@@ -60,6 +78,18 @@ def head_timeout_protocol(seconds: float) -> type[H11Protocol]:
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+
+        def _cancel_write_timer(self) -> None:
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _write_timed_out(self) -> None:
+            self._write_timer = None
+            if not self.transport.is_closing():
+                self.logger.info("closed a connection that took none of its answer for %gs",
+                                 seconds)
+            self.transport.abort()  # close() would wait, for ever, to send what is buffered
 
         def _head_timed_out(self) -> None:
             self._head_timer = None
