@@ -33,69 +33,73 @@ MAX_HEAD_BYTES = 16 * 1024
 
 
 def head_timeout_protocol(seconds: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing connections whose request head is not in by ``seconds``."""
+    """uvicorn's h11 protocol, closing connections whose request head is not in by ``seconds``
+    (or that take none of their answer for ``seconds``)."""
+    return type("HeadTimeoutH11Protocol", (DeadlineH11Protocol,), {"seconds": seconds})
 
-    class HeadTimeoutH11Protocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-        _write_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
+class DeadlineH11Protocol(H11Protocol):
+    """The protocol of :func:`head_timeout_protocol`, whose subclass sets :attr:`seconds`."""
+
+    seconds: float = 30.0
+    _head_timer: asyncio.TimerHandle | None = None
+    _write_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE and self._request_in_app():
+            self._cancel_head_timer()  # a whole head arrived; the app owns the request now
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start a pipelined request already received
+        if not self.transport.is_closing() and not self._request_in_app():
             self._arm_head_timer()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self.conn.their_state is not h11.IDLE and self._request_in_app():
-                self._cancel_head_timer()  # a whole head arrived; the app owns the request now
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.seconds, self._write_timed_out)
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()  # may start a pipelined request already received
-            if not self.transport.is_closing() and not self._request_in_app():
-                self._arm_head_timer()
+    def resume_writing(self) -> None:
+        self._cancel_write_timer()
+        super().resume_writing()
 
-        def pause_writing(self) -> None:
-            super().pause_writing()
-            if self._write_timer is None:
-                self._write_timer = self.loop.call_later(seconds, self._write_timed_out)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        self._cancel_write_timer()
+        super().connection_lost(exc)
 
-        def resume_writing(self) -> None:
-            self._cancel_write_timer()
-            super().resume_writing()
+    def _request_in_app(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
-            self._cancel_write_timer()
-            super().connection_lost(exc)
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.seconds, self._head_timed_out)
 
-        def _request_in_app(self) -> bool:
-            return self.cycle is not None and not self.cycle.response_complete
-
-        def _arm_head_timer(self) -> None:
-            self._cancel_head_timer()
-            self._head_timer = self.loop.call_later(seconds, self._head_timed_out)
-
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _cancel_write_timer(self) -> None:
-            if self._write_timer is not None:
-                self._write_timer.cancel()
-                self._write_timer = None
-
-        def _write_timed_out(self) -> None:
-            self._write_timer = None
-            if not self.transport.is_closing():
-                self.logger.info("closed a connection that took none of its answer for %gs",
-                                 seconds)
-            self.transport.abort()  # close() would wait, for ever, to send what is buffered
-
-        def _head_timed_out(self) -> None:
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
             self._head_timer = None
-            if not self.transport.is_closing() and not self._request_in_app():
-                self.logger.info("closed a connection whose request head took over %gs",
-                                 seconds)
-                self.transport.close()
 
-    return HeadTimeoutH11Protocol
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        if not self.transport.is_closing():
+            self.logger.info("closed a connection that took none of its answer for %gs",
+                             self.seconds)
+        self.transport.abort()  # close() would wait, for ever, to send what is buffered
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing() and not self._request_in_app():
+            self.logger.info("closed a connection whose request head took over %gs",
+                             self.seconds)
+            self.transport.close()
