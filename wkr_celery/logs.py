@@ -4,6 +4,13 @@ Worker processes write plain lines to stderr that start with the level name; wit
 the supervisor is the single writer of both files (so rotation never races between processes)
 and routes each line by that level. Continuation lines (tracebacks) follow the level of the
 line they continue.
+
+So a line that starts with a level name begins a record, and a record's text must not forge
+one: task ids, client ids and error texts come from whoever writes to the broker or calls the
+API, and a task id holding a newline and ``CRITICAL …`` wrote a line of its sender's choosing
+(routed to ``.err``), with terminal escape sequences besides. :class:`LineFormatter` writes
+control characters other than newline and tab as ``\\xNN`` (``\\u2028``) and indents a continuation line
+that starts with a level name; tracebacks and other multi-line records read as before.
 """
 
 from __future__ import annotations
@@ -11,15 +18,39 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import re
 import sys
 from typing import IO
 
-__all__ = ["LINE_FORMAT", "configure_stderr", "LogRouter", "ErrorsToTerminal"]
+__all__ = ["LINE_FORMAT", "LineFormatter", "configure_stderr", "LogRouter", "ErrorsToTerminal"]
 
 LINE_FORMAT = "%(levelname)s %(asctime)s %(processName)s[%(process)d] %(name)s: %(message)s"
 _LEVELS = {name: getattr(logging, name) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
+#: C0 controls but tab and newline, DEL, C1 controls (CSI, NEL) and Unicode line separators.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_FORGED_HEAD = re.compile(rf"\n(?=(?:{'|'.join(_LEVELS)}) )")
 _MAX_BYTES = 50 * 1024 * 1024
 _BACKUPS = 5
+
+
+class LineFormatter(logging.Formatter):
+    """:data:`LINE_FORMAT` lines that no text inside a record can break out of (see above)."""
+
+    def __init__(self, fmt: str = LINE_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if _CONTROL.search(text):
+            text = _CONTROL.sub(_escaped, text)
+        if "\n" in text:
+            text = _FORGED_HEAD.sub("\n  ", text)
+        return text
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def configure_stderr(level: int = logging.INFO) -> None:
@@ -28,7 +59,7 @@ def configure_stderr(level: int = logging.INFO) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LINE_FORMAT))
+    handler.setFormatter(LineFormatter())
     root.addHandler(handler)
     root.setLevel(level)
 
@@ -61,7 +92,7 @@ class LogRouter:
 
         class _Handler(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
-                router.write(logging.Formatter(LINE_FORMAT).format(record), record.levelno)
+                router.write(LineFormatter().format(record), record.levelno)
 
         return _Handler()
 

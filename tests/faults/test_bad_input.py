@@ -169,3 +169,27 @@ def test_oversized_input_is_refused_at_the_client_naming_the_limit(
         client.encode(np.zeros(512, dtype=np.float32))
     assert client.pending == 0
     assert service.queue.queue_length() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_task_id_cannot_forge_log_lines_or_send_terminal_escapes(
+    make_service: Callable[..., Service], redis_client: redis.Redis
+) -> None:
+    """Task ids come from whoever writes to the broker and are logged as they are: one with a
+    newline and a level name wrote a line of its own choosing into the service's log (routed to
+    ``.err`` as CRITICAL with ``-log_dir``), and escape sequences reached the terminal."""
+    service = make_service(WORKER)
+    forged = "FORGED-" + uuid.uuid4().hex
+    task_id = (f"evil\nCRITICAL 2026-01-01 00:00:00,000 MainProcess[1] wkr_celery.server: "
+               f"{forged} \x1b[2J\x1b[31m\r")
+    redis_client.lpush(service.queue.keys.queue_for(3), envelope.build(
+        task_id, b"\xc1", client_id=None, deadline=None, priority=3))
+    stored = wait_until(partial(redis_client.get, task_meta_key(task_id)), timeout=15,
+                        what="the answer to the message;\n" + service.log()[-3000:])
+    assert decode_meta(stored)["status"] == "FAILURE"
+    assert service.client().encode(4).result(timeout=15) == 8
+    log = wait_until(lambda: (lambda text: text if forged in text else None)(service.log()),
+                     timeout=15, what="the refused message in the log")
+    lines = [line for line in log.split("\n") if forged in line]
+    assert lines and not any(line.startswith("CRITICAL") for line in lines), lines
+    assert "\x1b" not in log and "\r" not in log, [line for line in lines]
