@@ -193,3 +193,27 @@ def test_a_task_id_cannot_forge_log_lines_or_send_terminal_escapes(
     lines = [line for line in log.split("\n") if forged in line]
     assert lines and not any(line.startswith("CRITICAL") for line in lines), lines
     assert "\x1b" not in log and "\r" not in log, [line for line in lines]
+
+
+@pytest.mark.timeout(60)
+def test_forged_replies_on_a_clients_reply_list_are_dropped_and_its_requests_answered(
+    make_service: Callable[..., Service], redis_client: redis.Redis
+) -> None:
+    """Whoever can write to the result Redis pushed replies a client cannot read: a task id
+    that is a list, or a FAILURE whose result is an array. Reading one raised in the client's
+    listener thread, which died, so every later request of that client waited for ever (and
+    the REST API's client reads replies the same way)."""
+    service = make_service(WORKER)
+    client = service.client()
+    assert client.encode(1).result(timeout=15) == 2
+    forged = [codec.dumps({"status": "SUCCESS", "task_id": ["a", "list"], "result": 1}),
+              codec.dumps({"status": "SUCCESS", "task_id": {"a": 1}, "result": 1}),
+              codec.dumps({"status": "FAILURE", "task_id": "x", "result": np.arange(3)}),
+              codec.dumps({"status": np.arange(2), "task_id": "y"}),
+              codec.dumps(["task_id"]), b"\xc1"]
+    for _ in range(2):  # one lot for the listener, one for a lone request's own read
+        redis_client.rpush(reply_key(client.client_id), *forged)
+        futures = [client.encode(n) for n in range(4)]
+        assert [f.result(timeout=15) for f in futures] == [0, 2, 4, 6]
+        redis_client.rpush(reply_key(client.client_id), *forged)
+        assert client.encode(5).result(timeout=15) == 10

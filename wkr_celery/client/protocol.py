@@ -232,16 +232,24 @@ class Requests:
 
 
 def read_reply(data: Any) -> Reply | None:
-    """The answer a stored Celery result holds; ``None`` (logged) when it cannot be read."""
+    """The answer a stored Celery result holds; ``None`` (logged) when it cannot be read.
+
+    Never raises: anyone who can write to the result Redis can push onto a reply list, and
+    an error here (a task id that is a list and cannot be looked up, a failure whose result is
+    an array) killed the client's listener, leaving every later request of that client
+    waiting for ever.
+    """
     try:
         meta = loads(data)
         task_id = meta["task_id"]
+        if not isinstance(task_id, str):
+            raise TypeError(f"task id is a {type(task_id).__name__}")
+        if meta.get("status") == "SUCCESS":
+            return Reply(task_id, meta.get("result"), None)
+        return Reply(task_id, None, error_of(meta))
     except Exception:  # a reply we cannot read answers nobody; say so and go on
         log.error("dropped an unreadable reply of %d bytes", len(data))
         return None
-    if meta.get("status") == "SUCCESS":
-        return Reply(task_id, meta.get("result"), None)
-    return Reply(task_id, None, error_of(meta))
 
 
 def overloaded(name: str, max_queue: int) -> ServiceOverloaded:
