@@ -18,6 +18,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from wkr_celery import codec
 from wkr_celery.broker import (
     RequestQueue,
     ResultStore,
@@ -42,6 +43,9 @@ from wkr_celery.server.buffer import RequestBuffer
 from wkr_celery.server.fetcher import Fetcher
 
 from .helpers import wait_until
+
+#: A heartbeat as a worker writes it (the registry lists no beat it cannot read).
+BEAT = codec.dumps({"worker_id": "w1", "pid": 1, "requests": 0})
 
 
 @pytest.fixture
@@ -183,11 +187,11 @@ def test_the_registry_reads_back_info_heartbeats_and_failures(
     assert not registry.has_info() and registry.live_workers() == {}
 
     registry.write_info({"protocol": "obj", "batch_size": 4})
-    registry.heartbeat("w1", b"beat", ttl=30)
+    registry.heartbeat("w1", BEAT, ttl=30)
     registry.record_failure("worker 0 exited", ttl=30)
 
     assert registry.has_info() and registry.info() == {"protocol": "obj", "batch_size": "4"}
-    assert registry.live_workers() == {"w1": b"beat"}
+    assert registry.live_workers() == {"w1": BEAT}
     assert registry.last_failure() == "worker 0 exited"
 
 
@@ -196,7 +200,7 @@ def test_the_asyncio_client_reads_and_withdraws_through_the_same_plans_as_the_sy
     registry, queue = ServiceRegistry(redis_client, keys), RequestQueue(redis_client, keys)
     store = ResultStore(redis_client, keys)
     registry.write_info({"protocol": "obj", "batch_size": 4})
-    registry.heartbeat("w1", b"beat", ttl=30)
+    registry.heartbeat("w1", BEAT, ttl=30)
     redis_client.sadd(keys.workers, "w2")  # registered, its heartbeat expired
     registry.record_failure("worker 0 exited", ttl=30)
     requests = sender(keys, max_queue=0)
@@ -228,7 +232,7 @@ def test_the_asyncio_client_reads_and_withdraws_through_the_same_plans_as_the_sy
         redis_client.srem(SERVICES, keys.name)
 
     assert keys.name in seen[0]  # the Redis is shared: other tests' services are listed too
-    assert seen[1:4] == (registry.info(), {"w1": b"beat"}, "worker 0 exited")
+    assert seen[1:4] == (registry.info(), {"w1": BEAT}, "worker 0 exited")
     assert seen[4] == 3 and seen[5] == [redis_client.get(task_meta_key(t)) for t in answered]
     assert seen[6] is True and seen[7] == 2  # both withdrawn, by the asyncio client
     assert queue.queue_length() == 1

@@ -15,11 +15,13 @@ from typing import Any
 
 import redis
 
+from ..codec import loads
+from ..errors import DecodeError
 from ..keys import SERVICES, ServiceKeys
 from .plan import Plan, run
 
 __all__ = ["ServiceRegistry", "as_str", "info_plan", "last_failure_plan", "live_services_plan",
-           "live_workers_plan", "services_plan"]
+           "live_workers_plan", "readable_beat", "services_plan"]
 
 
 class ServiceRegistry:
@@ -127,7 +129,43 @@ def live_workers_plan(keys: ServiceKeys) -> Plan[dict[str, bytes]]:
     if not ids:
         return {}
     (beats,) = yield lambda pipe: pipe.mget([keys.heartbeat(w) for w in ids])
-    return {w: b for w, b in zip(ids, beats) if isinstance(b, bytes)}
+    return {w: b for w, b in zip(ids, beats) if isinstance(b, bytes) and readable_beat(b)}
+
+
+#: Heartbeat figures every reader takes for numbers (see ``Serving._beat``).
+_NUMBERS = ("pid", "device_id", "started", "requests", "failed", "batches",
+            "predict_seconds", "buffered")
+_TEXTS = ("worker_id", "host", "version")
+_STATISTIC = frozenset({"count", "sum", "min", "max"})
+
+
+def readable_beat(raw: bytes) -> bool:
+    """Whether ``raw`` is a heartbeat a worker could have written: a map whose figures are
+    numbers where numbers go. Anyone who can write to the broker can add a worker id and a
+    heartbeat; one that did not decode, or held text where a count goes, raised in every
+    reader (the REST API then answered each request 400 or 500, and the elastic supervisor
+    stopped). Such a beat is no live worker. Read once a second at most, per worker."""
+    try:
+        beat = loads(raw)
+    except DecodeError:
+        return False
+    if not isinstance(beat, dict):
+        return False
+    if not all(_number(beat.get(k, 0)) for k in _NUMBERS):
+        return False
+    if not all(isinstance(beat.get(k, ""), str) for k in _TEXTS):
+        return False
+    sizes, stats = beat.get("batch_sizes") or {}, beat.get("statistics") or {}
+    if not isinstance(sizes, dict) or not isinstance(stats, dict):
+        return False
+    if not all(type(k) is int and type(v) is int for k, v in sizes.items()):
+        return False
+    return all(isinstance(s, dict) and _STATISTIC <= s.keys()
+               and all(_number(s[f]) for f in _STATISTIC) for s in stats.values())
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def as_str(value: bytes | str) -> str:
