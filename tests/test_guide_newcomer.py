@@ -13,6 +13,7 @@ import importlib
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -262,6 +263,29 @@ def test_the_decentral_http_port_in_use_names_its_holder() -> None:
     assert done.returncode == 1 and len(errors) == 1, done.stderr
     assert (f"-http_port {taken}: port {taken} on 127.0.0.1 is taken by pid {os.getpid()}"
             in errors[0]) and "choose another -http_port" in errors[0], errors[0]
+
+
+def test_a_port_holder_is_named_without_its_terminal_escapes() -> None:
+    """The process named as holding a port may be another user's (root reads every
+    /proc/PID/cmdline), and its command line is its own choice: escape sequences in it reached
+    the operator's terminal, clearing it or retitling it."""
+    with subprocess.Popen(
+            [sys.executable, "-c", "# \x1b[2J\x1b]0;owned\x07\x9b31m\nimport socket, sys; "
+             "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+             "print(s.getsockname()[1], flush=True); sys.stdin.read()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None
+            taken = int(holder.stdout.readline())
+            done = _run([script("wkr-serving-start"), "workers.linear.Worker", "-port_in",
+                         str(free_port()), "-port_out", str(free_port()), "-http_port",
+                         str(taken)])
+        finally:
+            holder.kill()
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert f"is taken by pid {holder.pid} (" in errors[0], errors[0]
+    assert not any(c in done.stderr for c in "\x1b\x07\x9b"), repr(errors[0])
 
 
 def _terminal_until(argv: list[str], cwd: Path, needle: str) -> tuple[list[str], str]:

@@ -166,7 +166,10 @@ def port_holder(port: int) -> str:
             if any(os.readlink(f"/proc/{entry}/fd/{fd}") in inodes for fd in fds):
                 with open(f"/proc/{entry}/cmdline", "rb") as handle:
                     command = handle.read().replace(b"\0", b" ").decode(errors="replace")
-                return f"pid {entry} ({' '.join(command.split())[:120]})"
+                # Another user's process names itself: keep its escape sequences off the
+                # terminal that shows this message.
+                shown = "".join(c if c.isprintable() else " " for c in command[:4096])
+                return f"pid {entry} ({' '.join(shown.split())[:120]})"
         except OSError:
             continue
     return "a process this user cannot see" if inodes else "no listening process found"
