@@ -5,6 +5,7 @@ or in a content type it does not speak; every msgpack spelling gets msgpack answ
 from __future__ import annotations
 
 import json
+import uuid
 
 import msgpack
 import pytest
@@ -102,3 +103,18 @@ def test_every_msgpack_spelling_is_answered_in_msgpack_errors_included(
     unauthorised = stack.keyed.http.get("/status/server", headers=key)
     assert unauthorised.status_code == 401 and API_KEY not in unauthorised.text
     assert codec.loads(unauthorised.content)["error"]["status"] == 401
+
+
+def test_methods_a_client_makes_up_do_not_each_make_a_metric_series(stack: Stack) -> None:
+    """The request counter was labelled with the request's method as sent, and HTTP lets a
+    client send any token as a method: each made-up one (up to the 16 KiB head) added
+    series to every later ``/metrics`` answer and to the API's memory for good, with or
+    without the API key. Methods HTTP does not define are counted as ``OTHER``."""
+    made_up = [f"X{uuid.uuid4().hex.upper()}" for _ in range(3)]
+    for method in made_up:
+        for path in ("/healthz", "/no/such/path"):
+            assert stack.keyed.http.request(method, path).status_code in (404, 405)
+    metrics = stack.keyed.http.get("/metrics")
+    assert metrics.status_code == 200
+    assert not [m for m in made_up if m in metrics.text]
+    assert 'route="OTHER /healthz"' in metrics.text, metrics.text[-2000:]

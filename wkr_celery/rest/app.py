@@ -108,4 +108,12 @@ class _CountRequests:
         path = getattr(scope.get("route"), "path", None) or "unmatched"
         if path.startswith(("/dashboard/static", apidocs.STATIC)):
             return
-        self.metrics.requests.labels(f"{scope['method']} {path}", outcome_of(status)).inc()
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        self.metrics.requests.labels(f"{method} {path}", outcome_of(status)).inc()
+
+
+#: The methods HTTP defines. Any other token is a valid method to h11, so a client could make
+#: up one per request, each a new metric series kept in memory and in every ``/metrics``
+#: answer for good; those are all counted as ``OTHER``.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+                      "CONNECT"})
