@@ -217,3 +217,26 @@ def test_forged_replies_on_a_clients_reply_list_are_dropped_and_its_requests_ans
         assert [f.result(timeout=15) for f in futures] == [0, 2, 4, 6]
         redis_client.rpush(reply_key(client.client_id), *forged)
         assert client.encode(5).result(timeout=15) == 10
+
+
+@pytest.mark.parametrize("spoil", ["not a number", "1e999", "list"])
+@pytest.mark.timeout(60)
+def test_a_spoiled_id_counter_is_started_again_and_the_workers_keep_serving(
+    make_service: Callable[..., Service], redis_client: redis.Redis, spoil: str
+) -> None:
+    """Someone with write access made the service's inflight id counter (``wkr:NAME:seq``)
+    something other than a number. Every fetch of a batch failed in fetch.lua, and each worker
+    died and was restarted, for as long as the key stayed (a restart of the service kept it):
+    the service answered almost nothing. The counter now starts again from the clock."""
+    service = make_service(WORKER)
+    workers = set(service.live_workers())
+    seq = service.queue.keys.seq
+    if spoil == "list":
+        redis_client.rpush(seq, "a", "list")
+    else:
+        redis_client.set(seq, spoil)
+    client = service.client()
+    futures = [client.encode(n) for n in range(40)]  # several at once: a batch fetch
+    assert [f.result(timeout=15) for f in futures] == [2 * n for n in range(40)]
+    assert set(service.live_workers()) == workers, "a worker died: " + service.log()[-2000:]
+    assert 0 < int(redis_client.get(seq) or 0) < 2**50

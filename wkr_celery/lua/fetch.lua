@@ -31,13 +31,13 @@ local after = tonumber(ARGV[2] or '0')  -- the highest inflight id this worker e
 
 local EPOCH = 1704067200         -- 2024-01-01 00:00 UTC, in seconds
 
--- The first of `n` new seq numbers, reserved.
+-- The first of `n` new seq numbers, reserved. A `seq` that is not a number (someone else wrote
+-- it: text, '1e999', or a key of another type) counts as missing and is overwritten; else every fetch
+-- failed here and each worker died on it, for as long as the key stayed.
 local function issue(n)
-  local current = redis.call('GET', seq)
-  local base
-  if current then
-    base = tonumber(current)
-  else
+  local current = redis.pcall('GET', seq)
+  local base = type(current) == 'string' and tonumber(current) or nil
+  if not base or not (base >= 0 and base < 2^50) then  -- ids seq * 8 + source stay exact
     local now = redis.call('TIME')
     base = math.max(0, (tonumber(now[1]) - EPOCH) * 1000000 + tonumber(now[2]))
   end
