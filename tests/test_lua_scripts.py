@@ -46,11 +46,12 @@ def fetch_keys(keys: ServiceKeys, worker: str) -> list[str]:
 
 
 def test_the_loader_puts_the_needed_library_in_front_of_a_script() -> None:
-    library = scripts.load("lib/nudge") + "\n" + scripts.load("lib/requeue") + "\n"
+    lists_and_nudge = scripts.load("lib/lists") + "\n" + scripts.load("lib/nudge") + "\n"
+    library = lists_and_nudge + scripts.load("lib/requeue") + "\n"
     assert scripts.REQUEUE_DEAD.startswith(library)
     assert scripts.SWEEP.startswith(library)
     assert "local function requeue" not in scripts.FETCH
-    assert scripts.FETCH.startswith(scripts.load("lib/nudge"))
+    assert scripts.FETCH.startswith(lists_and_nudge)
 
 
 def test_fetch_takes_the_oldest_messages_in_serving_order_and_records_their_source(

@@ -240,3 +240,24 @@ def test_a_spoiled_id_counter_is_started_again_and_the_workers_keep_serving(
     assert [f.result(timeout=15) for f in futures] == [2 * n for n in range(40)]
     assert set(service.live_workers()) == workers, "a worker died: " + service.log()[-2000:]
     assert 0 < int(redis_client.get(seq) or 0) < 2**50
+
+
+@pytest.mark.parametrize("key", ["suspect", "low priority queue"])
+@pytest.mark.timeout(60)
+def test_a_list_the_fetch_pops_made_another_type_is_dropped_and_the_workers_keep_serving(
+    make_service: Callable[..., Service], redis_client: redis.Redis, key: str
+) -> None:
+    """Someone with write access made the suspect list, or a queue list of a priority nobody
+    uses, a string. Every batch fetch failed on WRONGTYPE, and each worker died on it and was
+    restarted, for as long as the key stayed. A list of ours that is not a list holds none of
+    our messages: the fetch drops it and goes on."""
+    service = make_service(WORKER)
+    workers = set(service.live_workers())
+    keys = service.queue.keys
+    spoiled = keys.suspect if key == "suspect" else keys.queue_for(6)
+    redis_client.set(spoiled, "not a list")
+    client = service.client()
+    futures = [client.encode(n) for n in range(40)]  # several at once: a batch fetch
+    assert [f.result(timeout=15) for f in futures] == [2 * n for n in range(40)]
+    assert set(service.live_workers()) == workers, "a worker died: " + service.log()[-2000:]
+    assert redis_client.type(spoiled) in (b"none", b"list")

@@ -1,7 +1,8 @@
 -- requeue(...): moves a dead worker's messages back: its inflight hash and its landing list.
 --
--- Shared by requeue_dead.lua and sweep.lua (they say `-- needs: lib/nudge.lua lib/requeue.lua`;
--- the loader in wkr_celery/scripts.py puts these files in front of them). Inflight field ids are
+-- Shared by requeue_dead.lua and sweep.lua (they say
+-- `-- needs: lib/lists.lua lib/nudge.lua lib/requeue.lua`; the loader in wkr_celery/scripts.py
+-- puts these files in front of them). Inflight field ids are
 -- `seq * 8 + source`: source 0..3 is the queue list a message came from, 7 the suspect list.
 -- The landing list holds what the worker took with BLMOVE from the arrivals list while idle
 -- (a message it predicts without a fetch.lua call); its id is 6 (see scripts.LANDED_ID).
@@ -30,11 +31,11 @@ local function requeue(inflight, landing, suspect, deaths, queues, blamed_all, b
   local function put_back(message, source, blame)
     if blame then
       redis.call('HINCRBY', deaths, message, 1)
-      redis.call('RPUSH', suspect, message)
+      on_list('RPUSH', suspect, message)
     elseif source == 7 then
-      redis.call('RPUSH', suspect, message)
+      on_list('RPUSH', suspect, message)
     else
-      redis.call('RPUSH', queues[source + 1], message)
+      on_list('RPUSH', queues[source + 1], message)
     end
     moved = moved + 1
   end

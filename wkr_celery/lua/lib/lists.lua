@@ -1,0 +1,14 @@
+-- on_list(command, key, ...): redis.call on one of our lists, which someone with write access
+-- to Redis may have made another type (a string, a hash). Such a key holds none of our
+-- messages, yet every call on it failed with WRONGTYPE: each client's publish, and each
+-- worker's fetch (which killed the worker, restarted to fail again) for as long as it stayed.
+-- It is deleted and the call made again. No extra command when the key is a list or missing.
+local function on_list(command, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, 'WRONGTYPE', 1, true) == nil then error(reply) end
+    redis.call('DEL', key)
+    return redis.call(command, key, ...)
+  end
+  return reply
+end
