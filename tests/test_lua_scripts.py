@@ -46,7 +46,7 @@ def fetch_keys(keys: ServiceKeys, worker: str) -> list[str]:
 
 
 def test_the_loader_puts_the_needed_library_in_front_of_a_script() -> None:
-    lists_and_nudge = scripts.load("lib/lists") + "\n" + scripts.load("lib/nudge") + "\n"
+    lists_and_nudge = scripts.load("lib/keys") + "\n" + scripts.load("lib/nudge") + "\n"
     library = lists_and_nudge + scripts.load("lib/requeue") + "\n"
     assert scripts.REQUEUE_DEAD.startswith(library)
     assert scripts.SWEEP.startswith(library)

@@ -261,3 +261,36 @@ def test_a_list_the_fetch_pops_made_another_type_is_dropped_and_the_workers_keep
     assert [f.result(timeout=15) for f in futures] == [2 * n for n in range(40)]
     assert set(service.live_workers()) == workers, "a worker died: " + service.log()[-2000:]
     assert redis_client.type(spoiled) in (b"none", b"list")
+
+
+@pytest.mark.parametrize("spoil", ["inflight a string", "inflight id not a number",
+                                   "deaths a string"])
+@pytest.mark.timeout(60)
+def test_a_spoiled_dead_worker_is_swept_and_its_requests_served(
+    make_service: Callable[..., Service], redis_client: redis.Redis, spoil: str
+) -> None:
+    """Someone with write access registered a worker with no heartbeat whose inflight hash
+    was a string or had a field that is no id, or made the deaths hash a string. The sweep,
+    one script for every dead worker, failed on it every time: no dead worker's requests were
+    requeued again, on any supervisor, for as long as the keys stayed."""
+    service = make_service(WORKER)
+    keys = service.queue.keys
+    ghost, task_id = f"ghost-{uuid.uuid4().hex}", uuid.uuid4().hex
+    message = envelope.build(task_id, encode_body(20), client_id=None, deadline=None,
+                             priority=3)
+    if spoil == "inflight a string":
+        redis_client.set(keys.inflight(ghost), "not a hash")
+    elif spoil == "inflight id not a number":
+        redis_client.hset(keys.inflight(ghost), mapping={"abc": b"junk", "1e999": b"junk",
+                                                         "17": message})
+    else:
+        redis_client.set(keys.deaths, "not a hash")
+        redis_client.hset(keys.inflight(ghost), "17", message)
+    redis_client.sadd(keys.workers, ghost)
+    wait_until(lambda: not redis_client.sismember(keys.workers, ghost), 20,
+               what="the sweep to take the dead worker out;\n" + service.log()[-2000:])
+    if spoil != "inflight a string":
+        stored = wait_until(partial(redis_client.get, task_meta_key(task_id)), timeout=15,
+                            what="the dead worker's request to be served")
+        assert decode_meta(stored)["result"] == 40
+    assert service.client().encode(2).result(timeout=15) == 4

@@ -1,4 +1,4 @@
--- needs: lib/lists.lua lib/nudge.lua
+-- needs: lib/keys.lua lib/nudge.lua
 -- fetch.lua: a worker takes up to `count` messages into its inflight hash, oldest first.
 --
 -- A message on the suspect list (held by a worker that died) comes alone, with its death count,
@@ -46,19 +46,19 @@ local function issue(n)
   return base + 1
 end
 
-local message = on_list('RPOP', suspect)
+local message = on_key('RPOP', suspect)
 if message then
-  local died = tonumber(redis.call('HGET', deaths, message) or '1')
+  local died = tonumber(on_key('HGET', deaths, message) or '1')
   local id = issue(1) * 8 + 7
   redis.call('HSET', inflight, string.format('%d', id), message)
-  if on_list('LLEN', suspect) > 0 then nudge(arrivals) end
+  if on_key('LLEN', suspect) > 0 then nudge(arrivals) end
   return {id, message, died}
 end
 
 local got, messages, sources = 0, {}, {}
 for i = first_queue, #KEYS do
   if got >= count then break end
-  local items = on_list('RPOP', KEYS[i], count - got)
+  local items = on_key('RPOP', KEYS[i], count - got)
   while items do
     local dropped = 0
     for _, m in ipairs(items) do
@@ -72,7 +72,7 @@ for i = first_queue, #KEYS do
     end
     -- nudges took places in this pop: take as many more from the same list
     if dropped == 0 or got >= count then break end
-    items = on_list('RPOP', KEYS[i], count - got)
+    items = on_key('RPOP', KEYS[i], count - got)
   end
 end
 if got > 0 then
@@ -89,7 +89,7 @@ if got > 0 then
   redis.call('HSET', inflight, unpack(fields))
   if got >= count then
     for i = first_queue, #KEYS do
-      if on_list('LLEN', KEYS[i]) > 0 then
+      if on_key('LLEN', KEYS[i]) > 0 then
         nudge(arrivals)
         break
       end

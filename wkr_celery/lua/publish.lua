@@ -1,4 +1,4 @@
--- needs: lib/lists.lua lib/nudge.lua
+-- needs: lib/keys.lua lib/nudge.lua
 -- publish.lua: a client publishes its outbox of requests in one round trip.
 --
 -- Messages are pushed in order onto the queue list each names; with a cap, only as many as fit
@@ -16,14 +16,14 @@ local first_item = 2             -- ARGV[2..]: pairs {queue list index from 0, m
 local room = -1
 if cap > 0 then
   local waiting = 0
-  for i = first_queue, #KEYS do waiting = waiting + on_list('LLEN', KEYS[i]) end
+  for i = first_queue, #KEYS do waiting = waiting + on_key('LLEN', KEYS[i]) end
   room = cap - waiting
   if room < 0 then room = 0 end
 end
 local accepted = 0
 for j = first_item, #ARGV, 2 do
   if room >= 0 and accepted >= room then break end
-  on_list('LPUSH', KEYS[first_queue + tonumber(ARGV[j])], ARGV[j + 1])
+  on_key('LPUSH', KEYS[first_queue + tonumber(ARGV[j])], ARGV[j + 1])
   accepted = accepted + 1
 end
 if accepted > 0 then nudge(arrivals) end

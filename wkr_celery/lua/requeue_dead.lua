@@ -1,4 +1,4 @@
--- needs: lib/lists.lua lib/nudge.lua lib/requeue.lua
+-- needs: lib/keys.lua lib/nudge.lua lib/requeue.lua
 -- requeue_dead.lua: the supervisor saw one of its worker processes die (or stop): everything
 -- that worker held goes back (see lib/requeue.lua), and the worker leaves the registry.
 --

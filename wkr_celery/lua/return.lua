@@ -1,4 +1,4 @@
--- needs: lib/lists.lua lib/nudge.lua
+-- needs: lib/keys.lua lib/nudge.lua
 -- return.lua: a stopping worker puts messages it has not started back at the head of the lists
 -- they came from (graceful stop); the source is the inflight id modulo 8 (see fetch.lua). A
 -- message it landed (took with BLMOVE into its landing list, see lib/requeue.lua) goes back by
@@ -22,9 +22,9 @@ for i = first_id, first_landed - 1 do
   if message then
     local source = tonumber(id) % 8
     if source == 7 then
-      on_list('RPUSH', suspect, message)
+      on_key('RPUSH', suspect, message)
     else
-      on_list('RPUSH', KEYS[first_queue + source], message)
+      on_key('RPUSH', KEYS[first_queue + source], message)
     end
     redis.call('HDEL', inflight, id)
     returned = returned + 1
@@ -32,7 +32,7 @@ for i = first_id, first_landed - 1 do
 end
 for i = first_landed, #ARGV do
   if redis.call('LREM', landing, -1, ARGV[i]) > 0 then
-    on_list('RPUSH', arrivals, ARGV[i])
+    on_key('RPUSH', arrivals, ARGV[i])
     returned = returned + 1
   end
 end

@@ -1,4 +1,4 @@
--- needs: lib/lists.lua lib/nudge.lua lib/requeue.lua
+-- needs: lib/keys.lua lib/nudge.lua lib/requeue.lua
 -- sweep.lua: any supervisor requeues the messages of every registered worker whose heartbeat
 -- has expired (its host died, or its supervisor with it), blaming all of them, and removes the
 -- worker from the registry.

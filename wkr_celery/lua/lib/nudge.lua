@@ -1,5 +1,5 @@
 -- nudge(arrivals): wakes an idle worker after a message went onto any list but the arrivals list
--- (needs lib/lists.lua in front of it).
+-- (needs lib/keys.lua in front of it).
 --
 -- An idle worker blocks with BLMOVE on one list only, the arrivals list (normal priority, where
 -- our clients' requests go by default), so a message pushed there wakes it with the message
@@ -10,5 +10,5 @@
 -- instead, and requeue drops them.
 local NUDGE = '\0wkr-nudge'
 local function nudge(arrivals)
-  if on_list('LLEN', arrivals) == 0 then redis.call('LPUSH', arrivals, NUDGE) end
+  if on_key('LLEN', arrivals) == 0 then redis.call('LPUSH', arrivals, NUDGE) end
 end

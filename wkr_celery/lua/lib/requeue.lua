@@ -1,7 +1,7 @@
 -- requeue(...): moves a dead worker's messages back: its inflight hash and its landing list.
 --
 -- Shared by requeue_dead.lua and sweep.lua (they say
--- `-- needs: lib/lists.lua lib/nudge.lua lib/requeue.lua`; the loader in wkr_celery/scripts.py
+-- `-- needs: lib/keys.lua lib/nudge.lua lib/requeue.lua`; the loader in wkr_celery/scripts.py
 -- puts these files in front of them). Inflight field ids are
 -- `seq * 8 + source`: source 0..3 is the queue list a message came from, 7 the suspect list.
 -- The landing list holds what the worker took with BLMOVE from the arrivals list while idle
@@ -19,23 +19,25 @@
 --   blamed      set of blamed ids, as strings
 -- Returns the number of messages moved.
 local function requeue(inflight, landing, suspect, deaths, queues, blamed_all, blamed, ttl)
-  local all = redis.call('HGETALL', inflight)
+  local all = on_key('HGETALL', inflight)
   local ids, byid = {}, {}
   for i = 1, #all, 2 do
     local id = tonumber(all[i])
-    ids[#ids + 1] = id
-    byid[id] = all[i + 1]
+    if id and id >= 0 and id < 2^53 and id == math.floor(id) then  -- else not a field of ours
+      ids[#ids + 1] = id
+      byid[id] = all[i + 1]
+    end
   end
   table.sort(ids)
   local moved = 0
   local function put_back(message, source, blame)
     if blame then
-      redis.call('HINCRBY', deaths, message, 1)
-      on_list('RPUSH', suspect, message)
+      on_key('HINCRBY', deaths, message, 1)
+      on_key('RPUSH', suspect, message)
     elseif source == 7 then
-      on_list('RPUSH', suspect, message)
+      on_key('RPUSH', suspect, message)
     else
-      on_list('RPUSH', queues[source + 1], message)
+      on_key('RPUSH', queues[source + 1] or queues[2], message)  -- a source we never write
     end
     moved = moved + 1
   end
@@ -43,7 +45,7 @@ local function requeue(inflight, landing, suspect, deaths, queues, blamed_all, b
     local id = ids[k]             -- blamed ids are '%d' strings: tostring would print an exponent
     put_back(byid[id], id % 8, blamed_all or blamed[string.format('%d', id)])
   end
-  local landed = redis.call('LRANGE', landing, 0, -1)
+  local landed = on_key('LRANGE', landing, 0, -1)
   for k = 1, #landed do           -- LPUSHed: the oldest is last
     if landed[k] ~= NUDGE then put_back(landed[k], 1, blamed_all or blamed['6']) end
   end

@@ -1,0 +1,15 @@
+-- on_key(command, key, ...): redis.call on one of our keys (a list, the deaths hash, a dead
+-- worker's inflight hash), which someone with write access to Redis may have made another
+-- type. Such a key holds none of our messages, yet every call on it failed with WRONGTYPE:
+-- each client's publish, each worker's fetch (which killed the worker, restarted to fail
+-- again), every sweep of dead workers, for as long as it stayed. It is deleted and the call
+-- made again. No extra command when the key has its type or is missing.
+local function on_key(command, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, 'WRONGTYPE', 1, true) == nil then error(reply) end
+    redis.call('DEL', key)
+    return redis.call(command, key, ...)
+  end
+  return reply
+end
