@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import urllib.request
 import uuid
 from collections import Counter
@@ -127,6 +128,21 @@ def test_every_job_flows_through_the_units_and_its_result_arrives_exactly_once(
     assert served["name"] == proc.name and served["totals"]["running"] == 3
     assert {u["remote"][3] for u in served["units"]} == {services["a"].name}
     assert "Warning" not in proc.log() and not proc.err(), "a clean run logs no warning or error"
+
+
+def test_the_status_server_closes_a_connection_that_sends_nothing(
+        services: dict[str, Service], central: Callable[..., Central]) -> None:
+    """The status server read each request head with no deadline, on a thread per connection:
+    a client that connected and sent nothing held its thread and socket for as long as the
+    central ran, and many such clients piled threads up in the central's process."""
+    http_port = free_port()
+    proc = central("-remote_servers", servers(services["a"]), "-num_client", "1",
+                   "-http_port", str(http_port))
+    wait_until(proc.running_units(1), 60, what="1 running unit")
+    with socket.create_connection(("127.0.0.1", http_port), timeout=30) as silent:
+        assert silent.recv(1) == b"", "the status server kept a connection that sent nothing"
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status", timeout=10) as response:
+        assert json.loads(response.read())["name"] == proc.name
 
 
 def test_a_single_unit_serves_jobs_first_in_first_out(

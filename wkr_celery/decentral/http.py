@@ -15,12 +15,19 @@ from typing import Any
 
 __all__ = ["StatusHTTPServer"]
 
+#: Seconds a connection may take to send its request (and take its answer). Without a deadline
+#: a client that connected and sent nothing held its handler thread and socket for as long as
+#: the central ran, and many such clients piled threads up in the central's process.
+READ_SECONDS = 10.0
+
 
 class StatusHTTPServer:
     """Serves ``snapshot()`` on ``host:port`` from a daemon thread."""
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], dict[str, Any]]) -> None:
         class Handler(BaseHTTPRequestHandler):
+            timeout = READ_SECONDS  # the socket's timeout: the handler ends when it passes
+
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 if self.path.split("?", 1)[0] not in ("/", "/status"):
                     self._send(404, {"error": f"no such path {self.path!r}; try /status"})
