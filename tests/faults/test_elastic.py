@@ -64,3 +64,34 @@ def test_a_burst_grows_the_service_to_its_max_and_it_shrinks_back_losing_nothing
         assert client.encode(7).result(timeout=30) == 14
     finally:
         api.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_elastic_estimate_in_metrics_has_a_name_of_its_own(
+        make_service: Callable[..., Service]) -> None:
+    """An operator scrapes ``/metrics`` of an elastic service with the REST API. Each family
+    must be declared once: the supervisor's queue-wait estimate used to be a gauge named
+    ``wkr_queue_wait_seconds``, the name the API's own histogram already has, so the scrape
+    declared that name twice with two types (Prometheus's text parsers reject a second
+    ``TYPE`` line for a name, and ``prometheus_client``'s merged the gauge into the histogram,
+    where its value was lost)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    http_port = free_port()
+    make_service(WORKER, "-num_worker", "1", "-num_worker_max", "2",
+                 "-http_port", str(http_port))
+    with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as api:
+        def elastic_metrics() -> str:
+            try:
+                text = api.get("/metrics").text
+            except httpx.TransportError:
+                return ""
+            return text if "wkr_workers_max 2.0" in text else ""
+
+        text = wait_until(elastic_metrics, 60, what="the elastic state in /metrics")
+    declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert sorted(n for n in set(declared) if declared.count(n) > 1) == [], text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["wkr_queue_wait_seconds"].type == "histogram"  # the API's own
+    estimate = families["wkr_scaling_queue_wait_seconds"]
+    assert estimate.type == "gauge" and [s.value for s in estimate.samples] == [0.0]

@@ -104,8 +104,10 @@ class ServiceCollector(Collector):
                                     value=scaling.get("workers", 0))
             yield GaugeMetricFamily("wkr_workers_max", "most worker processes (-num_worker_max)",
                                     value=scaling.get("ceiling", 0))
-            yield GaugeMetricFamily("wkr_queue_wait_seconds",
-                                    "estimated queue wait: queued / served rate",
+            # Not wkr_queue_wait_seconds: that is the API's own histogram (ApiMetrics), and
+            # one name declared twice with two types breaks Prometheus's parsers.
+            yield GaugeMetricFamily("wkr_scaling_queue_wait_seconds",
+                                    "the supervisor's estimated queue wait: queued / served rate",
                                     value=scaling.get("wait_s", 0.0))
             events = CounterMetricFamily("wkr_scale_events", "workers added and retired",
                                          labels=["direction"])
