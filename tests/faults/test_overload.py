@@ -29,6 +29,44 @@ def test_request_past_its_deadline_is_dropped_by_the_worker_and_the_caller_told(
     assert client.encode(3, timeout=10).result(timeout=10) == 6
 
 
+
+@pytest.mark.timeout(90)
+def test_a_backlog_of_expired_requests_is_logged_as_counts_not_a_line_each(
+    make_service: Callable[..., Service],
+) -> None:
+    """A worker that comes back to a backlog of requests whose callers gave up (a service
+    restarted, a worker stalled) drops them before predict. It used to log one ERROR line per
+    request: a restart behind 24,399 expired requests wrote 24,399 lines (4 MB) and buried
+    everything else. Now the drops are counted and logged as a few lines that add up to all of
+    them, and each caller still has its stored ``DeadlineExceeded``."""
+    import os
+    import re
+    import signal
+
+    from wkr_celery.errors import DeadlineExceeded
+
+    service = make_service("tests.faults.workers.Doubler")
+    (beat,) = service.live_workers().values()
+    client = service.client()
+    os.kill(int(beat["pid"]), signal.SIGSTOP)  # the worker stalls; requests queue behind it
+    try:
+        late = [client.encode(i, timeout=0.2) for i in range(400)]
+        wait(late, timeout=30)
+        assert all(isinstance(f.exception(), DeadlineExceeded) for f in late)
+    finally:
+        os.kill(int(beat["pid"]), signal.SIGCONT)
+    assert client.encode(3, timeout=30).result(timeout=30) == 6  # the backlog was gone through
+
+    def dropped() -> list[int]:
+        counts = [int(n) for n in re.findall(
+            r"dropped (\d+) requests? whose deadline had passed before predict", service.log())]
+        return counts if sum(counts) == 400 else []
+
+    counts = wait_until(dropped, 30, what=f"400 drops counted in the log:\n{service.log()[-3000:]}")
+    assert len(counts) <= 5, counts
+    assert service.log().count("before predict") == len(counts), service.log()[-3000:]
+
+
 def _overloaded(futures: list[Future[Any]], at_least: int = 0) -> int:
     """How many were refused with ServiceOverloaded, once at least ``at_least`` were (else 0)."""
     count = sum(f.done() and isinstance(f.exception(), ServiceOverloaded) for f in futures)

@@ -27,6 +27,7 @@ from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
 from ..connections import REDIS_ERRORS
+from ..errors import DeadlineExceeded
 from ..keys import ServiceKeys
 from ..messages import now_iso
 from ..result_store import kept_result_store
@@ -35,6 +36,7 @@ from .acks import PendingAcks
 from .buffer import KeyedRequestBuffer, RequestBuffer
 from .fetcher import Fetcher, ack_args, split
 from .hardworker import WKRHardWorker
+from .late_drops import LateDrops
 from .request import Outcome, Request
 from .runner import ModelRunner
 from .status import ServingStats, service_info
@@ -83,6 +85,7 @@ class ServingLoop:
             if self.runner.batches_by_traits else RequestBuffer(capacity)
         )
         self.stats = ServingStats()
+        self.late_drops = LateDrops(log)  # counted, not a line each (see .late_drops)
         self.listeners: list[BatchListener] = []
         self.ready = threading.Event()
         self.failed: BaseException | None = None
@@ -166,6 +169,7 @@ class ServingLoop:
         # Stored batches not yet acked (the broker was down) are acked first: else they would go
         # back and be answered twice.
         self._retry(self.acks.flush, "ack stored results", deadline)
+        self.late_drops.flush(force=True)
         # The heartbeat thread ends at its next wait; a beat it sent after the worker left the
         # registry would put the worker back in it, alive for a visibility timeout.
         heart = self._thread("wkr-heartbeat")
@@ -315,7 +319,9 @@ class ServingLoop:
             task_id = request.task_id
             if task_id is None:
                 continue
-            if outcome.error is not None:
+            if isinstance(outcome.error, DeadlineExceeded):
+                self.late_drops.add()
+            elif outcome.error is not None:
                 log.error("request %s failed: %s%s", task_id, outcome.error,
                           f"\n{outcome.traceback}" if outcome.traceback else "")
             results.append((task_id, outcome.stored(task_id, date, max_result),
@@ -365,6 +371,7 @@ class ServingLoop:
             beats += 1
             try:
                 self._beat()
+                self.late_drops.flush()
                 self.acks.try_flush()  # acks a broker outage held back, if no store did
                 if not self.registry.has_info():  # Redis restarted empty
                     self.registry.write_info(self._info)
