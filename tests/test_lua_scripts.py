@@ -253,15 +253,15 @@ def test_sweep_requeues_only_workers_whose_heartbeat_expired(
 
 def test_publish_pushes_in_order_and_nudges_idle_workers_only_for_other_lists(
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
-    accepted = script("publish")(keys=list(keys.queues), args=[0, 0, b"a", 2, b"b", 0, b"c"])
+    accepted = script("publish")(keys=[*keys.queues, keys.info], args=[0, 0, b"a", 2, b"b", 0, b"c"])
 
     assert accepted == 3
     assert redis_client.lrange(keys.queues[0], 0, -1) == [b"c", b"a"]
     assert redis_client.lrange(keys.queues[2], 0, -1) == [b"b"]
     assert redis_client.lrange(keys.arrivals, 0, -1) == [NUDGE], "one nudge, however many sent"
 
-    assert script("publish")(keys=list(keys.queues), args=[0, 1, b"n"]) == 1
-    assert script("publish")(keys=list(keys.queues), args=[0, 0, b"d"]) == 1
+    assert script("publish")(keys=[*keys.queues, keys.info], args=[0, 1, b"n"]) == 1
+    assert script("publish")(keys=[*keys.queues, keys.info], args=[0, 0, b"d"]) == 1
     assert redis_client.lrange(keys.arrivals, 0, -1) == [b"n", NUDGE], (
         "a non-empty arrivals list has no worker blocked on it: no second nudge")
 
@@ -270,11 +270,11 @@ def test_publish_refuses_the_tail_past_the_cap(
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
     redis_client.lpush(keys.queues[1], b"waiting")
 
-    accepted = script("publish")(keys=list(keys.queues), args=[3, 0, b"a", 0, b"b", 0, b"c"])
+    accepted = script("publish")(keys=[*keys.queues, keys.info], args=[3, 0, b"a", 0, b"b", 0, b"c"])
 
     assert accepted == 2
     assert redis_client.lrange(keys.queues[0], 0, -1) == [b"b", b"a"]
-    full = script("publish")(keys=list(keys.queues), args=[3, 0, b"d"])
+    full = script("publish")(keys=[*keys.queues, keys.info], args=[3, 0, b"d"])
     assert full == 0 and redis_client.llen(keys.queues[0]) == 2
 
 

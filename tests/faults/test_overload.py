@@ -48,11 +48,21 @@ def test_a_backlog_of_expired_requests_is_logged_as_counts_not_a_line_each(
     service = make_service("tests.faults.workers.Doubler")
     (beat,) = service.live_workers().values()
     client = service.client()
+    broker = service.queue.client
     os.kill(int(beat["pid"]), signal.SIGSTOP)  # the worker stalls; requests queue behind it
     try:
         late = [client.encode(i, timeout=0.2) for i in range(400)]
         wait(late, timeout=30)
         assert all(isinstance(f.exception(), DeadlineExceeded) for f in late)
+        # Every deadline well past on the broker's clock (the one the worker judges by), so
+        # no clock error between client and worker lets one of them into predict.
+        def now() -> float:
+            seconds, micros = broker.time()
+            return seconds + micros / 1e6
+
+        passed = now() + 1.0
+        wait_until(lambda: now() >= passed, 10,
+                   what="the deadlines a second past on the broker's clock")
     finally:
         os.kill(int(beat["pid"]), signal.SIGCONT)
     assert client.encode(3, timeout=30).result(timeout=30) == 6  # the backlog was gone through
@@ -62,9 +72,41 @@ def test_a_backlog_of_expired_requests_is_logged_as_counts_not_a_line_each(
             r"dropped (\d+) requests? whose deadline had passed before predict", service.log())]
         return counts if sum(counts) == 400 else []
 
-    counts = wait_until(dropped, 30, what=f"400 drops counted in the log:\n{service.log()[-3000:]}")
+    try:
+        counts = wait_until(dropped, 30, what="400 drops counted in the log")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{service.log()[-3000:]}") from None
     assert len(counts) <= 5, counts
     assert service.log().count("before predict") == len(counts), service.log()[-3000:]
+
+
+
+@pytest.mark.timeout(120)
+def test_a_client_connected_across_a_restart_is_held_to_the_new_max_queue(
+    make_service: Callable[..., Service],
+) -> None:
+    """The operator restarts a service with a lower ``-max_queue`` while its clients stay
+    connected. The cap is the service's: a client made before the restart used to enforce the
+    one it read when it connected, so the queue grew far past the new cap (40 requests queued
+    behind a cap of 5) and nobody was told ``ServiceOverloaded``."""
+    from wkr_celery.client import WKRClient
+
+    first = make_service("tests.faults.workers.Doubler", "-max_queue", "1000")
+    with WKRClient(name=first.name, broker_url=first.broker_url, connect_timeout=30) as client:
+        assert client.encode(1, timeout=30).result(timeout=30) == 2
+        assert first.stop() == 0
+        second = make_service("tests.faults.workers.VerySlowDoubler", "-max_queue", "5",
+                              "-batch_size", "1", name=first.name)
+        futures = [client.encode(i, timeout=60) for i in range(40)]
+        most = 0
+        while not all(f.done() for f in futures):
+            most = max(most, second.queue.queue_length())
+            wait(futures, timeout=0.05)
+        assert most <= 5, f"{most} requests queued under -max_queue 5"
+        refused = [f.exception() for f in futures if f.exception() is not None]
+        assert refused and all(isinstance(e, ServiceOverloaded) for e in refused), refused
+        assert "has 5 requests queued (-max_queue)" in str(refused[0])
+        assert all(f.result() == 2 * i for i, f in enumerate(futures) if f.exception() is None)
 
 
 def _overloaded(futures: list[Future[Any]], at_least: int = 0) -> int:

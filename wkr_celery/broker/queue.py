@@ -19,6 +19,7 @@ import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from .. import scripts
+from ..connections import REDIS_ERRORS
 from ..keys import ServiceKeys
 from .lane import Lane
 from .plan import Plan, ping_plan, run
@@ -52,9 +53,19 @@ class RequestQueue:
     # Client side ---------------------------------------------------------------------------
 
     def publish(self, items: Sequence[tuple[int, str | bytes]], *, cap: int) -> int:
-        """Push ``(list index, envelope)`` items in order; returns how many fit under ``cap``."""
+        """Push ``(list index, envelope)`` items in order; returns how many fit under the
+        service's cap (``cap`` where its info names none)."""
         keys, args = publish_call(self.keys, items, cap=cap)
         return int(self._lane.run_script(self._publish, keys, args))
+
+    def cap(self, fallback: int) -> int:
+        """The service's queue cap as its info says now (what ``publish`` enforced), else
+        ``fallback``: read to name the cap in a refusal. Never raises into the publish path,
+        where a retry would publish the accepted requests twice."""
+        try:
+            return int(self.client.hget(self.keys.info, "max_queue") or fallback)
+        except REDIS_ERRORS:
+            return fallback
 
     # Worker side ---------------------------------------------------------------------------
 
@@ -243,9 +254,10 @@ def queue_length_plan(keys: ServiceKeys) -> Plan[int]:
 def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str | bytes]], *, cap: int
                  ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of one ``PUBLISH`` script call; the asyncio client runs the same
-    script with them on its own connection."""
+    script with them on its own connection. ``cap`` counts only where the service info names
+    none: the script reads the service's own ``max_queue`` (see publish.lua)."""
     args: list[Any] = [cap]
     for index, message in items:
         args.append(index)
         args.append(message)
-    return list(keys.queues), args
+    return [*keys.queues, keys.info], args

@@ -16,6 +16,7 @@ predicted, and its answer dropped when it comes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -310,6 +311,10 @@ class AsyncWKRClient(InputContract):
             waiting.published_at = published
             if waiting.withdrawn:  # its caller gave up while it was on the way
                 self._withdrawn.append(waiting.request)
+        if accepted < len(items):  # refused at the service's cap: name the one it has now
+            with contextlib.suppress(*REDIS_ERRORS):
+                cap = await self._broker.hget(requests.keys.info, "max_queue")
+                requests.max_queue = int(cap or requests.max_queue)
         sent = requests.sent([w.request for w in items], accepted)
         for request in sent.refused:
             assert sent.error is not None

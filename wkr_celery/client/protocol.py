@@ -207,6 +207,8 @@ class Requests:
         """Publish ``requests`` in order in one round trip, as many as fit under the cap.
         Redis errors propagate: each sender retries, or gives up, in its own way."""
         accepted = queue.publish([(r.index, r.message) for r in requests], cap=self.max_queue)
+        if accepted < len(requests):  # refused at the service's cap: name the one it has now
+            self.max_queue = queue.cap(self.max_queue)
         return self.sent(requests, accepted)
 
     def publish_call(self, requests: Sequence[Outgoing]) -> tuple[list[str], list[Any]]:

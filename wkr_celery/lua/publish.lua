@@ -6,17 +6,27 @@
 -- client can fail them at once rather than let them wait. A message on the arrivals list wakes
 -- an idle worker by itself; for the others a nudge is pushed (see lib/nudge.lua).
 --
+-- The cap is the service's own (its info hash, which each worker writes at start): a client
+-- connected before the service was restarted with another -max_queue is held to the new one.
+-- The sender's cap counts only while the info is missing (a Redis restarted empty).
+--
 -- Returns the number of messages accepted.
-local first_queue = 1            -- KEYS[1..]: the queue lists in serving order
+local first_queue = 1            -- KEYS[1..n-1]: the queue lists in serving order
+local last_queue = #KEYS - 1
 local arrivals = KEYS[2]         -- the list idle workers block on (normal priority)
+local info = KEYS[#KEYS]         -- the service info hash (wkr:<name>:info)
 
-local cap = tonumber(ARGV[1])    -- most messages waiting in all queue lists; 0: no cap
-local first_item = 2             -- ARGV[2..]: pairs {queue list index from 0, message}
+-- pcall: an info key someone made another type leaves the sender's cap, not a failed publish
+local stored = redis.pcall('HGET', info, 'max_queue')
+if type(stored) ~= 'string' then stored = nil end
+local cap = tonumber(stored or ARGV[1]) or tonumber(ARGV[1])
+local first_item = 2             -- ARGV[1]: the sender's cap (0: none); ARGV[2..]: pairs
+                                 -- {queue list index from 0, message}
 
 local room = -1
 if cap > 0 then
   local waiting = 0
-  for i = first_queue, #KEYS do waiting = waiting + on_key('LLEN', KEYS[i]) end
+  for i = first_queue, last_queue do waiting = waiting + on_key('LLEN', KEYS[i]) end
   room = cap - waiting
   if room < 0 then room = 0 end
 end
