@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_py
@@ -244,3 +245,70 @@ def test_an_entry_whose_writer_is_gone_is_not_used() -> None:
     finally:
         redis_passwords.forget("127.0.0.1", port)
     assert not entry.exists()
+
+
+def _family(root: int) -> list[int]:
+    """``root`` and every process below it, by the parent links in /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = int(fields[1])
+    family, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        family.append(pid)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return family
+
+
+@pytest.mark.timeout(120)
+def test_a_broker_password_given_in_the_environment_is_on_no_command_line(
+        own_redis: Any, tmp_path: Path) -> None:
+    """docs/production.md (Scaling out) has each worker host start with the Redis password in
+    ``-broker_url``: any local user reads it there (``ps``, /proc/PID/cmdline), and so in a
+    run script or systemd unit made with it. The guide now says to pass the URL as
+    ``WKR_BROKER_URL``: the service, its workers and its REST API serve with it, and the
+    password is on none of their command lines."""
+    import secrets
+
+    import httpx
+
+    from tests.helpers import stop_gracefully, wait_until
+    from wkr_celery.client import WKRClient
+
+    password = secrets.token_hex(16)
+    server = own_redis(password=password)
+    http_port = free_port()
+    name = f"env{secrets.token_hex(4)}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WKR_BROKER_URL": server.url}
+    with open(tmp_path / "service.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wkr_celery.server.cli", "tests.faults.workers.Doubler",
+             "-name", name, "-num_worker", "1", "-http_port", str(http_port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        with WKRClient(name=name, broker_url=server.url, connect_timeout=60) as client:
+            assert client.encode(3, timeout=60).result(timeout=60) == 6
+
+        def ready() -> bool:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=5)
+                return answer.status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, what="the REST API ready")
+        family = _family(proc.pid)
+        assert len(family) >= 3, family  # the supervisor, a worker, the REST API
+        for pid in family:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            assert password.encode() not in cmdline, cmdline.replace(b"\0", b" ")
+    finally:
+        assert stop_gracefully(proc) == 0, (tmp_path / "service.log").read_text()[-3000:]
