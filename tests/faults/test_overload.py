@@ -109,6 +109,50 @@ def test_a_client_connected_across_a_restart_is_held_to_the_new_max_queue(
         assert all(f.result() == 2 * i for i, f in enumerate(futures) if f.exception() is None)
 
 
+
+@pytest.mark.timeout(120)
+def test_a_full_queue_is_counted_as_overloaded_in_metrics_not_as_an_outage(
+    make_service: Callable[..., Service],
+) -> None:
+    """``POST /encode`` at ``-max_queue`` answers 503 ``ServiceOverloaded``, as documented; in
+    ``/metrics`` it was counted ``outcome="unavailable"``, the label of a service with no
+    worker, so an operator could not tell a full queue (add workers) from an outage."""
+    import os
+    import signal
+
+    import httpx
+
+    from tests.helpers import free_port
+
+    http_port = free_port()
+    service = make_service("tests.faults.workers.VerySlowDoubler", "-batch_size", "1",
+                           "-max_queue", "2", "-http_port", str(http_port))
+    with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as api:
+        def ready() -> bool:
+            try:
+                return api.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, what="the REST API ready")
+        client = service.client()
+        (beat,) = service.live_workers().values()
+        os.kill(int(beat["pid"]), signal.SIGSTOP)  # nothing leaves the queue meanwhile
+        try:
+            backlog = [client.encode(i, timeout=60) for i in range(5)]
+            wait_until(lambda: service.queue.queue_length() >= 2, 10,
+                       what="the queue at its cap")
+            answer = api.post("/encode", json={"id": 1, "data": 1})
+        finally:
+            os.kill(int(beat["pid"]), signal.SIGCONT)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["type"] == "ServiceOverloaded", answer.text
+        metrics = api.get("/metrics").text
+        wait(backlog, timeout=60)
+    assert 'wkr_http_requests_total{outcome="overloaded",route="POST /encode"} 1.0' in metrics, (
+        [line for line in metrics.splitlines() if line.startswith("wkr_http_requests_total")])
+
+
 def _overloaded(futures: list[Future[Any]], at_least: int = 0) -> int:
     """How many were refused with ServiceOverloaded, once at least ``at_least`` were (else 0)."""
     count = sum(f.done() and isinstance(f.exception(), ServiceOverloaded) for f in futures)

@@ -16,7 +16,7 @@ from . import apidocs, dashboard, routes, status
 from .fast_encode import FastEncode
 from .gateway import Gateway
 from .metrics import ApiMetrics, outcome_of
-from .problems import install_handlers, internal_error, stopped_waiting
+from .problems import OUTCOME, install_handlers, internal_error, stopped_waiting
 
 __all__ = ["create_app"]
 
@@ -109,7 +109,8 @@ class _CountRequests:
         if path.startswith(("/dashboard/static", apidocs.STATIC)):
             return
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        self.metrics.requests.labels(f"{method} {path}", outcome_of(status)).inc()
+        outcome = scope.get(OUTCOME) or outcome_of(status)
+        self.metrics.requests.labels(f"{method} {path}", outcome).inc()
 
 
 #: The methods HTTP defines. Any other token is a valid method to h11, so a client could make

@@ -36,12 +36,17 @@ from ..errors import (
 from .encoding import render, wants_msgpack
 
 __all__ = ["ApiError", "status_for", "install_handlers", "internal_error", "stopped_waiting",
-           "RETRY_AFTER"]
+           "RETRY_AFTER", "OUTCOME"]
 
 log = logging.getLogger("wkr_celery.rest")
 
 #: Seconds a client is told to wait before retrying a 503.
 RETRY_AFTER = 1
+
+#: Scope key naming a response's outcome for ``wkr_http_requests_total`` where its status alone
+#: would mislead: a full queue (``ServiceOverloaded``) and an outage both answer 503, and an
+#: operator alerts on them differently (more workers, or a broken service).
+OUTCOME = "wkr.outcome"
 
 # Most specific first: the first matching class decides the status.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
@@ -91,6 +96,8 @@ def error_body(exc: BaseException, status: int, where: str | None = None) -> dic
 
 def error_response(request: Request, exc: BaseException, where: str | None = None) -> Response:
     status = status_for(exc)
+    if isinstance(exc, ServiceOverloaded):  # a 503 like an outage; /metrics tells them apart
+        request.scope[OUTCOME] = "overloaded"
     headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
     if status == 401:
         headers = {"WWW-Authenticate": "X-API-Key"}
