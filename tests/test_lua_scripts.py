@@ -278,6 +278,18 @@ def test_publish_refuses_the_tail_past_the_cap(
     assert full == 0 and redis_client.llen(keys.queues[0]) == 2
 
 
+def test_publish_holds_to_the_services_own_cap_and_survives_a_spoiled_one(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    """The cap in the info hash wins over the sender's (a client connected across a restart
+    with another -max_queue); an info key someone made another type leaves the sender's."""
+    publish = script("publish")
+    redis_client.hset(keys.info, "max_queue", 1)
+    assert publish(keys=[*keys.queues, keys.info], args=[3, 0, b"a", 0, b"b"]) == 1
+    redis_client.delete(keys.info, *keys.queues)
+    redis_client.set(keys.info, b"not a hash")
+    assert publish(keys=[*keys.queues, keys.info], args=[1, 0, b"a", 0, b"b"]) == 1
+
+
 def store_call(keys: ServiceKeys, worker: str, results: list[tuple[str, bytes, int]],
                replies: list[str], acks: list[int], suspects: list[bytes], expires: int = 60,
                landed: tuple[bytes, ...] = ()) -> tuple[list[str], list[Any]]:
