@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 from wkr_celery.broker import RequestQueue, ServiceRegistry
@@ -177,6 +178,17 @@ class Service:
                 self.proc.wait(10)
                 raise AssertionError(f"service {self.name} did not stop in {timeout}s") from None
         return int(self.proc.returncode)
+
+
+def wait_answering(http: httpx.Client, path: str, timeout: float, what: str) -> None:
+    """Wait until ``GET path`` answers 200 (``/healthz``: the API is up; ``/readyz``: a worker
+    serves too); a connection refused or reset counts as "not yet"."""
+    def answering() -> bool:
+        try:
+            return http.get(path).status_code == 200
+        except httpx.TransportError:
+            return False
+    wait_until(answering, timeout, what=what)
 
 
 def start_service(

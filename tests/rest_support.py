@@ -24,7 +24,7 @@ import pytest
 
 from wkr_celery.redis_embedded import EmbeddedRedis
 
-from .helpers import ROOT, Service, free_port, start_service, wait_until
+from .helpers import ROOT, Service, free_port, start_service, wait_answering
 
 API_KEY = "s3cret-key"
 CALC_LIMITS = {"http_max_body": 4000, "max_payload": 2000, "max_queue": 8, "batch_size": 4}
@@ -48,12 +48,7 @@ class Api:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_up(self) -> None:
-        def up() -> bool:
-            try:
-                return self.http.get("/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-        wait_until(up, 60, what=f"REST API {self.url}; log:\n{self.log()}")
+        wait_answering(self.http, "/healthz", 60, what=f"REST API {self.url}; log:\n{self.log()}")
 
     def close(self) -> None:
         self.http.close()

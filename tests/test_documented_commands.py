@@ -36,7 +36,7 @@ from .doc_commands import (
     documented_commands,
     make_project,
 )
-from .helpers import ROOT, wait_until
+from .helpers import ROOT, wait_answering, wait_until
 
 HERE = "tests/test_documented_commands.py"
 
@@ -451,16 +451,11 @@ def test_the_elastic_command_serves_and_reports_its_worker_range(session: Sessio
             return dict(api.get("/status/server").json().get("scaling") or {})
         except (httpx.TransportError, ValueError):
             return {}
-
-    def ready() -> bool:  # the supervisor counts a worker before it has loaded its model
-        try:
-            return api.get("/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
     try:
         state = wait_until(lambda: (lambda s: s if s.get("workers") == 1 else None)(scaling()),
                            60, what="the elastic state in /status/server")
-        wait_until(ready, 60, what="/readyz: the floor's worker serving")
+        # the supervisor counts a worker before it has loaded its model
+        wait_answering(api, "/readyz", 60, what="/readyz: the floor's worker serving")
         assert (state["floor"], state["ceiling"]) == (1, 4)
         answer = api.post("/encode", json={"data": [0.0] * 512})
         assert answer.status_code == 200, answer.text

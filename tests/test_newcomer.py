@@ -28,7 +28,7 @@ from wkr_celery.connections import with_local_password
 from wkr_celery.keys import ServiceKeys
 from workers.linear import make_weights
 
-from .helpers import ROOT, PortForward, free_port, stop_gracefully, wait_until
+from .helpers import ROOT, PortForward, free_port, stop_gracefully, wait_answering, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -133,12 +133,7 @@ def test_rest_without_port_out_serves_and_is_ready_only_with_its_result_store(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
 
-        def up() -> bool:
-            try:
-                return http.get("/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-        wait_until(up, 60, what="wkr-serving-http")
+        wait_answering(http, "/healthz", 60, what="wkr-serving-http")
         return proc, http
 
     found, found_http = start_http()
@@ -186,12 +181,7 @@ def test_wkr_serving_http_warns_at_start_when_its_service_has_no_worker(
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-                def up() -> bool:
-                    try:
-                        return http.get("/healthz").status_code == 200
-                    except httpx.TransportError:
-                        return False
-                wait_until(up, 60, what=f"wkr-serving-http {flags}: {said.read_text()}")
+                wait_answering(http, "/healthz", 60, what=f"wkr-serving-http {flags}: {said.read_text()}")
         finally:
             proc.terminate()
             proc.wait(15)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import redis
 
-from tests.helpers import Service, free_port, wait_until
+from tests.helpers import Service, free_port, wait_answering, wait_until
 from wkr_celery import codec
 
 WORKER = "tests.faults.workers.Doubler"
@@ -48,12 +48,7 @@ def test_forged_heartbeats_leave_the_rest_api_serving(
     real = set(service.wait_workers(1))
     _forge(redis_client, service)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-        def up() -> bool:
-            try:
-                return http.get("/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-        wait_until(up, 60, what="the REST API;\n" + service.log()[-3000:])
+        wait_answering(http, "/healthz", 60, what="the REST API;\n" + service.log()[-3000:])
         answer = http.post("/encode", json={"id": 1, "data": 21})
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"id": 1, "result": 42}

@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import redis
 
-from tests.helpers import Service, free_port, wait_until
+from tests.helpers import Service, free_port, wait_answering, wait_until
 from wkr_celery.errors import PayloadTooLarge, RequestFailed, RequestTooLarge, ResultTooLarge
 from wkr_celery.keys import task_meta_key
 from wkr_celery.messages import build_request, decode_meta, encode_body
@@ -63,12 +63,7 @@ def test_unsafe_arrays_sent_to_rest_answer_400_and_the_worker_keeps_serving(
     service = make_service(WORKER, "-http_port", str(port))
     pids = _worker_pids(service)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-        def up() -> bool:
-            try:
-                return http.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-        wait_until(up, 60, what="the REST API;\n" + service.log()[-3000:])
+        wait_answering(http, "/readyz", 60, what="the REST API;\n" + service.log()[-3000:])
         bodies = {f"{what} as data": _packed({"id": 1, "data": poison})
                   for what, poison in POISONS.items()}
         bodies.update({f"{what} as id": _packed({"id": poison, "data": 2})

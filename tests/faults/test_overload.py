@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import Service, late_request_is_dropped_before_predict, wait_until
+from tests.helpers import Service, late_request_is_dropped_before_predict, wait_answering, wait_until
 from wkr_celery.errors import ServiceOverloaded
 
 
@@ -128,13 +128,7 @@ def test_a_full_queue_is_counted_as_overloaded_in_metrics_not_as_an_outage(
     service = make_service("tests.faults.workers.VerySlowDoubler", "-batch_size", "1",
                            "-max_queue", "2", "-http_port", str(http_port))
     with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as api:
-        def ready() -> bool:
-            try:
-                return api.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, 60, what="the REST API ready")
+        wait_answering(api, "/readyz", 60, what="the REST API ready")
         client = service.client()
         (beat,) = service.live_workers().values()
         os.kill(int(beat["pid"]), signal.SIGSTOP)  # nothing leaves the queue meanwhile

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import psutil
 import pytest
 
-from tests.helpers import Service, free_port, wait_until
+from tests.helpers import Service, free_port, wait_answering, wait_until
 from wkr_celery import codec
 
 WORKER = "tests.faults.workers.Doubler"
@@ -52,55 +52,57 @@ def _read_response(sock: socket.socket) -> bytes:
     return data
 
 
-@pytest.mark.timeout(120)
-def test_slow_clients_are_cut_off_and_normal_ones_served(
-    make_service: Callable[..., Service],
-) -> None:
+@pytest.fixture
+def slow_api(make_service: Callable[..., Service]) -> Iterator[tuple[int, httpx.Client]]:
+    """A service whose REST API cuts off a client after READ_TIMEOUT without progress: its
+    port, and a client of that API once a worker serves."""
     port = free_port()
     service = make_service(WORKER, "-http_port", str(port), "-http_read_timeout",
                            str(READ_TIMEOUT))
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url, timeout=30) as http:
-        def up() -> bool:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        wait_answering(http, "/readyz", 60, what="the REST API;\n" + service.log()[-3000:])
+        yield port, http
+
+
+@pytest.mark.timeout(120)
+def test_slow_clients_are_cut_off_and_normal_ones_served(
+    slow_api: tuple[int, httpx.Client],
+) -> None:
+    port, http = slow_api
+
+    silent = socket.create_connection(("127.0.0.1", port), timeout=0.2)
+    dribbler = socket.create_connection(("127.0.0.1", port), timeout=0.2)
+    staller = socket.create_connection(("127.0.0.1", port), timeout=0.2)
+    try:
+        dribbler.sendall(b"POST /encode HTTP/1.1\r\nHost: api\r\n")
+        staller.sendall(b"POST /encode HTTP/1.1\r\nHost: api\r\nContent-Type: "
+                        b"application/json\r\nContent-Length: 100\r\n\r\n{\"id\": 1, ")
+        # The dribbler sends a header line every 0.2 s, forever unless it is cut off.
+        give_up = time.monotonic() + GIVE_UP
+        line = 0
+        while not _closed_by_peer(dribbler):
+            assert time.monotonic() < give_up, "a client dribbling its head kept the line"
             try:
-                return http.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-        wait_until(up, 60, what="the REST API;\n" + service.log()[-3000:])
+                dribbler.sendall(f"X-Slow-{line}: 1\r\n".encode())
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            line += 1
+        assert line >= 1, "the dribbler was cut off before it could dribble"
+        wait_until(lambda: _closed_by_peer(silent), GIVE_UP,
+                   what="the API to close a connection that sent nothing")
 
-        silent = socket.create_connection(("127.0.0.1", port), timeout=0.2)
-        dribbler = socket.create_connection(("127.0.0.1", port), timeout=0.2)
-        staller = socket.create_connection(("127.0.0.1", port), timeout=0.2)
-        try:
-            dribbler.sendall(b"POST /encode HTTP/1.1\r\nHost: api\r\n")
-            staller.sendall(b"POST /encode HTTP/1.1\r\nHost: api\r\nContent-Type: "
-                            b"application/json\r\nContent-Length: 100\r\n\r\n{\"id\": 1, ")
-            # The dribbler sends a header line every 0.2 s, forever unless it is cut off.
-            give_up = time.monotonic() + GIVE_UP
-            line = 0
-            while not _closed_by_peer(dribbler):
-                assert time.monotonic() < give_up, "a client dribbling its head kept the line"
-                try:
-                    dribbler.sendall(f"X-Slow-{line}: 1\r\n".encode())
-                except (BrokenPipeError, ConnectionResetError):
-                    break
-                line += 1
-            assert line >= 1, "the dribbler was cut off before it could dribble"
-            wait_until(lambda: _closed_by_peer(silent), GIVE_UP,
-                       what="the API to close a connection that sent nothing")
+        response = _read_response(staller)
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), response[:300]
+        error = json.loads(body)["error"]
+        assert error["type"] == "RequestTimeout"
+        assert f"within {READ_TIMEOUT:g}s (-http_read_timeout)" in error["message"]
+    finally:
+        for sock in (silent, dribbler, staller):
+            sock.close()
 
-            response = _read_response(staller)
-            head, _, body = response.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 408"), response[:300]
-            error = json.loads(body)["error"]
-            assert error["type"] == "RequestTimeout"
-            assert f"within {READ_TIMEOUT:g}s (-http_read_timeout)" in error["message"]
-        finally:
-            for sock in (silent, dribbler, staller):
-                sock.close()
-
-        answer = http.post("/encode", json={"id": 1, "data": 21})
-        assert answer.status_code == 200 and answer.json() == {"id": 1, "result": 42}
+    answer = http.post("/encode", json={"id": 1, "data": 21})
+    assert answer.status_code == 200 and answer.json() == {"id": 1, "result": 42}
 
 
 def _server_side_open(port: int, client_port: int) -> bool:
@@ -112,38 +114,28 @@ def _server_side_open(port: int, client_port: int) -> bool:
 
 @pytest.mark.timeout(120)
 def test_a_client_that_stops_reading_its_answer_is_cut_off(
-    make_service: Callable[..., Service],
+    slow_api: tuple[int, httpx.Client],
 ) -> None:
     """A client that sends a request and never reads the answer held the API's connection,
     and the whole answer in the API's memory, for ever: uvicorn waits for the socket to drain
     with no deadline. Many such clients exhaust the API process's memory."""
-    port = free_port()
-    service = make_service(WORKER, "-http_port", str(port), "-http_read_timeout",
-                           str(READ_TIMEOUT))
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url, timeout=30) as http:
-        def up() -> bool:
-            try:
-                return http.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-        wait_until(up, 60, what="the REST API;\n" + service.log()[-3000:])
+    port, http = slow_api
 
-        body = codec.dumps({"id": 1, "data": b"x" * (4 * 1024 * 1024)})  # answer: 8 MiB
-        reader = socket.socket()
-        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
-        reader.settimeout(0.2)
-        try:
-            reader.connect(("127.0.0.1", port))
-            reader.sendall(b"POST /encode HTTP/1.1\r\nHost: api\r\nContent-Type: "
-                           b"application/msgpack\r\nContent-Length: "
-                           + str(len(body)).encode() + b"\r\n\r\n" + body)
-            client_port = reader.getsockname()[1]
-            wait_until(lambda: not _server_side_open(port, client_port), GIVE_UP,
-                       what="the API to drop a connection whose client reads nothing of its "
-                            "answer")
-        finally:
-            reader.close()
+    body = codec.dumps({"id": 1, "data": b"x" * (4 * 1024 * 1024)})  # answer: 8 MiB
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+    reader.settimeout(0.2)
+    try:
+        reader.connect(("127.0.0.1", port))
+        reader.sendall(b"POST /encode HTTP/1.1\r\nHost: api\r\nContent-Type: "
+                       b"application/msgpack\r\nContent-Length: "
+                       + str(len(body)).encode() + b"\r\n\r\n" + body)
+        client_port = reader.getsockname()[1]
+        wait_until(lambda: not _server_side_open(port, client_port), GIVE_UP,
+                   what="the API to drop a connection whose client reads nothing of its "
+                        "answer")
+    finally:
+        reader.close()
 
-        answer = http.post("/encode", json={"id": 1, "data": 21})
-        assert answer.status_code == 200 and answer.json() == {"id": 1, "result": 42}
+    answer = http.post("/encode", json={"id": 1, "data": 21})
+    assert answer.status_code == 200 and answer.json() == {"id": 1, "result": 42}
