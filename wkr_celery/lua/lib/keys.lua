@@ -7,7 +7,13 @@
 local function on_key(command, key, ...)
   local reply = redis.pcall(command, key, ...)
   if type(reply) == 'table' and reply.err then
-    if string.find(reply.err, 'WRONGTYPE', 1, true) == nil then error(reply) end
+    if string.find(reply.err, 'WRONGTYPE', 1, true) == nil then
+      -- Any other error (OOM, READONLY, MISCONF) is raised as redis.call raises it, so the
+      -- caller reads Redis's own reply: error(reply) reaches it as "attempt to concatenate
+      -- a table value" from Redis 6.2's script error handler. The call fails the same way
+      -- again (nothing changed in between).
+      return redis.call(command, key, ...)
+    end
     redis.call('DEL', key)
     return redis.call(command, key, ...)
   end
