@@ -17,7 +17,14 @@ connection with :func:`publish_call`'s arguments (docs/design.md draws the path)
 
 from .lane import Lane
 from .plan import Plan, ping_plan, run, run_async
-from .queue import Fetched, RequestQueue, publish_call, queue_length_plan, withdraw_plan
+from .queue import (
+    Fetched,
+    RequestQueue,
+    cap_plan,
+    publish_call,
+    queue_length_plan,
+    withdraw_plan,
+)
 from .registry import (
     ServiceRegistry,
     as_str,
@@ -31,5 +38,5 @@ from .results import ResultStore, StoredResult, stored_plan
 
 __all__ = ["Fetched", "Lane", "Plan", "RequestQueue", "ResultStore", "ServiceRegistry",
            "StoredResult", "as_str", "info_plan", "last_failure_plan", "live_services_plan",
-           "live_workers_plan", "ping_plan", "publish_call", "queue_length_plan", "run",
+           "cap_plan", "live_workers_plan", "ping_plan", "publish_call", "queue_length_plan", "run",
            "run_async", "services_plan", "stored_plan", "withdraw_plan"]

@@ -25,7 +25,7 @@ from .lane import Lane
 from .plan import Plan, ping_plan, run
 from .registry import as_str
 
-__all__ = ["Fetched", "RequestQueue", "publish_call", "queue_length_plan", "withdraw_plan"]
+__all__ = ["Fetched", "RequestQueue", "cap_plan", "publish_call", "queue_length_plan", "withdraw_plan"]
 
 _DEATHS_TTL = 24 * 3600
 
@@ -59,11 +59,10 @@ class RequestQueue:
         return int(self._lane.run_script(self._publish, keys, args))
 
     def cap(self, fallback: int) -> int:
-        """The service's queue cap as its info says now (what ``publish`` enforced), else
-        ``fallback``: read to name the cap in a refusal. Never raises into the publish path,
-        where a retry would publish the accepted requests twice."""
+        """:func:`cap_plan`. Never raises into the publish path, where a retry would publish
+        the accepted requests twice."""
         try:
-            return int(self.client.hget(self.keys.info, "max_queue") or fallback)
+            return run(self.client, cap_plan(self.keys, fallback))
         except REDIS_ERRORS:
             return fallback
 
@@ -249,6 +248,17 @@ def queue_length_plan(keys: ServiceKeys) -> Plan[int]:
             pipe.llen(name)
     lengths = yield step
     return int(sum(lengths))
+
+
+def cap_plan(keys: ServiceKeys, fallback: int) -> Plan[int]:
+    """The service's queue cap as its info says now (what ``publish.lua`` enforced), else
+    ``fallback`` (no info, or a value that is not a number): read to name the cap in a
+    refusal."""
+    (stored,) = yield lambda pipe: pipe.hget(keys.info, "max_queue")
+    try:
+        return int(stored) if stored is not None else fallback
+    except ValueError:
+        return fallback
 
 
 def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str | bytes]], *, cap: int

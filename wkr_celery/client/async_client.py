@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio
 
 from .. import scripts
-from ..broker import queue_length_plan, run_async, withdraw_plan
+from ..broker import cap_plan, queue_length_plan, run_async, withdraw_plan
 from ..clock import RedisClock
 from ..codec import loads
 from ..connections import REDIS_ERRORS, close_async, connect_async
@@ -313,8 +313,8 @@ class AsyncWKRClient(InputContract):
                 self._withdrawn.append(waiting.request)
         if accepted < len(items):  # refused at the service's cap: name the one it has now
             with contextlib.suppress(*REDIS_ERRORS):
-                cap = await self._broker.hget(requests.keys.info, "max_queue")
-                requests.max_queue = int(cap or requests.max_queue)
+                requests.max_queue = await run_async(
+                    self._broker, cap_plan(requests.keys, requests.max_queue))
         sent = requests.sent([w.request for w in items], accepted)
         for request in sent.refused:
             assert sent.error is not None
