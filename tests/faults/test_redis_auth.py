@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis as redis_py
 
@@ -265,44 +266,54 @@ def _family(root: int) -> list[int]:
     return family
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_a_broker_password_given_in_the_environment_is_on_no_command_line(
         own_redis: Any, tmp_path: Path) -> None:
-    """docs/production.md (Scaling out) has each worker host start with the Redis password in
-    ``-broker_url``: any local user reads it there (``ps``, /proc/PID/cmdline), and so in a
-    run script or systemd unit made with it. The guide now says to pass the URL as
-    ``WKR_BROKER_URL``: the service, its workers and its REST API serve with it, and the
-    password is on none of their command lines."""
+    """docs/production.md (Scaling out) once had each worker host start with the Redis password
+    in ``-broker_url``: any local user reads it there (``ps``, /proc/PID/cmdline), and so in a
+    run script or systemd unit made with it. The guide now says to make the run script without
+    it and ``export WKR_BROKER_URL=…`` before ``sh run_script.sh start``. Typed as written, in
+    one shell, from a project folder holding the guide's ``workers/``: the script starts a
+    service that serves, reports its status and stops with the URL from the environment, and
+    the password is on no command line of the service, its workers or its REST API."""
     import secrets
+    import shutil
 
     import httpx
 
-    from tests.helpers import stop_gracefully, wait_until
+    from tests.helpers import wait_answering
     from wkr_celery.client import WKRClient
 
     password = secrets.token_hex(16)
     server = own_redis(password=password)
     http_port = free_port()
     name = f"env{secrets.token_hex(4)}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WKR_BROKER_URL": server.url}
-    with open(tmp_path / "service.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wkr_celery.server.cli", "tests.faults.workers.Doubler",
-             "-name", name, "-num_worker", "1", "-http_port", str(http_port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "workers", project / "workers",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+    def typed(*lines: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", "\n".join(lines)], cwd=project, env=user_env(),
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    export = f"export WKR_BROKER_URL='{server.url}'"
+    made = typed(f"wkr-serving-make workers.linear.Worker -num_worker 1 -http_port {http_port} "
+                 f"-name {name} > run_script.sh")
+    assert made.returncode == 0, made.stderr
+    assert password not in (project / "run_script.sh").read_text()
+    log = project / "logs" / f"{name}.std.log"
     try:
+        started = typed(export, "sh run_script.sh start")
+        assert started.returncode == 0, started.stdout + started.stderr + (
+            log.read_text(errors="replace") if log.exists() else "")
         with WKRClient(name=name, broker_url=server.url, connect_timeout=60) as client:
-            assert client.encode(3, timeout=60).result(timeout=60) == 6
+            x = np.ones(512, dtype=np.float32)
+            assert client.encode(x, timeout=60).result(timeout=60).shape == (128,)
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=5) as http:
+            wait_answering(http, "/readyz", 60, "the REST API ready")
 
-        def ready() -> bool:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=5)
-                return answer.status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, 60, what="the REST API ready")
-        family = _family(proc.pid)
+        family = _family(int((project / f"{name}.pid").read_text()))
         assert len(family) >= 3, family  # the supervisor, a worker, the REST API
         for pid in family:
             try:
@@ -310,5 +321,13 @@ def test_a_broker_password_given_in_the_environment_is_on_no_command_line(
             except OSError:
                 continue
             assert password.encode() not in cmdline, cmdline.replace(b"\0", b" ")
+
+        status = typed(export, "sh run_script.sh status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        checked = typed(export, f"wkr-serving-check -name {name}")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
     finally:
-        assert stop_gracefully(proc) == 0, (tmp_path / "service.log").read_text()[-3000:]
+        stopped = typed(export, "sh run_script.sh stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr + log.read_text(
+        errors="replace")
+    assert typed(export, "sh run_script.sh status").returncode == 3
