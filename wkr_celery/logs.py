@@ -92,9 +92,11 @@ class LogRouter:
 
         class _Handler(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
-                router.write(LineFormatter().format(record), record.levelno)
+                router.write(self.format(record), record.levelno)
 
-        return _Handler()
+        handler = _Handler()
+        handler.setFormatter(LineFormatter())
+        return handler
 
     def write(self, line: str, level: int) -> None:
         self._logger.log(level, line)
