@@ -31,6 +31,21 @@ class GatedDoubler(WKRHardWorker):
         return [2 * x for x in input]
 
 
+class PacedVector(GatedDoubler):
+    """Answers ``2 * x`` for float32 vectors of shape (1,), a fixed shape ``-probe`` can send.
+    Every batch takes at least :attr:`pace` seconds, so a backlog of n requests at batch size
+    1 takes at least n × pace to drain; ``D/hold`` holds predict as in :class:`GatedDoubler`."""
+
+    input_shape = (1,)
+    input_dtype = "float32"
+    pace = 0.1
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        time.sleep(self.pace)
+        _wait_while(os.path.join(model["dir"], "hold") if model["dir"] else "")
+        return [2 * x for x in input]
+
+
 def _wait_while(path: str) -> None:
     deadline = time.monotonic() + _HOLD_LIMIT
     while path and os.path.exists(path) and time.monotonic() < deadline:

@@ -97,7 +97,8 @@ def decentral_make_main(argv: Sequence[str] | None = None) -> int:
 
 _TIMEOUT = Option("timeout", float, 3.0, "seconds to wait for each answer")
 _WAIT = Option("wait", float, 0.0, "keep checking up to this many seconds until healthy")
-_PROBE = Option("probe", bool, False, "also send one real request (zeros of the input shape)")
+_PROBE = Option("probe", bool, False,
+                "also send one real request (zeros of the input shape), at high priority")
 _QUIET = Option("quiet", bool, False, "print only problems")
 _LOCAL = Option("local", bool, False, "count only this host's workers (a container's own probe)")
 

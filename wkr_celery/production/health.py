@@ -4,7 +4,11 @@ A heartbeat key exists only while a worker's heartbeat thread writes it (it expi
 visibility timeout), so it proves the process lived a moment ago. The ``ping`` goes through
 Celery's remote control to the worker's consumer (``wkr.<name>.<index>@<host>``, the node name
 the supervisor gives it), so it proves the process answers now. ``probe=True`` goes further and
-sends one real request, a zero input of the shape and dtype the service advertises.
+sends one real request, a zero input of the shape and dtype the service advertises, at high
+priority: it waits behind other high-priority requests and the batches workers already hold,
+not behind a backlog of normal ones, so a busy service is not called dead. A probe refused at
+the queue's cap (``ServiceOverloaded``) counts as alive, with a note: the service is shedding
+load as configured, and restarting it would lose its queue, not relieve it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ..broker import ServiceRegistry
 from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS, explain, redacted
-from ..errors import ConfigError, WKRError
+from ..errors import ConfigError, ServiceOverloaded, WKRError
 from ..keys import ServiceKeys
 
 if TYPE_CHECKING:
@@ -65,8 +69,9 @@ class HealthReport:
             return f"service {self.service!r} is not serving: {self.problem}"
         serving = [w for w in self.workers if w.serving]
         parts = [f"{w.node or w.worker_id} (pid {w.pid}, {w.requests} requests)" for w in serving]
+        notes = "".join(f"; note: {note}" for note in self.notes)
         return (f"service {self.service!r} is serving: {len(serving)} of {len(self.workers)} "
-                f"worker(s) alive and answering: {', '.join(parts)}")
+                f"worker(s) alive and answering: {', '.join(parts)}{notes}")
 
 
 def celery_node(service: str, worker_id: str, host: str) -> str | None:
@@ -124,9 +129,11 @@ def check_service(
             f"{len(workers)} worker(s) have a heartbeat but none answered a ping within "
             f"{timeout:g}s: {', '.join(nodes)} (stuck, paused, or their consumer is down)"))
     if probe:
-        problem = _probe(settings, timeout, results_given or bool(settings.result_url))
+        problem, note = _probe(settings, timeout, results_given or bool(settings.result_url))
         if problem:
             return _with(report, problem=problem)
+        if note:
+            return _with(report, notes=(*report.notes, note))
     return report
 
 
@@ -159,21 +166,26 @@ def _ping(settings: Settings, nodes: list[str], timeout: float) -> set[str]:
     return {node for reply in replies or [] for node in reply}
 
 
-def _probe(settings: Settings, timeout: float, results_given: bool) -> str:
-    """Send one zero input of the advertised shape; an error text, or "" when answered."""
+def _probe(settings: Settings, timeout: float, results_given: bool) -> tuple[str, str]:
+    """Send one zero input of the advertised shape at high priority: ``(problem, note)``, both
+    "" when it was answered; a note alone when the queue's cap refused it (alive, but full)."""
     try:
         with _probe_client(settings, timeout, results_given) as client:
             shape = client.input_shape
             if shape is None or any(d is None for d in shape):
                 return (f"-probe needs a fixed input shape, and {settings.name!r} advertises "
-                        f"{shape}; set input_shape on the worker class or drop -probe")
+                        f"{shape}; set input_shape on the worker class or drop -probe"), ""
             client.encode(np.zeros(shape, dtype=client.input_dtype or np.float32),
-                          timeout=timeout).result(timeout + 1)
+                          timeout=timeout, priority="high").result(timeout + 1)
     except ConfigError as exc:  # the result Redis named is not the service's
-        return str(exc)
+        return str(exc), ""
+    except ServiceOverloaded as exc:  # the cap answered: full, not dead
+        return "", (f"the queue is full, so the probe request was refused at its cap ({exc}); "
+                    "the service is shedding load as configured: add workers or raise "
+                    "-max_queue if it lasts")
     except (WKRError, TimeoutError) as exc:
-        return f"a probe request was not answered within {timeout:g}s: {exc!r}"
-    return ""
+        return f"a probe request was not answered within {timeout:g}s: {exc!r}", ""
+    return "", ""
 
 
 def _probe_client(settings: Settings, timeout: float, results_given: bool) -> WKRClient:
