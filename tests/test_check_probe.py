@@ -22,13 +22,10 @@ HELD = 2  # what a worker holds at -prefetch 1 -batch_size 1: one in predict, on
 
 
 def check(service: Service, *flags: str) -> subprocess.CompletedProcess[str]:
-    """``wkr-serving-check -name N -broker_url URL FLAGS`` typed in the project folder.
-
-    ``PYTHONPATH`` names this checkout: the venv may be an editable install of another one (a
-    git worktree), whose code the console script would run instead. It is still the script."""
+    """``wkr-serving-check -name N -broker_url URL FLAGS`` typed in the project folder."""
     argv = [script("wkr-serving-check"), "-name", service.name, "-broker_url",
             service.broker_url, *flags]
-    return subprocess.run(argv, cwd=ROOT, env=user_env({"PYTHONPATH": str(ROOT)}),
+    return subprocess.run(argv, cwd=ROOT, env=user_env(),
                           capture_output=True, text=True, timeout=60)
 
 
