@@ -28,11 +28,13 @@ from wkr_celery.broker import (
     live_workers_plan,
     ping_plan,
     queue_length_plan,
+    run,
     run_async,
     services_plan,
     stored_plan,
     withdraw_plan,
 )
+from wkr_celery.broker.queue import WITHDRAW_CHUNK
 from wkr_celery.client import TaskFuture
 from wkr_celery.client.protocol import Requests
 from wkr_celery.config import Settings
@@ -237,6 +239,31 @@ def test_the_asyncio_client_reads_and_withdraws_through_the_same_plans_as_the_sy
     assert seen[6] is True and seen[7] == 2  # both withdrawn, by the asyncio client
     assert queue.queue_length() == 1
     assert not queue.withdraw(requests.queue_of(made[0]), made[0].message)
+
+
+def test_a_withdrawal_takes_back_a_backlog_newest_first_a_chunk_per_round_trip(
+        redis_client: redis.Redis, keys: ServiceKeys) -> None:
+    """What both clients run when callers cancel (``Requests.withdrawal``): the newest message
+    first, where ``LREM`` finds it at the head of its list, and at most ``WITHDRAW_CHUNK``
+    envelopes per round trip however many were cancelled."""
+    queue, requests = RequestQueue(redis_client, keys), sender(keys, max_queue=0)
+    made = [requests.make(i) for i in range(WITHDRAW_CHUNK + 100)]
+    requests.enqueue(queue, made)
+    plan, rounds, removed = requests.withdrawal(made[50:]), [], 0
+    try:
+        step = next(plan)
+        while True:
+            pipe = redis_client.pipeline(transaction=False)
+            step(pipe)
+            rounds.append([command[0][3] for command in pipe.command_stack[::2]])  # LREMs
+            step = plan.send(pipe.execute())
+    except StopIteration as done:
+        removed = done.value
+    assert removed == WITHDRAW_CHUNK + 50 and len(rounds) == 2
+    assert rounds[0][0] == made[-1].message and rounds[-1][-1] == made[50].message
+    left = redis_client.lrange(requests.queue_of(made[0]), 0, -1)
+    assert [parse_request(raw).task_id for raw in left] == [r.task_id for r in reversed(made[:50])]
+    assert run(redis_client, requests.withdrawal([])) == 0
 
 
 def test_a_task_future_is_a_future_that_names_its_task() -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio
 
 from .. import scripts
-from ..broker import cap_plan, queue_length_plan, run_async, withdraw_plan
+from ..broker import cap_plan, queue_length_plan, run_async
 from ..clock import RedisClock
 from ..codec import loads
 from ..connections import REDIS_ERRORS, close_async, connect_async
@@ -45,6 +45,7 @@ from .protocol import (
     Requests,
     publish_failed,
     refused_publish,
+    revoked,
 )
 from .replies import LISTEN_SECONDS
 from .verdicts import watched
@@ -323,14 +324,12 @@ class AsyncWKRClient(InputContract):
     async def _revoke(self, requests: list[Outgoing]) -> None:
         """Take withdrawn requests back from the queue where no worker has fetched them yet."""
         assert self._broker is not None and self._requests is not None
-        envelopes = [(self._requests.queue_of(r), r.message) for r in requests]
         try:
-            removed = await run_async(self._broker, withdraw_plan(self._requests.keys, envelopes))
+            removed = await run_async(self._broker, self._requests.withdrawal(requests))
         except REDIS_ERRORS as exc:  # the answers, if any come, are dropped all the same
             log.warning("could not revoke %d withdrawn request(s): %s", len(requests), exc)
             return
-        log.debug("withdrawn: %d revoked from the queue, %d held by workers (answers dropped)",
-                  removed, len(requests) - removed)
+        revoked(len(requests), removed)
 
     # Status and shutdown ------------------------------------------------------------------
 

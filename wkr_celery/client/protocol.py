@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .. import envelope
-from ..broker import RequestQueue, publish_call
+from ..broker import Plan, RequestQueue, publish_call, withdraw_plan
 from ..codec import loads
 from ..connections import RedisRefused, redacted, redis_url
 from ..errors import (
@@ -38,7 +38,7 @@ from ..messages import deadline_after, error_of
 from ..result_store import not_where_it_stores, result_url_from
 
 __all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "Sent", "read_reply",
-           "overloaded", "publish_failed", "deadline_exceeded"]
+           "overloaded", "publish_failed", "deadline_exceeded", "revoked"]
 
 log = logging.getLogger("wkr_celery.client")
 
@@ -226,6 +226,14 @@ class Requests:
     def queue_of(self, request: Outgoing) -> str:
         return self.keys.queues[request.index]
 
+    def withdrawal(self, requests: Sequence[Outgoing]) -> Plan[int]:
+        """The plan (:func:`~wkr_celery.broker.withdraw_plan`) that takes ``requests`` back
+        from the service's lists where no worker has fetched them yet; both clients run it
+        when a caller cancels. Newest first: task ids count up, and the newest message of a
+        list is at its head, where ``LREM`` starts looking. Returns how many it took back."""
+        newest_first = sorted(requests, key=lambda r: r.task_id, reverse=True)
+        return withdraw_plan(self.keys, [(self.queue_of(r), r.message) for r in newest_first])
+
     def _body(self, x: Any) -> bytes:
         try:
             return self.spec.encode(x)
@@ -269,6 +277,12 @@ def refused_publish(count: int, exc: BaseException, connect_timeout: float) -> N
     if isinstance(exc, RedisRefused):
         log.warning("could not publish %d request(s) yet: %s; retrying for up to %.0fs",
                     count, exc, connect_timeout)
+
+
+def revoked(count: int, removed: int) -> None:
+    """Say what became of ``count`` cancelled requests of which the queue gave ``removed`` back."""
+    log.debug("withdrawn: %d revoked from the queue, %d held by workers or never queued "
+              "(answers dropped)", removed, count - removed)
 
 
 def publish_failed(broker_url: str, exc: BaseException) -> ServiceUnavailable:
