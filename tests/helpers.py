@@ -180,6 +180,16 @@ class Service:
         return int(self.proc.returncode)
 
 
+def queued(service: Service) -> int:
+    """Requests waiting in the service's lists (not those a worker holds)."""
+    keys = ServiceKeys(service.name)
+    client = redis.Redis.from_url(service.broker_url)
+    try:
+        return sum(int(client.llen(name)) for name in (*keys.queues, keys.suspect))
+    finally:
+        client.close()
+
+
 def wait_answering(http: httpx.Client, path: str, timeout: float, what: str) -> None:
     """Wait until ``GET path`` answers 200 (``/healthz``: the API is up; ``/readyz``: a worker
     serves too); a connection refused or reset counts as "not yet"."""

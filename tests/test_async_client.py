@@ -35,7 +35,7 @@ from wkr_celery.keys import ServiceKeys, reply_key
 from wkr_celery.redis_embedded import EmbeddedRedis
 from workers.linear import make_weights
 
-from .helpers import ROOT, Service, free_port, start_service, wait_until
+from .helpers import ROOT, Service, free_port, queued, start_service, wait_until
 
 W = make_weights()
 
@@ -67,16 +67,6 @@ def client_of(service: Service, **kwargs: Any) -> AsyncWKRClient:
     kwargs.setdefault("connect_timeout", 30.0)
     return AsyncWKRClient(name=service.name, broker_url=service.broker_url,
                           result_url=service.result_url, **kwargs)
-
-
-def queued(service: Service) -> int:
-    """Requests waiting in the service's lists (not those a worker holds)."""
-    keys = ServiceKeys(service.name)
-    client = redis.Redis.from_url(service.broker_url)
-    try:
-        return sum(int(client.llen(name)) for name in (*keys.queues, keys.suspect))
-    finally:
-        client.close()
 
 
 # Many awaits ----------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
         "", ".broker", ".broker.lane", ".broker.plan", ".broker.queue", ".broker.registry",
         ".broker.results", ".client",
         ".client.client", ".client.discovery", ".client.doubt",
-        ".client.protocol", ".client.replies", ".client.restarts", ".client.verdicts", ".clock",
+        ".client.protocol", ".client.publisher", ".client.replies", ".client.restarts",
+        ".client.verdicts", ".clock",
         ".codec", ".connections", ".envelope", ".errors", ".inputs", ".keys", ".messages",
         ".processes", ".redis_passwords", ".result_store", ".scripts", ".version"))
 

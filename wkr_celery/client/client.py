@@ -1,11 +1,16 @@
 """``WKRClient``: ``encode(x)`` returns a future; thousands can be in flight from one client.
 
-Two threads do the I/O so callers never wait on Redis: a publisher (here) sends every request
-queued since its last round trip in one scripted call, which also enforces the service's queue
-cap, and a listener (:mod:`.replies`) pops this client's reply list in bulk and settles futures
-by task id. A lone request is published from the caller's own thread instead. A watch thread
-per Redis (:mod:`.restarts`) notices outages and empty restarts, so the broker being down never
-stops answers from the result Redis.
+Two threads do the I/O so callers never wait on Redis: a publisher (:mod:`.publisher`) sends
+every request queued since its last round trip in one scripted call, which also enforces the
+service's queue cap, and a listener (:mod:`.replies`) pops this client's reply list in bulk and
+settles futures by task id. A lone request is published from the caller's own thread instead. A
+watch thread per Redis (:mod:`.restarts`) notices outages and empty restarts, so the broker
+being down never stops answers from the result Redis.
+
+Cancelling a future withdraws its request, as cancelling an await does in the asyncio client:
+one not sent yet is never sent, one still in the service's queue is taken back from it by the
+publisher thread (many cancels at once in one round trip), one a worker already holds is
+predicted and its answer dropped. ``close()`` cancels, and so withdraws, what is still pending.
 
 None of these threads references the client itself, so a client nobody references any more
 (and no future of it is still held or pending) is collected like any object, and a finalizer
@@ -21,7 +26,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from functools import partial
 from typing import Any, NoReturn
@@ -53,6 +58,7 @@ from .protocol import (
     publish_failed,
     refused_publish,
 )
+from .publisher import publish_loop, stop
 from .replies import LISTEN_SECONDS, Replies
 from .restarts import RedisWatch
 from .verdicts import watched
@@ -70,11 +76,22 @@ class TaskFuture(Future[Any]):
     expires."""
 
     def __init__(self, task_id: str, *, replies: Replies | None = None,
-                 client: WKRClient | None = None) -> None:
+                 client: WKRClient | None = None, request: Outgoing | None = None) -> None:
         super().__init__()
         self.task_id = task_id
         self._replies = replies
         self._client = client  # a client is not collected (and stopped) while its futures live
+        self._request = request
+
+    def cancel(self) -> bool:
+        """Cancel, and withdraw the request: not sent if it has not gone out yet, taken back
+        from the service's queue if no worker has fetched it yet (by the client's publisher
+        thread, soon after), else predicted and its answer dropped. False once answered."""
+        if not super().cancel():
+            return False
+        if self._client is not None and self._request is not None:
+            self._client._withdraw(self._request)
+        return True
 
     def result(self, timeout: float | None = None) -> Any:
         return super().result(self._read_own_answer(timeout))
@@ -158,14 +175,15 @@ class WKRClient(InputContract):
                                 grace=partial(answer_grace, self._registry, visibility),
                                 outage_limit=self._connect_timeout)
         self._outbox: list[Outgoing] = []
+        self._withdrawn: list[Outgoing] = []  # cancelled: for the publisher to take back
         self._outbox_cond = threading.Condition()
         self._publishing = False
-        self._publisher = threading.Thread(target=_publish_loop, daemon=True,
+        self._publisher = threading.Thread(target=publish_loop, daemon=True,
                                            args=(weakref.ref(self), self._outbox_cond),
                                            name="wkr-client-publish")
         self._publisher.start()
         self._replies.start()
-        self._stop = weakref.finalize(self, _stop, self._forks, self._outbox_cond,
+        self._stop = weakref.finalize(self, stop, self._forks, self._outbox_cond,
                                       self._publisher, self._connect_timeout + 5, self._replies,
                                       (self._broker_redis, self._result_redis))
         self._stop.atexit = False  # at exit the daemon threads just end, as they always did
@@ -230,7 +248,7 @@ class WKRClient(InputContract):
             raise WKRError("client is closed")
         self._in_this_process()
         item = self._requests.make(x, timeout=timeout, priority=priority)
-        future = TaskFuture(item.task_id, replies=self._replies, client=self)
+        future = TaskFuture(item.task_id, replies=self._replies, client=self, request=item)
         self._replies.expect(item.task_id, future, item.expiry)
         idle = len(self._replies.pending) == 1  # nothing else in flight: no batch to gather
         with self._outbox_cond:
@@ -246,7 +264,7 @@ class WKRClient(InputContract):
         self._publish([item], inline=True)
         with self._outbox_cond:
             self._publishing = False
-            if self._outbox:
+            if self._outbox or self._withdrawn:
                 self._outbox_cond.notify()
         self._replies.wake_listener()  # unless the caller reads its answer first (result())
         return future
@@ -259,16 +277,22 @@ class WKRClient(InputContract):
         timeout: float | None = None,
         priority: int | str | None = None,
     ) -> Iterator[Any]:
-        """Stream results in input order, keeping at most ``max_inflight`` requests out."""
+        """Stream results in input order, keeping at most ``max_inflight`` requests out.
+
+        Stopping early (``break``, an error) cancels, and so withdraws, the requests still out."""
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
         window: deque[Future[Any]] = deque()
-        for x in inputs:  # this class's encode: a subclass's may block (wkr_serving's does)
-            window.append(WKRClient.encode(self, x, timeout=timeout, priority=priority))
-            if len(window) >= max_inflight:
+        try:
+            for x in inputs:  # this class's encode: a subclass's may block (wkr_serving's does)
+                window.append(WKRClient.encode(self, x, timeout=timeout, priority=priority))
+                if len(window) >= max_inflight:
+                    yield window.popleft().result()
+            while window:
                 yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
 
     def _publish(self, items: list[Outgoing], inline: bool = False) -> None:
         """Send ``items`` in one round trip; retried (by the publisher thread) while the broker
@@ -304,6 +328,17 @@ class WKRClient(InputContract):
             assert sent.error is not None
             self._fail(sent.refused, sent.error)
 
+    def _withdraw(self, request: Outgoing) -> None:
+        """Its future was cancelled: nobody waits for ``request`` now; hand it to the publisher
+        thread to be withheld or taken back (:mod:`.publisher`). Nothing when it was settled
+        or forgotten already (answered, failed, or cancelled by ``close()`` once stopped)."""
+        if self._replies.pending.pop(request.task_id, None) is None:
+            return
+        with self._outbox_cond:
+            self._withdrawn.append(request)
+            if not self._publishing:
+                self._outbox_cond.notify()
+
     def _fail(self, items: list[Outgoing], error: WKRError) -> None:
         for item in items:
             self._replies.fail(item.task_id, error)
@@ -331,12 +366,15 @@ class WKRClient(InputContract):
                 "queue_length": self._queue.queue_length()}
 
     def close(self) -> None:
-        """Stop the I/O threads; requests still pending are cancelled."""
+        """Stop the I/O threads; requests still pending are cancelled, and so withdrawn: the
+        publisher thread's last round takes back those no worker has fetched yet."""
         if self._closed:
             return
         if self._forked():  # made before a fork, unused here: the rest is the
             self._closed = True  # parent's (its reply list above all), left alone
             return
+        for future in list(self._replies.pending.values()):
+            future.cancel()
         with self._outbox_cond:
             self._closed = True
         self._stop()
@@ -353,45 +391,3 @@ class WKRClient(InputContract):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-
-def _publish_loop(client_ref: weakref.ref[WKRClient], cond: threading.Condition) -> None:
-    """The publisher thread. It holds its client only while it has requests to send, so that
-    a client nobody references any more is collected; its finalizer (:func:`_stop`) then
-    wakes this thread to end."""
-    while True:
-        with cond:
-            while True:
-                client = client_ref()
-                if client is None:
-                    return
-                if client._closed or (client._outbox and not client._publishing):
-                    break
-                del client  # not held while waiting
-                cond.wait()
-            if not client._outbox:
-                return
-            items, client._outbox = client._outbox, []
-            client._publishing = True
-        client._publish(items)
-        with cond:
-            client._publishing = False
-        del client
-
-
-def _stop(forks_at_start: int, cond: threading.Condition, publisher: threading.Thread,
-          join_timeout: float, replies: Replies, connections: Sequence[redis.Redis]) -> None:
-    """Stop one process's part of a client: on :meth:`WKRClient.close`, or once the client is
-    collected. A part copied into a forked child is its parent's (the reply list above all),
-    left alone there. It may run on one of the client's own threads (the one that dropped the
-    last reference), which is not waited for."""
-    if forks() != forks_at_start:
-        return
-    with cond:
-        cond.notify_all()
-    if publisher is not threading.current_thread():
-        publisher.join(join_timeout)
-    replies.close()
-    for connection in connections:
-        connection.close()
