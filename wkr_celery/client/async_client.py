@@ -45,7 +45,7 @@ from .protocol import (
     Requests,
     publish_failed,
     refused_publish,
-    revoked,
+    report_withdrawal,
 )
 from .replies import LISTEN_SECONDS
 from .verdicts import watched
@@ -329,7 +329,7 @@ class AsyncWKRClient(InputContract):
         except REDIS_ERRORS as exc:  # the answers, if any come, are dropped all the same
             log.warning("could not revoke %d withdrawn request(s): %s", len(requests), exc)
             return
-        revoked(len(requests), removed)
+        report_withdrawal(len(requests), removed)
 
     # Status and shutdown ------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from ..messages import deadline_after, error_of
 from ..result_store import not_where_it_stores, result_url_from
 
 __all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "Sent", "read_reply",
-           "overloaded", "publish_failed", "deadline_exceeded", "revoked"]
+           "overloaded", "publish_failed", "deadline_exceeded", "report_withdrawal"]
 
 log = logging.getLogger("wkr_celery.client")
 
@@ -279,9 +279,9 @@ def refused_publish(count: int, exc: BaseException, connect_timeout: float) -> N
                     count, exc, connect_timeout)
 
 
-def revoked(count: int, removed: int) -> None:
+def report_withdrawal(count: int, removed: int) -> None:
     """Say what became of ``count`` cancelled requests of which the queue gave ``removed`` back."""
-    log.debug("withdrawn: %d revoked from the queue, %d held by workers or never queued "
+    log.debug("withdrawal: %d taken back from the queue, %d held by workers or never queued "
               "(answers dropped)", removed, count - removed)
 
 

@@ -25,7 +25,7 @@ import redis
 from ..broker import run
 from ..connections import REDIS_ERRORS
 from ..processes import forks
-from .protocol import Outgoing, revoked
+from .protocol import Outgoing, report_withdrawal
 from .replies import Replies
 
 if TYPE_CHECKING:
@@ -74,18 +74,18 @@ def _round(client: WKRClient, items: list[Outgoing], cancelled: list[Outgoing]) 
         client._publish(send)
     sent_before = [request for request in cancelled if request.task_id not in unsent]
     if sent_before:
-        _revoke(client, sent_before)
+        _withdraw_sent(client, sent_before)
 
 
-def _revoke(client: WKRClient, requests: list[Outgoing]) -> None:
+def _withdraw_sent(client: WKRClient, requests: list[Outgoing]) -> None:
     """Take ``requests`` back from the service's lists where no worker has fetched them yet.
     No retry: one the broker could not take back is predicted and its answer dropped."""
     try:
         removed = run(client._broker_redis, client._requests.withdrawal(requests))
     except REDIS_ERRORS as exc:
-        log.warning("could not revoke %d cancelled request(s): %s", len(requests), exc)
+        log.warning("could not withdraw %d cancelled request(s): %s", len(requests), exc)
         return
-    revoked(len(requests), removed)
+    report_withdrawal(len(requests), removed)
 
 
 def stop(forks_at_start: int, cond: threading.Condition, publisher: threading.Thread,
