@@ -141,3 +141,27 @@ def test_leaving_encode_many_early_withdraws_the_requests_it_still_has_out(
     gates.open("a")
     assert int(client.encode(gates.item("last", 7)).result(timeout=30)) == 14
     assert [name for name in ("x2", "x3", "x4") if gates.entered(name)] == ["x2"]
+
+
+def test_an_answered_future_the_caller_keeps_does_not_keep_its_request_alive(
+        make_service, tmp_path: Path) -> None:
+    """A future holds its request so that ``cancel()`` can take it back; once answered there is
+    nothing to take back, and a caller who keeps many answered futures (a list of results)
+    must not keep every request body they sent alive with them."""
+    import gc
+    import tracemalloc
+
+    service, gates = _gate_service(make_service), Gates(tmp_path)
+    client = service.client()
+    client.encode(gates.item("warm", 0)).result(timeout=30)  # connections and threads made
+    count, size = 40, 1 << 20
+    tracemalloc.start()
+    try:
+        futures = [client.encode({**gates.item(f"g{i}", i), "pad": bytes(size)})
+                   for i in range(count)]
+        assert [f.result(timeout=60) for f in futures] == [2 * i for i in range(count)]
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < count * size // 4, f"{held / 1e6:.1f} MB still held by {count} answered futures"

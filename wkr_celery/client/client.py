@@ -7,10 +7,8 @@ settles futures by task id. A lone request is published from the caller's own th
 watch thread per Redis (:mod:`.restarts`) notices outages and empty restarts, so the broker
 being down never stops answers from the result Redis.
 
-Cancelling a future withdraws its request, as cancelling an await does in the asyncio client:
-one not sent yet is never sent, one still in the service's queue is taken back from it by the
-publisher thread (many cancels at once in one round trip), one a worker already holds is
-predicted and its answer dropped. ``close()`` cancels, and so withdraws, what is still pending.
+Cancelling a future withdraws its request, as in the asyncio client (:mod:`.publisher` says
+how); ``close()`` cancels, and so withdraws, what is still pending.
 
 None of these threads references the client itself, so a client nobody references any more
 (and no future of it is still held or pending) is collected like any object, and a finalizer
@@ -92,6 +90,14 @@ class TaskFuture(Future[Any]):
         if self._client is not None and self._request is not None:
             self._client._withdraw(self._request)
         return True
+
+    def set_result(self, result: Any) -> None:
+        self._request = None  # answered: nothing to withdraw, and its body is not kept alive
+        super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._request = None
+        super().set_exception(exception)
 
     def result(self, timeout: float | None = None) -> Any:
         return super().result(self._read_own_answer(timeout))

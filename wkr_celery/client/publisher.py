@@ -61,7 +61,7 @@ def publish_loop(client_ref: weakref.ref[WKRClient], cond: threading.Condition) 
         finally:
             with cond:
                 client._publishing = False
-        del client
+        del client, items, cancelled  # nor their envelopes, while waiting for the next round
 
 
 def _round(client: WKRClient, items: list[Outgoing], cancelled: list[Outgoing]) -> None:
