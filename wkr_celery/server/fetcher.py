@@ -27,10 +27,11 @@ from collections.abc import Collection
 
 from ..broker import Fetched, RequestQueue
 from ..config import Settings
-from ..connections import REDIS_ERRORS
+from ..connections import REDIS_ERRORS, redacted
 from ..messages import parse_request
 from ..scripts import LANDED_ID, NUDGE
 from .buffer import RequestBuffer
+from .counted_logs import BrokerOutage
 from .request import Request
 
 __all__ = ["Fetcher", "PREFETCH_POLL", "ack_args", "split"]
@@ -47,7 +48,8 @@ class Fetcher:
     """Fetches for one worker into ``buffer``; :meth:`run` is the fetcher thread's loop."""
 
     def __init__(self, queue: RequestQueue, worker_id: str, buffer: RequestBuffer,
-                 settings: Settings, stopping: threading.Event, poll: float) -> None:
+                 settings: Settings, stopping: threading.Event, poll: float,
+                 outage: BrokerOutage | None = None) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self.buffer = buffer
@@ -64,6 +66,9 @@ class Fetcher:
         self._max_payload = settings.max_payload
         self._next_reconcile = time.monotonic() + _RECONCILE_SECONDS
         self._backoff = 0.05
+        #: Logs a broker outage once, not each retry (shared with the heartbeat, see
+        #: :class:`.counted_logs.BrokerOutage`).
+        self.outage = outage or BrokerOutage(log, redacted(settings.broker))
         #: Whether the last messages to arrive came several at once: the worker is in a stream,
         #: and woken from idle it fetches what queued behind the message that woke it in the
         #: same round trip. One message alone (a lone request) turns it off again.
@@ -132,10 +137,11 @@ class Fetcher:
             if message is not None:
                 with self._held_lock:
                     self.landed.add(message)
-            return message, fetched
         except REDIS_ERRORS as exc:
             self._broker_error(exc)
             return None, []
+        self._broker_ok()
+        return message, fetched
 
     # Either thread, holding the turn --------------------------------------------------------
 
@@ -154,7 +160,7 @@ class Fetcher:
         except REDIS_ERRORS as exc:
             self._broker_error(exc)
             return 0
-        self._backoff = 0.05
+        self._broker_ok()
         if fetched:
             self._buffer(fetched, more_waiting=len(fetched) >= room)
         else:
@@ -163,9 +169,13 @@ class Fetcher:
 
     def _broker_error(self, exc: BaseException) -> None:
         self._next_reconcile = 0.0  # a lost reply may have moved messages to us
-        log.warning("broker unreachable (%s); retrying in %.2fs", exc, self._backoff)
+        self.outage.failed("fetch", exc)  # logged once an outage, then summed
         self.stopping.wait(self._backoff)
         self._backoff = min(self._backoff * 2, _BACKOFF_CAP)
+
+    def _broker_ok(self) -> None:
+        self._backoff = 0.05
+        self.outage.succeeded("fetch")
 
     def _buffer(self, fetched: list[tuple[int, bytes, int]], more_waiting: bool) -> None:
         self._in_stream = len(fetched) > 1

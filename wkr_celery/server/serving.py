@@ -26,7 +26,7 @@ from ..broker import RequestQueue, ResultStore, ServiceRegistry
 from ..clock import RedisClock
 from ..codec import dumps
 from ..config import Settings
-from ..connections import REDIS_ERRORS
+from ..connections import REDIS_ERRORS, redacted
 from ..errors import DeadlineExceeded
 from ..keys import ServiceKeys
 from ..messages import now_iso
@@ -34,9 +34,9 @@ from ..result_store import kept_result_store
 from ..version import __version__
 from .acks import PendingAcks
 from .buffer import KeyedRequestBuffer, RequestBuffer
+from .counted_logs import BrokerOutage, LateDrops
 from .fetcher import Fetcher, ack_args, split
 from .hardworker import WKRHardWorker
-from .late_drops import LateDrops
 from .request import Outcome, Request
 from .runner import ModelRunner
 from .status import ServingStats, service_info
@@ -85,7 +85,8 @@ class ServingLoop:
             if self.runner.batches_by_traits else RequestBuffer(capacity)
         )
         self.stats = ServingStats()
-        self.late_drops = LateDrops(log)  # counted, not a line each (see .late_drops)
+        self.late_drops = LateDrops(log)  # counted, not a line each (see .counted_logs)
+        self.outage = BrokerOutage(log, redacted(settings.broker))  # the same
         self.listeners: list[BatchListener] = []
         self.ready = threading.Event()
         self.failed: BaseException | None = None
@@ -105,7 +106,7 @@ class ServingLoop:
         self._threads: list[threading.Thread] = []
         self._info: dict[str, Any] = {}
         self.fetcher = Fetcher(self.queue, worker_id, self.buffer, settings, self._stopping,
-                               _POLL_SECONDS)
+                               _POLL_SECONDS, self.outage)
         self.acks = PendingAcks(self.queue, worker_id, self.fetcher.forget)  # see _store
         self._tmp = tempfile.TemporaryDirectory(prefix=f"wkr-{settings.name}-")
 
@@ -365,8 +366,7 @@ class ServingLoop:
         self.registry.write_info(info)
 
     def _heartbeat_loop(self) -> None:
-        interval = min(1.0, self.settings.visibility_timeout / 5)
-        beats = 0
+        interval, beats = min(1.0, self.settings.visibility_timeout / 5), 0
         while not self._stopping.wait(interval):
             beats += 1
             try:
@@ -379,8 +379,9 @@ class ServingLoop:
                     for dead, count in self.queue.sweep().items():
                         log.warning("worker %s missed its heartbeat; requeued its %d requests",
                                     dead, count)
+                self.outage.succeeded("heartbeat")
             except REDIS_ERRORS as exc:
-                log.warning("heartbeat failed: %s", exc)
+                self.outage.failed("heartbeat", exc)  # logged once an outage, then summed
 
 
 def _exit_on_error(target: Callable[[], None]) -> Callable[[], None]:
