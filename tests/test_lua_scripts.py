@@ -16,7 +16,7 @@ import redis
 from redis.commands.core import Script
 
 from wkr_celery import scripts
-from wkr_celery.keys import ServiceKeys, reply_key, task_meta_key
+from wkr_celery.keys import SERVICES, ServiceKeys, reply_key, task_meta_key
 
 from .helpers import wait_until
 
@@ -400,3 +400,19 @@ def test_renew_and_release_owner_act_only_on_our_own_token(
     assert redis_client.exists(owner, status) == 2
     assert release(keys=[owner, status], args=["ours"]) == 2
     assert not redis_client.exists(owner, status)
+
+
+def test_unlist_takes_the_name_off_only_when_no_registered_worker_has_a_heartbeat(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    unlist = script("unlist")
+    call = {"keys": [SERVICES, keys.workers], "args": [keys.name, keys.heartbeat_prefix]}
+    redis_client.sadd(SERVICES, keys.name, "other")
+    redis_client.sadd(keys.workers, "killed", "elsewhere")  # killed: its heartbeat expired
+    redis_client.set(keys.heartbeat("elsewhere"), b"{}")
+    assert unlist(**call) == 0  # another host still serves the name
+    assert redis_client.sismember(SERVICES, keys.name)
+    redis_client.delete(keys.heartbeat("elsewhere"))
+    assert unlist(**call) == 1
+    assert redis_client.smembers(SERVICES) >= {b"other"}
+    assert not redis_client.sismember(SERVICES, keys.name)
+    redis_client.srem(SERVICES, "other")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from importlib import resources
 
 __all__ = ["FETCH", "RETURN", "REQUEUE_DEAD", "SWEEP", "PUBLISH", "STORE", "RENEW_OWNER",
-           "RELEASE_OWNER", "SUSPECT_SOURCE", "LANDED_ID", "NUDGE", "load"]
+           "RELEASE_OWNER", "UNLIST", "SUSPECT_SOURCE", "LANDED_ID", "NUDGE", "load"]
 
 SUSPECT_SOURCE = 7
 LANDED_ID = 6
@@ -53,3 +53,4 @@ PUBLISH = load("publish")
 STORE = load("store")
 RENEW_OWNER = load("renew_owner")
 RELEASE_OWNER = load("release_owner")
+UNLIST = load("unlist")

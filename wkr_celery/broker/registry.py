@@ -5,6 +5,13 @@ Worker processes heartbeat and write the info here, the supervisor its scaling s
 failures; clients, the REST API and the production tools read them. Every write also lists the
 service in :data:`~wkr_celery.keys.SERVICES`, so a client that names no service finds it. The
 reads a client makes are plans (:mod:`.plan`), so the asyncio client runs the same ones.
+
+A service that stops gracefully leaves the list (:meth:`ServiceRegistry.unlist`) once no worker
+of its name has a heartbeat. One killed (``kill -9``, a host lost) stays listed: readers see it
+has no live worker (:func:`live_services_plan`), and its next start or a peer's graceful stop
+settles it. Readers never unlist: a name without a heartbeat may be a service whose workers are
+loading their models or restarting, whose recorded failure a client must still find, and a
+reader may hold a read-only Redis user.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 
 import redis
 
+from .. import scripts
 from ..codec import loads
 from ..errors import DecodeError
 from ..keys import SERVICES, ServiceKeys
@@ -30,6 +38,7 @@ class ServiceRegistry:
     def __init__(self, client: redis.Redis, keys: ServiceKeys) -> None:
         self.client = client
         self.keys = keys
+        self._unlist = client.register_script(scripts.UNLIST)
 
     # Written by the service ----------------------------------------------------------------
 
@@ -61,6 +70,13 @@ class ServiceRegistry:
         pipe.hset(self.keys.scaling, mapping={k: str(v) for k, v in state.items()})
         pipe.expire(self.keys.scaling, max(1, math.ceil(ttl)))
         pipe.execute()
+
+    def unlist(self) -> bool:
+        """The service stops gracefully: take its name off the services list unless a worker
+        of it still has a heartbeat (another host serving the same name). True if unlisted."""
+        keys = self.keys
+        return bool(self._unlist(keys=[SERVICES, keys.workers],
+                                 args=[keys.name, keys.heartbeat_prefix]))
 
     # Read by anyone ------------------------------------------------------------------------
 
@@ -95,8 +111,9 @@ def services_plan() -> Plan[list[str]]:
 
 def live_services_plan() -> Plan[dict[str, bool]]:
     """Each service listed on this broker, and whether a worker of it has a heartbeat now: a
-    stopped service stays listed (nothing unlists a name), so a client that names no service
-    chooses among the live ones. Three round trips, whatever the number of services."""
+    service killed without a graceful stop stays listed (see the module's docstring), so a
+    client that names no service chooses among the live ones. Three round trips, whatever the
+    number of services."""
     names = sorted((yield from services_plan()))
     if not names:
         return {}

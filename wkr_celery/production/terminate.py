@@ -154,6 +154,7 @@ def _kill(
     try:
         for worker_id in workers.values():
             requeued += queue.requeue_dead(worker_id, blamed=[])
+        ServiceRegistry(client, queue.keys).unlist()  # unless another host serves the name
     except REDIS_ERRORS as exc:
         notes.append(f"could not requeue the killed workers' requests now ({exc}); the next "
                      "worker to start requeues them after the visibility timeout")

@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..worker_class import load_class
 from .hardworker import WKRHardWorker
 from .helper import pin_device
+from .leftovers import unlist_if_unserved
 from .serving import ServingLoop
 from .task_events import TaskEvents
 from .worker_slot import WorkerProcessEnv
@@ -67,8 +68,11 @@ class ServingStep(bootsteps.StartStopStep):
             os._exit(EXIT_LOAD_FAILED)
 
     def stop(self, worker: Any) -> None:
+        """Stop the loop gracefully (the worker leaves the worker registry); if it was the last
+        live worker of its name, the service leaves the services list too."""
         if self.loop is not None:
             self.loop.stop()
+            unlist_if_unserved(self.loop.registry)
             self.loop = None
 
     def shutdown(self, worker: Any) -> None:

@@ -1,18 +1,42 @@
-"""What a stopping service does with requests nobody will serve: with an embedded Redis that
-keeps nothing across a stop (no AOF), each queued request's caller is told ``RequestLost`` at
-once, instead of waiting on an answer that cannot come. The answers are stored on the result
-Redis, which is about to stop too, so the stop waits (briefly) until the clients took them."""
+"""What a stopping service leaves behind on Redis.
+
+* Requests nobody will serve: with an embedded Redis that keeps nothing across a stop (no AOF),
+  each queued request's caller is told ``RequestLost`` at once, instead of waiting on an answer
+  that cannot come. The answers are stored on the result Redis, which is about to stop too, so
+  the stop waits (briefly) until the clients took them.
+* Its name in the services list (``wkr:services``), which status tools, dashboards and clients
+  that name no service read: the last worker of the name to stop gracefully, and a stopping
+  supervisor once its workers are gone, take it off (:func:`unlist_if_unserved`).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 
-from ..broker import RequestQueue, ResultStore, StoredResult
+from ..broker import RequestQueue, ResultStore, ServiceRegistry, StoredResult
+from ..connections import REDIS_ERRORS
 from ..errors import RequestLost
 from ..keys import reply_key
 from ..messages import encode_meta, failure_meta, now_iso, parse_request
 
-__all__ = ["fail_queued", "wait_taken"]
+__all__ = ["fail_queued", "unlist_if_unserved", "wait_taken"]
+
+log = logging.getLogger("wkr_celery.server")
+
+
+def unlist_if_unserved(registry: ServiceRegistry | None) -> None:
+    """The service stops here: its name leaves the services list unless a worker of it still
+    has a heartbeat (on another host, or one of ours still stopping). A broker that cannot be
+    reached now leaves it listed, which is said."""
+    if registry is None:  # stopped before it reached the broker
+        return
+    name = registry.keys.name
+    try:
+        if registry.unlist():
+            log.info("service %r unlisted: no live worker of it is left", name)
+    except REDIS_ERRORS as exc:
+        log.warning("could not take service %r off the services list: %s", name, exc)
 
 
 def fail_queued(queue: RequestQueue, results: ResultStore, expires: int,

@@ -56,7 +56,7 @@ from ..worker_class import class_path, load_class
 from .children import SideProcess, WatchedRedis
 from .elastic import Elastic
 from .hardworker import WKRHardWorker
-from .leftovers import fail_queued, wait_taken
+from .leftovers import fail_queued, unlist_if_unserved, wait_taken
 from .worker_slot import WorkerProcess
 
 __all__ = ["WKRServer", "WorkerProcess"]
@@ -359,6 +359,7 @@ class WKRServer:
             slot.process = None
             if slot.pump is not None:
                 slot.pump.join(2)
+        unlist_if_unserved(self.registry)  # its workers left: the name goes unless others serve it
         self._fail_what_redis_forgets()
         for side in self.extras:
             send(side.process, signal.SIGTERM)
