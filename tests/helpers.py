@@ -140,9 +140,7 @@ class Service:
         return ServiceRegistry(redis.Redis.from_url(self.broker_url), ServiceKeys(self.name))
 
     def live_workers(self) -> dict[str, dict[str, Any]]:
-        from wkr_celery.codec import loads
-
-        return {w: loads(b) for w, b in self.registry.live_workers().items()}
+        return self.registry.live_workers()
 
     def wait_workers(self, count: int, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
         return wait_until(lambda: (lambda live: live if len(live) >= count else None)(

@@ -193,7 +193,7 @@ def test_the_registry_reads_back_info_heartbeats_and_failures(
     registry.record_failure("worker 0 exited", ttl=30)
 
     assert registry.has_info() and registry.info() == {"protocol": "obj", "batch_size": "4"}
-    assert registry.live_workers() == {"w1": BEAT}
+    assert registry.live_workers() == {"w1": codec.loads(BEAT)}
     assert registry.last_failure() == "worker 0 exited"
 
 
@@ -234,7 +234,7 @@ def test_the_asyncio_client_reads_and_withdraws_through_the_same_plans_as_the_sy
         redis_client.srem(SERVICES, keys.name)
 
     assert keys.name in seen[0]  # the Redis is shared: other tests' services are listed too
-    assert seen[1:4] == (registry.info(), {"w1": BEAT}, "worker 0 exited")
+    assert seen[1:4] == (registry.info(), {"w1": codec.loads(BEAT)}, "worker 0 exited")
     assert seen[4] == 3 and seen[5] == [redis_client.get(task_meta_key(t)) for t in answered]
     assert seen[6] is True and seen[7] == 2  # both withdrawn, by the asyncio client
     assert queue.queue_length() == 1

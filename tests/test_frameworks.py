@@ -22,7 +22,6 @@ import pytest
 
 from wkr_celery import ConfigError
 from wkr_celery.broker import ServiceRegistry
-from wkr_celery.codec import loads
 from wkr_celery.keys import ServiceKeys
 
 from .doc_commands import Command, Session, Substitutions, make_project
@@ -109,13 +108,13 @@ def _statistics(session: Session, workers: int, *keys: str) -> list[dict[str, An
     registry = ServiceRegistry(client, ServiceKeys("default"))
 
     def reported() -> list[dict[str, Any]] | None:
-        stats = [loads(beat)["statistics"] for beat in registry.live_workers().values()]
+        stats = [beat["statistics"] for beat in registry.live_workers().values()]
         return stats if len(stats) == workers and all(k in s for s in stats for k in keys) \
             else None
 
     try:
         return wait_until(reported, 30, what=f"{workers} workers reporting {keys}: "
-                          f"{[loads(b) for b in registry.live_workers().values()]}")
+                          f"{list(registry.live_workers().values())}")
     finally:
         client.close()
 

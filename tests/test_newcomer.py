@@ -23,7 +23,6 @@ import redis
 
 from wkr_celery import ConfigError, InputError, InvalidInput, WKRClient
 from wkr_celery.broker import ServiceRegistry
-from wkr_celery.codec import loads
 from wkr_celery.connections import with_local_password
 from wkr_celery.keys import ServiceKeys
 from workers.linear import make_weights
@@ -302,7 +301,7 @@ def test_a_worker_started_by_hand_answers_through_the_services_result_redis(
     log = tmp_path / "hand.log"
     try:
         def its_beat() -> dict[str, object] | None:
-            beats = [loads(b) for b in registry.live_workers().values()]
+            beats = list(registry.live_workers().values())
             return next((b for b in beats if b["pid"] == hand.pid), None)
 
         wait_until(lambda: its_beat() or hand.poll() is not None, 90,

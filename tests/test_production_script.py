@@ -16,7 +16,6 @@ import pytest
 
 from wkr_celery.broker import RequestQueue, ServiceRegistry
 from wkr_celery.client import WKRClient
-from wkr_celery.codec import loads
 from wkr_celery.connections import connect
 from wkr_celery.keys import ServiceKeys
 from wkr_celery.production import procs
@@ -86,7 +85,7 @@ class Deployment:
         return ServiceRegistry(connect(self.redis_url), ServiceKeys(self.name))
 
     def workers(self) -> dict[str, dict[str, Any]]:
-        return {w: loads(b) for w, b in self.registry.live_workers().items()}
+        return self.registry.live_workers()
 
     def supervisors(self) -> list[int]:
         """Every ``wkr-serving-start`` process on this host serving this name."""

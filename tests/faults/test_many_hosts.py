@@ -39,7 +39,6 @@ from tests.faults.namespaces import (
 from tests.helpers import ROOT, wait_until
 from wkr_celery.broker import RequestQueue, ServiceRegistry
 from wkr_celery.clock import TEST_OFFSET_ENV
-from wkr_celery.codec import loads
 from wkr_celery.keys import ServiceKeys, task_meta_key
 from wkr_celery.messages import decode_meta, parse_request
 from wkr_celery.redis_embedded import redis_server_binary
@@ -107,13 +106,12 @@ class Cluster:
         """Live workers by host: (worker id, pid), from their heartbeats."""
         live = {}
         for wid, beat in self.registry.live_workers().items():
-            status = loads(beat)
-            live[self._host_of(status["host"])] = (wid, int(status["pid"]))
+            live[self._host_of(beat["host"])] = (wid, int(beat["pid"]))
         return live
 
     def answered(self) -> int:
         """Requests the live workers have answered, by their heartbeats."""
-        return sum(int(loads(beat)["requests"]) for beat in self.registry.live_workers().values())
+        return sum(int(beat["requests"]) for beat in self.registry.live_workers().values())
 
     def _host_of(self, hostname: str) -> str:
         return next(h.name for h in self.net.hosts.values() if h.hostname == hostname)
@@ -343,7 +341,7 @@ def test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written(
             net[host].popen(as_here(worker_cmd), log=f"{host}.log", env=env)
         registry = ServiceRegistry(watcher, ServiceKeys("linear"))
         try:
-            wait_until(lambda: {loads(b)["host"] for b in registry.live_workers().values()} == {
+            wait_until(lambda: {b["host"] for b in registry.live_workers().values()} == {
                 net["gpu-a"].hostname, net["gpu-b"].hostname}, timeout=90,
                 what="workers of both GPU hosts")
         except AssertionError as exc:

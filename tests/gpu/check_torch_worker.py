@@ -47,12 +47,11 @@ def live_workers(port: int) -> list[dict]:
     import redis
 
     from wkr_celery.broker import ServiceRegistry
-    from wkr_celery.codec import loads
     from wkr_celery.keys import ServiceKeys
 
     client = redis.Redis(host="127.0.0.1", port=port)
     try:
-        return [loads(b) for b in ServiceRegistry(client, ServiceKeys("default")).live_workers().values()]
+        return list(ServiceRegistry(client, ServiceKeys("default")).live_workers().values())
     except redis.ConnectionError:
         return []
     finally:

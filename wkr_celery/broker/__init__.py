@@ -26,6 +26,7 @@ from .queue import (
     withdraw_plan,
 )
 from .registry import (
+    Heartbeat,
     ServiceRegistry,
     as_str,
     info_plan,
@@ -36,7 +37,7 @@ from .registry import (
 )
 from .results import ResultStore, StoredResult, stored_plan
 
-__all__ = ["Fetched", "Lane", "Plan", "RequestQueue", "ResultStore", "ServiceRegistry",
+__all__ = ["Fetched", "Heartbeat", "Lane", "Plan", "RequestQueue", "ResultStore", "ServiceRegistry",
            "StoredResult", "as_str", "info_plan", "last_failure_plan", "live_services_plan",
            "cap_plan", "live_workers_plan", "ping_plan", "publish_call", "queue_length_plan", "run",
            "run_async", "services_plan", "stored_plan", "withdraw_plan"]

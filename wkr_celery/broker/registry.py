@@ -28,8 +28,11 @@ from ..errors import DecodeError
 from ..keys import SERVICES, ServiceKeys
 from .plan import Plan, run
 
-__all__ = ["ServiceRegistry", "as_str", "info_plan", "last_failure_plan", "live_services_plan",
-           "live_workers_plan", "readable_beat", "services_plan"]
+__all__ = ["Heartbeat", "ServiceRegistry", "as_str", "info_plan", "last_failure_plan",
+           "live_services_plan", "live_workers_plan", "read_beat", "services_plan"]
+
+#: A worker's heartbeat, decoded: its id, pid, host, device and figures (see ``Serving._beat``).
+Heartbeat = dict[str, Any]
 
 
 class ServiceRegistry:
@@ -96,8 +99,8 @@ class ServiceRegistry:
         """The last worker failure the supervisor recorded, or ``""``."""
         return run(self.client, last_failure_plan(self.keys))
 
-    def live_workers(self) -> dict[str, bytes]:
-        """Heartbeat payloads of workers alive now, by worker id."""
+    def live_workers(self) -> dict[str, Heartbeat]:
+        """Heartbeats of workers alive now, decoded (once, here), by worker id."""
         return run(self.client, live_workers_plan(self.keys))
 
 
@@ -139,14 +142,17 @@ def last_failure_plan(keys: ServiceKeys) -> Plan[str]:
     return as_str(value) if value is not None else ""
 
 
-def live_workers_plan(keys: ServiceKeys) -> Plan[dict[str, bytes]]:
-    """:meth:`ServiceRegistry.live_workers`: the registered ids, then their heartbeats."""
+def live_workers_plan(keys: ServiceKeys) -> Plan[dict[str, Heartbeat]]:
+    """:meth:`ServiceRegistry.live_workers`: the registered ids, then their heartbeats, each
+    decoded once (:func:`read_beat`); one that does not read as a heartbeat is no live
+    worker."""
     (members,) = yield lambda pipe: pipe.smembers(keys.workers)
     ids = sorted(as_str(w) for w in members)
     if not ids:
         return {}
     (beats,) = yield lambda pipe: pipe.mget([keys.heartbeat(w) for w in ids])
-    return {w: b for w, b in zip(ids, beats) if isinstance(b, bytes) and readable_beat(b)}
+    live = {w: read_beat(b) for w, b in zip(ids, beats) if isinstance(b, bytes)}
+    return {w: beat for w, beat in live.items() if beat is not None}
 
 
 #: Heartbeat figures every reader takes for numbers (see ``Serving._beat``).
@@ -156,18 +162,21 @@ _TEXTS = ("worker_id", "host", "version")
 _STATISTIC = frozenset({"count", "sum", "min", "max"})
 
 
-def readable_beat(raw: bytes) -> bool:
-    """Whether ``raw`` is a heartbeat a worker could have written: a map whose figures are
-    numbers where numbers go. Anyone who can write to the broker can add a worker id and a
-    heartbeat; one that did not decode, or held text where a count goes, raised in every
-    reader (the REST API then answered each request 400 or 500, and the elastic supervisor
-    stopped). Such a beat is no live worker. Read once a second at most, per worker."""
+def read_beat(raw: bytes) -> Heartbeat | None:
+    """``raw`` decoded, if it is a heartbeat a worker could have written (a map whose figures
+    are numbers where numbers go), else ``None``. Anyone who can write to the broker can add a
+    worker id and a heartbeat; one that did not decode, or held text where a count goes, raised
+    in every reader (the REST API then answered each request 400 or 500, and the elastic
+    supervisor stopped). Such a beat is no live worker. The one place a heartbeat is decoded:
+    readers take the map it returns."""
     try:
         beat = loads(raw)
     except DecodeError:
-        return False
-    if not isinstance(beat, dict):
-        return False
+        return None
+    return beat if isinstance(beat, dict) and _well_formed(beat) else None
+
+
+def _well_formed(beat: dict[Any, Any]) -> bool:
     if not all(_number(beat.get(k, 0)) for k in _NUMBERS):
         return False
     if not all(isinstance(beat.get(k, ""), str) for k in _TEXTS):

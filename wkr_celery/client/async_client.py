@@ -29,7 +29,6 @@ import redis.asyncio
 from .. import scripts
 from ..broker import cap_plan, queue_length_plan, run_async
 from ..clock import RedisClock
-from ..codec import loads
 from ..connections import REDIS_ERRORS, close_async, connect_async
 from ..errors import WKRError
 from ..inputs import InputSpec
@@ -358,7 +357,7 @@ class AsyncWKRClient(InputContract):
         assert self._broker is not None
         live = await discovery.live_workers(self._broker, keys)
         return {"name": keys.name, "config": await discovery.info_of(self._broker, keys),
-                "workers": {wid: loads(beat) for wid, beat in live.items()},
+                "workers": live,
                 "queue_length": await run_async(self._broker, queue_length_plan(keys))}
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ import time
 import redis.asyncio
 
 from ..broker import (
+    Heartbeat,
     info_plan,
     last_failure_plan,
     live_services_plan,
@@ -113,8 +114,9 @@ async def info_of(client: redis.asyncio.Redis, keys: ServiceKeys) -> dict[str, s
     return await run_async(client, info_plan(keys))
 
 
-async def live_workers(client: redis.asyncio.Redis, keys: ServiceKeys) -> dict[str, bytes]:
-    """Heartbeat payloads of workers alive now, by worker id (as the sync registry reads them)."""
+async def live_workers(client: redis.asyncio.Redis, keys: ServiceKeys) -> dict[str, Heartbeat]:
+    """Heartbeats of workers alive now, decoded, by worker id (as the sync registry reads
+    them)."""
     return await run_async(client, live_workers_plan(keys))
 
 

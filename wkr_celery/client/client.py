@@ -33,7 +33,6 @@ import redis
 
 from ..broker import RequestQueue, ServiceRegistry
 from ..clock import RedisClock
-from ..codec import loads
 from ..connections import REDIS_ERRORS, connect
 from ..errors import WKRError
 from ..inputs import InputSpec
@@ -367,8 +366,8 @@ class WKRClient(InputContract):
 
     def server_status(self) -> dict[str, Any]:
         """Service config, live workers (their heartbeat figures) and queue length."""
-        workers = {wid: loads(beat) for wid, beat in self._registry.live_workers().items()}
-        return {"name": self.name, "config": self._registry.info(), "workers": workers,
+        return {"name": self.name, "config": self._registry.info(),
+                "workers": self._registry.live_workers(),
                 "queue_length": self._queue.queue_length()}
 
     def close(self) -> None:

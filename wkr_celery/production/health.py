@@ -24,7 +24,6 @@ import numpy as np
 import redis
 
 from ..broker import ServiceRegistry
-from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ConfigError, ServiceOverloaded, WKRError
@@ -109,7 +108,7 @@ def check_service(
         return _with(report, problem=(
             f"no worker of {name!r} has a heartbeat on {broker_url} (none started, all still "
             f"loading, or dead for more than {settings.visibility_timeout:g}s)"))
-    workers = [_worker(name, wid, loads(raw)) for wid, raw in sorted(beats.items())]
+    workers = [_worker(name, wid, beat) for wid, beat in sorted(beats.items())]
     if local:
         host = socket.gethostname()
         here = [w for w in workers if w.host == host]

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..broker import RequestQueue, ServiceRegistry
-from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS, redacted, without_credentials
 from ..errors import ConfigError
@@ -74,8 +73,7 @@ def find_targets(settings: Settings) -> tuple[dict[int, Target], list[str], list
                      "looking for the service's processes on this host only")
     finally:
         client.close()
-    for worker_id, raw in beats.items():
-        beat = loads(raw)
+    for worker_id, beat in beats.items():
         pid, where = int(beat.get("pid", 0)), str(beat.get("host", ""))
         if where != host:
             elsewhere.append(f"{worker_id} (pid {pid} on {where})")

@@ -34,7 +34,6 @@ from ..broker import RequestQueue, ResultStore, ServiceRegistry
 from ..client import AsyncWKRClient
 from ..client.protocol import Requests, publish_failed
 from ..clock import RedisClock, wall_time
-from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS, connect, redacted
 from ..errors import InputError, ServiceUnavailable, TaskFinished, TaskStarted, UnknownTask
@@ -117,7 +116,7 @@ class Gateway:
         """Heartbeats of live workers, decoded; cached for half a second between requests."""
         at, live = self._live
         if fresh or time.monotonic() - at > _LIVE_TTL:
-            live = {w: loads(b) for w, b in self._broker(self.service.live_workers).items()}
+            live = self._broker(self.service.live_workers)
             self._live = (time.monotonic(), live)
         return live
 

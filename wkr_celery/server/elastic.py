@@ -14,7 +14,6 @@ from typing import Any
 
 from ..broker import RequestQueue, ServiceRegistry
 from ..clock import wall_time
-from ..codec import loads
 from ..config import Settings
 from ..connections import REDIS_ERRORS
 from .scaling import Autoscaler, Decision, ScalePolicy
@@ -50,7 +49,7 @@ class Elastic:
         self._next = now + _TICK
         running = [s for s in slots if s.process is not None and not s.retiring]
         try:
-            live = {w: loads(b) for w, b in self.registry.live_workers().items()}
+            live = self.registry.live_workers()
             queued = self.queue.queue_length()
         except REDIS_ERRORS as exc:  # the broker's outage is logged where it is used
             log.debug("elastic check skipped: %s", exc)
