@@ -30,8 +30,7 @@ def serve(redis_url: str, tmp_path: Path) -> Iterator[Callable[[str], Service]]:
     def start(name: str) -> Service:
         log = tmp_path / f"{name}-{len(started)}.log"
         service = Service(name, redis_url, redis_url, [], log)
-        # PYTHONPATH: the package of this checkout, not whichever one the venv installed.
-        env = user_env({"PYTHONPATH": str(ROOT)})
+        env = user_env()
         with open(log, "wb") as out:
             service.proc = subprocess.Popen(
                 [script("wkr-serving-start"), WORKER, "-name", name, "-broker_url", redis_url,
