@@ -5,7 +5,9 @@ or in a content type it does not speak; every msgpack spelling gets msgpack answ
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -14,6 +16,25 @@ from wkr_celery import codec
 from wkr_celery.rest.encoding import MAX_DEPTH, MAX_ITEMS
 
 from .rest_support import API_KEY, Stack, error_of, stack  # noqa: F401
+
+#: A body just under the API's default -http_max_body (5 MiB) of one-byte msgpack values.
+ATTACK_BYTES = 5 * 1024 * 1024 - 16
+
+
+def empty_maps(arrays: int) -> bytes:
+    """msgpack: ``arrays`` lists (in one list when more than one) of empty maps (``0x80``),
+    ~5 MB in all: each map is one byte on the wire and a 64-byte dict once decoded."""
+    per = ATTACK_BYTES // arrays - 6
+    one = b"\xdd" + per.to_bytes(4, "big") + b"\x80" * per  # array 32, then its maps
+    return one if arrays == 1 else bytes([0x90 | arrays]) + one * arrays
+
+
+def memory_kb(pid: int, field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (the peak) of process ``pid``, in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def nested(depth: int) -> object:
@@ -67,6 +88,31 @@ def test_body_with_more_values_than_the_limit_answers_400_naming_it(stack: Stack
                                      headers={"Content-Type": "application/json"})
     assert response.status_code == 400, response.text[:500]
     assert f"more than {MAX_ITEMS} values" in error_of(response)["message"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("arrays", [1, 6])
+def test_a_msgpack_body_of_empty_maps_is_refused_while_decoding_and_the_api_stays_small(
+        stack: Stack, arrays: int) -> None:
+    """5 MB of ``0x80`` decoded to ~430 MB of dicts (1.6 s on the event loop) before the value
+    count refused it. One list of 5 million maps is now refused at its header; six lists of
+    870,000, each under the limit on one list, once a million values are built."""
+    api = stack.keyed
+    assert api.proc is not None
+    body = empty_maps(arrays)
+    assert len(body) <= ATTACK_BYTES and body.count(b"\x80") > 4 * MAX_ITEMS
+    assert arrays == 1 or len(body) // arrays < MAX_ITEMS  # no one list over the limit
+    rss_before = memory_kb(api.proc.pid, "VmRSS")
+    started = time.perf_counter()
+    response = api.http.post("/encode", content=body,
+                             headers={"Content-Type": "application/msgpack"})
+    took = time.perf_counter() - started
+    assert response.status_code == 400, response.content[:500]
+    message = codec.loads(response.content)["error"]["message"]
+    assert f"more than {MAX_ITEMS} values" in message, message
+    grew_mb = (memory_kb(api.proc.pid, "VmHWM") - rss_before) / 1024
+    assert grew_mb < 150, f"the API's peak memory grew {grew_mb:.0f} MB (took {took:.2f}s)"
+    assert api.http.get("/healthz").status_code == 200
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",

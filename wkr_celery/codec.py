@@ -15,6 +15,13 @@ arrays must hold valid code points. Non-native byte order is swapped to native. 
 a :class:`~wkr_celery.errors.DecodeError` naming the problem: no other exception leaves
 :func:`loads`. Object and structured arrays are refused even with ``-allow_pickle``, which only
 admits Celery's pickle content type (see :mod:`wkr_celery.messages`).
+
+A request (a REST body, a message's input) is decoded with ``max_values``
+(:data:`MAX_VALUES`): a document holding more values is refused while it is being built, not
+after. One byte is a value (``0x80``, an empty map, costs 64 bytes as a dict), so a 5 MB body
+of empty maps once made 5 million dicts, ~400 MB and seconds of work, before any count ran.
+Values are counted as each list or map closes (its length), and no one list or map may claim
+more than the limit, so at most about ``max_values`` values are built before the refusal.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import numpy as np
 
 from .errors import DecodeError
 
-__all__ = ["CONTENT_TYPE", "SERIALIZER", "dumps", "loads", "register_serializer", "safe_dtype"]
+__all__ = ["CONTENT_TYPE", "MAX_VALUES", "SERIALIZER", "dumps", "loads", "register_serializer",
+           "safe_dtype"]
 
 SERIALIZER = "wkr-msgpack"
 CONTENT_TYPE = "application/x-wkr-msgpack"
@@ -42,6 +50,9 @@ _NUMERIC_SIZES = {"b": (1,), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": (2, 4, 8
 _MAX_NDIM = 32
 _MAX_CODE_POINT = 0x10FFFF
 _MAX_COMPLEX_TEXT = 200
+#: Most values a request may hold (every list, map, scalar and array counts one; map keys and
+#: an array's own fields do not): the REST API's limit on a body, the worker's on an input.
+MAX_VALUES = 1_000_000
 
 
 def _encode_hook(obj: Any) -> Any:
@@ -189,11 +200,73 @@ def dumps(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_encode_hook, use_bin_type=True)
 
 
-def loads(data: bytes | bytearray | memoryview) -> Any:
-    """Decode bytes from :func:`dumps`; anything malformed or unsafe is ``DecodeError``."""
+class _ValueCount:
+    """msgpack's hooks for a counted decode. Each list or map adds its length as it closes
+    (with the document itself, one, that sums to every value), and counts itself: every list
+    or map built is a value of the document, so a list still open whose many maps have
+    closed is refused before it closes. Past ``limit`` on either count the decode stops."""
+
+    __slots__ = ("left", "closed_left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit - 1
+        self.closed_left = limit
+
+    def on_map(self, obj: dict[Any, Any]) -> Any:
+        value = _decode_hook(obj)
+        if value is obj:
+            self._add(len(obj))
+        elif isinstance(shape := obj.get(b"shape"), list):  # an array is one value, its shape
+            self.left += len(shape)  # list none: give back what that list added as it closed
+        else:
+            self._add(0)
+        return value
+
+    def on_list(self, obj: list[Any]) -> list[Any]:
+        self._add(len(obj))
+        return obj
+
+    def _add(self, count: int) -> None:
+        self.left -= count
+        self.closed_left -= 1
+        if self.left < -_MAX_NDIM or self.closed_left < -_MAX_NDIM:  # a shape list is given
+            raise self.refusal()  # back only as its array's map closes: see check()
+
+    def check(self) -> None:
+        """The exact count, once the whole document is built."""
+        if self.left < 0 or self.closed_left < 0:
+            raise self.refusal()
+
+    def refusal(self, detail: str = "") -> DecodeError:
+        return DecodeError(f"msgpack holds more than {self.limit} values{detail} (every list, "
+                           "map, scalar and array counts one), the limit; send fewer, or the "
+                           "numbers as one numpy array")
+
+
+def loads(data: bytes | bytearray | memoryview, *, max_values: int | None = None) -> Any:
+    """Decode bytes from :func:`dumps`; anything malformed or unsafe is ``DecodeError``.
+
+    ``max_values``: refuse (``DecodeError`` naming the limit) a document of more values, before
+    more than about that many are built. A document of at most that many bytes cannot hold
+    more (each value takes a byte or more), so it is decoded with no count and no extra cost.
+    """
     try:
-        return msgpack.unpackb(data, object_hook=_decode_hook, ext_hook=_refuse_ext, raw=False,
-                               strict_map_key=False)
+        if max_values is None or len(data) <= max_values:
+            return msgpack.unpackb(data, object_hook=_decode_hook, ext_hook=_refuse_ext,
+                                   raw=False, strict_map_key=False)
+        count = _ValueCount(max_values)
+        try:
+            value = msgpack.unpackb(data, object_hook=count.on_map, list_hook=count.on_list,
+                                    ext_hook=_refuse_ext, raw=False, strict_map_key=False,
+                                    max_array_len=max(max_values, _MAX_NDIM),  # an array's
+                                    max_map_len=max(max_values, _MAX_NDIM))  # shape and map
+        except ValueError as exc:  # msgpack's own refusal, at a list or map header
+            if "exceeds max_" not in str(exc):
+                raise
+            raise count.refusal(f" in one list or map ({exc})") from None
+        count.check()
+        return value
     except DecodeError:
         raise
     except Exception as exc:  # msgpack's, numpy's or a hashing error: all mean "malformed"

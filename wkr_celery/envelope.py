@@ -71,7 +71,7 @@ class Compact:
 def read(raw: bytes) -> Compact:
     """The fields of a compact envelope; never raises (a bad one comes back with ``problem``)."""
     try:
-        fields = codec.loads(raw)
+        fields = codec.loads(raw, max_values=_FIELDS + 1)  # the array and its six fields
     except DecodeError as exc:
         return _bad(None, f"compact envelope is not msgpack: {exc}")
     if not isinstance(fields, list) or len(fields) != _FIELDS:

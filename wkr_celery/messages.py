@@ -188,7 +188,7 @@ def _parse_compact(raw: bytes, max_payload: int | None) -> DecodedRequest:
             f"encoded input is {size} bytes; this service takes at most {max_payload} bytes "
             "(-max_payload); refused undecoded"))
     try:
-        payload = _payload_of(codec.loads(fields.body))
+        payload = _payload_of(codec.loads(fields.body, max_values=codec.MAX_VALUES))
     except DecodeError as exc:
         return DecodedRequest(*meta, None, exc)
     return DecodedRequest(*meta, payload, None)
@@ -258,7 +258,8 @@ def _decode_payload(envelope: dict[str, Any], allow_pickle: bool, max_payload: i
         data = body
     try:
         if content_type == codec.CONTENT_TYPE:
-            decoded = codec.loads(data if isinstance(data, bytes) else data.encode())
+            decoded = codec.loads(data if isinstance(data, bytes) else data.encode(),
+                                  max_values=codec.MAX_VALUES)
         elif content_type in _JSON_TYPES:
             decoded = json.loads(data)
         elif content_type in _PICKLE_TYPES:

@@ -22,6 +22,9 @@ import pytest
 import redis
 
 from tests.helpers import Service, free_port, wait_answering, wait_until
+from tests.test_rest_limits import empty_maps, memory_kb
+from wkr_celery import envelope
+from wkr_celery.codec import MAX_VALUES
 from wkr_celery.errors import PayloadTooLarge, RequestFailed, RequestTooLarge, ResultTooLarge
 from wkr_celery.keys import task_meta_key
 from wkr_celery.messages import build_request, decode_meta, encode_body
@@ -150,3 +153,34 @@ def test_result_over_max_result_is_not_stored_and_its_caller_told(
     stored = redis_client.get(task_meta_key(futures[1].task_id))  # type: ignore[attr-defined]
     assert stored is not None and len(stored) < 2000 and b"y" * 100 not in stored
     assert json.dumps(decode_meta(stored)["result"]["exc_type"]) == '"ResultTooLarge"'
+
+
+@pytest.mark.timeout(90)
+def test_empty_maps_pushed_onto_the_queue_are_refused_while_decoding_naming_the_limit(
+    make_service: Callable[..., Service], redis_client: redis.Redis
+) -> None:
+    """The 5 MB REST attack body (a 64-byte dict per byte, once decoded), straight on the
+    queue in both envelopes: under -max_payload, so the worker decodes it, and its decoder
+    refuses it before more than a million values are built; its caller is told which limit,
+    the requests beside it are answered, and the worker's memory stays small."""
+    service = make_service(WORKER, "-batch_size", "8")
+    pids = _worker_pids(service)
+    rss_before = {pid: memory_kb(pid, "VmRSS") for pid in pids.values()}
+    bad = {(arrays, kind): uuid.uuid4().hex for arrays in (1, 6) for kind in ("kombu", "ours")}
+    good = [uuid.uuid4().hex for _ in range(3)]
+    messages = [_envelope(task_id, empty_maps(arrays)) if kind == "kombu" else envelope.build(
+        task_id, empty_maps(arrays), client_id=None, deadline=None, priority=3)
+        for (arrays, kind), task_id in bad.items()]
+    messages += [_envelope(task_id, encode_body(n)) for n, task_id in enumerate(good)]
+    redis_client.lpush(service.queue.keys.queue_for(3), *messages)
+
+    for what, task_id in bad.items():
+        meta = _stored(redis_client, service, task_id)
+        assert meta["result"]["exc_type"] == "DecodeError", (what, meta)
+        assert f"more than {MAX_VALUES} values" in meta["result"]["exc_message"][0], (what, meta)
+    answers = [_stored(redis_client, service, task_id) for task_id in good]
+    assert [(m["status"], m["result"]) for m in answers] == [("SUCCESS", 2 * n) for n in range(3)]
+    assert service.client().encode(5).result(timeout=15) == 10
+    assert _worker_pids(service) == pids, "a worker was restarted"
+    grew_mb = {pid: (memory_kb(pid, "VmHWM") - rss) / 1024 for pid, rss in rss_before.items()}
+    assert max(grew_mb.values()) < 200, f"a worker's peak memory grew (MB): {grew_mb}"

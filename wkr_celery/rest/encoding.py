@@ -47,8 +47,9 @@ MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
 JSON = "application/json"
 #: Deepest nesting of lists and maps a request body may have (the body itself is level 1).
 MAX_DEPTH = 64
-#: Most values (containers, scalars, arrays: one each) a request body may hold.
-MAX_ITEMS = 1_000_000
+#: Most values (containers, scalars, arrays: one each) a request body may hold; a msgpack body
+#: is refused as it is decoded, before more are built (:data:`wkr_celery.codec.MAX_VALUES`).
+MAX_ITEMS = codec.MAX_VALUES
 
 
 def _media_type(request: Request) -> str:
@@ -129,7 +130,7 @@ def parse_body(data: bytes, msgpack: bool, numbers: np.dtype[Any] | None = None)
         raise ApiError(400, "InvalidRequest", "the request has no body; send "
                        '{"id": ..., "data": ...} as JSON or msgpack')
     try:
-        body = codec.loads(data) if msgpack else _json_loads(data)
+        body = codec.loads(data, max_values=MAX_ITEMS) if msgpack else _json_loads(data)
     except Exception as exc:  # any decoder failure is the caller's body
         kind = "msgpack" if msgpack else "JSON"
         raise ApiError(400, "InvalidRequest", f"body is not valid {kind}: {exc}") from None
