@@ -48,6 +48,8 @@ log = logging.getLogger("wkr_celery.decentral")
 _TICK = 0.1
 _PUBLISH_EVERY = 1.0
 COMMANDS = ("status", "switch", "idle", "restart", "terminate")
+#: Longest ``wait`` a command may ask for (a day): longer is a typo, not a plan.
+MAX_WAIT = 24 * 3600.0
 
 
 @dataclass
@@ -211,7 +213,13 @@ class WKRDecentralizeCentral:
             def respond(payload: dict[str, Any]) -> None:
                 assert self.control is not None
                 self.control.reply(command_id, payload)
-        wait = _number(message.get("wait"), 30.0)
+        try:
+            wait = _wait_of(message.get("wait"))
+        except ConfigError as exc:
+            log.error("refused command %s %.80r: %s", command_id, message.get("command"), exc)
+            respond({"ok": False, "command": str(message.get("command")), "error": str(exc),
+                     "status": self.status()})
+            return
         args = message.get("args")
         command = _Command(command_id, str(message.get("command")),
                            dict(args) if isinstance(args, dict) else {}, wait,
@@ -224,6 +232,7 @@ class WKRDecentralizeCentral:
         try:
             done = getattr(self, f"_cmd_{command.name}")(command)
         except (WKRError, ValueError, TypeError) as exc:
+            log.error("refused command %s %s: %s", command.name, command.args, exc)
             self._answer(command, False, error=str(exc))
             return
         except Exception as exc:  # a command must never take the central down
@@ -261,7 +270,7 @@ class WKRDecentralizeCentral:
         if args.get("remote_servers") is not None:
             changes["remote_servers"] = parse_remote_servers(args["remote_servers"])
         if args.get("num_client") is not None:
-            changes["num_client"] = int(args["num_client"])
+            changes["num_client"] = args["num_client"]  # checked with the servers, capped
         if not changes:
             raise ConfigError("switch needs remote_servers, num_client or both")
         self.settings = s = self.settings.replace(**changes)
@@ -344,11 +353,14 @@ class WKRDecentralizeCentral:
         self.stop()
 
 
-def _number(value: Any, default: float) -> float:
-    try:
-        return float(value) if value is not None else default
-    except (TypeError, ValueError):
-        return default
+def _wait_of(value: Any) -> float:
+    """A command's ``wait`` (30 s when not given): seconds from 0 to :data:`MAX_WAIT`. NaN or
+    an infinity put the answer's deadline nowhere, so the command never timed out."""
+    if value is None:
+        return 30.0
+    if type(value) not in (int, float) or not 0 <= value <= MAX_WAIT:
+        raise ConfigError(f"wait {value!r} must be a number of seconds from 0 to {MAX_WAIT:g}")
+    return float(value)
 
 
 def _settings_from(args: DecentralSettings | Sequence[str] | argparse.Namespace | None,

@@ -25,6 +25,7 @@ from ..connections import check_url, redis_url
 from ..errors import ConfigError
 
 __all__ = [
+    "MAX_UNITS",
     "RemoteServer",
     "DecentralSettings",
     "parse_remote_servers",
@@ -34,6 +35,8 @@ __all__ = [
 
 _GROUP = re.compile(r"\[([^\[\]]*)\]")
 _NAME_OK = re.compile(r"^[^\s:{}]+$")
+#: Default of ``-max_units``: most units (processes) one central runs, num_client x servers.
+MAX_UNITS = 128
 
 
 @dataclass(frozen=True)
@@ -140,12 +143,22 @@ class DecentralSettings:
     remote_servers: tuple[RemoteServer, ...] = ()
     log_dir: str = ""
     stop_timeout: float = 30.0
+    max_units: int = MAX_UNITS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "remote_servers", parse_remote_servers(self.remote_servers)
                            if self.remote_servers else ())
-        if self.num_client < 0:
-            raise ConfigError(f"num_client must not be negative, got {self.num_client}")
+        if type(self.num_client) is not int or self.num_client < 0:
+            raise ConfigError(f"num_client {self.num_client!r} must be a whole number from "
+                              "0 up (units per remote server)")
+        if self.max_units < 1:
+            raise ConfigError(f"max_units must be at least 1, got {self.max_units}")
+        units = self.num_client * len(self.remote_servers)
+        if units > self.max_units:
+            raise ConfigError(
+                f"num_client {self.num_client} x {len(self.remote_servers)} remote server(s) "
+                f"is {units} units, over this host's -max_units {self.max_units}; each unit is "
+                "a process: raise -max_units if the host can run that many")
         for label in ("port", "port_out", "http_port"):
             value = getattr(self, label)
             if not 0 <= value <= 65535:
@@ -209,4 +222,7 @@ def build_start_parser() -> argparse.ArgumentParser:
                         help="directory for <name>.log and <name>.err; empty = stderr")
     parser.add_argument("-stop_timeout", type=float, default=defaults.stop_timeout,
                         help="seconds a graceful stop waits for units before killing them")
+    parser.add_argument("-max_units", type=int, default=defaults.max_units,
+                        help="most units (num_client x remote servers) this central runs, at "
+                        f"start and after a switch (default: {defaults.max_units})")
     return parser
