@@ -160,6 +160,37 @@ def test_cancelling_a_queued_request_revokes_it_and_one_in_predict_drops_its_ans
     run(main())
 
 
+def test_closing_the_client_withdraws_what_it_still_has_queued(
+        make_service, tmp_path: Path) -> None:
+    """As ``WKRClient.close()`` does (tests/test_client_cancel.py): the requests still in the
+    service's list when the client closes are taken back, not predicted for nobody."""
+    service = make_service("tests.workers_for_tests.GateWorker", "-batch_size", "1",
+                           "-prefetch", "1")
+    gate = tmp_path / "gate"
+    marks = [tmp_path / f"q{i}" for i in range(6)]
+    for mark in marks:
+        mark.touch()
+
+    async def main() -> None:
+        client = await client_of(service).connect()
+        held = asyncio.ensure_future(client.encode({"gate": str(gate), "value": 1}))
+        await eventually(lambda: Path(f"{gate}.entered").exists(), what="a held batch")
+        rest = [asyncio.ensure_future(client.encode({"gate": str(mark), "value": i}))
+                for i, mark in enumerate(marks)]
+        await eventually(lambda: queued(service) == 5, what="five in the list (one buffered)")
+        await client.close()
+        assert queued(service) == 0  # close returns once they are taken back
+        for future in (held, *rest):
+            with pytest.raises(WKRError):
+                await future
+
+    run(main())
+    gate.touch()
+    with service.client() as other:
+        assert int(other.encode({"value": 7}).result(timeout=30)) == 14
+    assert [i for i, mark in enumerate(marks) if Path(f"{mark}.entered").exists()] == [0]
+
+
 def test_wait_for_timeout_withdraws_the_request_like_any_cancellation(
         make_service, tmp_path: Path) -> None:
     service = make_service("tests.workers_for_tests.GateWorker", "-batch_size", "1",

@@ -7,11 +7,10 @@ queue cap), and a listener (:mod:`.async_replies`) that pops this client's reply
 settles the waiting requests by task id. A waiting request costs a future and, with a timeout,
 a timer on the loop.
 
-Cancelling the task that awaits a request withdraws it: one still in this client's outbox is
-never sent; one in the service's queue is removed with ``LREM`` of its exact envelope (atomic
-against the workers' fetch, as the REST gateway revokes tasks); one a worker already holds is
-predicted, and its answer dropped when it comes.
-"""
+Cancelling the task that awaits a request withdraws it, and so does ``close()`` for every request
+still pending: one still in this client's outbox is never sent; one in the service's queue is
+removed with ``LREM`` of its exact envelope (atomic against the workers' fetch); one a worker
+already holds is predicted, and its answer dropped when it comes."""
 
 from __future__ import annotations
 
@@ -361,7 +360,7 @@ class AsyncWKRClient(InputContract):
                 "queue_length": await run_async(self._broker, queue_length_plan(keys))}
 
     async def close(self) -> None:
-        """Stop the I/O tasks; requests still pending fail with ``WKRError``."""
+        """Stop the I/O tasks; requests still pending are withdrawn and fail with ``WKRError``."""
         if self._closed:
             return
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
@@ -377,6 +376,9 @@ class AsyncWKRClient(InputContract):
         if self._publisher is not None:
             await asyncio.gather(self._publisher, return_exceptions=True)
         if self._replies is not None:
+            sent = [w.request for w in self._replies.pending.values() if w.published_at is not None]
+            if sent:  # withdrawn as WKRClient.close() withdraws: nobody will read their answers
+                await self._revoke(sent)
             await self._replies.close()
         for connection in (self._results, self._broker):
             if connection is not None:
