@@ -111,6 +111,12 @@ class ServiceKeys:
         return f"wkr:{self.name}:scaling"
 
     @property
+    def totals(self) -> str:
+        """Hash: the service's cumulative figures, added to by every worker's heartbeat. It
+        outlives worker processes (and graceful service stops): the service's counters."""
+        return f"wkr:{self.name}:totals"
+
+    @property
     def workers(self) -> str:
         return f"wkr:{self.name}:workers"
 

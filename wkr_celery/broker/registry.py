@@ -45,13 +45,26 @@ class ServiceRegistry:
 
     # Written by the service ----------------------------------------------------------------
 
-    def heartbeat(self, worker_id: str, status: bytes, ttl: float) -> None:
-        """Say worker ``worker_id`` is alive for ``ttl`` seconds, with its figures."""
-        pipe = self.client.pipeline(transaction=False)
+    def heartbeat(self, worker_id: str, status: bytes, ttl: float,
+                  grown: Mapping[str, float] | None = None) -> None:
+        """Say worker ``worker_id`` is alive for ``ttl`` seconds, with its figures, and add
+        ``grown`` (what its counters gained since its last beat) to the service's totals, in
+        one transaction: both land or neither does."""
+        pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.heartbeat(worker_id), status, px=int(ttl * 1000))
         pipe.sadd(self.keys.workers, worker_id)
         pipe.sadd(SERVICES, self.keys.name)
+        for field, amount in (grown or {}).items():
+            pipe.hincrbyfloat(self.keys.totals, field, amount)
         pipe.execute()
+
+    def add_totals(self, grown: Mapping[str, float]) -> None:
+        """Add a stopping worker's last figures to the service's totals, without a beat."""
+        if grown:
+            pipe = self.client.pipeline(transaction=True)
+            for field, amount in grown.items():
+                pipe.hincrbyfloat(self.keys.totals, field, amount)
+            pipe.execute()
 
     def write_info(self, info: Mapping[str, Any]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -94,6 +107,19 @@ class ServiceRegistry:
     def scaling(self) -> dict[str, str]:
         """What :meth:`write_scaling` wrote; empty when the service is not elastic."""
         return {as_str(k): as_str(v) for k, v in self.client.hgetall(self.keys.scaling).items()}
+
+    def totals(self) -> dict[str, float]:
+        """The service's cumulative figures (see :class:`~wkr_celery.server.status.Reported`);
+        a field that does not read as a finite number is left out."""
+        numbers = {}
+        for field, value in self.client.hgetall(self.keys.totals).items():
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                numbers[as_str(field)] = number
+        return numbers
 
     def last_failure(self) -> str:
         """The last worker failure the supervisor recorded, or ``""``."""

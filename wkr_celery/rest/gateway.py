@@ -181,6 +181,10 @@ class Gateway:
     def queue_length(self) -> int:
         return self._broker(self.queue.queue_length)
 
+    def totals(self) -> dict[str, float]:
+        """The service's cumulative figures, kept in Redis by its workers' heartbeats."""
+        return self._broker(self.service.totals)
+
     @property
     def waiting_client(self) -> AsyncWKRClient | None:
         """The client behind ``POST /encode``, if one has been built yet."""

@@ -9,7 +9,7 @@ families on each scrape, so the figures are as fresh as the last heartbeat (abou
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -51,29 +51,32 @@ class ApiMetrics:
 
 
 def service_snapshot(live: dict[str, dict[str, Any]], queue_length: int,
-                     scaling: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Totals over live workers: what the dashboard and the collector both show."""
-    totals = {"responses": 0, "failed": 0, "batches": 0, "predict_seconds": 0.0, "buffered": 0}
+                     totals: Mapping[str, float], scaling: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """What the dashboard and the collector both show: the service's cumulative figures from
+    its totals hash (never down when a worker dies; see ``server.status.Reported``), and the
+    live workers' own figures beside them."""
+    buffered = sum(int(beat.get("buffered", 0)) for beat in live.values())
+    summed = {"responses": int(totals.get("requests", 0)), "failed": int(totals.get("failed", 0)),
+              "batches": int(totals.get("batches", 0)),
+              "predict_seconds": float(totals.get("predict_seconds", 0.0)), "buffered": buffered}
     sizes: dict[int, int] = {}
     stats: dict[str, dict[str, float]] = {}
-    for beat in live.values():
-        totals["responses"] += int(beat.get("requests", 0))
-        totals["failed"] += int(beat.get("failed", 0))
-        totals["batches"] += int(beat.get("batches", 0))
-        totals["predict_seconds"] += float(beat.get("predict_seconds", 0.0))
-        totals["buffered"] += int(beat.get("buffered", 0))
-        for size, count in (beat.get("batch_sizes") or {}).items():
-            sizes[int(size)] = sizes.get(int(size), 0) + int(count)
+    for field, value in totals.items():
+        kind, _, rest = field.partition(":")
+        if kind == "batch_size" and rest.isdigit():
+            sizes[int(rest)] = int(value)
+        elif kind == "stat" and rest.rpartition(":")[2] in ("count", "sum"):
+            key, _, part = rest.rpartition(":")
+            stats.setdefault(key, {"count": 0.0, "sum": 0.0})[part] = value
+    for beat in live.values():  # smallest and largest: of the workers alive now
         for key, s in (beat.get("statistics") or {}).items():
-            slot = stats.setdefault(str(key), {"count": 0.0, "sum": 0.0, "min": s["min"],
-                                               "max": s["max"]})
-            slot["count"] += s["count"]
-            slot["sum"] += s["sum"]
-            slot["min"] = min(slot["min"], s["min"])
-            slot["max"] = max(slot["max"], s["max"])
+            slot = stats.setdefault(str(key), {"count": 0.0, "sum": 0.0})
+            slot["min"] = min(slot.get("min", s["min"]), s["min"])
+            slot["max"] = max(slot.get("max", s["max"]), s["max"])
     # Every request is answered, queued or buffered: arrivals = responses + what still waits.
-    totals["requests"] = totals["responses"] + queue_length + totals["buffered"]
-    return {"totals": totals, "batch_sizes": dict(sorted(sizes.items())), "statistics": stats,
+    summed["requests"] = summed["responses"] + queue_length + buffered
+    return {"totals": summed, "batch_sizes": dict(sorted(sizes.items())), "statistics": stats,
             "queue_length": queue_length, "workers": live, "scaling": scaling or {}}
 
 
@@ -142,8 +145,11 @@ class ServiceCollector(Collector):
             summary = SummaryMetricFamily(name, f"record_statistic key {key!r}")
             summary.add_metric([], count_value=s["count"], sum_value=s["sum"])
             yield summary
-            yield GaugeMetricFamily(name + "_min", f"smallest {key!r} recorded", value=s["min"])
-            yield GaugeMetricFamily(name + "_max", f"largest {key!r} recorded", value=s["max"])
+            if "min" in s:  # of the workers alive now
+                yield GaugeMetricFamily(name + "_min", f"smallest {key!r} recorded by a live "
+                                        "worker", value=s["min"])
+                yield GaugeMetricFamily(name + "_max", f"largest {key!r} recorded by a live "
+                                        "worker", value=s["max"])
 
 
 def _batch_histogram(sizes: dict[int, int]) -> Metric:

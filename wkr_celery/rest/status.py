@@ -32,7 +32,8 @@ open_router = APIRouter()
 
 def snapshot(gateway: Gateway) -> dict[str, Any]:
     """Live workers, totals and elastic state; blocking (heartbeats cached)."""
-    return service_snapshot(gateway.live_workers(), gateway.queue_length(), gateway.scaling())
+    return service_snapshot(gateway.live_workers(), gateway.queue_length(), gateway.totals(),
+                            gateway.scaling())
 
 
 @router.get("/status/server", response_model=ServerStatus,

@@ -39,7 +39,7 @@ from .fetcher import Fetcher, ack_args, split
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
 from .runner import ModelRunner
-from .status import ServingStats, service_info
+from .status import Reported, ServingStats, service_info
 
 __all__ = ["ServingLoop"]
 
@@ -84,7 +84,7 @@ class ServingLoop:
             KeyedRequestBuffer(capacity, self.runner.batch_traits, settings.max_batch_cost)
             if self.runner.batches_by_traits else RequestBuffer(capacity)
         )
-        self.stats = ServingStats()
+        self.stats, self.reported = ServingStats(), Reported()
         self.late_drops = LateDrops(log)  # counted, not a line each (see .counted_logs)
         self.outage = BrokerOutage(log, redacted(settings.broker))  # the same
         self.listeners: list[BatchListener] = []
@@ -167,15 +167,16 @@ class ServingLoop:
             thread.join(max(0.1, deadline - time.monotonic()))
         if not any(t.is_alive() for t in batch_threads):
             self._close_listeners()  # no thread calls them any more
-        # Stored batches not yet acked (the broker was down) are acked first: else they would go
-        # back and be answered twice.
+        # Acks a broker outage held back go first: else those batches would be answered twice.
         self._retry(self.acks.flush, "ack stored results", deadline)
         self.late_drops.flush(force=True)
-        # The heartbeat thread ends at its next wait; a beat it sent after the worker left the
-        # registry would put the worker back in it, alive for a visibility timeout.
-        heart = self._thread("wkr-heartbeat")
-        if heart is not None:
+        # The heartbeat thread ends at its next wait (a beat sent after the worker left the
+        # registry would list it again); then the last batches' figures go to the totals.
+        if (heart := self._thread("wkr-heartbeat")) is not None:
             heart.join(5)
+        _, last = self.stats.beat(self.worker.statistics.snapshot())
+        self._retry(lambda: self.registry.add_totals(self.reported.grown(last)),
+                    "add this worker's last figures to the service's totals", deadline)
         # Whatever is still inflight (a batch not stored by the deadline) goes back unblamed, and the
         # worker leaves the registry, so no peer's sweep waits out its heartbeat.
         self._retry(lambda: self.queue.requeue_dead(self.worker_id, blamed=()),
@@ -344,17 +345,16 @@ class ServingLoop:
 
     def _beat(self) -> None:
         self.clock.sync_if_due()
-        stats = self.stats
+        figures, totals = self.stats.beat(self.worker.statistics.snapshot())
         status = dumps({
             "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
             "device_id": self.device_id,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "started": stats.started, "requests": stats.requests, "failed": stats.failed,
-            "batches": stats.batches, "predict_seconds": stats.predict_seconds,
-            "batch_sizes": dict(stats.batch_sizes), "buffered": len(self.buffer),
-            "statistics": self.worker.statistics.snapshot(), "version": __version__,
+            **figures, "buffered": len(self.buffer), "version": __version__,
         })
-        self.registry.heartbeat(self.worker_id, status, self.settings.visibility_timeout)
+        self.registry.heartbeat(self.worker_id, status, self.settings.visibility_timeout,
+                                self.reported.grown(totals))
+        self.reported.sent(totals)
 
     def _write_info(self) -> None:
         """Write the service info; a ``result_store`` already registered for the same Redis

@@ -1,0 +1,84 @@
+"""What ``/metrics``, ``/status/server`` and the dashboard report, checked against requests
+counted by the test: a real service with its REST API, real worker processes, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from wkr_celery.redis_embedded import EmbeddedRedis
+
+from .helpers import Service, free_port, start_service, wait_answering, wait_until
+
+
+def scrape(http: httpx.Client) -> dict[str, float]:
+    """``GET /metrics`` parsed strictly: ``name{labels}`` → value."""
+    response = http.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+@pytest.fixture
+def served(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[tuple[Service, httpx.Client]]:
+    port = free_port()
+    service = start_service(f"truth{uuid.uuid4().hex[:8]}", redis_server.url, redis_server.url,
+                            tmp_path, "workers.echo.Worker",
+                            ["-num_worker", "2", "-http_port", str(port), "-device_map", "-1"],
+                            wait=2)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        wait_answering(http, "/readyz", 60, what=f"the REST API; log:\n{service.log()}")
+        yield service, http
+    finally:
+        http.close()
+        service.stop()
+
+
+def figures(http: httpx.Client) -> dict[str, Any]:
+    metrics = scrape(http)
+    status = http.get("/status/server").json()
+    dashboard = http.get("/dashboard/data").json()
+    return {"batch_count": metrics["wkr_batch_size_count"],
+            "batch_sum": metrics["wkr_batch_size_sum"],
+            "predict_count": metrics["wkr_predict_seconds_count"],
+            "stat_count": metrics.get("wkr_stat_batchsize_count"),
+            "status_responses": status["totals"]["responses"],
+            "status_batches": status["totals"]["batches"],
+            "dashboard_responses": dashboard["totals"]["responses"],
+            "alive": {w["worker_id"]: w["pid"] for w in status["workers"]}}
+
+
+def test_service_counters_never_go_down_when_a_worker_is_killed(
+        served: tuple[Service, httpx.Client]) -> None:
+    service, http = served
+    client = service.client()
+    sent = 40
+    for i in range(sent):
+        assert client.encode({"i": i}).result(timeout=10) == {"i": i}
+    before = wait_until(lambda: (lambda f: f if f["batch_sum"] == sent else None)(figures(http)),
+                        10, what=f"{sent} answers counted by the heartbeats")
+    assert before["status_responses"] == before["dashboard_responses"] == sent
+    assert before["batch_count"] == before["predict_count"] == before["status_batches"]
+    assert before["stat_count"] == before["batch_count"]
+
+    victim = next(iter(before["alive"].values()))
+    os.kill(victim, signal.SIGKILL)  # the supervisor starts another in its slot
+    after = wait_until(
+        lambda: (lambda f: f if len(f["alive"]) == 2 and victim not in f["alive"].values()
+                 else None)(figures(http)), 60, what="a worker restarted in the killed one's slot")
+    # Prometheus reads a counter that goes down as a reset and counts what follows twice.
+    assert {k: v for k, v in after.items() if k != "alive"} == \
+        {k: v for k, v in before.items() if k != "alive"}
