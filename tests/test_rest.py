@@ -412,6 +412,19 @@ def test_status_client_counts_this_api_process_requests(stack: Stack) -> None:
     assert stack.keyed.http.get("/status/client").json()["api_key_required"] is True
 
 
+def test_latency_histograms_count_inputs_that_failed_too(stack: Stack) -> None:
+    def count(name: str) -> float:
+        text = stack.calc.http.get("/metrics").text
+        return next(s.value for family in text_string_to_metric_families(text)
+                    for s in family.samples if s.name == name)
+
+    before = {n: count(n) for n in ("wkr_request_latency_seconds_count",
+                                    "wkr_queue_wait_seconds_count")}
+    assert stack.calc.http.post("/encode", json={"data": {"op": "raise"}}).status_code == 500
+    after = {n: count(n) for n in before}
+    assert after == {n: v + 1 for n, v in before.items()}  # p99 must see the failures
+
+
 def test_metrics_export_requests_latency_batches_and_worker_statistics(stack: Stack) -> None:
     stack.calc.http.post("/encode", json=[{"data": {"op": "echo"}}] * 3)
     stack.calc.http.post("/encode", json={"data": {"op": "raise"}})

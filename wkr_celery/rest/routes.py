@@ -142,10 +142,13 @@ async def encode(request: Request, timeout: float = _TIMEOUT,
     xs = inputs() if size <= _INLINE_BODY else await run_in_threadpool(inputs)
     mean_predict = gateway.mean_batch_seconds()
 
-    def answer(i: int, value: Any) -> dict[str, Any]:
+    def observe() -> None:  # every input answered, failures and timeouts too
         elapsed = time.perf_counter() - started
         metrics.latency.observe(elapsed)
         metrics.queue_wait.observe(max(0.0, elapsed - mean_predict))
+
+    def answer(i: int, value: Any) -> dict[str, Any]:
+        observe()
         return {"id": items[i].get("id"), "result": value}
 
     # The waits hold no thread: each is a coroutine on this event loop (the asyncio client).
@@ -153,6 +156,7 @@ async def encode(request: Request, timeout: float = _TIMEOUT,
         try:
             answers = [answer(0, await gateway.encode(xs[0], timeout, priority))]
         except WKRError as exc:
+            observe()
             raise _where(exc, 0, many) from None
         return render(answers if many else answers[0], msgpack=msgpack)
     waits = [asyncio.ensure_future(gateway.encode(x, timeout, priority)) for x in xs]
@@ -162,6 +166,7 @@ async def encode(request: Request, timeout: float = _TIMEOUT,
             try:
                 answers.append(answer(i, await wait))
             except WKRError as exc:
+                observe()
                 raise _where(exc, i, many) from None
     finally:  # one item failed (or the request was cancelled): withdraw the others
         for wait in waits:
