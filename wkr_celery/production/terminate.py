@@ -26,6 +26,7 @@ from ..config import Settings
 from ..connections import REDIS_ERRORS, redacted, without_credentials
 from ..errors import ConfigError
 from ..keys import ServiceKeys
+from ..server.leftovers import unlist_if_unserved
 from . import procs
 from .health import celery_node
 
@@ -152,10 +153,11 @@ def _kill(
     try:
         for worker_id in workers.values():
             requeued += queue.requeue_dead(worker_id, blamed=[])
-        ServiceRegistry(client, queue.keys).unlist()  # unless another host serves the name
     except REDIS_ERRORS as exc:
         notes.append(f"could not requeue the killed workers' requests now ({exc}); the next "
                      "worker to start requeues them after the visibility timeout")
+    else:
+        unlist_if_unserved(ServiceRegistry(client, queue.keys))  # unless another host serves it
     finally:
         client.close()
     rest = [p for target in targets.values() if target.supervisor

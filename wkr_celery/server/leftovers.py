@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
+
 from ..broker import RequestQueue, ResultStore, ServiceRegistry, StoredResult
 from ..connections import REDIS_ERRORS
 from ..errors import RequestLost
@@ -28,14 +30,15 @@ log = logging.getLogger("wkr_celery.server")
 def unlist_if_unserved(registry: ServiceRegistry | None) -> None:
     """The service stops here: its name leaves the services list unless a worker of it still
     has a heartbeat (on another host, or one of ours still stopping). A broker that cannot be
-    reached now leaves it listed, which is said."""
+    reached now, or one that refuses (a Redis user without the right, a key someone made
+    another type), leaves it listed, which is said: it never stops the stop."""
     if registry is None:  # stopped before it reached the broker
         return
     name = registry.keys.name
     try:
         if registry.unlist():
             log.info("service %r unlisted: no live worker of it is left", name)
-    except REDIS_ERRORS as exc:
+    except (*REDIS_ERRORS, redis.RedisError) as exc:
         log.warning("could not take service %r off the services list: %s", name, exc)
 
 
