@@ -294,3 +294,32 @@ def test_a_spoiled_dead_worker_is_swept_and_its_requests_served(
                             what="the dead worker's request to be served")
         assert decode_meta(stored)["result"] == 40
     assert service.client().encode(2).result(timeout=15) == 4
+
+
+@pytest.mark.parametrize("spoil", ["a string", "a field not a number"])
+@pytest.mark.timeout(60)
+def test_a_spoiled_totals_hash_is_reset_and_the_workers_keep_beating(
+    make_service: Callable[..., Service], redis_client: redis.Redis, spoil: str
+) -> None:
+    """Every heartbeat adds the worker's gains to the service's totals hash (what /metrics
+    reads) in the same transaction. Someone with write access made it a string, or made one
+    of its fields text: the increment failed on every beat, the beat's error killed the
+    heartbeat thread and with it the worker, again after each restart. The hash is dropped
+    (the counters restart from zero, as Prometheus reads any reset) and the beats go on."""
+    service = make_service(WORKER)
+    workers = set(service.live_workers())
+    totals = service.queue.keys.totals
+    if spoil == "a string":
+        redis_client.set(totals, "not a hash")
+    else:
+        redis_client.hset(totals, "requests", "many")
+    client = service.client()
+    assert [client.encode(n).result(timeout=15) for n in range(40)] == [2 * n for n in range(40)]
+
+    def counted() -> bool:
+        if redis_client.type(totals) != b"hash":
+            return False
+        value = redis_client.hget(totals, "requests") or b""
+        return value.replace(b".", b"").isdigit() and float(value) >= 40
+    wait_until(counted, 15, what="the 40 requests counted in a totals hash again")
+    assert set(service.live_workers()) == workers, "a worker died: " + service.log()[-2000:]

@@ -46,17 +46,26 @@ class ServiceRegistry:
     # Written by the service ----------------------------------------------------------------
 
     def heartbeat(self, worker_id: str, status: bytes, ttl: float,
-                  grown: Mapping[str, float] | None = None) -> None:
+                  grown: Mapping[str, float] | None = None) -> bool:
         """Say worker ``worker_id`` is alive for ``ttl`` seconds, with its figures, and add
         ``grown`` (what its counters gained since its last beat) to the service's totals, in
-        one transaction: both land or neither does."""
+        one transaction. True when ``grown`` was added. A totals hash someone spoiled (another
+        type, a field that is not a number) is deleted, the counters starting from zero as
+        after a reset, rather than failing the beat: the beat is what keeps a worker alive."""
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.heartbeat(worker_id), status, px=int(ttl * 1000))
         pipe.sadd(self.keys.workers, worker_id)
         pipe.sadd(SERVICES, self.keys.name)
         for field, amount in (grown or {}).items():
             pipe.hincrbyfloat(self.keys.totals, field, amount)
-        pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[:3]:
+            if isinstance(reply, Exception):
+                raise reply
+        if any(isinstance(reply, Exception) for reply in replies[3:]):
+            self.client.delete(self.keys.totals)
+            return False
+        return True
 
     def add_totals(self, grown: Mapping[str, float]) -> None:
         """Add a stopping worker's last figures to the service's totals, without a beat."""
@@ -64,7 +73,8 @@ class ServiceRegistry:
             pipe = self.client.pipeline(transaction=True)
             for field, amount in grown.items():
                 pipe.hincrbyfloat(self.keys.totals, field, amount)
-            pipe.execute()
+            if any(isinstance(reply, Exception) for reply in pipe.execute(raise_on_error=False)):
+                self.client.delete(self.keys.totals)  # spoiled: see heartbeat
 
     def write_info(self, info: Mapping[str, Any]) -> None:
         pipe = self.client.pipeline(transaction=False)

@@ -352,9 +352,9 @@ class ServingLoop:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             **figures, "buffered": len(self.buffer), "version": __version__,
         })
-        self.registry.heartbeat(self.worker_id, status, self.settings.visibility_timeout,
-                                self.reported.grown(totals))
-        self.reported.sent(totals)
+        if self.registry.heartbeat(self.worker_id, status, self.settings.visibility_timeout,
+                                   self.reported.grown(totals)):
+            self.reported.sent(totals)
 
     def _write_info(self) -> None:
         """Write the service info; a ``result_store`` already registered for the same Redis
