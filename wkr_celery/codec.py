@@ -4,6 +4,9 @@ One encoding serves both protocols: ``npy`` payloads are arrays, ``obj`` payload
 dicts, lists, str, numbers, bytes and arrays. Arrays travel as raw buffers and decode as
 zero-copy, read-only views.
 
+torch tensors (a result ``predict`` returns) are written as the numpy arrays they hold
+(:func:`tensor_as_array`); they decode as numpy arrays.
+
 Decoding reads bytes from strangers (the queue, the REST API, a result Redis), so :func:`loads`
 is the one decoder every reader uses, and it never hands back anything unsafe. msgpack-numpy's
 own decoder builds ``np.ndarray(buffer=..., dtype=<whatever the map says>)``: an object dtype
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from typing import Any
 
 import msgpack
@@ -37,7 +41,7 @@ import numpy as np
 from .errors import DecodeError
 
 __all__ = ["CONTENT_TYPE", "MAX_VALUES", "SERIALIZER", "dumps", "loads", "register_serializer",
-           "safe_dtype"]
+           "safe_dtype", "tensor_as_array"]
 
 SERIALIZER = "wkr-msgpack"
 CONTENT_TYPE = "application/x-wkr-msgpack"
@@ -58,7 +62,33 @@ MAX_VALUES = 1_000_000
 def _encode_hook(obj: Any) -> Any:
     if isinstance(obj, (np.ndarray, np.generic)):
         _decodable(obj.dtype)
+    elif (array := tensor_as_array(obj)) is not obj:
+        return _encode_hook(array)
     return msgpack_numpy.encode(obj)
+
+
+def tensor_as_array(obj: Any) -> Any:
+    """A torch tensor as the numpy array it holds; anything else as it is.
+
+    What ``predict`` returns is written with :func:`dumps`, and a framework's tensor is the
+    natural thing to return: the tensor is detached (``requires_grad``) and copied to the
+    CPU, and dtypes numpy lacks widen exactly (bfloat16 and float8 to float32, complex32 to
+    complex64). torch is never imported here: a process that has not imported it holds no
+    tensor. One that cannot be converted is a ``TypeError`` naming its dtype.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.Tensor):
+        return obj
+    tensor = obj.detach().cpu()
+    try:
+        return tensor.numpy()
+    except TypeError:  # "Got unsupported ScalarType ...": a dtype numpy has no match for
+        if tensor.is_floating_point():
+            return tensor.float().numpy()
+        if tensor.is_complex():
+            return tensor.to(torch.complex64).numpy()
+        raise TypeError(f"torch tensors of dtype {tensor.dtype} have no numpy dtype; "
+                        "convert the result to a numpy dtype first") from None
 
 
 def _decodable(dtype: np.dtype[Any]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..clock import wall_time
+from ..codec import tensor_as_array
 from ..config import Settings
 from ..errors import (
     BatchContractError,
@@ -167,8 +168,10 @@ class ModelRunner:
 def _one_each(results: Any, expected: int) -> tuple[list[Any], str | None]:
     """``predict``'s results as a list, or what is wrong with them. Any error taking their
     length or iterating them is the batch's contract broken, never the worker's death: the
-    predictor thread runs this, and a thread that dies takes every caller's batch with it."""
+    predictor thread runs this, and a thread that dies takes every caller's batch with it.
+    A batch returned as one torch tensor is copied to the CPU here, once, not row by row."""
     try:
+        results = tensor_as_array(results)
         count = len(results)
     except Exception as exc:
         return [], ("a result without a length" if isinstance(exc, TypeError)
