@@ -118,3 +118,23 @@ class GateWorker(WKRHardWorker):
                 while not os.path.exists(gate) and time.monotonic() < deadline:
                     model.wait(0.01)
         return [np.asarray(item["value"]) * 2 if isinstance(item, dict) else item for item in input]
+
+
+class InputTypeWorker(WKRHardWorker):
+    """Declares float32 inputs of shape (3,) and answers each with what predict was given:
+    its type and dtype, ``"list"`` for a list."""
+
+    input_shape = (3,)
+    input_dtype = "float32"
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return None
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        return [f"{type(x).__name__} {getattr(x, 'dtype', '')}".strip() for x in input]
+
+
+class Int32InputTypeWorker(InputTypeWorker):
+    """``InputTypeWorker`` declaring int32 inputs."""
+
+    input_dtype = "int32"

@@ -76,11 +76,20 @@ class InputSpec:
         if self.shape is not None and (len(self.shape) != array.ndim or any(
                 want is not None and want != got for want, got in zip(self.shape, array.shape))):
             return f"input has shape {array.shape}; this service takes {self.show_shape()}"
-        if self.dtype is not None and array.dtype != self.dtype and (
-                array is x or not np.can_cast(array.dtype, self.dtype, "same_kind")):
-            # An array must match exactly; numbers in a list only need to fit the dtype's kind.
-            return f"input has dtype {array.dtype}; this service takes {self.dtype}"
+        if self.dtype is not None and array.dtype != self.dtype:
+            # An array must match exactly; numbers in a list only need to fit the dtype.
+            if array is x or not np.can_cast(array.dtype, self.dtype, "same_kind"):
+                return f"input has dtype {array.dtype}; this service takes {self.dtype}"
+            return _out_of_range(array, self.dtype)
         return None
+
+    def conform(self, x: Any) -> Any:
+        """``x`` as the array :meth:`problem` checked it as, of the declared dtype, once it
+        passed: under ``obj`` a list of numbers reaches ``predict`` as that array, so every door
+        (a client's list, a REST JSON body, an array) gives ``predict`` the same thing."""
+        if isinstance(x, np.ndarray) or (self.shape is None and self.dtype is None):
+            return x
+        return np.asarray(x, dtype=self.dtype)
 
     def show_contract(self) -> str:
         """``arrays of shape (512,) and dtype float32``, with the parts the service declares."""
@@ -118,6 +127,19 @@ def _as_array(x: Any) -> np.ndarray | None:
     except (ValueError, TypeError):  # ragged lists, objects numpy cannot make an array of
         return None
     return array if array.dtype.kind in "biufc" else None
+
+
+def _out_of_range(array: np.ndarray, dtype: np.dtype[Any]) -> str | None:
+    """Why integers (from a list) do not fit an integer ``dtype``, or ``None`` when they do."""
+    if array.dtype.kind not in "iu" or dtype.kind not in "iu" or not array.size:
+        return None
+    info = np.iinfo(dtype)
+    low, high = array.min(), array.max()
+    if low >= info.min and high <= info.max:
+        return None
+    bad = low if low < info.min else high
+    return (f"input holds {bad}, outside {dtype}'s range {info.min}..{info.max}; this service "
+            f"takes {dtype}")
 
 
 def argsrepr(x: Any) -> str:

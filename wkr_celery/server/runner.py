@@ -86,7 +86,7 @@ class ModelRunner:
         """
         if request.error is not None or self.spec.problem(request.payload) is not None:
             return None
-        payload = request.payload
+        payload = request.payload = self.spec.conform(request.payload)
         try:
             key = self.worker.batch_key(payload) if self._keyed else None
             hash(key)
@@ -121,7 +121,10 @@ class ModelRunner:
             late = (now - request.deadline) * 1000
             return DeadlineExceeded(f"deadline passed {late:.0f} ms before predict; dropped")
         problem = self.spec.problem(request.payload)
-        return None if problem is None else InvalidInput(problem)
+        if problem is not None:
+            return InvalidInput(problem)
+        request.payload = self.spec.conform(request.payload)  # what predict gets
+        return None
 
     def _group_key(self, payload: Any) -> Any:
         if self.settings.protocol == "npy":
