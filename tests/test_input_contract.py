@@ -32,3 +32,14 @@ def test_integers_in_a_list_must_fit_the_declared_integer_dtype(make_service) ->
     with pytest.raises(InvalidInput, match=words):
         unchecked.encode([1, 2, 2**31]).result(timeout=30)
     assert unchecked.encode([3, 2, 1]).result(timeout=30) == "ndarray int32"
+
+
+def test_a_list_of_pixel_values_reaches_a_uint8_worker_and_negatives_are_refused(
+        make_service) -> None:
+    service = make_service("tests.workers_for_tests.Uint8InputTypeWorker")
+    client = service.client()
+    assert client.encode([0, 128, 255]).result(timeout=30) == "ndarray uint8"
+    with pytest.raises(InputError, match="input holds -1, outside uint8's range 0..255"):
+        client.encode([-1, 0, 0])
+    with pytest.raises(InputError, match="input has dtype float64; this service takes uint8"):
+        client.encode([0.5, 0, 0])

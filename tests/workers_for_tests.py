@@ -138,3 +138,9 @@ class Int32InputTypeWorker(InputTypeWorker):
     """``InputTypeWorker`` declaring int32 inputs."""
 
     input_dtype = "int32"
+
+
+class Uint8InputTypeWorker(InputTypeWorker):
+    """``InputTypeWorker`` declaring uint8 inputs (an image model's pixels)."""
+
+    input_dtype = "uint8"

@@ -78,7 +78,7 @@ class InputSpec:
             return f"input has shape {array.shape}; this service takes {self.show_shape()}"
         if self.dtype is not None and array.dtype != self.dtype:
             # An array must match exactly; numbers in a list only need to fit the dtype.
-            if array is x or not np.can_cast(array.dtype, self.dtype, "same_kind"):
+            if array is x or not _fits_kind(array.dtype, self.dtype):
                 return f"input has dtype {array.dtype}; this service takes {self.dtype}"
             return _out_of_range(array, self.dtype)
         return None
@@ -127,6 +127,12 @@ def _as_array(x: Any) -> np.ndarray | None:
     except (ValueError, TypeError):  # ragged lists, objects numpy cannot make an array of
         return None
     return array if array.dtype.kind in "biufc" else None
+
+
+def _fits_kind(given: np.dtype[Any], wanted: np.dtype[Any]) -> bool:
+    """Whether numbers of a list's dtype may become ``wanted``: any kind numpy casts within
+    (ints to float), and ints to any integer dtype, unsigned too (their range is checked)."""
+    return np.can_cast(given, wanted, "same_kind") or (given.kind in "iu" and wanted.kind in "iu")
 
 
 def _out_of_range(array: np.ndarray, dtype: np.dtype[Any]) -> str | None:
