@@ -144,3 +144,22 @@ class Uint8InputTypeWorker(InputTypeWorker):
     """``InputTypeWorker`` declaring uint8 inputs (an image model's pixels)."""
 
     input_dtype = "uint8"
+
+
+class ResultFormsWorker(WKRHardWorker):
+    """Doubles numbers, returning them in the form the batch's first input names (each input is
+    ``{"form": ..., "x": n}``): ``list``; ``generator``, one doubled number yielded per input;
+    ``dict``, one dict of lists for the whole batch (``{"y": [...]}``, a batch's outputs by
+    name, as a Hugging Face model returns them)."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return None
+
+    def predict(self, model: Any, input: Any) -> Any:
+        doubled = [2 * x["x"] for x in input]
+        form = input[0]["form"]
+        if form == "generator":
+            return (y for y in doubled)
+        if form == "dict":
+            return {"y": doubled}
+        return doubled

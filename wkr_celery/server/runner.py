@@ -10,9 +10,10 @@ The worker's ``batch_key`` / ``batch_cost``, when it declares them, are called h
 
 from __future__ import annotations
 
+import itertools
 import math
 import traceback
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -172,13 +173,22 @@ def _one_each(results: Any, expected: int) -> tuple[list[Any], str | None]:
     """``predict``'s results as a list, or what is wrong with them. Any error taking their
     length or iterating them is the batch's contract broken, never the worker's death: the
     predictor thread runs this, and a thread that dies takes every caller's batch with it.
-    A batch returned as one torch tensor is copied to the CPU here, once, not row by row."""
+    A batch returned as one torch tensor is copied to the CPU here, once, not row by row; a
+    generator is read up to one result past the batch; a dict or a string is one value, never
+    one result per input (iterating a dict gives its keys: each caller would get a key)."""
+    if isinstance(results, (Mapping, str, bytes)):
+        return [], (f"a {type(results).__name__}, one value (return a list with one result "
+                    "per input, e.g. one dict per input)")
     try:
         results = tensor_as_array(results)
-        count = len(results)
     except Exception as exc:
-        return [], ("a result without a length" if isinstance(exc, TypeError)
-                    else f"a result whose len() raised {type(exc).__name__}: {exc}")
+        return [], f"a tensor that cannot be read as numpy ({type(exc).__name__}: {exc})"
+    try:
+        count = len(results)
+    except TypeError:  # no length: a generator or another iterable
+        return _iterated(results, expected)
+    except Exception as exc:
+        return [], f"a result whose len() raised {type(exc).__name__}: {exc}"
     if count != expected:
         return [], f"{count} results"
     try:
@@ -187,6 +197,21 @@ def _one_each(results: Any, expected: int) -> tuple[list[Any], str | None]:
         return [], f"a result whose iteration raised {type(exc).__name__}: {exc}"
     if len(values) != expected:
         return [], f"a result of length {count} that iterated {len(values)} values"
+    return values, None
+
+
+def _iterated(results: Any, expected: int) -> tuple[list[Any], str | None]:
+    """The results of an iterable without a length, read up to one past ``expected``."""
+    try:
+        iterator = iter(results)
+    except TypeError:
+        return [], "a result without a length"
+    try:
+        values = list(itertools.islice(iterator, expected + 1))
+    except Exception as exc:
+        return [], f"a result whose iteration raised {type(exc).__name__}: {exc}"
+    if len(values) != expected:
+        return [], f"{'more than ' if len(values) > expected else ''}{min(len(values), expected)} results"
     return values, None
 
 
