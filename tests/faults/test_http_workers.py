@@ -1,5 +1,6 @@
 """``-http_workers 2``: two REST API processes serve one port, each is watched (SIGKILL of one
-is named in the log and it is started again) and Ctrl+C in the terminal stops them all. Both
+is named in the log and it is started again), ``/metrics`` counts what all of them served
+whichever one is scraped, and Ctrl+C in the terminal stops them all. Both
 ways in: ``wkr-serving-start -http_port P`` and ``wkr-serving-http`` on its own."""
 
 from __future__ import annotations
@@ -67,6 +68,18 @@ def _encode(port: int, n: int) -> object:
         return json.loads(answer.read())["result"]
 
 
+def _encodes_counted(port: int) -> float:
+    """``wkr_http_requests_total{route="POST /encode",outcome="ok"}`` in one scrape of ``/metrics``
+    (a new connection: any of the API processes may take it), parsed as Prometheus does."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == "wkr_http_requests_total"
+               and sample.labels == {"route": "POST /encode", "outcome": "ok"})
+
+
 def _started(text: Callable[[], str]) -> dict[int, list[int]]:
     """Pids each REST API process index was started with, in order, from the log."""
     started: dict[int, list[int]] = {}
@@ -121,6 +134,9 @@ def test_two_api_processes_serve_one_port_are_restarted_and_stop_with_ctrl_c(
 
     every_pid = _kill_one_and_see_it_back(service.log, port)
     assert [_encode(port, n) for n in range(8)] == [2 * n for n in range(8)]
+    # Each scrape, whichever process takes it, counts all 16, the killed process's share too:
+    # one process's own count would jump between scrapes and fall at its restart.
+    assert [_encodes_counted(port) for _ in range(6)] == [16] * 6
 
     terminal.press_ctrl_c()
     code = terminal.close(30)

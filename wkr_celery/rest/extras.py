@@ -4,12 +4,15 @@ processes) and Flower (``-flower_port``), each a child of ``wkr-serving-start`` 
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,6 +20,10 @@ from ..child_env import build_child_env
 from ..config import Settings
 from ..errors import ServiceUnavailable
 from ..processes import die_with_parent, port_holder
+
+#: prometheus_client's variable: the folder where the ``-http_workers`` processes of one port
+#: count, each in files of its own (see :class:`.metrics.ApiMetrics`).
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 if TYPE_CHECKING:
     from ..server.children import SideProcess
@@ -37,9 +44,13 @@ def rest_processes(settings: Settings, *, piped: bool) -> list[SideProcess]:
     from ..server.children import SideProcess
 
     url = f"http://{settings.http_host}:{settings.http_port}"
-    launch = functools.partial(start, rest_command(settings), settings, piped=piped,
-                               preexec_fn=die_with_parent)
     count = settings.http_workers
+    extra = {MULTIPROCESS_DIR: ""}  # one process counts in memory, whatever the caller's env
+    if count > 1:  # one port, N processes: /metrics sums the counts all of them keep here
+        extra[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix=f"wkr-{settings.name}-metrics-")
+        atexit.register(shutil.rmtree, extra[MULTIPROCESS_DIR], ignore_errors=True)
+    launch = functools.partial(start, rest_command(settings), settings, piped=piped,
+                               preexec_fn=die_with_parent, extra=extra)
     return [SideProcess("REST API" if count == 1 else f"REST API {i}", url, launch)
             for i in range(1, count + 1)]
 
@@ -53,10 +64,10 @@ def flower_command(settings: Settings) -> list[str]:
     return command
 
 
-def child_env(settings: Settings) -> dict[str, str]:
+def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of the REST API or Flower: the settings as ``WKR_*``, importing from the
     folder ``wkr-serving-start`` was run in (see :mod:`wkr_celery.child_env`)."""
-    extra = {}
+    extra = dict(extra or {})
     if settings.flower_port and not settings.flower_basic_auth:
         # Flower refuses its JSON API without auth unless told; it only listens on loopback.
         extra["FLOWER_UNAUTHENTICATED_API"] = "true"
@@ -64,9 +75,10 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def start(command: list[str], settings: Settings, *, piped: bool,
-          preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+          preexec_fn: Callable[[], None] | None = None,
+          extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        command, env=child_env(settings), stdin=subprocess.DEVNULL,
+        command, env=child_env(settings, extra), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE if piped else None, stderr=subprocess.STDOUT if piped else None,
         start_new_session=True, preexec_fn=preexec_fn,
     )

@@ -8,6 +8,7 @@ families on each scrape, so the figures are as fresh as the last heartbeat (abou
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -20,7 +21,10 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from .extras import MULTIPROCESS_DIR
 
 __all__ = ["ApiMetrics", "ServiceCollector", "service_snapshot", "outcome_of"]
 
@@ -34,7 +38,13 @@ def outcome_of(status: int) -> str:
 
 
 class ApiMetrics:
-    """Metrics this API process measures itself, in a registry of its own."""
+    """Metrics this API process measures itself, in a registry of its own.
+
+    With ``-http_workers N`` the N processes share one port, and a scrape reaches whichever the
+    kernel hands it: each process then counts in files of ``PROMETHEUS_MULTIPROC_DIR`` (set by
+    the parent that starts them, :func:`.extras.rest_processes`; prometheus_client reads it at
+    import), and :attr:`exposed` sums every process's files, a dead one's too, so these counters
+    never go down when one restarts."""
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -47,7 +57,14 @@ class ApiMetrics:
             "wkr_queue_wait_seconds", "end-to-end latency of POST /encode inputs minus the mean "
             "predict time of a batch at that moment: time spent queued and buffered (estimate)",
             buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.registry.register(ServiceCollector(snapshot))
+        service = ServiceCollector(snapshot)
+        self.registry.register(service)
+        #: What ``/metrics`` shows: this process's registry, or every API process's counts.
+        self.exposed = self.registry
+        if os.environ.get(MULTIPROCESS_DIR):
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed)
+            self.exposed.register(service)
 
 
 def service_snapshot(live: dict[str, dict[str, Any]], queue_length: int,

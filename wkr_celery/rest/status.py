@@ -127,6 +127,6 @@ async def readyz(request: Request) -> Response:
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
                              "description": "Prometheus text"}})
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
+    registry = request.app.state.metrics.exposed
     body = await run_in_threadpool(generate_latest, registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
