@@ -253,29 +253,34 @@ def test_sweep_requeues_only_workers_whose_heartbeat_expired(
 
 def test_publish_pushes_in_order_and_nudges_idle_workers_only_for_other_lists(
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
-    accepted = script("publish")(keys=[*keys.queues, keys.info], args=[0, 0, b"a", 2, b"b", 0, b"c"])
+    publish_keys = [*keys.queues, keys.info, keys.totals]
+    accepted = script("publish")(keys=publish_keys, args=[0, 0, b"a", 2, b"b", 0, b"c"])
 
     assert accepted == 3
     assert redis_client.lrange(keys.queues[0], 0, -1) == [b"c", b"a"]
     assert redis_client.lrange(keys.queues[2], 0, -1) == [b"b"]
     assert redis_client.lrange(keys.arrivals, 0, -1) == [NUDGE], "one nudge, however many sent"
 
-    assert script("publish")(keys=[*keys.queues, keys.info], args=[0, 1, b"n"]) == 1
-    assert script("publish")(keys=[*keys.queues, keys.info], args=[0, 0, b"d"]) == 1
+    assert script("publish")(keys=[*keys.queues, keys.info, keys.totals], args=[0, 1, b"n"]) == 1
+    assert script("publish")(keys=[*keys.queues, keys.info, keys.totals], args=[0, 0, b"d"]) == 1
     assert redis_client.lrange(keys.arrivals, 0, -1) == [b"n", NUDGE], (
         "a non-empty arrivals list has no worker blocked on it: no second nudge")
 
 
-def test_publish_refuses_the_tail_past_the_cap(
+def test_publish_refuses_the_tail_past_the_cap_and_counts_what_it_refused(
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
     redis_client.lpush(keys.queues[1], b"waiting")
 
-    accepted = script("publish")(keys=[*keys.queues, keys.info], args=[3, 0, b"a", 0, b"b", 0, b"c"])
+    publish_keys = [*keys.queues, keys.info, keys.totals]
+    accepted = script("publish")(keys=publish_keys, args=[3, 0, b"a", 0, b"b", 0, b"c"])
 
     assert accepted == 2
     assert redis_client.lrange(keys.queues[0], 0, -1) == [b"b", b"a"]
-    full = script("publish")(keys=[*keys.queues, keys.info], args=[3, 0, b"d"])
+    full = script("publish")(keys=[*keys.queues, keys.info, keys.totals], args=[3, 0, b"d"])
     assert full == 0 and redis_client.llen(keys.queues[0]) == 2
+    assert redis_client.hget(keys.totals, "refused") == b"2"  # c, then d: counted for /metrics
+    redis_client.set(keys.totals, b"not a hash")  # spoiled: the count is lost, not the publish
+    assert script("publish")(keys=[*keys.queues, keys.info, keys.totals], args=[4, 0, b"e"]) == 1
 
 
 def test_publish_holds_to_the_services_own_cap_and_survives_a_spoiled_one(
@@ -284,10 +289,10 @@ def test_publish_holds_to_the_services_own_cap_and_survives_a_spoiled_one(
     with another -max_queue); an info key someone made another type leaves the sender's."""
     publish = script("publish")
     redis_client.hset(keys.info, "max_queue", 1)
-    assert publish(keys=[*keys.queues, keys.info], args=[3, 0, b"a", 0, b"b"]) == 1
+    assert publish(keys=[*keys.queues, keys.info, keys.totals], args=[3, 0, b"a", 0, b"b"]) == 1
     redis_client.delete(keys.info, *keys.queues)
     redis_client.set(keys.info, b"not a hash")
-    assert publish(keys=[*keys.queues, keys.info], args=[1, 0, b"a", 0, b"b"]) == 1
+    assert publish(keys=[*keys.queues, keys.info, keys.totals], args=[1, 0, b"a", 0, b"b"]) == 1
 
 
 def store_call(keys: ServiceKeys, worker: str, results: list[tuple[str, bytes, int]],

@@ -82,3 +82,40 @@ def test_service_counters_never_go_down_when_a_worker_is_killed(
     # Prometheus reads a counter that goes down as a reset and counts what follows twice.
     assert {k: v for k, v in after.items() if k != "alive"} == \
         {k: v for k, v in before.items() if k != "alive"}
+
+
+def test_requests_refused_at_the_cap_are_counted_whoever_sent_them(
+        redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    """A request refused at ``-max_queue`` (``ServiceOverloaded``) is load shed: the one figure
+    an operator sizing the service needs. Only the REST API counted its own refusals (as
+    ``outcome="overloaded"``); a ``WKRClient``'s appeared nowhere. The queue's script counts
+    every refusal in the service's totals, shown as ``wkr_requests_refused_total``."""
+    from wkr_celery.errors import ServiceOverloaded
+
+    port, gate = free_port(), tmp_path / "gate"
+    service = start_service(f"shed{uuid.uuid4().hex[:8]}", redis_server.url, redis_server.url,
+                            tmp_path, "tests.workers_for_tests.GateWorker",
+                            ["-batch_size", "1", "-prefetch", "1", "-max_queue", "2",
+                             "-http_port", str(port), "-device_map", "-1"], wait=1)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        wait_answering(http, "/readyz", 60, what=f"the REST API; log:\n{service.log()}")
+        assert scrape(http)["wkr_requests_refused_total"] == 0
+        client = service.client()
+        held = [client.encode({"gate": str(gate), "value": 0})]
+        wait_until(Path(f"{gate}.entered").exists, 30, what="the first request in predict")
+        held.append(client.encode({"gate": str(gate), "value": 1}))
+        wait_until(lambda: service.queue.queue_length() == 0, 30, what="the second buffered")
+        held += [client.encode({"gate": str(gate), "value": i}) for i in (2, 3)]
+        wait_until(lambda: service.queue.queue_length() == 2, 30, what="two queued: the cap")
+        for _ in range(3):
+            with pytest.raises(ServiceOverloaded):
+                client.encode({"value": 9}).result(timeout=10)
+        refused = http.post("/encode", json={"id": 1, "data": {"value": 9}})
+        assert refused.status_code == 503, refused.text
+        assert scrape(http)["wkr_requests_refused_total"] == 4
+        gate.touch()
+        assert [int(f.result(timeout=30)) for f in held] == [0, 2, 4, 6]
+    finally:
+        http.close()
+        service.stop()

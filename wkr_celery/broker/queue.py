@@ -280,4 +280,4 @@ def publish_call(keys: ServiceKeys, items: Sequence[tuple[int, str | bytes]], *,
     for index, message in items:
         args.append(index)
         args.append(message)
-    return [*keys.queues, keys.info], args
+    return [*keys.queues, keys.info, keys.totals], args

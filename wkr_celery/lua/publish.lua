@@ -10,11 +10,15 @@
 -- connected before the service was restarted with another -max_queue is held to the new one.
 -- The sender's cap counts only while the info is missing (a Redis restarted empty).
 --
+-- Refusals are counted in the service's totals hash (field "refused"), whoever sent them: the
+-- one place an operator sees load shed at the cap, from every client and the REST API alike.
+--
 -- Returns the number of messages accepted.
-local first_queue = 1            -- KEYS[1..n-1]: the queue lists in serving order
-local last_queue = #KEYS - 1
+local first_queue = 1            -- KEYS[1..n-2]: the queue lists in serving order
+local last_queue = #KEYS - 2
 local arrivals = KEYS[2]         -- the list idle workers block on (normal priority)
-local info = KEYS[#KEYS]         -- the service info hash (wkr:<name>:info)
+local info = KEYS[#KEYS - 1]     -- the service info hash (wkr:<name>:info)
+local totals = KEYS[#KEYS]       -- the service's cumulative figures (wkr:<name>:totals)
 
 -- pcall: an info key someone made another type leaves the sender's cap, not a failed publish
 local stored = redis.pcall('HGET', info, 'max_queue')
@@ -37,4 +41,7 @@ for j = first_item, #ARGV, 2 do
   accepted = accepted + 1
 end
 if accepted > 0 then nudge(arrivals) end
+local refused = (#ARGV - first_item + 1) / 2 - accepted
+-- pcall: a totals key someone spoiled costs the count, never the publish
+if refused > 0 then redis.pcall('HINCRBY', totals, 'refused', refused) end
 return accepted

@@ -76,7 +76,8 @@ def service_snapshot(live: dict[str, dict[str, Any]], queue_length: int,
     buffered = sum(int(beat.get("buffered", 0)) for beat in live.values())
     summed = {"responses": int(totals.get("requests", 0)), "failed": int(totals.get("failed", 0)),
               "batches": int(totals.get("batches", 0)),
-              "predict_seconds": float(totals.get("predict_seconds", 0.0)), "buffered": buffered}
+              "predict_seconds": float(totals.get("predict_seconds", 0.0)), "buffered": buffered,
+              "refused": int(totals.get("refused", 0))}
     sizes: dict[int, int] = {}
     stats: dict[str, dict[str, float]] = {}
     for field, value in totals.items():
@@ -157,6 +158,9 @@ class ServiceCollector(Collector):
         predict = SummaryMetricFamily("wkr_predict_seconds", "time in predict per batch")
         predict.add_metric([], count_value=totals["batches"], sum_value=totals["predict_seconds"])
         yield predict
+        yield CounterMetricFamily("wkr_requests_refused", "requests refused at the queue's cap "
+                                  "(-max_queue, ServiceOverloaded), from any client or API",
+                                  value=totals["refused"])
         for key, s in sorted(snap["statistics"].items()):
             name = _metric_name(key)
             summary = SummaryMetricFamily(name, f"record_statistic key {key!r}")
