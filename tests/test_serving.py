@@ -29,7 +29,7 @@ from wkr_celery import (
 )
 from wkr_celery.celery_app import make_app
 from wkr_celery.codec import loads
-from wkr_celery.keys import ServiceKeys, task_meta_key
+from wkr_celery.keys import SERVICES, ServiceKeys, task_meta_key
 from wkr_celery.messages import build_request
 from wkr_celery.redis_embedded import EmbeddedRedis
 from workers.linear import make_weights
@@ -362,6 +362,13 @@ def test_a_client_that_names_no_service_takes_the_live_one_of_those_ever_listed(
             WKRClient(broker_url=server.url, connect_timeout=10)
         for service in services:
             service.stop()
+        # Stopped gracefully, each took its name off the list: none is left to choose.
+        with pytest.raises(ServiceUnavailable, match=r"no wkr-celery service on .* after 1s"):
+            WKRClient(broker_url=server.url, connect_timeout=1)
+        # Names left listed (services killed with kill -9 cannot unlist themselves) are not
+        # taken for live services.
+        with redis.Redis.from_url(server.url) as broker:
+            broker.sadd(SERVICES, "first", "second")
         with pytest.raises(ServiceUnavailable,
                            match=r"lists \['first', 'second'\], but none has a live worker"):
             WKRClient(broker_url=server.url, connect_timeout=1)
