@@ -85,18 +85,23 @@ class LogRouter:
         self._err.setLevel(logging.ERROR)
         self._logger.addHandler(self._log)
         self._logger.addHandler(self._err)
+        self._root_handler: logging.Handler | None = None
 
-    def handler(self) -> logging.Handler:
-        """A handler for the supervisor's own records, routed like the workers' lines."""
+    def route_root(self) -> None:
+        """Route this process's own records (the root logger's, at INFO and up) like the
+        children's lines, until :meth:`close`: a supervisor run in a program that goes on after
+        it stops (and starts another) must not leave its files on the program's root logger."""
         router = self
 
         class _Handler(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
                 router.write(self.format(record), record.levelno)
 
-        handler = _Handler()
-        handler.setFormatter(LineFormatter())
-        return handler
+        self._root_handler = _Handler()
+        self._root_handler.setFormatter(LineFormatter())
+        root = logging.getLogger()
+        root.addHandler(self._root_handler)
+        root.setLevel(logging.INFO)
 
     def write(self, line: str, level: int) -> None:
         self._logger.log(level, line)
@@ -113,6 +118,8 @@ class LogRouter:
         stream.close()
 
     def close(self) -> None:
+        if self._root_handler is not None:
+            logging.getLogger().removeHandler(self._root_handler)
         self._log.close()
         self._err.close()
 

@@ -4,6 +4,7 @@ workers, Redis, REST and Flower, and for the decentralize pool's units."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -53,6 +54,7 @@ def test_a_worker_that_ran_healthily_restarts_from_the_smallest_delay(
                        port_in=free_port(), port_out=free_port(), log_dir=str(tmp_path))
     server.backoff = Backoff(first=0.5, most=30.0, healthy_after=12.0)
     log_path = tmp_path / f"{name}.log"
+    handlers = list(logging.getLogger().handlers)
     server.start()
     runner = threading.Thread(target=server.serve_forever, daemon=True)
     runner.start()
@@ -76,3 +78,6 @@ def test_a_worker_that_ran_healthily_restarts_from_the_smallest_delay(
     finally:
         server.request_stop()
         runner.join(60)
+    # An embedding program goes on after the service stops: its -log_dir files no longer get
+    # the program's log records (they reached every later test's caplog twice, through them).
+    assert logging.getLogger().handlers == handlers

@@ -107,9 +107,7 @@ class WKRDecentralizeCentral:
         s = self.settings
         if s.log_dir:
             self.router = self.pool.router = LogRouter(s.log_dir, s.name)
-            root = logging.getLogger()
-            root.addHandler(self.router.handler())
-            root.setLevel(logging.INFO)
+            self.router.route_root()
         elif not logging.getLogger().handlers:
             configure_stderr()
         if not s.broker_url:

@@ -115,9 +115,7 @@ class WKRServer:
         s = self.settings
         if s.log_dir:
             self.router = LogRouter(s.log_dir, s.name)
-            root = logging.getLogger()
-            root.addHandler(self.router.handler())
-            root.setLevel(logging.INFO)
+            self.router.route_root()
         elif not logging.getLogger().handlers:
             configure_stderr()
         extras.refuse_taken_ports(s)  # before anything starts
