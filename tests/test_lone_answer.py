@@ -38,7 +38,9 @@ def _wait_in_thread(client: WKRClient, gate: Path) -> tuple[threading.Thread, li
 
     thread = threading.Thread(target=caller, daemon=True)
     thread.start()
-    wait_until(Path(f"{gate}.entered").exists, 30, what="the request to enter predict")
+    # Both: the worker may enter predict before ``encode`` has returned on the caller's thread.
+    wait_until(lambda: outcome and Path(f"{gate}.entered").exists(), 30,
+               what="the request sent and in predict")
     return thread, outcome
 
 
