@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +51,9 @@ def test_a_backlog_of_expired_requests_is_logged_as_counts_not_a_line_each(
     client = service.client()
     broker = service.queue.client
     os.kill(int(beat["pid"]), signal.SIGSTOP)  # the worker stalls; requests queue behind it
+    # Stopped before the first is sent: else, on a busy machine, it may fetch and serve one.
+    wait_until(lambda: Path(f"/proc/{beat['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+               == "T", 10, interval=0.01, what="the worker stopped")
     try:
         late = [client.encode(i, timeout=0.2) for i in range(400)]
         wait(late, timeout=30)
