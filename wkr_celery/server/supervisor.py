@@ -70,7 +70,9 @@ _TAKE_SECONDS = 3.0  # how long a stop waits for clients to take their RequestLo
 
 
 class WKRServer:
-    """Runs a service: ``WKRServer(Worker, args).start()`` then ``serve_forever()`` or ``stop()``."""
+    """Runs a service: ``WKRServer(Worker, args).start()`` then ``serve_forever()`` or ``stop()``,
+    from a thread that outlives the service: each child gets SIGTERM when the thread that
+    started it ends (Linux's parent-death signal, which keeps a killed supervisor orphan-free)."""
 
     #: Restart delays of every child (workers, Redis, REST, Flower).
     backoff = Backoff()
