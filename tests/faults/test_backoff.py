@@ -52,7 +52,7 @@ def test_a_worker_that_ran_healthily_restarts_from_the_smallest_delay(
     name = f"b{uuid.uuid4().hex[:8]}"
     server = WKRServer("tests.faults.workers.NeedsModelFile", name=name, num_worker=1,
                        port_in=free_port(), port_out=free_port(), log_dir=str(tmp_path))
-    server.backoff = Backoff(first=0.5, most=30.0, healthy_after=12.0)
+    server.backoff = Backoff(first=0.5, most=30.0, healthy_after=8.0)  # a crash: ~1 s
     log_path = tmp_path / f"{name}.log"
     handlers = list(logging.getLogger().handlers)
     server.start()
@@ -68,7 +68,7 @@ def test_a_worker_that_ran_healthily_restarts_from_the_smallest_delay(
         before = _delays(log_path.read_text())
         assert before[:3] == [0.5, 1.0, 2.0], before
         healthy_since = slot.started
-        wait_until(lambda: time.monotonic() - healthy_since > 12.5, 20,
+        wait_until(lambda: time.monotonic() - healthy_since > 8.5, 20,
                    what="a healthy run")
         assert slot.pid is not None
         os.kill(slot.pid, signal.SIGKILL)
