@@ -119,3 +119,31 @@ def test_requests_refused_at_the_cap_are_counted_whoever_sent_them(
     finally:
         http.close()
         service.stop()
+
+
+def test_one_api_process_counts_in_memory_whatever_the_callers_environment(
+        redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    """prometheus_client counts in files whenever ``PROMETHEUS_MULTIPROC_DIR`` is set, even
+    empty (then in the current folder). Only ``-http_workers`` above 1 sets it for the API;
+    a variable the user's shell carries for another program must not make the API write
+    into that program's folder, or into the project folder."""
+    from .helpers import ROOT
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    port = free_port()
+    service = start_service(f"mem{uuid.uuid4().hex[:8]}", redis_server.url, redis_server.url,
+                            tmp_path, "workers.echo.Worker",
+                            ["-http_port", str(port), "-device_map", "-1"], wait=1,
+                            env={"PROMETHEUS_MULTIPROC_DIR": str(theirs)})
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        wait_answering(http, "/readyz", 60, what=f"the REST API; log:\n{service.log()}")
+        answer = http.post("/encode", json={"id": 1, "data": {"i": 1}})
+        assert answer.status_code == 200, answer.text
+        assert scrape(http)['wkr_http_requests_total{outcome=ok,route=POST /encode}'] == 1
+    finally:
+        http.close()
+        service.stop()
+    assert not list(theirs.iterdir())
+    assert not [p.name for p in ROOT.glob("*.db")]

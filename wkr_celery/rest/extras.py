@@ -45,7 +45,7 @@ def rest_processes(settings: Settings, *, piped: bool) -> list[SideProcess]:
 
     url = f"http://{settings.http_host}:{settings.http_port}"
     count = settings.http_workers
-    extra = {MULTIPROCESS_DIR: ""}  # one process counts in memory, whatever the caller's env
+    extra = {}
     if count > 1:  # one port, N processes: /metrics sums the counts all of them keep here
         extra[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix=f"wkr-{settings.name}-metrics-")
         atexit.register(shutil.rmtree, extra[MULTIPROCESS_DIR], ignore_errors=True)
@@ -71,7 +71,13 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
     if settings.flower_port and not settings.flower_basic_auth:
         # Flower refuses its JSON API without auth unless told; it only listens on loopback.
         extra["FLOWER_UNAUTHENTICATED_API"] = "true"
-    return build_child_env(import_first=[os.getcwd()], settings=settings, extra=extra)
+    env = build_child_env(import_first=[os.getcwd()], settings=settings, extra=extra)
+    # prometheus_client counts in files in that folder whenever either spelling is set, even
+    # empty (then in the current folder: the user's project). Only rest_processes decides.
+    for variable in (MULTIPROCESS_DIR, MULTIPROCESS_DIR.lower()):
+        if variable not in extra:
+            env.pop(variable, None)
+    return env
 
 
 def start(command: list[str], settings: Settings, *, piped: bool,
