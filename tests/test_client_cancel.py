@@ -52,6 +52,18 @@ def _held_in_predict(service: Service, client: Any, gates: Gates) -> Any:
     return held
 
 
+def _backlog(make_service, tmp_path: Path, count: int) -> tuple[Service, Gates, Any, Any, list[Any]]:
+    """A request held in predict, then ``count`` more (``q0``...): one buffered by the worker,
+    the rest in the list. Returns the service, its gates, the client, the held future and the
+    ``count`` futures."""
+    service, gates = _gate_service(make_service), Gates(tmp_path)
+    client = service.client()
+    held = _held_in_predict(service, client, gates)
+    futures = [client.encode(gates.item(f"q{i}", i)) for i in range(count)]
+    wait_until(lambda: queued(service) == count - 1, 30, what="the backlog in the list")
+    return service, gates, client, held, futures
+
+
 def test_cancelling_a_queued_future_takes_its_request_back_and_one_in_predict_drops_its_answer(
         make_service, tmp_path: Path) -> None:
     service, gates = _gate_service(make_service), Gates(tmp_path)
@@ -85,11 +97,7 @@ def test_cancelling_a_queued_future_takes_its_request_back_and_one_in_predict_dr
 
 def test_a_cancelled_backlog_is_never_predicted_and_the_rest_still_get_their_answers(
         make_service, tmp_path: Path) -> None:
-    service, gates = _gate_service(make_service), Gates(tmp_path)
-    client = service.client()
-    held = _held_in_predict(service, client, gates)
-    backlog = [client.encode(gates.item(f"q{i}", i)) for i in range(200)]
-    wait_until(lambda: queued(service) == 199, 30, what="the backlog in the list (one buffered)")
+    service, gates, client, held, backlog = _backlog(make_service, tmp_path, 200)
 
     kept, cancelled = backlog[:20], backlog[20:]
     assert all(future.cancel() for future in cancelled)  # taken back by the publisher thread
@@ -107,11 +115,7 @@ def test_a_cancelled_backlog_is_never_predicted_and_the_rest_still_get_their_ans
 
 def test_closing_the_client_withdraws_what_it_still_has_queued(
         make_service, tmp_path: Path) -> None:
-    service, gates = _gate_service(make_service), Gates(tmp_path)
-    client = service.client()
-    held = _held_in_predict(service, client, gates)
-    queued_before_close = [client.encode(gates.item(f"q{i}", i)) for i in range(10)]
-    wait_until(lambda: queued(service) == 9, 30, what="nine in the list (one buffered)")
+    service, gates, client, held, queued_before_close = _backlog(make_service, tmp_path, 10)
 
     client.close()
     assert held.cancelled() and all(f.cancelled() for f in queued_before_close)

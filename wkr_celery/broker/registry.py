@@ -56,25 +56,26 @@ class ServiceRegistry:
         pipe.set(self.keys.heartbeat(worker_id), status, px=int(ttl * 1000))
         pipe.sadd(self.keys.workers, worker_id)
         pipe.sadd(SERVICES, self.keys.name)
-        for field, amount in (grown or {}).items():
-            pipe.hincrbyfloat(self.keys.totals, field, amount)
-        replies = pipe.execute(raise_on_error=False)
-        for reply in replies[:3]:
-            if isinstance(reply, Exception):
-                raise reply
-        if any(isinstance(reply, Exception) for reply in replies[3:]):
-            self.client.delete(self.keys.totals)
-            return False
-        return True
+        return self._with_totals(pipe, grown or {}, first=3)
 
     def add_totals(self, grown: Mapping[str, float]) -> None:
         """Add a stopping worker's last figures to the service's totals, without a beat."""
         if grown:
-            pipe = self.client.pipeline(transaction=True)
-            for field, amount in grown.items():
-                pipe.hincrbyfloat(self.keys.totals, field, amount)
-            if any(isinstance(reply, Exception) for reply in pipe.execute(raise_on_error=False)):
-                self.client.delete(self.keys.totals)  # spoiled: see heartbeat
+            self._with_totals(self.client.pipeline(transaction=True), grown, first=0)
+
+    def _with_totals(self, pipe: Any, grown: Mapping[str, float], first: int) -> bool:
+        """Run ``pipe`` with ``grown`` added to the totals hash after its ``first`` commands,
+        whose errors are raised; a spoiled hash (see :meth:`heartbeat`) is deleted: False."""
+        for field, amount in grown.items():
+            pipe.hincrbyfloat(self.keys.totals, field, amount)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[:first]:
+            if isinstance(reply, Exception):
+                raise reply
+        if any(isinstance(reply, Exception) for reply in replies[first:]):
+            self.client.delete(self.keys.totals)
+            return False
+        return True
 
     def write_info(self, info: Mapping[str, Any]) -> None:
         pipe = self.client.pipeline(transaction=False)
