@@ -48,6 +48,18 @@ def test_a_mistyped_flag_is_one_line_naming_the_flag_meant(
     assert f"did you mean {meant}?" in lines[0] and f"{command[0]} -h" in lines[0], lines[0]
 
 
+def test_more_units_than_max_units_is_refused_at_start_in_one_line() -> None:
+    """docs/decentral.md's ``-max_units``, typed in ``examples/``: 3 units for each of 2 servers
+    is 6 processes, over a cap of 4, refused before anything starts or connects."""
+    done = _run([script("wkr-decentral-start"), "decentralize.ProcessingModel", "-remote_servers",
+                 "[[127.0.0.1, 8996, 8998], [127.0.0.1, 8997, 8999]]", "-num_client", "3",
+                 "-max_units", "4"], cwd=ROOT / "examples")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "num_client 3 x 2 remote server(s) is 6 units" in lines[0], lines[0]
+    assert "-max_units 4" in lines[0], lines[0]
+
+
 class SeedService:
     """The guide's server (``examples/server.py``) as the production section names it: typed
     in ``examples/`` as ``wkr-serving-start server.Worker -name … -port_in … -port_out …``."""
