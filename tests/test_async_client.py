@@ -286,10 +286,9 @@ def test_a_redis_restarted_without_persistence_fails_what_it_lost_with_request_l
             await eventually(lambda: Path(f"{gate}.entered").exists(), what="a held batch")
             sent = [asyncio.ensure_future(client.encode({"value": i})) for i in range(3)]
             await eventually(lambda: queued(service) == 2, what="two requests in the list")
-            # On this thread, not asyncio.to_thread's: the new redis-server gets SIGTERM when
-            # the thread that started it ends (PR_SET_PDEATHSIG is per thread), and the
-            # service's stop below then waited out its 30 s deadline on a dead Redis.
-            restart()
+            # From an executor thread that ends: the new redis-server must outlive it (it is
+            # forked by processes.spawn's own thread; before, it got SIGTERM with this one).
+            await asyncio.to_thread(restart)
             # No timeout was given: without the watch these would wait forever. In doubt, they
             # fail once the service has answered none of them for the grace (2 s here).
             answers = await asyncio.gather(*sent, return_exceptions=True)

@@ -2,7 +2,7 @@
 
 Every child asks the kernel for SIGTERM when its parent dies, so none keeps running
 unsupervised, and every stop is bounded: SIGTERM, wait until a deadline, then SIGKILL. A child
-that dies is restarted after a :class:`Backoff` delay.
+that dies is restarted after a :class:`Backoff` delay. Every child is started by :func:`spawn`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["Backoff", "die_with_parent", "forks", "send", "wait_or_kill", "pid_alive",
+__all__ = ["Backoff", "die_with_parent", "spawn", "forks", "send", "wait_or_kill", "pid_alive",
            "port_holder", "private_dir", "owned_temp_dir", "clean_stale_dirs", "on_stop_signals",
            "OWNER_FILE"]
 
@@ -98,6 +100,69 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child before ex
         return
     if os.getppid() != _forking_parent:
         os._exit(EXIT_ORPHANED)
+
+
+class _Spawner:
+    """The thread that starts this process's children. Linux sends the parent-death signal
+    when the *thread* that forked a child ends, not the process: a service started from a
+    short-lived thread (``asyncio.to_thread``, a pool's worker, a request handler) lost its
+    workers and its Redis the moment that thread finished. This thread lives as long as the
+    process, so its children die with the process and nothing sooner."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Sequence[str], dict[str, Any], Future[Any]]] = []
+        self.ready = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="wkr-spawner", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.ready:
+                while not self.jobs:
+                    self.ready.wait()
+                command, options, done = self.jobs.pop(0)
+            try:
+                done.set_result(_popen(command, options))
+            except BaseException as exc:  # the caller's error, raised on the caller's thread
+                done.set_exception(exc)
+
+    def start(self, command: Sequence[str], options: dict[str, Any]) -> subprocess.Popen[bytes]:
+        if threading.current_thread() is self.thread:
+            return _popen(command, options)
+        done: Future[subprocess.Popen[bytes]] = Future()
+        with self.ready:
+            self.jobs.append((command, options, done))
+            self.ready.notify()
+        return done.result()
+
+
+def _popen(command: Sequence[str], options: dict[str, Any]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=die_with_parent, **options)
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _forget_spawner() -> None:  # a forked child has no copy of the thread, only of the object
+    global _spawner, _spawner_lock
+    _spawner, _spawner_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_spawner)
+
+
+def spawn(command: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Start a supervised child: ``subprocess.Popen(command, **options)`` in a session of its
+    own (the terminal's Ctrl+C reaches only the supervisor), with no stdin, and with SIGTERM
+    when this process dies (:func:`die_with_parent`), whichever thread calls."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = _Spawner()
+        spawner = _spawner
+    return spawner.start(command, options)
 
 
 def on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> dict[int, Any]:

@@ -36,11 +36,11 @@ from . import redis_passwords
 from .errors import ConfigError, ServiceUnavailable
 from .processes import (
     clean_stale_dirs,
-    die_with_parent,
     owned_temp_dir,
     pid_alive,
     port_holder,
     private_dir,
+    spawn,
 )
 
 __all__ = ["EmbeddedRedis", "redis_server_binary", "embedded_password", "DISABLED_COMMANDS"]
@@ -201,10 +201,7 @@ class EmbeddedRedis:
         ]
         for command in DISABLED_COMMANDS:
             args += ["--rename-command", command, ""]
-        self._proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=die_with_parent,
-        )
+        self._proc = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         Path(self._pid_file).write_text(str(self._proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
+from .. import processes
 from ..child_env import build_child_env
 from ..clock import wall_time
 from ..logs import LogRouter
-from ..processes import die_with_parent
 from .config import RemoteServer
 
 __all__ = ["Unit", "UnitProcess", "spawn"]
@@ -134,13 +134,10 @@ def spawn(unit: Unit, worker_class: str, router: LogRouter | None,
     env = build_child_env(import_first=pythonpath)
     piped = router is not None
     try:
-        popen = subprocess.Popen(
+        popen = processes.spawn(
             [sys.executable, "-m", "wkr_celery.decentral.unit_main", json.dumps(spec)],
-            env=env, stdin=subprocess.DEVNULL, pass_fds=(write_fd,),
-            stdout=subprocess.PIPE if piped else None,
-            stderr=subprocess.STDOUT if piped else None,
-            start_new_session=True, preexec_fn=die_with_parent,
-        )
+            env=env, pass_fds=(write_fd,), stdout=subprocess.PIPE if piped else None,
+            stderr=subprocess.STDOUT if piped else None)
     except BaseException:
         os.close(read_fd)
         raise

@@ -13,13 +13,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..child_env import build_child_env
 from ..config import Settings
 from ..errors import ServiceUnavailable
-from ..processes import die_with_parent, port_holder
+from ..processes import port_holder, spawn
 
 #: prometheus_client's variable: the folder where the ``-http_workers`` processes of one port
 #: count, each in files of its own (see :class:`.metrics.ApiMetrics`).
@@ -50,7 +49,7 @@ def rest_processes(settings: Settings, *, piped: bool) -> list[SideProcess]:
         extra[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix=f"wkr-{settings.name}-metrics-")
         atexit.register(shutil.rmtree, extra[MULTIPROCESS_DIR], ignore_errors=True)
     launch = functools.partial(start, rest_command(settings), settings, piped=piped,
-                               preexec_fn=die_with_parent, extra=extra)
+                               extra=extra)
     return [SideProcess("REST API" if count == 1 else f"REST API {i}", url, launch)
             for i in range(1, count + 1)]
 
@@ -81,13 +80,10 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
 
 
 def start(command: list[str], settings: Settings, *, piped: bool,
-          preexec_fn: Callable[[], None] | None = None,
           extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        command, env=child_env(settings, extra), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if piped else None, stderr=subprocess.STDOUT if piped else None,
-        start_new_session=True, preexec_fn=preexec_fn,
-    )
+    return spawn(command, env=child_env(settings, extra),
+                 stdout=subprocess.PIPE if piped else None,
+                 stderr=subprocess.STDOUT if piped else None)
 
 
 def refuse_taken_ports(settings: Settings) -> None:

@@ -45,9 +45,9 @@ from ..logs import LogRouter, configure_stderr
 from ..processes import (
     Backoff,
     clean_stale_dirs,
-    die_with_parent,
     owned_temp_dir,
     send,
+    spawn,
     wait_or_kill,
 )
 from ..redis_embedded import EmbeddedRedis, embedded_password
@@ -71,8 +71,8 @@ _TAKE_SECONDS = 3.0  # how long a stop waits for clients to take their RequestLo
 
 class WKRServer:
     """Runs a service: ``WKRServer(Worker, args).start()`` then ``serve_forever()`` or ``stop()``,
-    from a thread that outlives the service: each child gets SIGTERM when the thread that
-    started it ends (Linux's parent-death signal, which keeps a killed supervisor orphan-free)."""
+    from any thread (``asyncio.to_thread`` too): children are forked by a thread of their own
+    that lives as long as the process (:func:`~wkr_celery.processes.spawn`)."""
 
     #: Restart delays of every child (workers, Redis, REST, Flower).
     backoff = Backoff()
@@ -174,8 +174,7 @@ class WKRServer:
         piped = self.router is not None
         sides = extras.rest_processes(s, piped=piped) if s.http_port else []
         if s.flower_port:
-            launch = functools.partial(extras.start, extras.flower_command(s), s, piped=piped,
-                                       preexec_fn=die_with_parent)
+            launch = functools.partial(extras.start, extras.flower_command(s), s, piped=piped)
             sides.append(SideProcess("Flower", f"http://127.0.0.1:{s.flower_port}", launch))
         for side in sides:
             side.spawn(self.router)
@@ -196,12 +195,8 @@ class WKRServer:
             "--loglevel", "INFO",
         ]
         piped = self.router is not None
-        slot.process = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if piped else None,
-            stderr=subprocess.STDOUT if piped else None,
-            start_new_session=True, preexec_fn=die_with_parent,
-        )
+        slot.process = spawn(command, env=env, stdout=subprocess.PIPE if piped else None,
+                             stderr=subprocess.STDOUT if piped else None)
         slot.started = time.monotonic()
         if piped and self.router is not None and slot.process.stdout is not None:
             slot.pump = threading.Thread(target=self.router.pump, args=(slot.process.stdout,),
