@@ -163,3 +163,16 @@ class ResultFormsWorker(WKRHardWorker):
         if form == "dict":
             return {"y": doubled}
         return doubled
+
+
+class StatisticsWorker(WKRHardWorker):
+    """Records, for each input ``{"record": {key: value}}``, those statistics: as a model
+    whose score may be NaN, or whose author keys a statistic by request, would."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return None
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        for x in input:
+            self.record_statistic({k: float(v) for k, v in x["record"].items()})
+        return [len(x["record"]) for x in input]

@@ -8,6 +8,7 @@ families on each scrape, so the figures are as fresh as the last heartbeat (abou
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +26,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .extras import MULTIPROCESS_DIR
+
+log = logging.getLogger("wkr_celery.rest")
 
 __all__ = ["ApiMetrics", "ServiceCollector", "service_snapshot", "outcome_of"]
 
@@ -108,6 +111,7 @@ class ServiceCollector(Collector):
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.snapshot = snapshot
+        self._told: set[str] = set()  # keys whose metric name another key took, said once
 
     def describe(self) -> list[Metric]:
         return []  # families depend on the workers alive at scrape time
@@ -161,8 +165,20 @@ class ServiceCollector(Collector):
         yield CounterMetricFamily("wkr_requests_refused", "requests refused at the queue's cap "
                                   "(-max_queue, ServiceOverloaded), from any client or API",
                                   value=totals["refused"])
-        for key, s in sorted(snap["statistics"].items()):
+        yield from self._statistics(snap["statistics"])
+
+    def _statistics(self, statistics: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+        """A summary per ``record_statistic`` key, with the live workers' smallest and
+        largest; a key whose metric name an earlier key took is left out (and said once)."""
+        taken: dict[str, str] = {}  # every name a key's metrics use (x, x_count, x_min…)
+        for key, s in sorted(statistics.items()):
             name = _metric_name(key)
+            names = [name + suffix for suffix in ("", "_count", "_sum", "_min", "_max")]
+            clash = next((n for n in names if n in taken), None)
+            if clash is not None:  # one name declared twice: Prometheus refuses the scrape
+                self._tell(key, taken[clash], clash)
+                continue
+            taken.update(dict.fromkeys(names, key))
             summary = SummaryMetricFamily(name, f"record_statistic key {key!r}")
             summary.add_metric([], count_value=s["count"], sum_value=s["sum"])
             yield summary
@@ -171,6 +187,13 @@ class ServiceCollector(Collector):
                                         "worker", value=s["min"])
                 yield GaugeMetricFamily(name + "_max", f"largest {key!r} recorded by a live "
                                         "worker", value=s["max"])
+
+    def _tell(self, key: str, first: str, name: str) -> None:
+        if key not in self._told:
+            self._told.add(key)
+            log.warning("record_statistic keys %r and %r share the metric name %s; /metrics "
+                        "exports %r only (the status page and the dashboard show both)",
+                        first, key, name, first)
 
 
 def _batch_histogram(sizes: dict[int, int]) -> Metric:

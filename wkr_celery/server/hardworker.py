@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["WKRHardWorker", "Statistics"]
+__all__ = ["WKRHardWorker", "Statistics", "MAX_STATISTIC_KEYS"]
+
+#: Most ``record_statistic`` keys one worker process keeps. Each key is a metric of its own in
+#: ``/metrics`` and a field of every heartbeat: a key per request (an id in the name) would
+#: grow both without end.
+MAX_STATISTIC_KEYS = 64
+
+log = logging.getLogger("wkr_celery.server")
 
 
 class Statistics:
@@ -20,19 +28,35 @@ class Statistics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, list[float]] = {}
+        self._refused: set[tuple[str, str]] = set()  # (key, why): each said once in the log
 
     def record(self, values: Mapping[str, float]) -> None:
+        """Add ``values``. A NaN or infinite value is left out: a sum it entered would stay
+        NaN for good, Redis refuses to add it to the service's totals, and JSON cannot carry
+        it to the status page. Past :data:`MAX_STATISTIC_KEYS` keys, new keys are left out."""
         with self._lock:
             for key, value in values.items():
                 v = float(value)
                 slot = self._values.get(key)
-                if slot is None:
+                if not math.isfinite(v):
+                    self._refuse(key, str(v), f"{key!r} was given {v}; not recorded (only "
+                                 "finite numbers are)")
+                elif slot is None:
+                    if len(self._values) >= MAX_STATISTIC_KEYS:
+                        self._refuse("", "keys", f"more than {MAX_STATISTIC_KEYS} keys; "
+                                     f"{key!r} and any later new key are not recorded")
+                        continue
                     self._values[key] = [1.0, v, v, v]
                 else:
                     slot[0] += 1
                     slot[1] += v
                     slot[2] = min(slot[2], v)
                     slot[3] = max(slot[3], v)
+
+    def _refuse(self, key: str, why: str, message: str) -> None:
+        if (key, why) not in self._refused:
+            self._refused.add((key, why))
+            log.warning("record_statistic: %s", message)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         with self._lock:
