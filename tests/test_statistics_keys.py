@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from wkr_celery.redis_embedded import EmbeddedRedis
-from wkr_celery.server.hardworker import MAX_STATISTIC_KEYS
+from wkr_celery.server.hardworker import MAX_STATISTIC_KEYS, Statistics
 
 from .helpers import Service, free_port, start_service, wait_answering, wait_until
 from .test_metrics_truth import scrape
@@ -93,3 +93,13 @@ def test_keys_that_name_one_metric_and_a_key_per_request_keep_the_scrape_valid(
     assert "keys 'a-b' and 'a.b' share the metric name wkr_stat_a_b" in log, log[-3000:]
     assert "keys 'a-b' and 'a_b' share the metric name wkr_stat_a_b" in log
     assert "keys 'lat' and 'lat_min' share the metric name wkr_stat_lat_min" in log
+
+
+def test_a_key_that_is_not_text_is_recorded_under_its_text() -> None:
+    """The scrape names a metric from the key with a regular expression: a number or a tuple
+    as a key made every ``/metrics`` request fail."""
+    statistics = Statistics()
+    statistics.record({1: 2.0, ("a", "b"): 3})  # type: ignore[dict-item]
+    assert statistics.snapshot() == {
+        "1": {"count": 1.0, "sum": 2.0, "min": 2.0, "max": 2.0},
+        "('a', 'b')": {"count": 1.0, "sum": 3.0, "min": 3.0, "max": 3.0}}

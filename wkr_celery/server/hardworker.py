@@ -35,8 +35,8 @@ class Statistics:
         NaN for good, Redis refuses to add it to the service's totals, and JSON cannot carry
         it to the status page. Past :data:`MAX_STATISTIC_KEYS` keys, new keys are left out."""
         with self._lock:
-            for key, value in values.items():
-                v = float(value)
+            for name, value in values.items():
+                key, v = str(name), float(value)  # a key of another type: its text
                 slot = self._values.get(key)
                 if not math.isfinite(v):
                     self._refuse(key, str(v), f"{key!r} was given {v}; not recorded (only "
