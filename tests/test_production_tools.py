@@ -20,7 +20,7 @@ import pytest
 from wkr_celery.broker import RequestQueue, ServiceRegistry
 from wkr_celery.codec import dumps
 from wkr_celery.connections import connect
-from wkr_celery.keys import ServiceKeys
+from wkr_celery.keys import SERVICES, ServiceKeys
 from wkr_celery.production import procs
 
 from .helpers import ROOT, Service, free_port, wait_until
@@ -164,9 +164,14 @@ def test_terminate_force_kills_at_once_and_requeues_the_request_in_predict(
     assert service.proc is not None and service.proc.wait(10) == -signal.SIGKILL
     assert not procs.alive(beat["pid"])
     assert not service.live_workers() and service.queue.queue_length() == 1
+    # Killed, nothing of it ran its stop: the tool takes the name off the services list, or a
+    # client naming no service would pick this dead one
+    listed = service.queue.client.smembers(SERVICES)
+    assert service.name.encode() not in listed, listed
 
     (gate / "hold").unlink()
     make_service(GATED, "-model_dir", str(gate), name=service.name)
+    assert service.name.encode() in service.queue.client.smembers(SERVICES)
     assert held.result(30) == 42
 
 
