@@ -3,6 +3,7 @@ counted by the test: a real service with its REST API, real worker processes, re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -31,13 +32,14 @@ def scrape(http: httpx.Client) -> dict[str, float]:
     return samples
 
 
-@pytest.fixture
-def served(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[tuple[Service, httpx.Client]]:
+@contextlib.contextmanager
+def with_api(redis_url: str, tmp_path: Path, worker: str, *args: str,
+             workers: int = 1) -> Iterator[tuple[Service, httpx.Client]]:
+    """A service of ``worker`` with its REST API, and an HTTP client of that API once ready."""
     port = free_port()
-    service = start_service(f"truth{uuid.uuid4().hex[:8]}", redis_server.url, redis_server.url,
-                            tmp_path, "workers.echo.Worker",
-                            ["-num_worker", "2", "-http_port", str(port), "-device_map", "-1"],
-                            wait=2)
+    service = start_service(f"truth{uuid.uuid4().hex[:8]}", redis_url, redis_url, tmp_path,
+                            worker, ["-num_worker", str(workers), "-http_port", str(port),
+                                     "-device_map", "-1", *args], wait=workers)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         wait_answering(http, "/readyz", 60, what=f"the REST API; log:\n{service.log()}")
@@ -45,6 +47,12 @@ def served(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[tuple[Servic
     finally:
         http.close()
         service.stop()
+
+
+@pytest.fixture
+def served(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[tuple[Service, httpx.Client]]:
+    with with_api(redis_server.url, tmp_path, "workers.echo.Worker", workers=2) as both:
+        yield both
 
 
 def figures(http: httpx.Client) -> dict[str, Any]:
@@ -92,14 +100,9 @@ def test_requests_refused_at_the_cap_are_counted_whoever_sent_them(
     every refusal in the service's totals, shown as ``wkr_requests_refused_total``."""
     from wkr_celery.errors import ServiceOverloaded
 
-    port, gate = free_port(), tmp_path / "gate"
-    service = start_service(f"shed{uuid.uuid4().hex[:8]}", redis_server.url, redis_server.url,
-                            tmp_path, "tests.workers_for_tests.GateWorker",
-                            ["-batch_size", "1", "-prefetch", "1", "-max_queue", "2",
-                             "-http_port", str(port), "-device_map", "-1"], wait=1)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        wait_answering(http, "/readyz", 60, what=f"the REST API; log:\n{service.log()}")
+    gate = tmp_path / "gate"
+    with with_api(redis_server.url, tmp_path, "tests.workers_for_tests.GateWorker",
+                  "-batch_size", "1", "-prefetch", "1", "-max_queue", "2") as (service, http):
         assert scrape(http)["wkr_requests_refused_total"] == 0
         client = service.client()
         held = [client.encode({"gate": str(gate), "value": 0})]
@@ -116,9 +119,6 @@ def test_requests_refused_at_the_cap_are_counted_whoever_sent_them(
         assert scrape(http)["wkr_requests_refused_total"] == 4
         gate.touch()
         assert [int(f.result(timeout=30)) for f in held] == [0, 2, 4, 6]
-    finally:
-        http.close()
-        service.stop()
 
 
 def test_one_api_process_counts_in_memory_whatever_the_callers_environment(

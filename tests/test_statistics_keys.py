@@ -4,7 +4,6 @@ status page or the scrape (a real service, its REST API, real HTTP)."""
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,23 +14,14 @@ import pytest
 from wkr_celery.redis_embedded import EmbeddedRedis
 from wkr_celery.server.hardworker import MAX_STATISTIC_KEYS, Statistics
 
-from .helpers import Service, free_port, start_service, wait_answering, wait_until
-from .test_metrics_truth import scrape
+from .helpers import Service, wait_until
+from .test_metrics_truth import scrape, with_api
 
 
 @pytest.fixture
 def served(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[tuple[Service, httpx.Client]]:
-    port = free_port()
-    service = start_service(f"stat{uuid.uuid4().hex[:8]}", redis_server.url, redis_server.url,
-                            tmp_path, "tests.workers_for_tests.StatisticsWorker",
-                            ["-http_port", str(port), "-device_map", "-1"], wait=1)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        wait_answering(http, "/readyz", 60, what=f"the REST API; log:\n{service.log()}")
-        yield service, http
-    finally:
-        http.close()
-        service.stop()
+    with with_api(redis_server.url, tmp_path, "tests.workers_for_tests.StatisticsWorker") as both:
+        yield both
 
 
 def _send(service: Service, records: list[dict[str, object]]) -> None:
