@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -176,3 +177,40 @@ class StatisticsWorker(WKRHardWorker):
         for x in input:
             self.record_statistic({k: float(v) for k, v in x["record"].items()})
         return [len(x["record"]) for x in input]
+
+
+class _NotAnError(BaseException):
+    """A ``BaseException`` that is not an ``Exception``, as some libraries raise to unwind."""
+
+
+class ExitingWorker(WKRHardWorker):
+    """Doubles numbers; an input ``"exit"`` makes predict call ``sys.exit(1)``, ``"interrupt"``
+    raise ``KeyboardInterrupt`` and ``"unwind"`` raise a bare ``BaseException`` subclass: user
+    code that ends its thread, not the process."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        return None
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        if "exit" in input:
+            sys.exit(1)
+        if "interrupt" in input:
+            raise KeyboardInterrupt
+        if "unwind" in input:
+            raise _NotAnError("unwinding")
+        return [x * 2 for x in input]
+
+
+class KeyedExitingWorker(ExitingWorker):
+    """``ExitingWorker`` whose ``batch_key`` (called in the fetching thread) does the exiting:
+    ``"exit"`` calls ``sys.exit(1)``, ``"interrupt"`` raises ``KeyboardInterrupt``."""
+
+    def batch_key(self, input: Any) -> Any:
+        if input == "exit":
+            sys.exit(1)
+        if input == "interrupt":
+            raise KeyboardInterrupt
+        return type(input).__name__
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        return [x * 2 for x in input]

@@ -48,15 +48,14 @@ def test_input_that_makes_predict_raise_fails_alone_and_its_batch_is_answered(
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize(("poison", "exit_code"), [("exit", 17), ("sysexit", 70)])
 def test_input_that_kills_its_worker_is_isolated_as_poison_and_the_rest_answered(
-    make_service: Callable[..., Service], poison: str, exit_code: int
+    make_service: Callable[..., Service],
 ) -> None:
     service = make_service(WORKER, "-batch_size", "8", "-num_worker", "2",
                            "-max_attempts", "2", wait=2)
     client = service.client()
     inputs: list[Any] = list(range(40))
-    inputs[17] = poison
+    inputs[17] = "exit"  # os._exit(17); sys.exit() only ends the thread, see test_odd_worker_code
     futures = [client.encode(x) for x in inputs]
     finished, unfinished = wait(futures, timeout=60)
     assert not unfinished
@@ -65,7 +64,7 @@ def test_input_that_kills_its_worker_is_isolated_as_poison_and_the_rest_answered
     assert "times a worker process died (limit 2)" in str(error)
     assert [f.result() for i, f in enumerate(futures) if i != 17] == [
         2 * x for i, x in enumerate(inputs) if i != 17]
-    assert service.log().count(f"exited with code {exit_code}") == 2
+    assert service.log().count("exited with code 17") == 2
     service.wait_workers(2)
     assert [client.encode(n).result(timeout=20) for n in range(3)] == [0, 2, 4]
 

@@ -2,7 +2,7 @@
 
 Inputs are small ``obj`` payloads: an int ``n`` is answered with ``n * 2``; the strings
 ``"raise"`` and ``"exit"`` make ``predict`` raise or kill its own process, and ``"sysexit"``
-raises ``SystemExit`` (which kills the predict thread, not the process).
+raises ``SystemExit`` (which, like any exception, fails that input alone).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from wkr_celery.server import WKRHardWorker
 
 
 class Doubler(WKRHardWorker):
-    """Doubles ints; raises on ``"raise"``; dies on ``"exit"`` and ``"sysexit"``."""
+    """Doubles ints; raises on ``"raise"``; dies on ``"exit"``; ``sys.exit()`` on ``"sysexit"``."""
 
     #: Seconds each ``predict`` call takes, so a queue builds up under load.
     batch_seconds = 0.0
@@ -33,7 +33,7 @@ class Doubler(WKRHardWorker):
             if x == "exit":
                 os._exit(17)
             if x == "sysexit":
-                raise SystemExit(3)  # not an Exception: escapes the runner's bisection
+                raise SystemExit(3)  # not an Exception, but the runner bisects it all the same
             out.append(x * 2)
         return out
 

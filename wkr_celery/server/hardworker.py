@@ -71,7 +71,9 @@ class WKRHardWorker:
 
     Each worker process makes one instance and calls, from one thread, ``get_env`` then
     ``get_model`` once, then ``predict`` for every batch. Import heavy frameworks inside
-    ``get_env``: it runs after the process is pinned to its device.
+    ``get_env``: it runs after the process is pinned to its device. That thread is not the
+    process's main thread: ``signal.signal`` raises ``ValueError`` there, and ``sys.exit()``
+    or ``KeyboardInterrupt`` in ``predict`` fails the input that raised it, like any error.
 
     Optional class attributes let clients refuse bad input before it travels:
     ``input_shape`` (shape of one input, ``None`` for any dimension) and ``input_dtype``.

@@ -1,6 +1,7 @@
 """The one place that calls the user's code, and owns its contract checks.
 
-``predict`` gets a batch and must return one result per input. When it raises, the batch is
+``predict`` gets a batch and must return one result per input. When it raises (``sys.exit()``
+and ``KeyboardInterrupt`` included: in this thread they are errors of its input), the batch is
 split in halves until the inputs that make it raise are found: only those fail, with the
 traceback; every other input still gets its result. A wrong number of results fails the whole
 batch with an error that says so, because nothing tells which result belongs to which input.
@@ -91,7 +92,7 @@ class ModelRunner:
         try:
             key = self.worker.batch_key(payload) if self._keyed else None
             hash(key)
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() too: see _predict
             request.error = PredictError(f"batch_key raised {type(exc).__name__}: {exc}")
             return None
         if not self._costed:
@@ -99,7 +100,7 @@ class ModelRunner:
         try:
             raw_cost = self.worker.batch_cost(payload)
             cost = float(raw_cost)
-        except Exception as exc:
+        except BaseException as exc:
             request.error = PredictError(f"batch_cost raised {type(exc).__name__}: {exc}")
             return None
         if not (math.isfinite(cost) and cost >= 0):
@@ -145,7 +146,11 @@ class ModelRunner:
     ) -> None:
         try:
             results = self.worker.predict(self.model, self._inputs(batch, indices))
-        except Exception as exc:
+        except BaseException as exc:
+            # sys.exit(), KeyboardInterrupt and other BaseExceptions too: this is not the main
+            # thread, so no signal raises here, and in a thread they end only the thread. Let
+            # through, they ended this process (the thread's guard exits): the batch waited for
+            # a restart and its culprit failed as PoisonInput after max_attempts restarts.
             if len(indices) > 1:
                 half = len(indices) // 2
                 self._predict(batch, indices[:half], outcomes)
