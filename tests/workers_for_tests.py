@@ -214,3 +214,19 @@ class KeyedExitingWorker(ExitingWorker):
 
     def predict(self, model: Any, input: Any) -> list[Any]:
         return [x * 2 for x in input]
+
+
+class ThreadKeepingWorker(WKRHardWorker):
+    """Doubles numbers; ``get_model`` starts a non-daemon thread that never ends (a metrics
+    flusher a library starts and never joins) and leaves a never-ending task in a
+    ``ThreadPoolExecutor`` (whose threads Python joins at exit, daemon or not)."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        import concurrent.futures
+        forever = threading.Event()
+        threading.Thread(target=forever.wait, name="user-flusher", daemon=False).start()
+        concurrent.futures.ThreadPoolExecutor(1).submit(forever.wait)  # joined at exit
+        return forever
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        return [x * 2 for x in input]

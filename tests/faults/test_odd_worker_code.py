@@ -1,9 +1,13 @@
-"""A worker class whose code does odd but realistic things: ends its thread with ``sys.exit()``,
-``KeyboardInterrupt`` or another ``BaseException``. Its caller gets a precise error, every other
-request still gets its result, and the worker process keeps serving (no restart)."""
+"""A worker class whose code does odd but realistic things.
+
+Ends its thread with ``sys.exit()``, ``KeyboardInterrupt`` or another ``BaseException``: its
+caller gets a precise error, every other request still gets its result, and the worker process
+keeps serving (no restart). Leaves threads running that never end: the worker still stops, in
+seconds, not at its supervisor's kill deadline."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -37,3 +41,21 @@ def test_user_code_that_exits_its_thread_fails_only_its_input_and_the_worker_kee
             assert future.result(timeout=30) == 2 * x
     assert _pids(service) == pids, f"the worker process was restarted; log:\n{service.log()}"
     assert client.encode(7).result(timeout=30) == 14
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_whose_model_leaves_threads_running_still_stops_gracefully_in_seconds(
+    make_service: Callable[..., Service],
+) -> None:
+    """Python joins non-daemon threads and ``ThreadPoolExecutor`` threads before a process
+    exits; a model's own that never end kept the worker alive after its graceful stop, until
+    its supervisor's 30 s deadline killed it (and a worker started by hand, forever)."""
+    service = make_service("tests.workers_for_tests.ThreadKeepingWorker")
+    assert service.client().encode(3).result(timeout=30) == 6
+    started = time.monotonic()
+    assert service.stop(timeout=60) == 0
+    took = time.monotonic() - started
+    log = service.log()
+    assert "did not stop in time" not in log, log
+    assert took < 15, f"the stop took {took:.1f} s; log:\n{log}"
+    assert "exiting without waiting for them" in log, log

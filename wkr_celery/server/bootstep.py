@@ -16,9 +16,12 @@ Before any of that the step makes SIGTERM stop the worker even when its output h
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 import threading
+import time
 from typing import Any
 
 from celery import bootsteps
@@ -42,6 +45,10 @@ __all__ = ["ServingStep", "device_of", "start_serving"]
 EXIT_LOAD_FAILED = 3
 #: How often a worker whose model is loading looks whether it was told to stop.
 _STOP_CHECK_SECONDS = 0.1
+#: How long a stopped worker may take to exit before threads its model left running are dropped.
+_EXIT_GRACE_SECONDS = 5.0
+
+log = logging.getLogger("wkr_celery.serving")
 
 
 class ServingStep(bootsteps.StartStopStep):
@@ -74,9 +81,35 @@ class ServingStep(bootsteps.StartStopStep):
             self.loop.stop()
             unlist_if_unserved(self.loop.registry)
             self.loop = None
+            _exit_despite_user_threads(worker)
 
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
+
+
+def _exit_despite_user_threads(worker: Any) -> None:
+    """End this process ``_EXIT_GRACE_SECONDS`` after its graceful stop if it is still running.
+
+    Before a process exits, Python joins its non-daemon threads and every
+    ``ThreadPoolExecutor``'s; one the user's model started that never ends (a metrics flusher,
+    a task left in an executor) kept a stopped worker alive until its supervisor's deadline
+    killed it, and one started by hand forever. The stop is complete here (batch stored,
+    buffer given back, registry left), so a daemon thread, which runs while the main thread
+    waits on theirs, names those threads and exits with Celery's code.
+    """
+    def watch() -> None:
+        time.sleep(_EXIT_GRACE_SECONDS)  # a deadline, not synchronisation
+        left = [t.name for t in threading.enumerate()
+                if t is not threading.current_thread() and t is not threading.main_thread()
+                and not t.daemon]
+        log.warning("worker stopped, but threads of its model still run (%s, or an executor's); "
+                    "exiting without waiting for them", ", ".join(left) or "none non-daemon")
+        logging.shutdown()  # os._exit skips the flush of log handlers and stdio
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(worker.exitcode or 0)
+
+    threading.Thread(target=watch, name="wkr-exit-watch", daemon=True).start()
 
 
 def _wait_until_loaded(loop: ServingLoop) -> None:
