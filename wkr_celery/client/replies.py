@@ -299,13 +299,17 @@ class Replies:
                 log.error("%d request(s) in doubt got no answer for %.0fs; failed with "
                           "RequestLost: %s", failed, self._doubt.grace, next(iter(lost.values())))
         now = time.monotonic()
+        expired: list[str] = []
         with self._deadline_lock:
             while self._deadlines and self._deadlines[0][0] <= now:
-                _, task_id = heapq.heappop(self._deadlines)
-                self.fail(task_id, deadline_exceeded())
-            if self._deadlines:
-                return max(0.01, min(LISTEN_SECONDS, self._deadlines[0][0] - now))
-        return LISTEN_SECONDS
+                expired.append(heapq.heappop(self._deadlines)[1])
+            wait = (max(0.01, min(LISTEN_SECONDS, self._deadlines[0][0] - now))
+                    if self._deadlines else LISTEN_SECONDS)
+        # Failed outside the lock: a done callback runs here, and may send again with a
+        # deadline of its own (expect() takes the lock); one sooner than ``wait`` wakes us.
+        for task_id in expired:
+            self.fail(task_id, deadline_exceeded())
+        return wait
 
     # The watch threads: one per Redis ---------------------------------------------------------
 
