@@ -41,7 +41,7 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
     assert loaded == sorted(f"wkr_celery{m}" for m in (
         "", ".broker", ".broker.lane", ".broker.plan", ".broker.queue", ".broker.registry",
         ".broker.results", ".client",
-        ".client.client", ".client.discovery", ".client.doubt",
+        ".client.client", ".client.discovery", ".client.doubt", ".client.futures",
         ".client.protocol", ".client.publisher", ".client.replies", ".client.restarts",
         ".client.verdicts", ".clock",
         ".codec", ".connections", ".envelope", ".errors", ".inputs", ".keys", ".messages",

@@ -46,6 +46,7 @@ from .discovery import (
     wait_until_serving,
 )
 from .doubt import answer_grace
+from .futures import TaskFuture
 from .protocol import (
     FIRST_RETRY,
     Address,
@@ -65,55 +66,6 @@ __all__ = ["TaskFuture", "WKRClient"]
 log = logging.getLogger("wkr_celery.client")
 _FORK_LOCK = threading.Lock()  # a child's first use starts its own part once (re-made there)
 os.register_at_fork(after_in_child=lambda: globals().update(_FORK_LOCK=threading.Lock()))
-
-
-class TaskFuture(Future[Any]):
-    """The future :meth:`WKRClient.encode` returns: a ``concurrent.futures.Future`` that also
-    names its request, so ``AsyncResult(future.task_id)`` finds the result too until it
-    expires."""
-
-    def __init__(self, task_id: str, *, replies: Replies | None = None,
-                 client: WKRClient | None = None, request: Outgoing | None = None) -> None:
-        super().__init__()
-        self.task_id = task_id
-        self._replies = replies
-        self._client = client  # a client is not collected (and stopped) while its futures live
-        self._request = request
-
-    def cancel(self) -> bool:
-        """Cancel, and withdraw the request: not sent if it has not gone out yet, taken back
-        from the service's queue if no worker has fetched it yet (by the client's publisher
-        thread, soon after), else predicted and its answer dropped. False once answered."""
-        if not super().cancel():
-            return False
-        if self._client is not None and self._request is not None:
-            self._client._withdraw(self._request)
-        return True
-
-    def set_result(self, result: Any) -> None:
-        self._request = None  # answered: nothing to withdraw, and its body is not kept alive
-        super().set_result(result)
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        self._request = None
-        super().set_exception(exception)
-
-    def result(self, timeout: float | None = None) -> Any:
-        return super().result(self._read_own_answer(timeout))
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return super().exception(self._read_own_answer(timeout))
-
-    def _read_own_answer(self, timeout: float | None) -> float | None:
-        """A lone request's caller pops its answer itself (:meth:`Replies.read_alone`): one
-        thread hand-off less. Returns what is left of ``timeout`` for the usual wait."""
-        if self._replies is None or self.done():
-            return timeout
-        started = time.monotonic()
-        self._replies.read_alone(self, timeout)
-        if timeout is None:
-            return None
-        return max(0.0, timeout - (time.monotonic() - started))
 
 
 class WKRClient(InputContract):
