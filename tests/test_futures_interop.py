@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from wkr_celery.errors import DeadlineExceeded, PredictError
+from wkr_celery.errors import DeadlineExceeded, PredictError, WKRError
 
 from .helpers import Service, wait_until
 
@@ -111,3 +111,38 @@ def test_a_wait_in_progress_wakes_when_the_client_closes_and_cancels_its_future(
     gates.open("a")
     assert waited and not waited[0].not_done, "wait() did not wake when close() cancelled"
     assert held.cancelled() and queued.cancelled()
+
+
+def test_waiting_in_a_done_callback_on_the_thread_that_reads_answers_raises_instead_of_hanging(
+        make_service, tmp_path: Path) -> None:
+    """A callback runs on the thread that settled its future: the listener, or a caller whose
+    ``result()`` read its own answer. Both hold the client's one reading turn, so a callback
+    there that sends again and waits for that answer used to wait for ever (or time out with
+    the answer on its way); it now gets a ``WKRError`` at once, and the request it sent is
+    answered all the same. Two requests out: the listener reads; one: the caller or it."""
+    service = make_service(GATE_WORKER)
+    gates, client = Gates(tmp_path), service.client()
+    seen: list[tuple[cf.Future[Any], BaseException | None]] = []
+
+    def chain(future: cf.Future[Any]) -> None:
+        sent = client.encode(gates.item(f"c{len(seen)}", 5))
+        try:
+            sent.result(timeout=5)
+        except Exception as exc:  # recorded for the test thread to check
+            seen.append((sent, exc))
+        else:
+            seen.append((sent, None))
+
+    lone = client.encode(gates.item("a", 1, open_=False))
+    lone.add_done_callback(chain)
+    gates.open("a")
+    assert int(lone.result(timeout=30)) == 2
+    first = client.encode(gates.item("b", 2, open_=False))
+    second = client.encode(gates.item("d", 3))
+    first.add_done_callback(chain)
+    gates.open("b")
+    wait_until(lambda: len(seen) == 2, 30, what="both callbacks to finish")
+    for sent, error in seen:
+        assert isinstance(error, WKRError) and "done callback" in str(error), error
+        assert int(sent.result(timeout=30)) == 10
+    assert int(second.result(timeout=30)) == 6

@@ -9,7 +9,8 @@ and ``as_completed`` (answered, failed, past its deadline, or cancelled: each co
 * a done callback runs on whichever thread settled the future: the caller's own (a lone
   request read by its ``result()``), or one of the client's I/O threads. A callback may send
   again (``encode``), but must not wait there for another answer of the same client: the
-  thread it runs on may be the one that would read it.
+  thread it runs on may be the one that would read it. ``result()`` and ``exception()`` then
+  raise ``WKRError`` saying so, rather than wait for ever.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED
 from typing import TYPE_CHECKING, Any
+
+from ..errors import WKRError
 
 if TYPE_CHECKING:
     from .client import WKRClient
@@ -74,6 +77,11 @@ class TaskFuture(Future[Any]):
         thread hand-off less. Returns what is left of ``timeout`` for the usual wait."""
         if self._replies is None or self.done():
             return timeout
+        if self._replies.reading_here():
+            raise WKRError(
+                f"request {self.task_id} is not answered yet, and this done callback runs on "
+                "the thread that reads this client's answers, so waiting here would wait for "
+                "ever; wait elsewhere, or chain with add_done_callback on this future")
         started = time.monotonic()
         self._replies.read_alone(self, timeout)
         if timeout is None:

@@ -94,6 +94,7 @@ class Replies:
                           for _, watch in watches]
         self._deadline_wake = threading.Event()
         self._reading = threading.Lock()  # held by whichever thread pops the reply list
+        self._reader: int | None = None  # that thread's ident, while it holds the turn
         self._listen_wake = threading.Event()
         self._threads.append(threading.Thread(target=self._deadline_loop, daemon=True,
                                               name="wkr-client-deadlines"))
@@ -166,10 +167,12 @@ class Replies:
                 self._listen_wake.wait(wait)
                 self._listen_wake.clear()
                 continue
+            self._reader = threading.get_ident()
             try:
                 while self.pending and not self._closed.is_set():
                     delay = self._listen_once(delay)
             finally:
+                self._reader = None
                 self._reading.release()
 
     def _listen_once(self, delay: float) -> float:
@@ -204,6 +207,11 @@ class Replies:
             self._resolve(data)
         return 0.05
 
+    def reading_here(self) -> bool:
+        """Whether this thread holds the reading turn: true in a done callback it runs, where
+        waiting for another answer would wait for ever, nobody else reading meanwhile."""
+        return self._reader == threading.get_ident()
+
     # The caller's own thread, one request at a time ------------------------------------------
 
     def read_alone(self, future: Future[Any], timeout: float | None) -> None:
@@ -216,6 +224,7 @@ class Replies:
         if len(self.pending) != 1 or not self._reading.acquire(blocking=False):
             return
         give_up = None if timeout is None else time.monotonic() + timeout
+        self._reader = threading.get_ident()
         try:
             while not future.done() and not self._closed.is_set():
                 wait = self._expire()
@@ -224,6 +233,7 @@ class Replies:
                 if wait < 0.01 or not self._pop_alone(future, wait):
                     return
         finally:
+            self._reader = None
             self._reading.release()
             if self.pending:  # what is still out is the listener's again (wake_listener saw
                 self._listen_wake.set()  # the turn taken, so it left the waking to us)
