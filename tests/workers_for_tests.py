@@ -147,11 +147,18 @@ class Uint8InputTypeWorker(InputTypeWorker):
     input_dtype = "uint8"
 
 
+def _unlucky(doubled: int) -> int:
+    if doubled == 26:
+        raise ValueError("13 is unlucky")
+    return doubled
+
+
 class ResultFormsWorker(WKRHardWorker):
     """Doubles numbers, returning them in the form the batch's first input names (each input is
     ``{"form": ..., "x": n}``): ``list``; ``generator``, one doubled number yielded per input;
     ``dict``, one dict of lists for the whole batch (``{"y": [...]}``, a batch's outputs by
-    name, as a Hugging Face model returns them)."""
+    name, as a Hugging Face model returns them). A generator meeting ``x`` 13 raises there,
+    after yielding the results before it: the work a generator does is done as it is read."""
 
     def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
         return None
@@ -160,7 +167,7 @@ class ResultFormsWorker(WKRHardWorker):
         doubled = [2 * x["x"] for x in input]
         form = input[0]["form"]
         if form == "generator":
-            return (y for y in doubled)
+            return (_unlucky(y) for y in doubled)
         if form == "dict":
             return {"y": doubled}
         return doubled

@@ -3,8 +3,10 @@
 ``predict`` gets a batch and must return one result per input. When it raises (``sys.exit()``
 and ``KeyboardInterrupt`` included: in this thread they are errors of its input), the batch is
 split in halves until the inputs that make it raise are found: only those fail, with the
-traceback; every other input still gets its result. A wrong number of results fails the whole
-batch with an error that says so, because nothing tells which result belongs to which input.
+traceback; every other input still gets its result. A generator ``predict`` returned is read
+here as part of the call: its body is ``predict``'s own code, run late. A wrong number of
+results fails the whole batch with an error that says so, because nothing tells which result
+belongs to which input.
 The worker's ``batch_key`` / ``batch_cost``, when it declares them, are called here too
 (:meth:`ModelRunner.batch_traits`), for the buffer that forms batches.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import traceback
+import types
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -146,6 +149,8 @@ class ModelRunner:
     ) -> None:
         try:
             results = self.worker.predict(self.model, self._inputs(batch, indices))
+            if isinstance(results, types.GeneratorType):  # up to one past the batch
+                results = list(itertools.islice(results, len(indices) + 1))
         except BaseException as exc:
             # sys.exit(), KeyboardInterrupt and other BaseExceptions too: this is not the main
             # thread, so no signal raises here, and in a thread they end only the thread. Let
