@@ -34,7 +34,7 @@ import redis
 from ..broker import RequestQueue, ServiceRegistry
 from ..clock import RedisClock
 from ..connections import REDIS_ERRORS, connect
-from ..errors import WKRError
+from ..errors import InputError, WKRError
 from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from ..processes import forks
@@ -105,6 +105,7 @@ class WKRClient(InputContract):
             log.info("service %r: %s", self.name, self.server_config)
         self._connect_timeout = connect_timeout
         self._closed = False
+        self._contract_read = 0.0  # when the service info was last read for a refused input
         self._start_here()
         self.max_queue = self._requests.max_queue
         self.batch_size = self._requests.batch_size
@@ -204,7 +205,7 @@ class WKRClient(InputContract):
         if self._closed:
             raise WKRError("client is closed")
         self._in_this_process()
-        item = self._requests.make(x, timeout=timeout, priority=priority)
+        item = self._make(x, timeout, priority)
         future = TaskFuture(item.task_id, replies=self._replies, client=self, request=item)
         self._replies.expect(item.task_id, future, item.expiry)
         idle = len(self._replies.pending) == 1  # nothing else in flight: no batch to gather
@@ -225,6 +226,25 @@ class WKRClient(InputContract):
                 self._outbox_cond.notify()
         self._replies.wake_listener()  # unless the caller reads its answer first (result())
         return future
+
+    def _make(self, x: Any, timeout: float | None, priority: int | str | None) -> Outgoing:
+        """The request for ``x``. An input the contract read earlier refuses is checked again
+        on the contract the service advertises now (read at most once a second): a client
+        connected before a new version with another input shape took over follows it."""
+        try:
+            return self._requests.make(x, timeout=timeout, priority=priority)
+        except InputError:
+            now = time.monotonic()
+            if now - self._contract_read < 1.0:
+                raise
+            self._contract_read = now
+            try:
+                changed = self._requests.follow_changed(self._registry.info())
+            except (*REDIS_ERRORS, redis.RedisError, ValueError, TypeError):
+                changed = False  # unreadable now, or spoiled: the contract read earlier holds
+            if not changed:
+                raise
+        return self._requests.make(x, timeout=timeout, priority=priority)
 
     def encode_many(
         self,

@@ -186,9 +186,19 @@ class Requests:
                max_queue: int = 0) -> None:
         """Take the input contract, queue cap and batch size from the service info (again);
         ``max_payload`` and ``max_queue`` are used where the info names none."""
-        self.spec = InputSpec.from_info(info, max_payload)
+        self._defaults = (max_payload, max_queue)
+        self._contract = self.spec = InputSpec.from_info(info, max_payload)
         self.max_queue = int(info.get("max_queue") or max_queue)
         self.batch_size = int(info.get("batch_size") or 32)
+
+    def follow_changed(self, info: Mapping[str, str]) -> bool:
+        """:meth:`follow` ``info`` when the input contract it names is not the one last read (a
+        new version of the service took over); True when so. Otherwise a spec set by hand
+        stays."""
+        if not info or InputSpec.from_info(info, self._defaults[0]) == self._contract:
+            return False
+        self.follow(info, max_payload=self._defaults[0], max_queue=self._defaults[1])
+        return True
 
     def make(self, x: Any, *, timeout: float | None = None,
              priority: int | str | None = None) -> Outgoing:
