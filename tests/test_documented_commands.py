@@ -79,6 +79,12 @@ FRAMEWORKS_ONNX = RunBy("tests/test_frameworks.py::"
 FRAMEWORKS_BENCH = ("tests/test_frameworks.py::"
                     "test_the_benchmark_torch_workload_checks_every_answer_against_torch")
 COMPOSE = "tests/test_compose.py::test_the_compose_stack_answers_encode_through_the_rest_port"
+DEPLOY = CannotRun(
+    "needs a running version 1, an external Redis at $WKR_BROKER_URL and a model under "
+    "/models; the test takes the same steps on loopback (start beside it with -log_dir, wait for "
+    "the serving lines, SIGTERM version 1's supervisor by its pid) under load",
+    "tests/faults/test_rolling_deploy.py::test_a_new_version_started_beside_the_old_then_the_old_"
+    "stopped_loses_no_request")
 MANY_HOSTS = RunBy("tests/faults/test_many_hosts.py::"
                    "test_the_scaling_out_commands_in_the_docs_serve_from_two_hosts_as_written")
 SCALE_OUT_COMPOSE = ("tests/test_compose.py::"
@@ -226,6 +232,11 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     "wkr-serving-check -name linear -broker_url redis://redis-host:6379/0": PRODUCTION,
     "wkr-serving-terminate -name linear -port_in 8996": PRODUCTION,
     "wkr-serving-terminate -name linear -port_in 8996 -force": PRODUCTION,
+    "cd /srv/linear-v2": DEPLOY,
+    'wkr-serving-start workers.linear.Worker -name linear -broker_url "$WKR_BROKER_URL" '
+    "-model_dir /models/linear-v2 -model_name W.npy -log_dir logs &": DEPLOY,
+    'grep "serving \'linear\'" logs/linear.log': DEPLOY,
+    'kill -TERM "$PID_OF_VERSION_1"': DEPLOY,
     "wkr-serving-start workers.linear.Worker -num_worker 2 -broker_url 'sentinel://10.0.0.5:"
     "26379;sentinel://10.0.0.6:26379;sentinel://10.0.0.7:26379' -sentinel_master mymaster":
         CannotRun("needs three Sentinels, a master and a replica; the test starts its own on "

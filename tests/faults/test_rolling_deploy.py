@@ -49,6 +49,12 @@ def _stop_by_pid(service: Service) -> None:
     assert service.proc.wait(60) == 0, service.log()[-3000:]
 
 
+def _serving_lines(log: Path, name: str) -> int:
+    """The docs' ``grep "serving 'NAME'" logs/NAME.log``: workers that loaded their model."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return sum(f"serving '{name}'" in line for line in text.splitlines())
+
+
 class Load:
     """One client sending ints without pause, keeping every future."""
 
@@ -86,8 +92,11 @@ def test_a_new_version_started_beside_the_old_then_the_old_stopped_loses_no_requ
     client = old.client()
     load = Load(client)
     wait_until(lambda: len(load.sent) > 200, 30, what="load before the deploy")
-    new = version_of(name, redis.url, "V2", "-num_worker", "2", "-batch_size", "8", wait=None)
-    wait_until(lambda: 2 in load.versions_seen(), 60, what="the new version answering")
+    logs = old.log_path.parent.parent / "v2" / "logs"  # the new version's folder
+    new = version_of(name, redis.url, "V2", "-num_worker", "2", "-batch_size", "8",
+                     "-log_dir", str(logs), wait=None)
+    wait_until(lambda: _serving_lines(logs / f"{name}.log", name) == 2, 60,
+               what="both workers of the new version serving, as its log says")
     _stop_by_pid(old)
     mark = len(load.sent)
     wait_until(lambda: len(load.sent) > mark + 200, 30, what="load after the old version left")
@@ -96,6 +105,7 @@ def test_a_new_version_started_beside_the_old_then_the_old_stopped_loses_no_requ
     assert load.errors == []
     assert all(answer[1] == n for n, answer in answers)
     assert {answer[0] for _, answer in answers[mark:]} == {2}
+    assert 1 in {answer[0] for _, answer in answers[:mark]}
     assert new.proc is not None and new.proc.poll() is None
 
 
