@@ -6,6 +6,7 @@ the new one serves, under a steady client load.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import Service, start_service, wait_until
-from wkr_celery.client import WKRClient
+from wkr_celery.client import AsyncWKRClient, WKRClient
 from wkr_celery.errors import InputError
 
 WORKERS = "tests.faults.deploy_workers"
@@ -130,6 +131,32 @@ def test_a_client_connected_before_a_contract_change_takes_the_new_contract(
     assert future.result(timeout=30) == 6
     with pytest.raises(InputError, match=r"shape \(4,\); this service takes \(6,\)"):
         client.encode(np.ones(4, np.float32))
+
+
+def test_an_asyncio_client_connected_before_a_contract_change_takes_the_new_contract(
+        own_redis: Callable[..., Any], version_of: Callable[..., Service]) -> None:
+    redis = own_redis()
+    name = f"d{uuid.uuid4().hex[:8]}"
+    old = version_of(name, redis.url, "Narrow")
+    wide = np.ones(6, np.float32)
+
+    async def main() -> None:
+        async with AsyncWKRClient(name=name, broker_url=redis.url, timeout=30) as client:
+            assert await client.encode(np.ones(4, np.float32)) == 4
+            await asyncio.to_thread(version_of, name, redis.url, "Wide")
+            await asyncio.to_thread(_stop_by_pid, old)
+            for _ in range(200):  # each refusal looks at the service info at most once a second
+                try:
+                    assert await client.encode(wide) == 6
+                    break
+                except InputError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the client kept refusing the new version's input shape")
+            with pytest.raises(InputError, match=r"shape \(4,\); this service takes \(6,\)"):
+                await client.encode(np.ones(4, np.float32))
+
+    asyncio.run(main())
 
 
 def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(

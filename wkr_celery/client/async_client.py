@@ -29,7 +29,7 @@ from .. import scripts
 from ..broker import cap_plan, queue_length_plan, run_async
 from ..clock import RedisClock
 from ..connections import REDIS_ERRORS, close_async, connect_async
-from ..errors import WKRError
+from ..errors import InputError, WKRError
 from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from . import async_discovery as discovery
@@ -173,8 +173,7 @@ class AsyncWKRClient(InputContract):
                                   priority=self.priority, clock=self._clock.now)
 
     def _check_loop(self) -> None:
-        """Its I/O tasks run on the loop it connected on: from another (a second
-        ``asyncio.run``) nobody would publish or read, and every await would wait for ever."""
+        """I/O tasks run on the loop it connected on: from another, every await waits for ever."""
         if asyncio.get_running_loop() is not self._loop:
             raise WKRError("this AsyncWKRClient was connected on another event loop, which runs "
                            "its I/O; make one client per event loop (each asyncio.run is a new one)")
@@ -197,7 +196,7 @@ class AsyncWKRClient(InputContract):
         Cancelling the awaiting task withdraws the request (see the module docstring).
         """
         await self.connect()
-        return await self._wait(self._send(x, timeout, priority))
+        return await self._wait(await self._send(x, timeout, priority))
 
     async def encode_many(
         self,
@@ -217,7 +216,7 @@ class AsyncWKRClient(InputContract):
         window: deque[Waiting] = deque()
         try:
             async for x in _each(inputs):
-                window.append(self._send(x, timeout, priority))
+                window.append(await self._send(x, timeout, priority))
                 if len(window) >= max_inflight:
                     yield await self._wait(window.popleft())
             while window:
@@ -226,13 +225,18 @@ class AsyncWKRClient(InputContract):
             for waiting in window:
                 self._withdraw(waiting)
 
-    def _send(self, x: Any, timeout: float | None, priority: int | str | None) -> Waiting:
-        """Queue one request for the publisher; raises ``InputError`` before anything is sent."""
+    async def _send(self, x: Any, timeout: float | None, priority: int | str | None) -> Waiting:
+        """Queue one request for the publisher; ``InputError`` as ``WKRClient._make`` raises it."""
         if self._closed:
             raise WKRError("client is closed")
         assert self._requests is not None and self._replies is not None
-        assert self._wake is not None
-        request = self._requests.make(x, timeout=timeout, priority=priority)
+        assert self._wake is not None and self._broker is not None
+        try:
+            request = self._requests.make(x, timeout=timeout, priority=priority)
+        except InputError:
+            if not await discovery.contract_changed(self._broker, self._requests):
+                raise
+            request = self._requests.make(x, timeout=timeout, priority=priority)
         waiting = Waiting(request, asyncio.get_running_loop().create_future())
         self._replies.expect(waiting)
         self._outbox.append(waiting)
@@ -290,8 +294,9 @@ class AsyncWKRClient(InputContract):
             try:
                 accepted = int(await self._publish_script(keys=keys, args=args))
                 break
-            except REDIS_ERRORS as exc:
-                if self._closed or time.monotonic() >= give_up:
+            except (*REDIS_ERRORS, redis.RedisError) as exc:
+                away = isinstance(exc, REDIS_ERRORS)  # else refused for good: see WKRClient
+                if not away or self._closed or time.monotonic() >= give_up:
                     error = publish_failed(self.broker_url, exc)
                     for waiting in items:
                         replies.fail(waiting.request.task_id, error)
@@ -300,11 +305,6 @@ class AsyncWKRClient(InputContract):
                     refused_publish(len(items), exc, self._connect_timeout)
                 await asyncio.sleep(delay)  # backoff while the broker is away
                 delay = min(delay * 2, 1.0)
-            except redis.RedisError as exc:  # refused for good: see WKRClient._publish
-                error = publish_failed(self.broker_url, exc)
-                for waiting in items:
-                    replies.fail(waiting.request.task_id, error)
-                return
         published = time.monotonic()
         for waiting in items[:accepted]:
             waiting.published_at = published

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import redis.asyncio
 
@@ -36,10 +37,17 @@ from .discovery import (
     pick_service,
     unreachable,
 )
+from .discovery import (
+    contract_changed as contract_changed_in,
+)
 from .doubt import grace_from
 
+if TYPE_CHECKING:
+    from .protocol import Requests
+
 __all__ = ["find_service", "name_without_checks", "read_info", "wait_until_serving",
-           "check_reachable", "info_of", "live_workers", "answer_grace", "sync_clock"]
+           "check_reachable", "info_of", "live_workers", "answer_grace", "sync_clock",
+           "contract_changed"]
 
 
 async def find_service(client: redis.asyncio.Redis, broker_url: str, timeout: float) -> str:
@@ -144,3 +152,15 @@ async def sync_clock(clock: RedisClock, broker: redis.asyncio.Redis) -> None:
         logging.getLogger("wkr_celery.client").debug("could not read the Redis clock: %s", exc)
         return
     clock.record(reply, before, time.monotonic())
+
+
+async def contract_changed(client: redis.asyncio.Redis, requests: Requests) -> bool:
+    """:func:`.discovery.contract_changed`, awaited: when a refused input may look again
+    (:meth:`Requests.recheck_due <.protocol.Requests.recheck_due>`), on the info read now."""
+    if not requests.recheck_due():
+        return False
+    try:
+        info = await info_of(client, requests.keys)
+    except (*REDIS_ERRORS, redis.RedisError):
+        return False
+    return contract_changed_in(requests, lambda: info)

@@ -40,6 +40,7 @@ from ..keys import ServiceKeys, priority_step, reply_key
 from ..processes import forks
 from .discovery import (
     check_reachable,
+    contract_changed,
     find_service,
     name_without_checks,
     read_info,
@@ -105,7 +106,6 @@ class WKRClient(InputContract):
             log.info("service %r: %s", self.name, self.server_config)
         self._connect_timeout = connect_timeout
         self._closed = False
-        self._contract_read = 0.0  # when the service info was last read for a refused input
         self._start_here()
         self.max_queue = self._requests.max_queue
         self.batch_size = self._requests.batch_size
@@ -234,15 +234,8 @@ class WKRClient(InputContract):
         try:
             return self._requests.make(x, timeout=timeout, priority=priority)
         except InputError:
-            now = time.monotonic()
-            if now - self._contract_read < 1.0:
-                raise
-            self._contract_read = now
-            try:
-                changed = self._requests.follow_changed(self._registry.info())
-            except (*REDIS_ERRORS, redis.RedisError, ValueError, TypeError):
-                changed = False  # unreadable now, or spoiled: the contract read earlier holds
-            if not changed:
+            if not (self._requests.recheck_due()
+                    and contract_changed(self._requests, self._registry.info)):
                 raise
         return self._requests.make(x, timeout=timeout, priority=priority)
 

@@ -9,7 +9,8 @@ decisions (which service, when to give up, whether versions match) are plain fun
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -18,10 +19,13 @@ from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ServiceUnavailable, VersionMismatch
 from ..version import __version__
 
+if TYPE_CHECKING:
+    from .protocol import Requests
+
 __all__ = [
     "check_reachable", "find_service", "name_without_checks", "read_info", "wait_until_serving",
     "pick_service", "broker_unreachable", "no_service", "no_live_worker", "checked_version",
-    "unreachable", "POLL_SECONDS",
+    "unreachable", "contract_changed", "POLL_SECONDS",
 ]
 
 #: How often a waiting client asks again.
@@ -163,3 +167,12 @@ def _last_failure(registry: ServiceRegistry) -> str:
         return registry.last_failure()
     except REDIS_ERRORS:
         return ""
+
+
+def contract_changed(requests: Requests, read_info: Callable[[], Mapping[str, str]]) -> bool:
+    """:meth:`Requests.follow_changed <.protocol.Requests.follow_changed>` on the service info
+    read now; an info that cannot be read, or is spoiled, changes nothing."""
+    try:
+        return requests.follow_changed(read_info())
+    except (*REDIS_ERRORS, redis.RedisError, ValueError, TypeError):
+        return False

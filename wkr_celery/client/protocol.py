@@ -41,6 +41,9 @@ __all__ = ["Address", "InputContract", "Outgoing", "Reply", "Requests", "Sent", 
            "overloaded", "publish_failed", "deadline_exceeded", "report_withdrawal"]
 
 log = logging.getLogger("wkr_celery.client")
+#: How often (seconds) a client looks at the service's input contract again for an input the
+#: one it read refuses (:meth:`Requests.recheck_due`).
+CONTRACT_RECHECK_SECONDS = 1.0
 
 
 
@@ -181,6 +184,7 @@ class Requests:
         # of them asked at once.
         self._id_prefix = (reply_to or uuid.uuid4().hex)[:20]
         self._id_counter = itertools.count()
+        self._contract_read = -CONTRACT_RECHECK_SECONDS  # see recheck_due
 
     def follow(self, info: Mapping[str, str], *, max_payload: int = DEFAULT_MAX_PAYLOAD,
                max_queue: int = 0) -> None:
@@ -190,6 +194,16 @@ class Requests:
         self._contract = self.spec = InputSpec.from_info(info, max_payload)
         self.max_queue = int(info.get("max_queue") or max_queue)
         self.batch_size = int(info.get("batch_size") or 32)
+
+    def recheck_due(self) -> bool:
+        """Whether an input refused on the contract read earlier may look at the service's own
+        now (a new version may have taken over): at most once a second, each look being a
+        read of the service info."""
+        now = time.monotonic()
+        if now - self._contract_read < CONTRACT_RECHECK_SECONDS:
+            return False
+        self._contract_read = now
+        return True
 
     def follow_changed(self, info: Mapping[str, str]) -> bool:
         """:meth:`follow` ``info`` when the input contract it names is not the one last read (a
