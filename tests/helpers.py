@@ -244,3 +244,24 @@ def late_request_is_dropped_before_predict(client: WKRClient, results: redis.Red
     assert "before predict" in meta["result"]["exc_message"][0]
     return meta
 
+
+GATE_WORKER = "tests.workers_for_tests.GateWorker"
+
+
+class Gates:
+    """Gate files under ``root`` for :data:`GATE_WORKER`: an input names one; ``predict``
+    waits until it exists and marks ``<gate>.entered`` when it starts on the input."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def item(self, name: str, value: Any, *, open_: bool = True) -> dict[str, Any]:
+        if open_:
+            (self.root / name).touch()
+        return {"gate": str(self.root / name), "value": value}
+
+    def open(self, name: str) -> None:
+        (self.root / name).touch()
+
+    def entered(self, name: str) -> bool:
+        return (self.root / f"{name}.entered").exists()

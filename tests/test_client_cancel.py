@@ -17,28 +17,7 @@ import redis
 
 from wkr_celery.keys import reply_key
 
-from .helpers import Service, queued, wait_until
-
-GATE_WORKER = "tests.workers_for_tests.GateWorker"
-
-
-class Gates:
-    """Gate files under ``tmp_path``: an input names one; ``predict`` waits until it exists and
-    marks ``<gate>.entered`` when it starts on the input."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def item(self, name: str, value: int, *, open_: bool = True) -> dict[str, Any]:
-        if open_:
-            (self.root / name).touch()
-        return {"gate": str(self.root / name), "value": value}
-
-    def open(self, name: str) -> None:
-        (self.root / name).touch()
-
-    def entered(self, name: str) -> bool:
-        return (self.root / f"{name}.entered").exists()
+from .helpers import GATE_WORKER, Gates, Service, queued, wait_until
 
 
 def _gate_service(make_service) -> Service:

@@ -15,27 +15,7 @@ from typing import Any
 
 from wkr_celery.errors import DeadlineExceeded, PredictError, WKRError
 
-from .helpers import Service, wait_until
-
-GATE_WORKER = "tests.workers_for_tests.GateWorker"
-
-
-class Gates:
-    """Gate files under ``root``: an input names one; ``predict`` waits until it exists."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def item(self, name: str, value: Any, *, open_: bool = True) -> dict[str, Any]:
-        if open_:
-            (self.root / name).touch()
-        return {"gate": str(self.root / name), "value": value}
-
-    def open(self, name: str) -> None:
-        (self.root / name).touch()
-
-    def entered(self, name: str) -> bool:
-        return (self.root / f"{name}.entered").exists()
+from .helpers import GATE_WORKER, Gates, Service, wait_until
 
 
 def _held(make_service, tmp_path: Path) -> tuple[Service, Gates, Any, cf.Future[Any]]:
