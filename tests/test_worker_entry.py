@@ -4,6 +4,7 @@ process, and the one place that sets its CUDA mask."""
 from __future__ import annotations
 
 import ast
+import os
 import signal
 import subprocess
 import sys
@@ -86,7 +87,8 @@ def test_what_the_supervisor_tells_a_worker_process_is_what_it_reads(tmp_path: P
     slot = WorkerProcess(index=2, device_id=1)
     env = slot.prepare("svc.2.abc", str(tmp_path))
     told = WorkerProcessEnv.from_environ(env)
-    assert told == WorkerProcessEnv("svc.2.abc", 2, 1, slot.running_file, slot.failure_file)
+    assert told == WorkerProcessEnv("svc.2.abc", 2, 1, slot.running_file, slot.failure_file,
+                                    supervisor=os.getpid())  # its heartbeat names the supervisor
     assert env["TMPDIR"] == slot.tmp_dir and Path(slot.tmp_dir).is_dir()
     assert "CUDA_VISIBLE_DEVICES" not in env  # the worker pins itself (bootstep)
     assert WorkerProcessEnv.from_environ({}) == WorkerProcessEnv()  # a worker started by hand

@@ -38,9 +38,8 @@ __all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device
 PROTOCOLS = {"npy": "npy", "numpy": "npy", "obj": "obj"}
 
 #: Variables the supervisor sets per worker process; they are not settings.
-RUNTIME_ENV = frozenset(
-    {"WKR_WORKER_ID", "WKR_WORKER_INDEX", "WKR_DEVICE_ID", "WKR_RUNNING_FILE", "WKR_FAILURE_FILE"}
-)
+RUNTIME_ENV = frozenset({"WKR_WORKER_ID", "WKR_WORKER_INDEX", "WKR_DEVICE_ID", "WKR_RUNNING_FILE",
+                         "WKR_FAILURE_FILE", "WKR_SUPERVISOR_PID"})
 
 #: Variables for tests only, read where they act (``clock.TEST_OFFSET_ENV``); not settings.
 TEST_ENV = frozenset({"WKR_TEST_CLOCK_OFFSET"})

@@ -31,7 +31,9 @@ from .plan import Plan, run
 __all__ = ["Heartbeat", "ServiceRegistry", "as_str", "info_plan", "last_failure_plan",
            "live_services_plan", "live_workers_plan", "read_beat", "services_plan"]
 
-#: A worker's heartbeat, decoded: its id, pid, host, device and figures (see ``Serving._beat``).
+#: A worker's heartbeat, decoded: its id, pid, host, device and figures (see ``Serving._beat``);
+#: ``supervisor``, the pid of the wkr-serving-start that started it, only where one did (a
+#: worker started by hand, or by a version before this field, has none).
 Heartbeat = dict[str, Any]
 
 
@@ -194,7 +196,7 @@ def live_workers_plan(keys: ServiceKeys) -> Plan[dict[str, Heartbeat]]:
 
 #: Heartbeat figures every reader takes for numbers (see ``Serving._beat``).
 _NUMBERS = ("pid", "device_id", "started", "requests", "failed", "batches",
-            "predict_seconds", "buffered")
+            "predict_seconds", "buffered", "supervisor")
 _TEXTS = ("worker_id", "host", "version")
 _STATISTIC = frozenset({"count", "sum", "min", "max"})
 

@@ -143,7 +143,8 @@ def start_serving(settings: Settings, told: WorkerProcessEnv) -> ServingLoop:
         raise
     worker_id = told.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     return ServingLoop(settings, cls(name=settings.name), worker_id=worker_id,
-                       device_id=device_id, running_file=told.running_file or None)
+                       device_id=device_id, running_file=told.running_file or None,
+                       supervisor=told.supervisor)
 
 
 def _quiet_warm_shutdown(worker: Any) -> None:

@@ -64,11 +64,11 @@ class ServingLoop:
         *,
         worker_id: str,
         device_id: int,
-        running_file: str | None = None,
+        running_file: str | None = None, supervisor: int = 0,
     ) -> None:
-        self.settings = settings
-        self.worker = worker
-        self.worker_id = worker_id
+        self.settings, self.worker, self.worker_id = settings, worker, worker_id
+        # Its heartbeat names the wkr-serving-start that started it (0: by hand, none).
+        self._supervised = {"supervisor": supervisor} if supervisor else {}
         self.device_id = device_id
         self.keys = ServiceKeys(settings.name)
         broker = settings.connect_broker(blocking_timeout=_POLL_SECONDS)
@@ -348,7 +348,7 @@ class ServingLoop:
         figures, totals = self.stats.beat(self.worker.statistics.snapshot())
         status = dumps({
             "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
-            "device_id": self.device_id,
+            "device_id": self.device_id, **self._supervised,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             **figures, "buffered": len(self.buffer), "version": __version__,
         })

@@ -1,6 +1,8 @@
 """``WorkerProcess``: one worker slot of the supervisor, and what it tells the worker process
-filling it (:class:`WorkerProcessEnv`: its id, index, device and the paths of the files they
-share, all under the supervisor's run directory):
+filling it (:class:`WorkerProcessEnv`: its id, index, device, the supervisor's own pid, which the
+worker puts in its heartbeat so ``wkr-serving-check -supervisor PID`` can tell its workers from
+another version's of the same name, and the paths of the files they share, all under the
+supervisor's run directory):
 
 - ``<worker id>.running``: the ids of the requests in ``predict`` (the worker rewrites it per
   batch), so a death is counted against those only;
@@ -26,20 +28,23 @@ class WorkerProcessEnv:
     :meth:`WorkerProcess.prepare`, read back in the worker by :meth:`from_environ` (the one
     reader of these variables; :data:`wkr_celery.config.RUNTIME_ENV` keeps them out of the
     settings). A worker started some other way (``celery -A wkr_celery worker``) has none of
-    them: its id is made from its host and pid, and ``device_id`` is None (the settings'
-    ``-device_map`` decides)."""
+    them: its id is made from its host and pid, ``device_id`` is None (the settings'
+    ``-device_map`` decides) and ``supervisor`` is 0 (its heartbeat names no supervisor)."""
 
     worker_id: str = ""
     index: int = 0
     device_id: int | None = None
     running_file: str = ""
     failure_file: str = ""
+    supervisor: int = 0  # the pid of the wkr-serving-start that started it; 0: none
 
     def to_env(self) -> dict[str, str]:
         env = {"WKR_WORKER_ID": self.worker_id, "WKR_WORKER_INDEX": str(self.index),
                "WKR_RUNNING_FILE": self.running_file, "WKR_FAILURE_FILE": self.failure_file}
         if self.device_id is not None:
             env["WKR_DEVICE_ID"] = str(self.device_id)
+        if self.supervisor:
+            env["WKR_SUPERVISOR_PID"] = str(self.supervisor)
         return env
 
     @classmethod
@@ -52,6 +57,7 @@ class WorkerProcessEnv:
             device_id=None if device is None else int(device),
             running_file=env.get("WKR_RUNNING_FILE", ""),
             failure_file=env.get("WKR_FAILURE_FILE", ""),
+            supervisor=int(env.get("WKR_SUPERVISOR_PID") or "0"),
         )
 
 
@@ -79,14 +85,15 @@ class WorkerProcess:
 
     def prepare(self, worker_id: str, run_dir: str) -> dict[str, str]:
         """Name a new process and its files; returns the environment that tells it who it is,
-        its device and where its files are (``TMPDIR`` among them: what it leaves is removed)."""
+        its device, who started it (this process's pid) and where its files are (``TMPDIR``
+        among them: what it leaves is removed)."""
         self.worker_id = worker_id
         self.running_file = os.path.join(run_dir, f"{worker_id}.running")
         self.failure_file = os.path.join(run_dir, f"{worker_id}.failed")
         self.tmp_dir = os.path.join(run_dir, worker_id)
         os.makedirs(self.tmp_dir, exist_ok=True)
         told = WorkerProcessEnv(worker_id, self.index, self.device_id, self.running_file,
-                                self.failure_file)
+                                self.failure_file, supervisor=os.getpid())
         return {**told.to_env(), "TMPDIR": self.tmp_dir}
 
     def in_predict(self) -> list[int]:
