@@ -37,7 +37,7 @@ class Option:
         except ValueError:
             raise ConfigError(
                 f"-{self.name} {text!r} is not a valid {self.kind.__name__}") from None
-        if isinstance(value, float) and value < 0:
+        if isinstance(value, (int, float)) and value < 0:
             raise ConfigError(f"-{self.name} must not be negative, got {text}")
         if self.choices and value not in self.choices:
             raise ConfigError(f"-{self.name} {text!r} is not one of {', '.join(self.choices)}")

@@ -101,12 +101,15 @@ _PROBE = Option("probe", bool, False,
                 "also send one real request (zeros of the input shape), at high priority")
 _QUIET = Option("quiet", bool, False, "print only problems")
 _LOCAL = Option("local", bool, False, "count only this host's workers (a container's own probe)")
+_SUPERVISOR = Option("supervisor", int, 0, "count only the workers the wkr-serving-start with "
+                     "this pid on this host started (a run script's start, a deploy); 0: any")
 
 
 def serving_check_main(argv: Sequence[str] | None = None) -> int:
-    """``wkr-serving-check -name NAME [-broker_url URL | -port_in N] [-timeout s] [-wait s]``."""
+    """``wkr-serving-check -name NAME [-broker_url URL | -port_in N] [-timeout s] [-wait s]
+    [-supervisor PID]``."""
     prog, args = "wkr-serving-check", _argv(argv)
-    options = [_TIMEOUT, _WAIT, _PROBE, _LOCAL, _QUIET]
+    options = [_TIMEOUT, _WAIT, _PROBE, _LOCAL, _SUPERVISOR, _QUIET]
     if _wants_help(args):
         print(usage(prog, "[module.Worker] -name NAME [-broker_url URL | -port_in PORT] "
                     "[options]", options, _SERVICE_FLAGS + " Only -name and the broker "
@@ -118,9 +121,9 @@ def serving_check_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return fail(prog, exc)
     timeout, probe, local = float(own["timeout"]), bool(own["probe"]), bool(own["local"])
-    given = names_results(rest)
+    given, supervisor = names_results(rest), int(own["supervisor"])
     report = _retry(lambda: check_service(settings, timeout=timeout, probe=probe, local=local,
-                                          results_given=given),
+                                          results_given=given, supervisor=supervisor),
                     lambda r: r.healthy, float(own["wait"]))
     if not report.healthy:
         print(f"{prog}: {report.summary()}", file=sys.stderr)

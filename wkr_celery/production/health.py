@@ -9,6 +9,12 @@ priority: it waits behind other high-priority requests and the batches workers a
 not behind a backlog of normal ones, so a busy service is not called dead. A probe refused at
 the queue's cap (``ServiceOverloaded``) counts as alive, with a note: the service is shedding
 load as configured, and restarting it would lose its queue, not relieve it.
+
+``supervisor=PID`` counts only the workers one ``wkr-serving-start`` started, by the pid their
+heartbeats name: another version serving the same name beside it (a deploy) does not count.
+Two limits there: the other version's workers on this host have the same node names, so either
+one's answer counts as the ping's; and the probe's request goes through the queue both versions
+take from, so it proves the name answers, not which version.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ..config import Settings
 from ..connections import REDIS_ERRORS, explain, redacted
 from ..errors import ConfigError, ServiceOverloaded, WKRError
 from ..keys import ServiceKeys
+from .procs import alive
 
 if TYPE_CHECKING:
     from ..client import WKRClient
@@ -45,6 +52,7 @@ class WorkerHealth:
     requests: int
     node: str | None
     answered: bool | None
+    supervisor: int = 0  # the pid of the wkr-serving-start that started it; 0: none named
 
     @property
     def serving(self) -> bool:
@@ -58,6 +66,7 @@ class HealthReport:
     workers: tuple[WorkerHealth, ...] = ()
     problem: str = ""
     notes: tuple[str, ...] = field(default=())
+    supervisor: int = 0  # only the workers this wkr-serving-start started are counted
 
     @property
     def healthy(self) -> bool:
@@ -69,8 +78,9 @@ class HealthReport:
         serving = [w for w in self.workers if w.serving]
         parts = [f"{w.node or w.worker_id} (pid {w.pid}, {w.requests} requests)" for w in serving]
         notes = "".join(f"; note: {note}" for note in self.notes)
+        by = f" started by pid {self.supervisor}" if self.supervisor else ""
         return (f"service {self.service!r} is serving: {len(serving)} of {len(self.workers)} "
-                f"worker(s) alive and answering: {', '.join(parts)}{notes}")
+                f"worker(s){by} alive and answering: {', '.join(parts)}{notes}")
 
 
 def celery_node(service: str, worker_id: str, host: str) -> str | None:
@@ -83,18 +93,21 @@ def celery_node(service: str, worker_id: str, host: str) -> str | None:
 
 def check_service(
     settings: Settings, *, timeout: float = 3.0, probe: bool = False, local: bool = False,
-    results_given: bool = False,
+    results_given: bool = False, supervisor: int = 0,
 ) -> HealthReport:
     """Healthy when at least one worker has a heartbeat and answers (and the probe, if asked).
 
     ``local`` counts only this host's workers: a container's or a pod's own probe.
+    ``supervisor`` (a pid) counts only the workers that the ``wkr-serving-start`` with that pid
+    on this host started, as their heartbeats say: a run script's ``start`` or a unit's
+    ``ExecStartPost`` waits for its own workers, not another version's of the same name.
     ``results_given``: the caller named the result Redis (``-port_out``; a ``result_url`` in
     ``settings`` counts too), so the probe reads its answer there, and fails naming both when
     the service stores results elsewhere; else it reads where the service says, as a
     ``WKRClient`` given no result address does.
     """
     name, broker_url = settings.name, redacted(settings.broker)
-    report = HealthReport(name, broker_url)
+    report = HealthReport(name, broker_url, supervisor=supervisor)
     client = settings.connect_broker()
     try:
         beats = ServiceRegistry(client, ServiceKeys(name)).live_workers()
@@ -109,13 +122,9 @@ def check_service(
             f"no worker of {name!r} has a heartbeat on {broker_url} (none started, all still "
             f"loading, or dead for more than {settings.visibility_timeout:g}s)"))
     workers = [_worker(name, wid, beat) for wid, beat in sorted(beats.items())]
-    if local:
-        host = socket.gethostname()
-        here = [w for w in workers if w.host == host]
-        if not here:
-            return _with(report, problem=(
-                f"none of its {len(workers)} live worker(s) runs on this host ({host})"))
-        workers = here
+    workers, problem = _counted(workers, local, supervisor)
+    if problem:
+        return _with(report, problem=problem)
     nodes = [w.node for w in workers if w.node]
     try:
         answers = _ping(settings, nodes, timeout) if nodes else set()
@@ -139,7 +148,30 @@ def check_service(
 def _worker(service: str, worker_id: str, beat: dict[str, Any]) -> WorkerHealth:
     host = str(beat.get("host", ""))
     return WorkerHealth(worker_id, host, int(beat.get("pid", 0)), int(beat.get("requests", 0)),
-                        celery_node(service, worker_id, host), None)
+                        celery_node(service, worker_id, host), None,
+                        int(beat.get("supervisor", 0)))
+
+
+def _counted(
+    workers: list[WorkerHealth], local: bool, supervisor: int
+) -> tuple[list[WorkerHealth], str]:
+    """The workers to count (this host's with ``local``; with ``supervisor``, those it started
+    here), or why none is: ``(workers, problem)``."""
+    if not (local or supervisor):
+        return workers, ""
+    host = socket.gethostname()
+    here = [w for w in workers if w.host == host]
+    if supervisor:
+        mine = [w for w in here if w.supervisor == supervisor]
+        if mine:
+            return mine, ""
+        gone = "" if alive(supervisor) else f"; no process {supervisor} runs here"
+        return [], (f"none of its {len(workers)} live worker(s) was started by supervisor pid "
+                    f"{supervisor} on this host ({host}): the workers it started may still be "
+                    f"loading their model, or failing{gone}")
+    if not here:
+        return [], f"none of its {len(workers)} live worker(s) runs on this host ({host})"
+    return here, ""
 
 
 def _answered(worker: WorkerHealth, answers: set[str]) -> WorkerHealth:
