@@ -36,6 +36,10 @@ class ServiceCommand:
     health_wait: tuple[str, ...] | None  # the same, retried until serving (systemd's start)
     workdir: str
     generator: str
+    #: The health check's option that counts only the workers of the process whose pid follows
+    #: it (the service this script or unit started, not another version of the same name);
+    #: "" when the check has none.
+    own_workers: str = ""
 
 
 def serving_command(
@@ -64,6 +68,7 @@ def serving_command(
         health_wait=(*check[:4], "-wait", "300", *argv),
         workdir=workdir or os.getcwd(),
         generator="wkr-serving-make",
+        own_workers="-supervisor",
     )
 
 

@@ -3,8 +3,10 @@
 The script keeps its pid file ``<name>.pid`` and its output ``logs/<name>.std.log`` beside
 itself, whatever the directory it is run from (so scripts of several services share a folder).
 ``start`` puts the service in a session of its own (no terminal hangs it up, and ``stopf`` can
-kill its process group), then waits until the health check passes. Every value from the command
-line is quoted with :func:`shlex.quote`; the script runs under dash.
+kill its process group), then waits until the health check passes for the workers that process
+started (``wkr-serving-check -supervisor $pid``), not another version's of the same name.
+Every value from the command line is quoted with :func:`shlex.quote`; the script runs under
+dash.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ run_service() {  # becomes the service, in a new session
     service_command exec "$PYTHON" -c @LAUNCH_Q@
 }
 
+# health PID: exit 0 when the service process PID serves (its own workers, not another
+# version's of the same name)
 health() {
 @HEALTH@
 }
@@ -143,7 +147,7 @@ start() {
             tail -n 20 "$LOGFILE" >&2
             return 1
         fi
-        if health > /dev/null 2>&1; then
+        if health "$pid" > /dev/null 2>&1; then
             echo "$NAME started (pid $pid) and serving; output in $LOGFILE"
             return 0
         fi
@@ -196,7 +200,7 @@ stopf() {
 
 status() {
     if pid=$(read_pid); then
-        if health; then
+        if health "$pid"; then
             echo "$NAME is running (pid $pid) and serving"
             return 0
         fi
@@ -239,9 +243,11 @@ def _words(argv: Sequence[str], indent: str = "        ") -> str:
 def render_script(spec: ServiceCommand, script_name: str = "run_script.sh") -> str:
     """The run script for ``spec``, as text."""
     if spec.health is None:
-        health = '    is_ours "$(cat "$PIDFILE" 2>/dev/null)"  # no health check: running suffices'
+        health = '    is_ours "$1"  # no health check: running suffices'
     else:
         health = "    \"$PYTHON\" " + _words(spec.health[1:], "        ")
+        if spec.own_workers:  # only the workers of the process this script started count
+            health += f' \\\n        {spec.own_workers} "$1"'
     values = {
         "@TITLE@": spec.title.replace("\n", " "),
         "@GENERATOR@": spec.generator,

@@ -3,7 +3,9 @@
 ``KillMode=mixed`` sends SIGTERM to the main process only, so the supervisor stops its workers
 in order (the batch in flight is stored before the embedded Redis goes away); whatever is left
 after ``TimeoutStopSec`` gets SIGKILL. ``ExecStartPost`` runs the health check until the service
-serves, so ``systemctl start`` returns once it does and fails if it never does.
+serves, so ``systemctl start`` returns once it does and fails if it never does; it is given
+``$MAINPID`` (systemd puts the main process's pid there), so only the workers this unit started
+count, not another version's serving the same name.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ def _line(argv: Sequence[str]) -> str:
 
 def render_unit(spec: ServiceCommand, stop_timeout: int = 60) -> str:
     """The unit file text for ``spec``."""
-    post = (f"ExecStartPost={_line(spec.health_wait)}\n" if spec.health_wait else
+    # $MAINPID is written as is, for systemd to expand: systemd_quote would escape it.
+    own = f" {spec.own_workers} $MAINPID" if spec.own_workers else ""
+    post = (f"ExecStartPost={_line(spec.health_wait)}{own}\n" if spec.health_wait else
             "# No health check: give the command -http_port so one can be generated.\n")
     probe = (f"#   {_line(spec.health)}\n" if spec.health else "")
     return f"""\
