@@ -101,8 +101,8 @@ _PROBE = Option("probe", bool, False,
                 "also send one real request (zeros of the input shape), at high priority")
 _QUIET = Option("quiet", bool, False, "print only problems")
 _LOCAL = Option("local", bool, False, "count only this host's workers (a container's own probe)")
-_SUPERVISOR = Option("supervisor", int, 0, "count only the workers the wkr-serving-start with "
-                     "this pid on this host started (a run script's start, a deploy); 0: any")
+_SUPERVISOR = Option("supervisor", int, 0, "count only the workers that the wkr-serving-start "
+                     "with this pid started here; 0: any")
 
 
 def serving_check_main(argv: Sequence[str] | None = None) -> int:
