@@ -139,6 +139,9 @@ def test_start_serves_from_the_scripts_directory_and_a_second_start_runs_no_seco
     status = svc.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"wkr.{svc.name}.0@" in status.stdout
+    # start and status counted the workers this script's process started, by their heartbeats
+    assert [w["supervisor"] for w in svc.workers().values()] == [svc.pid()]
+    assert f"worker(s) started by pid {svc.pid()} alive" in status.stdout
 
     client = svc.client()
     assert [client.encode(x).result(30) for x in (1, 2.5, 7)] == [2, 5.0, 14]

@@ -226,7 +226,7 @@ def test_make_systemd_prints_a_unit_running_the_same_command_with_a_graceful_sto
                  "Restart=on-failure", f"WorkingDirectory={ROOT}"):
         assert re.search(f"^{re.escape(line)}$", text, re.M), line
     assert re.search(r"^ExecStartPost=\S+ -m wkr_celery.production check -wait 300 "
-                     r"workers.linear.Worker -name svc", text, re.M)
+                     r"workers.linear.Worker -name svc .* -supervisor \$MAINPID$", text, re.M)
 
 
 def test_the_console_scripts_in_pyproject_point_at_these_commands() -> None:
