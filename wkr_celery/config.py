@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -32,7 +33,7 @@ from .connections import (
 from .errors import ConfigError
 
 __all__ = ["Settings", "PROTOCOLS", "RUNTIME_ENV", "build_parser", "parse_device_map",
-           "seconds_from_flags", "settings_from"]
+           "parse_origins", "seconds_from_flags", "settings_from"]
 
 #: ``-protocol`` values; ``numpy`` is the original code's spelling of ``npy``.
 PROTOCOLS = {"npy": "npy", "numpy": "npy", "obj": "obj"}
@@ -74,6 +75,26 @@ def parse_device_map(value: Any) -> tuple[int, ...]:
     return ids
 
 
+def parse_origins(text: str) -> tuple[str, ...]:
+    """``-cors``: comma-separated origins (``scheme://host[:port]``, as a browser's ``Origin``
+    header spells them: lower case, no path, no default port), or ``*`` alone; ``()`` = none."""
+    origins = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        origin = item.lower()
+        if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s*]+", origin):
+            bare = re.match(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", origin)
+            way = (f"give {bare.group(0)!r} (a browser sends no path, not even a trailing /)"
+                   if bare else f"give scheme://host[:port], like 'http://{item}'")
+            raise ConfigError(f"cors origin {item!r} is not an origin; {way}")
+        origin = re.sub(r"^(http://[^/]+):80$|^(https://[^/]+):443$", r"\1\2", origin)
+        origins.append(origin)
+    if "*" in origins and len(origins) > 1:
+        raise ConfigError(f"cors {text!r}: '*' allows every origin; give it alone or list origins")
+    return tuple(origins)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a service needs to run; validated on construction."""
@@ -95,6 +116,8 @@ class Settings:
         30.0, "seconds a REST client may take to send a request's head, and again its body")
     http_workers: int = _opt(
         1, "REST API processes serving -http_port together (SO_REUSEPORT), each watched")
+    cors: str = _opt("", "origins whose web pages may call the REST API from a browser, comma-"
+                     "separated (http://host:port), or *; empty = no CORS headers")
     flower_port: int = _opt(0, "also start Flower on this port; 0 = none")
     flower_basic_auth: str = _opt("", "user:pass for Flower")
     num_worker: int = _opt(1, "number of worker processes, each holding one model")
@@ -169,6 +192,7 @@ class Settings:
             raise ConfigError(f"name {self.name!r} must be non-empty without spaces, ':' or braces")
         for name in ("broker_url", "result_url"):
             check_url(name, getattr(self, name), self.sentinel_master)
+        parse_origins(self.cors)
 
     # Derived values -------------------------------------------------------------------------
 
@@ -204,6 +228,11 @@ class Settings:
         if not self.broker_url and not self.result_url:
             return f"port:{self.port_out}"
         return f"url:{without_credentials(self.backend)}"
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """``-cors`` as a tuple of origins (``("*",)`` for any); ``()`` = no CORS headers."""
+        return parse_origins(self.cors)
 
     def device_for(self, index: int) -> int:
         """Device of worker ``index``: the map is cycled when there are more workers than ids."""

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Settings
 from ..version import __version__
 from . import apidocs, dashboard, routes, status
+from .auth import HEADER
 from .fast_encode import FastEncode
 from .gateway import Gateway
 from .metrics import ApiMetrics, outcome_of
@@ -24,7 +27,8 @@ _DESCRIPTION = """\
 REST API of a wkr-celery service. Bodies are JSON or msgpack-numpy
 (`Content-Type: application/msgpack`); answers come in the request's encoding. Errors are
 `{"error": {"type", "message", "status"}}`. When the API has a key (`-http_api_key`), send
-it as `X-API-Key`. Live dashboard at [/dashboard](/dashboard).
+it as `X-API-Key`. Web pages of the origins given with `-cors` may call it from a browser.
+Live dashboard at [/dashboard](/dashboard).
 """
 
 
@@ -53,7 +57,20 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
 
     app.add_middleware(FastEncode, exception_handlers=app.exception_handlers)
     app.add_middleware(_CountRequests, metrics=metrics)  # outside FastEncode: counts it too
+    if settings.cors_origins:  # outermost: the counter's own answers (500, 503) carry it too
+        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
     return app
+
+
+def cors_options(origins: tuple[str, ...]) -> dict[str, Any]:
+    """``CORSMiddleware``'s options for ``-cors``: the methods and request headers the API
+    takes (JSON or msgpack bodies, the ``X-API-Key`` header), the answer headers a page may
+    read (``Retry-After`` on 503s), and no credentials: the key is a header, not a cookie,
+    and a browser refuses credentials with ``*`` anyway."""
+    return {"allow_origins": list(origins), "allow_methods": ["GET", "POST", "DELETE"],
+            "allow_headers": ["Content-Type", "Accept", HEADER.model.name],
+            "expose_headers": ["Retry-After", "WWW-Authenticate"],
+            "allow_credentials": False, "max_age": 600}
 
 
 class _CountRequests:

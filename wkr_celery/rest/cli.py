@@ -23,7 +23,7 @@ __all__ = ["main", "settings_from_argv", "API_FLAGS"]
 API_FLAGS = frozenset({
     "name", "port_in", "port_out", "broker_url", "result_url", "sentinel_master",
     "redis_password", "http_port", "http_host", "http_api_key", "http_max_body",
-    "http_read_timeout", "http_workers", "max_payload", "max_queue", "result_expires",
+    "http_read_timeout", "http_workers", "cors", "max_payload", "max_queue", "result_expires",
 })
 
 _DESCRIPTION = (
