@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from wkr_celery import ConfigError, Settings
@@ -111,3 +113,35 @@ def test_max_batch_cost_comes_from_flag_or_environment_and_is_never_negative() -
     assert Settings.from_env({"WKR_MAX_BATCH_COST": "512"}).max_batch_cost == 512
     with pytest.raises(ConfigError, match="max_batch_cost"):
         Settings(max_batch_cost=-1)
+
+
+def test_cors_origins_come_from_flag_or_environment_as_a_browser_spells_them() -> None:
+    s = Settings.from_args(["w.W", "-cors", "http://127.0.0.1:8080, HTTPS://Demo.Example:443"],
+                           environ={})
+    assert s.cors_origins == ("http://127.0.0.1:8080", "https://demo.example")
+    assert Settings.from_env({"WKR_CORS": "*"}).cors_origins == ("*",)
+    assert Settings().cors_origins == ()  # the default: no CORS headers at all
+    assert Settings.from_env(Settings(cors="http://a.test").to_env()).cors == "http://a.test"
+
+
+@pytest.mark.parametrize(("given", "says"), [
+    ("http://127.0.0.1:8080/", "give 'http://127.0.0.1:8080'"),
+    ("127.0.0.1:8080", "like 'http://127.0.0.1:8080'"),
+    ("*,http://a.test", "give it alone"),
+])
+def test_a_cors_value_no_browser_could_match_is_refused_with_the_way_out(
+        given: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        Settings.from_args(["w.W", "-cors", given], environ={})
+
+
+def test_wkr_serving_http_takes_and_lists_cors_and_the_api_process_gets_it(capsys) -> None:
+    from wkr_celery.rest.cli import settings_from_argv
+    from wkr_celery.rest.extras import child_env
+
+    settings = settings_from_argv(["-http_port", "8901", "-cors", "http://a.test"])
+    assert settings.cors_origins == ("http://a.test",)
+    assert child_env(settings)["WKR_CORS"] == "http://a.test"
+    with pytest.raises(SystemExit):
+        settings_from_argv(["-h"])
+    assert "-cors" in capsys.readouterr().out
