@@ -190,6 +190,7 @@ def test_a_page_sends_the_api_key_to_an_api_open_to_every_origin(
                         headers={"Origin": "http://anywhere.test", "X-API-Key": KEY}, timeout=30)
     assert answer.headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in answer.headers
+    assert "retry-after" in answer.headers["access-control-expose-headers"].lower()
 
 
 def _preflight(api: Api, origin: str) -> httpx.Response:
