@@ -128,6 +128,7 @@ def test_cors_origins_come_from_flag_or_environment_as_a_browser_spells_them() -
     ("http://127.0.0.1:8080/", "give 'http://127.0.0.1:8080'"),
     ("127.0.0.1:8080", "like 'http://127.0.0.1:8080'"),
     ("*,http://a.test", "give it alone"),
+    ("https://*.example.com", "no wildcard inside an origin"),
 ])
 def test_a_cors_value_no_browser_could_match_is_refused_with_the_way_out(
         given: str, says: str) -> None:

@@ -83,7 +83,10 @@ def parse_origins(text: str) -> tuple[str, ...]:
         if not item:
             continue
         origin = item.lower()
-        if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s*]+", origin):
+        if "*" in origin and origin != "*":
+            raise ConfigError(f"cors origin {item!r}: no wildcard inside an origin; list each "
+                              "origin, or give * alone for every origin")
+        if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", origin):
             bare = re.match(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", origin)
             way = (f"give {bare.group(0)!r} (a browser sends no path, not even a trailing /)"
                    if bare else f"give scheme://host[:port], like 'http://{item}'")
