@@ -160,7 +160,7 @@ def test_wkr_serving_http_help_describes_itself_not_wkr_serving_start() -> None:
     usage = shown.stdout.split("\n\n")[0]
     assert usage.startswith("usage: wkr-serving-http ") and "[worker_class]" in usage, usage
     assert "REST API" in shown.stdout and "WKRHardWorker subclass" not in shown.stdout
-    assert "-http_port" in shown.stdout and "-name" in shown.stdout
+    assert "-http_port" in shown.stdout and "-name" in shown.stdout and "-cors" in shown.stdout
     for worker_only in ("-num_worker", "-batch_size", "-device_map", "-model_dir", "-data_dir"):
         assert worker_only not in shown.stdout, f"{worker_only} is listed: {shown.stdout}"
 
