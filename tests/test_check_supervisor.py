@@ -2,15 +2,13 @@
 deploy, a new version started under the same ``-name`` beside a serving one is waited for by
 its own workers, not passed at once on the old version's.
 
-The check runs as the generated scripts run it, ``python -m wkr_celery.production check`` from
-the project folder (the checkout under test; the ``wkr-serving-check`` console script is that
-module's ``serving_check_main``).
+The check is typed as the docs give it, the ``wkr-serving-check`` console script; the run script
+test types ``sh run_script.sh start`` and ``status``.
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,14 +23,14 @@ from wkr_celery.production.script import render_script
 from wkr_celery.production.systemd import render_unit
 
 from .helpers import ROOT, Service, start_service, wait_until
-from .scripts import user_env
+from .scripts import script, user_env
 
 GATED = "tests.production_workers.GatedDoubler"
 
 
 def check(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """``wkr-serving-check args…``, run as the run script's ``health`` runs it."""
-    return subprocess.run([sys.executable, "-m", "wkr_celery.production", "check", *args],
+    """``wkr-serving-check args…``, the console script as a user types it."""
+    return subprocess.run([script("wkr-serving-check"), *args],
                           cwd=ROOT, env=user_env(), capture_output=True, text=True,
                           timeout=timeout)
 

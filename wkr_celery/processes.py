@@ -11,6 +11,7 @@ import ctypes
 import glob
 import logging
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -110,17 +111,14 @@ class _Spawner:
     process, so its children die with the process and nothing sooner."""
 
     def __init__(self) -> None:
-        self.jobs: list[tuple[Sequence[str], dict[str, Any], Future[Any]]] = []
-        self.ready = threading.Condition()
+        self.jobs: queue.SimpleQueue[tuple[Sequence[str], dict[str, Any], Future[Any]]] = (
+            queue.SimpleQueue())
         self.thread = threading.Thread(target=self._run, name="wkr-spawner", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while True:
-            with self.ready:
-                while not self.jobs:
-                    self.ready.wait()
-                command, options, done = self.jobs.pop(0)
+            command, options, done = self.jobs.get()
             try:
                 done.set_result(_popen(command, options))
             except BaseException as exc:  # the caller's error, raised on the caller's thread
@@ -130,9 +128,7 @@ class _Spawner:
         if threading.current_thread() is self.thread:
             return _popen(command, options)
         done: Future[subprocess.Popen[bytes]] = Future()
-        with self.ready:
-            self.jobs.append((command, options, done))
-            self.ready.notify()
+        self.jobs.put((command, options, done))
         return done.result()
 
 
