@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +19,8 @@ from wkr_celery.broker import RequestQueue, ServiceRegistry
 from wkr_celery.client import WKRClient
 from wkr_celery.connections import redis_url, with_local_password
 from wkr_celery.keys import ServiceKeys
+
+from .scripts import script, user_env
 
 ROOT = Path(__file__).resolve().parent.parent
 _SIGTERM = signal.SIGTERM  # the Service.signal method shadows the module in its class body
@@ -204,14 +204,17 @@ def start_service(
     worker: str = "workers.linear.Worker", args: Sequence[str] = (),
     env: dict[str, str] | None = None, wait: int | None = None,
 ) -> Service:
-    """Start ``wkr-serving-start`` in a subprocess; ``wait`` = live workers to wait for."""
+    """Start ``wkr-serving-start`` in a subprocess; ``wait`` = live workers to wait for.
+
+    The console script as a user types it in the checkout's root (where ``workers`` and
+    ``tests`` are), with no ``PYTHONPATH``: every service a test starts goes through the door
+    the docs give, so a flag or a worker path that only ``python -m`` accepts fails here."""
     log_path = log_dir / f"{name}.stdout"
-    command = [sys.executable, "-m", "wkr_celery.server.cli", worker, "-name", name,
+    command = [script("wkr-serving-start"), worker, "-name", name,
                "-broker_url", broker_url, "-result_url", result_url, *args]
     service = Service(name, broker_url, result_url, list(args), log_path)
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     with open(log_path, "wb") as out:
-        service.proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out,
+        service.proc = subprocess.Popen(command, cwd=ROOT, env=user_env(env), stdout=out,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if wait:
         service.wait_workers(wait)

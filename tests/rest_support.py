@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import pytest
 from wkr_celery.redis_embedded import EmbeddedRedis
 
 from .helpers import ROOT, Service, free_port, start_service, wait_answering
+from .scripts import script, user_env
 
 API_KEY = "s3cret-key"
 CALC_LIMITS = {"http_max_body": 4000, "max_payload": 2000, "max_queue": 8, "batch_size": 4}
@@ -74,16 +73,17 @@ class Stack:
 
 def start_rest(name: str, broker_url: str, log_dir: Path, *args: str,
                env: dict[str, str] | None = None) -> Api:
-    """``wkr-serving-http -name … -broker_url … -http_port <free>`` in a subprocess."""
+    """``wkr-serving-http -name … -broker_url … -http_port <free>`` in a subprocess: the
+    console script, typed in the checkout's root with no ``PYTHONPATH``."""
     port = free_port()
     log_path = log_dir / f"rest-{name}-{port}.log"
-    command = [sys.executable, "-m", "wkr_celery.rest.cli", "-name", name,
+    command = [script("wkr-serving-http"), "-name", name,
                "-broker_url", broker_url, "-result_url", broker_url, "-http_port", str(port),
                *args]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                                env=user_env(env))
     headers = {"X-API-Key": env["WKR_HTTP_API_KEY"]} if env and "WKR_HTTP_API_KEY" in env else {}
     return Api(f"http://127.0.0.1:{port}", name, log_path, proc, headers)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from wkr_celery.config import Settings
 from workers.linear import make_weights
 
 from .helpers import ROOT, free_port, wait_until
+from .scripts import script, user_env
 
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
@@ -94,22 +94,11 @@ def test_every_service_has_a_health_check_and_a_restart_policy_and_reads_setting
 # Running the services' commands here ----------------------------------------------------------
 
 
-def console_scripts() -> dict[str, str]:
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    return dict(re.findall(r'^([a-z-]+) = "([\w.:]+)"$', pyproject, re.M))
-
-
 def local_command(argv: list[str]) -> list[str]:
-    """What the image's PATH would run, with this checkout's Python."""
+    """What the image's PATH would run: its ``python``, or a console script that ``pip install .``
+    put on it (this venv's, run in the checkout's root as the image runs it in ``/app``)."""
     program, args = argv[0], argv[1:]
-    if program == "python":
-        return [sys.executable, *args]
-    if program == "celery":
-        return [sys.executable, "-m", "celery", *args]
-    module, _, function = console_scripts()[program].partition(":")
-    code = (f"import sys; sys.argv[0] = {program!r}; from {module} import {function}; "
-            f"sys.exit({function}())")
-    return [sys.executable, "-c", code, *args]
+    return [sys.executable if program == "python" else script(program), *args]
 
 
 class Stack:
@@ -131,9 +120,9 @@ class Stack:
         return text
 
     def env(self, name: str) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("WKR_", "FLOWER_"))}
+        base = {k: v for k, v in user_env().items() if not k.startswith(("WKR_", "FLOWER_"))}
         own = {k: self.local(v) for k, v in self.services[name].get("environment", {}).items()}
-        return {**base, "PYTHONPATH": str(ROOT), **own}
+        return {**base, **own}
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
         argv = [self.local(word) for word in self.services[name]["command"]]

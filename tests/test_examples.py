@@ -16,6 +16,7 @@ from wkr_celery.client import WKRClient
 from workers.linear import make_weights
 
 from .helpers import ROOT, free_port
+from .scripts import script, user_env
 
 README = (ROOT / "README.md").read_text()
 
@@ -25,7 +26,8 @@ def _python_blocks() -> list[str]:
 
 
 def _serve(command: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "wkr_celery.server.cli", *command], cwd=cwd,
+    """``wkr-serving-start *command`` typed in ``cwd``, the folder the doc names."""
+    return subprocess.Popen([script("wkr-serving-start"), *command], cwd=cwd, env=user_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

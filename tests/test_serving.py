@@ -8,7 +8,6 @@ import pickle
 import re
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import wait
@@ -35,6 +34,7 @@ from wkr_celery.redis_embedded import EmbeddedRedis
 from workers.linear import make_weights
 
 from .helpers import ROOT, Service, free_port, nothing_listens, start_service, wait_until
+from .scripts import script, user_env
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +230,10 @@ def test_plain_celery_send_task_is_served_and_asyncresult_reads_client_results(
 
 
 def test_celery_inspect_sees_the_workers(poison_service: Service) -> None:
-    env = {**Settings(name=poison_service.name, broker_url=poison_service.broker_url).to_env(),
-           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    env = user_env(Settings(name=poison_service.name,
+                            broker_url=poison_service.broker_url).to_env())
     out = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "wkr_celery", "inspect", "ping", "--timeout", "5"],
+        [script("celery"), "-A", "wkr_celery", "inspect", "ping", "--timeout", "5"],
         env=env, capture_output=True, text=True, timeout=60)
     assert f"wkr.{poison_service.name}.0@" in out.stdout, out.stdout + out.stderr
 
@@ -314,9 +314,9 @@ def test_killed_worker_is_restarted_and_its_batch_is_served(make_service, tmp_pa
 def test_cli_with_no_broker_starts_and_stops_embedded_redis(tmp_path: Path) -> None:
     port_in, port_out = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wkr_celery.server.cli", "workers.echo.Worker",
+        [script("wkr-serving-start"), "workers.echo.Worker",
          "-port_in", str(port_in), "-port_out", str(port_out)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=ROOT, env=user_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         with WKRClient(port=port_in, port_out=port_out, connect_timeout=60) as client:
             assert client.encode({"a": [1, 2]}).result(timeout=30) == {"a": [1, 2]}
@@ -331,8 +331,9 @@ def test_cli_with_no_broker_starts_and_stops_embedded_redis(tmp_path: Path) -> N
 def test_unknown_or_invalid_flags_fail_at_once_naming_them() -> None:
     for flags, named in ((["-bogus", "1"], "-bogus"), (["-protocol", "xml"], "xml"),
                          (["-num_worker", "0"], "num_worker")):
-        out = subprocess.run([sys.executable, "-m", "wkr_celery.server.cli", "workers.echo.Worker",
-                              *flags], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        out = subprocess.run([script("wkr-serving-start"), "workers.echo.Worker", *flags],
+                             cwd=ROOT, env=user_env(), capture_output=True, text=True,
+                             timeout=60)
         assert out.returncode == 2
         assert named in out.stderr
 
