@@ -186,13 +186,14 @@ def test_a_revoked_task_gets_celerys_revoked_result_stored_and_published(
 def test_the_registry_reads_back_info_heartbeats_and_failures(
         redis_client: redis.Redis, keys: ServiceKeys) -> None:
     registry = ServiceRegistry(redis_client, keys)
-    assert not registry.has_info() and registry.live_workers() == {}
+    assert registry.info_deployed() is None and registry.live_workers() == {}
 
-    registry.write_info({"protocol": "obj", "batch_size": 4})
+    assert registry.write_info({"protocol": "obj", "batch_size": 4}, "100.5")
     registry.heartbeat("w1", BEAT, ttl=30)
     registry.record_failure("worker 0 exited", ttl=30)
 
-    assert registry.has_info() and registry.info() == {"protocol": "obj", "batch_size": "4"}
+    assert registry.info_deployed() == "100.5"
+    assert registry.info() == {"protocol": "obj", "batch_size": "4", "deployed": "100.5"}
     assert registry.live_workers() == {"w1": codec.loads(BEAT)}
     assert registry.last_failure() == "worker 0 exited"
 
@@ -201,7 +202,7 @@ def test_the_asyncio_client_reads_and_withdraws_through_the_same_plans_as_the_sy
         redis_client: redis.Redis, redis_url: str, keys: ServiceKeys) -> None:
     registry, queue = ServiceRegistry(redis_client, keys), RequestQueue(redis_client, keys)
     store = ResultStore(redis_client, keys)
-    registry.write_info({"protocol": "obj", "batch_size": 4})
+    registry.write_info({"protocol": "obj", "batch_size": 4}, "100.5")
     registry.heartbeat("w1", BEAT, ttl=30)
     redis_client.sadd(keys.workers, "w2")  # registered, its heartbeat expired
     registry.record_failure("worker 0 exited", ttl=30)

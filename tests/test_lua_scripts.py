@@ -421,3 +421,30 @@ def test_unlist_takes_the_name_off_only_when_no_registered_worker_has_a_heartbea
     assert redis_client.smembers(SERVICES) >= {b"other"}
     assert not redis_client.sismember(SERVICES, keys.name)
     redis_client.srem(SERVICES, "other")
+
+
+def test_write_info_keeps_the_newest_deploys_info_unless_told_that_deploy_is_gone(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    write = script("write_info")
+
+    def call(deployed: str, orphan: str = "", **info: str) -> int:
+        fields = [w for k, v in {**info, "deployed": deployed}.items() for w in (k, v)]
+        return int(write(keys=[keys.info, SERVICES], args=[keys.name, deployed, orphan, *fields]))
+
+    redis_client.srem(SERVICES, keys.name)
+    assert call("100.5", input_shape="[4]", max_queue="9") == 1
+    assert redis_client.sismember(SERVICES, keys.name)
+    assert call("200.25", max_queue="0") == 1  # newer: replaces it whole
+    assert redis_client.hgetall(keys.info) == {b"max_queue": b"0", b"deployed": b"200.25"}
+    assert call("100.5", input_shape="[4]") == 0  # older: the newer deploy's stands
+    assert call("100.5", orphan="150", input_shape="[4]") == 0  # gone, but not the one named
+    assert redis_client.hget(keys.info, "deployed") == b"200.25"
+    assert call("100.5", orphan="200.25", input_shape="[4]") == 1  # the named one is gone
+    assert redis_client.hgetall(keys.info) == {b"input_shape": b"[4]", b"deployed": b"100.5"}
+    assert call("100.5", input_shape="[5]") == 1  # the same deploy writes again
+    redis_client.hset(keys.info, "deployed", "not a number")
+    assert call("50") == 1  # no deploy a version wrote: replaced
+    redis_client.delete(keys.info)
+    redis_client.rpush(keys.info, "spoiled")
+    assert call("60", max_queue="1") == 1  # another type: deleted, then written
+    assert redis_client.hgetall(keys.info) == {b"max_queue": b"1", b"deployed": b"60"}

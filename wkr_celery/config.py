@@ -40,7 +40,7 @@ PROTOCOLS = {"npy": "npy", "numpy": "npy", "obj": "obj"}
 
 #: Variables the supervisor sets per worker process; they are not settings.
 RUNTIME_ENV = frozenset({"WKR_WORKER_ID", "WKR_WORKER_INDEX", "WKR_DEVICE_ID", "WKR_RUNNING_FILE",
-                         "WKR_FAILURE_FILE", "WKR_SUPERVISOR_PID"})
+                         "WKR_FAILURE_FILE", "WKR_SUPERVISOR_PID", "WKR_DEPLOYED"})
 
 #: Variables for tests only, read where they act (``clock.TEST_OFFSET_ENV``); not settings.
 TEST_ENV = frozenset({"WKR_TEST_CLOCK_OFFSET"})

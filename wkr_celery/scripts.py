@@ -20,7 +20,7 @@ from __future__ import annotations
 from importlib import resources
 
 __all__ = ["FETCH", "RETURN", "REQUEUE_DEAD", "SWEEP", "PUBLISH", "STORE", "RENEW_OWNER",
-           "RELEASE_OWNER", "UNLIST", "SUSPECT_SOURCE", "LANDED_ID", "NUDGE", "load"]
+           "RELEASE_OWNER", "UNLIST", "WRITE_INFO", "SUSPECT_SOURCE", "LANDED_ID", "NUDGE", "load"]
 
 SUSPECT_SOURCE = 7
 LANDED_ID = 6
@@ -54,3 +54,4 @@ STORE = load("store")
 RENEW_OWNER = load("renew_owner")
 RELEASE_OWNER = load("release_owner")
 UNLIST = load("unlist")
+WRITE_INFO = load("write_info")

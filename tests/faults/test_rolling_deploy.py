@@ -7,6 +7,7 @@ the new one serves, under a steady client load.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import uuid
@@ -174,3 +175,38 @@ def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(
     _stop_by_pid(bad)
     assert name.encode() in old.registry.client.smembers("wkr:services")
     assert client.encode(5).result(timeout=30) == [1, 5]
+
+
+def test_an_old_worker_restarted_during_a_deploy_leaves_the_new_contract_standing(
+        own_redis: Callable[..., Any], version_of: Callable[..., Service]) -> None:
+    """The service info is the newest deploy's while both run, whoever starts last, and the
+    old version's again once the new one is gone."""
+    redis = own_redis()
+    name = f"d{uuid.uuid4().hex[:8]}"
+    old = version_of(name, redis.url, "Narrow")
+    registry = old.registry
+    new = version_of(name, redis.url, "Wide", wait=None)
+    wait_until(lambda: registry.info().get("input_shape") == "6", 60,
+               what="the new version's contract in the service info")
+    assert new.proc is not None and old.proc is not None
+
+    def old_workers() -> dict[str, dict[str, Any]]:
+        return {w: beat for w, beat in old.live_workers().items()
+                if beat.get("supervisor") == old.proc.pid}
+
+    (killed_id, killed), = old_workers().items()
+    os.kill(killed["pid"], signal.SIGKILL)
+    wait_until(lambda: [w for w in old_workers() if w != killed_id], 60,
+               what="the old version's worker restarted")
+    # It wrote its info before its first heartbeat (the old code wrote its own contract back).
+    assert registry.info().get("input_shape") == "6"
+    with WKRClient(name=name, broker_url=redis.url, connect_timeout=30) as fresh:
+        with pytest.raises(InputError, match=r"this service takes \(6,\)"):
+            fresh.encode(np.ones(4, np.float32))
+
+    _stop_by_pid(new)
+    wait_until(lambda: registry.info().get("input_shape") == "4", 30,
+               what="the old version taking the service info back once the new one is gone")
+    assert "has no live worker left" in old.log()
+    with old.client() as client:
+        assert client.encode(np.ones(4, np.float32)).result(timeout=30) == 4

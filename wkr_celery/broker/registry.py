@@ -44,6 +44,7 @@ class ServiceRegistry:
         self.client = client
         self.keys = keys
         self._unlist = client.register_script(scripts.UNLIST)
+        self._write_info = client.register_script(scripts.WRITE_INFO)
 
     # Written by the service ----------------------------------------------------------------
 
@@ -79,11 +80,24 @@ class ServiceRegistry:
             return False
         return True
 
-    def write_info(self, info: Mapping[str, Any]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.info, mapping={k: str(v) for k, v in info.items()})
-        pipe.sadd(SERVICES, self.keys.name)
-        pipe.execute()
+    def write_info(self, info: Mapping[str, Any], deployed: str, orphan: str = "") -> bool:
+        """Replace the service info with ``info`` of the deploy ``deployed`` (its supervisor's
+        start, wall-clock seconds as text), unless it names a newer deploy: the info is the
+        newest version's while two overlap (``lua/write_info.lua``). ``orphan``: a newer
+        deploy the caller saw with no live worker, whose info it may replace. True if written."""
+        fields = [word for key, value in {**info, "deployed": deployed}.items()
+                  for word in (key, str(value))]
+        return bool(self._write_info(keys=[self.keys.info, SERVICES],
+                                     args=[self.keys.name, deployed, orphan, *fields]))
+
+    def info_deployed(self) -> str | None:
+        """The deploy the service info names; None when there is no info (a Redis restarted
+        empty) or it names none (written by a version before deploys were named)."""
+        try:
+            value = self.client.hget(self.keys.info, "deployed")
+        except redis.ResponseError:  # spoiled (another type): the write replaces it
+            return None
+        return None if value is None else as_str(value)
 
     def record_failure(self, text: str, ttl: float) -> None:
         """Keep why the last worker died (supervisor side); the service is listed, so a client
@@ -112,10 +126,6 @@ class ServiceRegistry:
     def info(self) -> dict[str, str]:
         """The service's info hash (protocol, limits, input spec); empty before any worker."""
         return run(self.client, info_plan(self.keys))
-
-    def has_info(self) -> bool:
-        """Whether the info hash exists (it does not after the broker restarted empty)."""
-        return bool(self.client.exists(self.keys.info))
 
     def scaling(self) -> dict[str, str]:
         """What :meth:`write_scaling` wrote; empty when the service is not elastic."""
@@ -197,7 +207,7 @@ def live_workers_plan(keys: ServiceKeys) -> Plan[dict[str, Heartbeat]]:
 #: Heartbeat figures every reader takes for numbers (see ``Serving._beat``).
 _NUMBERS = ("pid", "device_id", "started", "requests", "failed", "batches",
             "predict_seconds", "buffered", "supervisor")
-_TEXTS = ("worker_id", "host", "version")
+_TEXTS = ("worker_id", "host", "version", "deployed")
 _STATISTIC = frozenset({"count", "sum", "min", "max"})
 
 

@@ -144,7 +144,7 @@ def start_serving(settings: Settings, told: WorkerProcessEnv) -> ServingLoop:
     worker_id = told.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     return ServingLoop(settings, cls(name=settings.name), worker_id=worker_id,
                        device_id=device_id, running_file=told.running_file or None,
-                       supervisor=told.supervisor)
+                       supervisor=told.supervisor, deployed=told.deployed)
 
 
 def _quiet_warm_shutdown(worker: Any) -> None:

@@ -37,6 +37,7 @@ from .buffer import KeyedRequestBuffer, RequestBuffer
 from .counted_logs import BrokerOutage, LateDrops
 from .fetcher import Fetcher, ack_args, split
 from .hardworker import WKRHardWorker
+from .info_owner import InfoOwner, new_deploy
 from .request import Outcome, Request
 from .runner import ModelRunner
 from .status import Reported, ServingStats, service_info
@@ -64,7 +65,7 @@ class ServingLoop:
         *,
         worker_id: str,
         device_id: int,
-        running_file: str | None = None, supervisor: int = 0,
+        running_file: str | None = None, supervisor: int = 0, deployed: str = "",
     ) -> None:
         self.settings, self.worker, self.worker_id = settings, worker, worker_id
         # Its heartbeat names the wkr-serving-start that started it (0: by hand, none).
@@ -104,7 +105,7 @@ class ServingLoop:
         )
         self._running_written = 0  # bytes of ids in the running file (then only spaces)
         self._threads: list[threading.Thread] = []
-        self._info: dict[str, Any] = {}
+        self.info_owner = InfoOwner(self.registry, self._service_info, deployed or new_deploy())
         self.fetcher = Fetcher(self.queue, worker_id, self.buffer, settings, self._stopping,
                                _POLL_SECONDS, self.outage)
         self.acks = PendingAcks(self.queue, worker_id, self.fetcher.forget)  # see _store
@@ -228,7 +229,7 @@ class ServingLoop:
                 self.ready.set()
                 return
             self._serving = True
-        self._retry(self._write_info, "write service info", time.monotonic() + 60)
+        self._retry(self.info_owner.write, "write service info", time.monotonic() + 60)
         self._beat()
         self._start_io()
         self.ready.set()
@@ -349,6 +350,7 @@ class ServingLoop:
         status = dumps({
             "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
             "device_id": self.device_id, **self._supervised,
+            "deployed": self.info_owner.deployed,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             **figures, "buffered": len(self.buffer), "version": __version__,
         })
@@ -356,14 +358,13 @@ class ServingLoop:
                                    self.reported.grown(totals)):
             self.reported.sent(totals)
 
-    def _write_info(self) -> None:
-        """Write the service info; a ``result_store`` already registered for the same Redis
-        is kept as it is written (:func:`~wkr_celery.result_store.kept_result_store`)."""
+    def _service_info(self) -> dict[str, Any]:
+        """The service info to write; a ``result_store`` already registered for the same
+        Redis is kept (:func:`~wkr_celery.result_store.kept_result_store`)."""
         info = service_info(self.settings, self.worker)
         info["result_store"] = kept_result_store(
             self.settings.broker, self.registry.info().get("result_store"), info["result_store"])
-        self._info = info
-        self.registry.write_info(info)
+        return info
 
     def _heartbeat_loop(self) -> None:
         interval, beats = min(1.0, self.settings.visibility_timeout / 5), 0
@@ -373,8 +374,7 @@ class ServingLoop:
                 self._beat()
                 self.late_drops.flush()
                 self.acks.try_flush()  # acks a broker outage held back, if no store did
-                if not self.registry.has_info():  # Redis restarted empty
-                    self.registry.write_info(self._info)
+                self.info_owner.check()  # a Redis restarted empty; a deploy gone
                 if beats % 2 == 0:
                     for dead, count in self.queue.sweep().items():
                         log.warning("worker %s missed its heartbeat; requeued its %d requests",

@@ -56,6 +56,7 @@ from ..worker_class import class_path, load_class
 from .children import SideProcess, WatchedRedis
 from .elastic import Elastic
 from .hardworker import WKRHardWorker
+from .info_owner import new_deploy
 from .leftovers import fail_queued, unlist_if_unserved, wait_taken
 from .worker_slot import WorkerProcess
 
@@ -92,6 +93,7 @@ class WKRServer:
         self.settings = settings.replace(worker_class=path)
         self.worker_class = load_class(path, WKRHardWorker)
         self.keys = ServiceKeys(self.settings.name)
+        self.deployed = new_deploy()  # names this deploy in its workers (see .info_owner)
         self.workers = [
             WorkerProcess(index=i, device_id=self.settings.device_for(i))
             for i in range(self.settings.num_worker)
@@ -182,7 +184,8 @@ class WKRServer:
 
     def _spawn(self, slot: WorkerProcess) -> None:
         s = self.settings
-        told = slot.prepare(f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}", self._run_dir)
+        told = slot.prepare(f"{s.name}.{slot.index}.{uuid.uuid4().hex[:8]}", self._run_dir,
+                            self.deployed)
         env = build_child_env(import_first=self._import_first, settings=s, extra=told)
         for variable in _THREAD_POOL_VARIABLES:
             # One math thread per worker unless the user says otherwise: several workers (plus

@@ -37,6 +37,7 @@ class WorkerProcessEnv:
     running_file: str = ""
     failure_file: str = ""
     supervisor: int = 0  # the pid of the wkr-serving-start that started it; 0: none
+    deployed: str = ""  # that wkr-serving-start's start, naming its deploy (.info_owner)
 
     def to_env(self) -> dict[str, str]:
         env = {"WKR_WORKER_ID": self.worker_id, "WKR_WORKER_INDEX": str(self.index),
@@ -45,6 +46,8 @@ class WorkerProcessEnv:
             env["WKR_DEVICE_ID"] = str(self.device_id)
         if self.supervisor:
             env["WKR_SUPERVISOR_PID"] = str(self.supervisor)
+        if self.deployed:
+            env["WKR_DEPLOYED"] = self.deployed
         return env
 
     @classmethod
@@ -58,6 +61,7 @@ class WorkerProcessEnv:
             running_file=env.get("WKR_RUNNING_FILE", ""),
             failure_file=env.get("WKR_FAILURE_FILE", ""),
             supervisor=int(env.get("WKR_SUPERVISOR_PID") or "0"),
+            deployed=env.get("WKR_DEPLOYED", ""),
         )
 
 
@@ -83,17 +87,17 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def prepare(self, worker_id: str, run_dir: str) -> dict[str, str]:
+    def prepare(self, worker_id: str, run_dir: str, deployed: str = "") -> dict[str, str]:
         """Name a new process and its files; returns the environment that tells it who it is,
-        its device, who started it (this process's pid) and where its files are (``TMPDIR``
-        among them: what it leaves is removed)."""
+        its device, who started it (this process's pid, and ``deployed``: when) and where its
+        files are (``TMPDIR`` among them: what it leaves is removed)."""
         self.worker_id = worker_id
         self.running_file = os.path.join(run_dir, f"{worker_id}.running")
         self.failure_file = os.path.join(run_dir, f"{worker_id}.failed")
         self.tmp_dir = os.path.join(run_dir, worker_id)
         os.makedirs(self.tmp_dir, exist_ok=True)
         told = WorkerProcessEnv(worker_id, self.index, self.device_id, self.running_file,
-                                self.failure_file, supervisor=os.getpid())
+                                self.failure_file, supervisor=os.getpid(), deployed=deployed)
         return {**told.to_env(), "TMPDIR": self.tmp_dir}
 
     def in_predict(self) -> list[int]:
