@@ -189,10 +189,11 @@ def test_an_old_worker_restarted_during_a_deploy_leaves_the_new_contract_standin
     wait_until(lambda: registry.info().get("input_shape") == "6", 60,
                what="the new version's contract in the service info")
     assert new.proc is not None and old.proc is not None
+    old_pid = old.proc.pid
 
     def old_workers() -> dict[str, dict[str, Any]]:
         return {w: beat for w, beat in old.live_workers().items()
-                if beat.get("supervisor") == old.proc.pid}
+                if beat.get("supervisor") == old_pid}
 
     (killed_id, killed), = old_workers().items()
     os.kill(killed["pid"], signal.SIGKILL)
