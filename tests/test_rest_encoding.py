@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wkr_celery.rest.encoding import check_size, dumps_json, parse_body, plain
+from wkr_celery.rest.encoding import (
+    MAX_ITEMS,
+    _count_json_values,
+    check_size,
+    dumps_json,
+    parse_body,
+    plain,
+)
 from wkr_celery.rest.problems import ApiError
 
 
@@ -165,3 +172,44 @@ def test_without_simdjson_numbers_take_the_usual_path(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(encoding, "simdjson", None)  # as where it is not installed (3.14)
     assert parse_body(b'{"data": [1.5, 2]}', False, np.dtype("float32")) == {"data": [1.5, 2]}
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(alphabet=st.sampled_from(',[]{}"\\ :ab\n\t\u00e9')),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(alphabet=st.sampled_from(',[]{}"\\ a'), max_size=4), inner,
+                      max_size=4),
+    max_leaves=30)
+
+
+def _values(body: Any) -> int:
+    """The count :func:`check_size` holds to: the body, and each item of each list or map."""
+    count, stack = 1, [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, (list, dict)):
+            count += len(value)
+            stack.extend(value.values() if isinstance(value, dict) else value)
+    return count
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES, st.sampled_from([None, 1, "\t"]))
+def test_json_values_counted_in_the_bytes_are_those_check_size_counts(
+        body: Any, indent: int | str | None) -> None:
+    """The count made before parsing refuses a body exactly when :func:`check_size` would:
+    commas, brackets and braces inside strings (escaped quotes and backslashes around them)
+    and whitespace in empty containers do not count."""
+    data = json.dumps(body, indent=indent).encode()
+    values = _values(body)
+    check_size(body, max_depth=10**6, max_items=values)  # the same count
+    _count_json_values(data, values)  # at the limit: served
+    with pytest.raises(ApiError, match=f"more than {values - 1} values"):
+        _count_json_values(data, values - 1)
+
+
+def test_a_body_of_few_values_with_many_commas_in_a_string_is_parsed() -> None:
+    text = "," * (MAX_ITEMS + 10)
+    assert parse_body(json.dumps({"id": 1, "data": text}).encode(), msgpack=False) == {
+        "id": 1, "data": text}

@@ -115,6 +115,30 @@ def test_a_msgpack_body_of_empty_maps_is_refused_while_decoding_and_the_api_stay
     assert api.http.get("/healthz").status_code == 200
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("item", [b"{}", b"[]", b'","'])
+def test_a_json_body_of_too_many_values_is_refused_before_it_is_parsed(
+        stack: Stack, item: bytes) -> None:
+    """5 MB of ``[{},{},...]`` was parsed into 1.3 million dicts (~200 MB) before the value
+    count refused it. Its values are counted in its bytes now (commas inside strings are not
+    values: a list of ``","`` strings is counted by its strings)."""
+    api = stack.keyed
+    assert api.proc is not None
+    count = ATTACK_BYTES // (len(item) + 1) - 2
+    body = b'{"data": [' + b",".join([item] * count) + b"]}"
+    if item == b'","':  # strings of one comma each
+        body = b'{"data": ["' + b'","'.join([b","] * (ATTACK_BYTES // 4)) + b'"]}'
+    assert len(body) <= ATTACK_BYTES + 16 and body.count(b",") > MAX_ITEMS
+    Path(f"/proc/{api.proc.pid}/clear_refs").write_text("5")  # VmHWM from here on
+    rss_before = memory_kb(api.proc.pid, "VmRSS")
+    response = api.http.post("/encode", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:500]
+    assert f"more than {MAX_ITEMS} values" in error_of(response)["message"]
+    grew_mb = (memory_kb(api.proc.pid, "VmHWM") - rss_before) / 1024
+    assert grew_mb < 60, f"the API's peak memory grew {grew_mb:.0f} MB"
+    assert api.http.get("/healthz").status_code == 200
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
                                           "application/jsonx", None])
 def test_bodies_not_declared_json_or_msgpack_answer_415(
