@@ -176,3 +176,48 @@ def _flower_up(url: str) -> bool:
         return httpx.get(f"{url}/api/workers", timeout=5).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_flowers_counts_of_a_worker_agree_with_the_services_own(stack: Stack) -> None:
+    """What Flower shows of the calc worker (its page's "Processed tasks", Celery's
+    ``inspect stats``; the workers table's received, succeeded and failed, from task events)
+    grows by what this test sent, as the worker's own heartbeat counts do."""
+    flower = f"http://127.0.0.1:{stack.flower_port}"
+    wait_until(lambda: _flower_up(flower), 60, interval=0.5, what="Flower to answer")
+    worker = re.compile(rf"wkr\.{stack.calc.name}\.0@")
+
+    def counts() -> dict[str, float] | None:
+        """None until Flower lists the worker in both views."""
+        stats = httpx.get(f"{flower}/api/workers", params={"refresh": "1"}, timeout=10).json()
+        table = httpx.get(f"{flower}/workers", params={"json": "1"}, timeout=10).json()["data"]
+        names = [n for n in stats if worker.match(n) and "total" in stats[n].get("stats", {})]
+        rows = [r for r in table if names and r["hostname"] == names[0]]
+        if not rows:
+            return None
+        (beat,) = stack.calc_service.live_workers().values()
+        return {"processed": stats[names[0]]["stats"]["total"].get("wkr_celery.predict", 0),
+                **{k: rows[0].get(k, 0) for k in ("task-received", "task-succeeded",
+                                                  "task-failed")},
+                "ours": beat["requests"], "ours_failed": beat["failed"]}
+
+    def settled() -> dict[str, float] | None:
+        now = counts()
+        return now if now and now["processed"] == now["ours"] else None
+
+    stack.calc.http.post("/encode", json={"data": {"op": "echo"}})  # Flower connected: counted
+    before = wait_until(settled, 30, interval=0.3,
+                        what="Flower's processed count to match the worker's own")
+    for x in range(6):
+        assert stack.calc.http.post("/encode", json={"data": {"op": "double", "x": x}}
+                                    ).status_code == 200
+    for _ in range(2):
+        assert stack.calc.http.post("/encode", json={"data": {"op": "raise"}}).status_code >= 400
+    want = {"processed": 8, "task-received": 8, "task-succeeded": 6, "task-failed": 2,
+            "ours": 8, "ours_failed": 2}
+
+    def grown() -> dict[str, float] | None:
+        now = counts()
+        delta = {k: now[k] - before[k] for k in want} if now else None
+        return delta if delta == want else None
+
+    wait_until(grown, 30, interval=0.3, what=f"Flower's and the worker's counts to grow by {want}")

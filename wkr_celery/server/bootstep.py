@@ -36,7 +36,7 @@ from .hardworker import WKRHardWorker
 from .helper import pin_device
 from .leftovers import unlist_if_unserved
 from .serving import ServingLoop
-from .task_events import TaskEvents
+from .task_events import TaskEvents, count_in_celery
 from .worker_slot import WorkerProcessEnv
 
 __all__ = ["ServingStep", "device_of", "start_serving"]
@@ -65,6 +65,7 @@ class ServingStep(bootsteps.StartStopStep):
         settings: Settings = worker.app.wkr_settings
         told = WorkerProcessEnv.from_environ()
         loop = self.loop = start_serving(settings, told)
+        loop.listeners.append(count_in_celery)  # Celery's own counts (inspect stats, Flower)
         if settings.task_events:  # Flower's task list; off by default (costs a publish a batch)
             loop.listeners.append(TaskEvents(worker.app, worker.hostname))
         loop.start()

@@ -1,4 +1,4 @@
-"""Celery task events for the batching loop, so Flower's task list shows served requests.
+"""Celery task events and counts for the batching loop, so Flower shows served requests.
 
 Celery workers send ``task-received``/``task-started``/``task-succeeded`` per task; the batching
 loop runs no Celery task, so this listener sends the same three events for each request of a
@@ -25,7 +25,7 @@ from ..clock import wall_time
 from ..messages import TASK_NAME
 from .request import Outcome, Request
 
-__all__ = ["TaskEvents"]
+__all__ = ["TaskEvents", "count_in_celery"]
 
 log = logging.getLogger("wkr_celery.events")
 
@@ -88,3 +88,19 @@ def _short(value: Any) -> str:
         return f"<ndarray {value.shape} {value.dtype}>"
     text = repr(value)
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 1] + "…"
+
+
+def count_in_celery(batch: Sequence[Request], outcomes: Sequence[Outcome],
+                    predict_seconds: float) -> None:
+    """A ``ServingLoop`` listener, always on: count the batch where a Celery worker counts the
+    tasks it ran (``celery.worker.state``).
+
+    Why: Celery reports those counts in ``inspect stats`` (``total``: Flower's "Processed
+    tasks" on a worker's page) and in its worker heartbeats (``processed``); the batching
+    loop runs no Celery task, so both stayed at zero however many requests a worker served.
+    A request fails or succeeds, it was processed, as Celery counts a task that raised.
+    """
+    from celery.worker import state  # the worker's own module: set up by the time we serve
+
+    state.total_count[TASK_NAME] += len(batch)
+    state.all_total_count[0] += len(batch)
