@@ -15,29 +15,37 @@ worker of an older deploy takes the info back once no live worker of the newer o
 seen on two looks in a row: a new version writes its info just before its first heartbeat, and
 one look could fall between the two.
 
-Deploys on different hosts are ordered by their hosts' clocks: keep them in sync (NTP), or a
-new version on a host whose clock is behind by more than the time between the two starts owns
-the info only once the old one is gone. A worker started by hand (not by ``wkr-serving-start``)
-is a deploy of its own, named by its own start.
+Deploys are named on the broker Redis's clock, which every host shares. A worker started by
+hand (not by ``wkr-serving-start``) is a deploy of its own, named by its own start on its
+host's clock.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from ..broker import ServiceRegistry
+from ..clock import wall_time
 
 __all__ = ["InfoOwner", "new_deploy"]
 
 log = logging.getLogger(__name__)
 
 
-def new_deploy() -> str:
-    """The name of a deploy starting now: what a supervisor tells each worker it starts."""
-    return f"{time.time():.6f}"
+def new_deploy(broker: redis.Redis | None = None) -> str:
+    """The name of a deploy starting now: what a supervisor tells each worker it starts.
+
+    On the broker's clock (``TIME``), which every host of the service shares, so deploys on
+    hosts whose clocks differ are still ordered by when they started; a worker started by
+    hand, which names its own deploy without asking Redis, uses this host's clock."""
+    if broker is None:
+        return f"{wall_time():.6f}"
+    seconds, micros = broker.time()
+    return f"{seconds}.{micros:06d}"
 
 
 class InfoOwner:

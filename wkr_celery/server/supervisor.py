@@ -93,7 +93,7 @@ class WKRServer:
         self.settings = settings.replace(worker_class=path)
         self.worker_class = load_class(path, WKRHardWorker)
         self.keys = ServiceKeys(self.settings.name)
-        self.deployed = new_deploy()  # names this deploy in its workers (see .info_owner)
+        self.deployed = ""  # names this deploy in its workers: see start(), .info_owner
         self.workers = [
             WorkerProcess(index=i, device_id=self.settings.device_for(i))
             for i in range(self.settings.num_worker)
@@ -129,6 +129,7 @@ class WKRServer:
         self.registry = ServiceRegistry(broker, self.keys)
         try:
             broker.ping()
+            self.deployed = new_deploy(broker)
             # Every broker step is a script: a Redis user without scripting (an ACL, or a
             # managed Redis) is said here in one line, not by workers dying one after another.
             broker.script_load(scripts.FETCH)
