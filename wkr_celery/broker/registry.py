@@ -82,7 +82,7 @@ class ServiceRegistry:
 
     def write_info(self, info: Mapping[str, Any], deployed: str, orphan: str = "") -> bool:
         """Replace the service info with ``info`` of the deploy ``deployed`` (its supervisor's
-        start, wall-clock seconds as text), unless it names a newer deploy: the info is the
+        start, epoch seconds as text), unless it names a newer deploy: the info is the
         newest version's while two overlap (``lua/write_info.lua``). ``orphan``: a newer
         deploy the caller saw with no live worker, whose info it may replace. True if written."""
         fields = [word for key, value in {**info, "deployed": deployed}.items()

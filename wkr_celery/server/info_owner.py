@@ -8,8 +8,8 @@ contract back, and clients refused the new version's inputs from then on, even a
 version was gone.
 
 The info now belongs to the newest *deploy* that still has a live worker. A deploy is named by
-when its supervisor started (wall clock, the same text in every worker it starts and in their
-heartbeats). A worker writes the info only if its deploy is at least as new as the one the info
+when its supervisor started (epoch seconds as text, the same in every worker it starts and in
+their heartbeats). A worker writes the info only if its deploy is at least as new as the one the info
 names (``lua/write_info.lua``); on each heartbeat it looks at the deploy the info names, and a
 worker of an older deploy takes the info back once no live worker of the newer one is left,
 seen on two looks in a row: a new version writes its info just before its first heartbeat, and
