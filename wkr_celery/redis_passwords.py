@@ -7,11 +7,13 @@ file per address, and removes it at stop::
 
     $XDG_RUNTIME_DIR/wkr-celery/redis-127.0.0.1-8996     (else ~/.cache/wkr-celery/…)
 
-The folder is 0700 and each file 0600, so other local users cannot read them. A file also names
-the pid of the process that wrote it: once that process is gone (and its Redis with it, which
-dies with its parent), the entry is ignored, so a killed service never hands its old password
-to whatever listens on the port next. :func:`wkr_celery.connections.with_local_password` is the
-one reader.
+A user with no writable home (a container's arbitrary uid, or a read-only root filesystem with
+a tmpfs at /tmp) has it in ``<tempdir>/wkr-celery-<uid>`` instead, so ``wkr-serving-check``
+run in the container still finds the service. The folder is 0700 and each file 0600, so other
+local users cannot read them. A file also names the pid of the process that wrote it: once
+that process is gone (and its Redis with it, which dies with its parent), the entry is ignored,
+so a killed service never hands its old password to whatever listens on the port next.
+:func:`wkr_celery.connections.with_local_password` is the one reader.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import logging
 import os
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
 from .processes import pid_alive, private_dir
 
-__all__ = ["LOOPBACK_HOSTS", "PASSWORD_FILE", "index_dir", "lookup", "remember", "forget",
-           "new_password", "data_dir_password", "check_password"]
+__all__ = ["LOOPBACK_HOSTS", "PASSWORD_FILE", "index_dir", "index_dirs", "lookup", "remember",
+           "forget", "new_password", "data_dir_password", "check_password"]
 
 log = logging.getLogger("wkr_celery.redis")
 
@@ -47,9 +50,26 @@ def index_dir() -> Path:
     return base / "wkr-celery"
 
 
-def _entry(host: str, port: int) -> Path:
+def index_dirs() -> list[Path]:
+    """The folders the index may be in, in the order :func:`remember` tries them: the
+    :func:`index_dir`, then ``<tempdir>/wkr-celery-<uid>`` for a user whose home cannot be
+    written (``docker run --read-only --tmpfs /tmp``, an arbitrary uid whose home is ``/``)."""
+    folders = []
+    for where in (index_dir, _temporary_index_dir):
+        try:
+            folders.append(where())
+        except (OSError, RuntimeError):  # no home for this uid; no usable temporary folder
+            continue
+    return folders
+
+
+def _temporary_index_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"wkr-celery-{os.getuid()}"
+
+
+def _entry(folder: Path, host: str, port: int) -> Path:
     host = "127.0.0.1" if host in LOOPBACK_HOSTS else host
-    return index_dir() / f"redis-{host}-{port}"
+    return folder / f"redis-{host}-{port}"
 
 
 def _private(path: Path) -> bool:
@@ -60,26 +80,35 @@ def _private(path: Path) -> bool:
 
 
 def remember(host: str, port: int, password: str) -> None:
-    """Write the index entry of the Redis on ``host:port`` (0600, atomically), and remove the
-    entries of writers that are gone (killed services) on the way."""
-    try:
-        folder = index_dir()
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if folder.lstat().st_uid == os.getuid():
-            folder.chmod(0o700)
-        if not _private(folder):
-            raise OSError(f"{folder} is not a private folder of this user")
-        target = _entry(host, port)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                             0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump({"pid": os.getpid(), "password": password}, handle)
-        os.replace(temporary, target)
-        _remove_stale(folder)
-    except (OSError, RuntimeError) as exc:
-        log.warning("could not record the password of Redis on %s:%d for local clients (%s); "
-                    "give it to them with -redis_password or in the URL", host, port, exc)
+    """Write the index entry of the Redis on ``host:port`` (0600, atomically) in the first of
+    :func:`index_dirs` that takes it, and remove the entries of writers that are gone (killed
+    services) on the way."""
+    failures = []
+    for folder in index_dirs():
+        try:
+            _write_entry(folder, host, port, password)
+            return
+        except OSError as exc:
+            failures.append(f"{folder}: {exc.strerror or exc}")
+    log.warning("could not record the password of Redis on %s:%d for local clients (%s); "
+                "give it to them with -redis_password or in the URL", host, port,
+                "; ".join(failures) or "no folder for the index")
+
+
+def _write_entry(folder: Path, host: str, port: int, password: str) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.lstat().st_uid == os.getuid():
+        folder.chmod(0o700)
+    if not _private(folder):
+        raise OSError(f"{folder} is not a private folder of this user")
+    target = _entry(folder, host, port)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump({"pid": os.getpid(), "password": password}, handle)
+    os.replace(temporary, target)
+    _remove_stale(folder)
 
 
 def _remove_stale(folder: Path) -> None:
@@ -93,12 +122,13 @@ def _remove_stale(folder: Path) -> None:
 
 def forget(host: str, port: int) -> None:
     """Remove the index entry of ``host:port`` if this process wrote it."""
-    try:
-        target = _entry(host, port)
-        if json.loads(target.read_text()).get("pid") == os.getpid():
-            target.unlink()
-    except (OSError, RuntimeError, ValueError, AttributeError):
-        pass
+    for folder in index_dirs():
+        try:
+            target = _entry(folder, host, port)
+            if json.loads(target.read_text()).get("pid") == os.getpid():
+                target.unlink()
+        except (OSError, ValueError, AttributeError):
+            continue
 
 
 def lookup(host: str, port: int) -> str | None:
@@ -106,15 +136,18 @@ def lookup(host: str, port: int) -> str | None:
     started, else ``None`` (no entry, someone else's file, or its writer is gone)."""
     if host not in LOOPBACK_HOSTS:
         return None
-    try:
-        target = _entry(host, port)
-        if not (_private(target.parent) and _private(target)):
-            return None
-        entry = json.loads(target.read_text())
-        pid, password = int(entry["pid"]), str(entry["password"])
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
-        return None
-    return password if pid_alive(pid) else None
+    for folder in index_dirs():
+        try:
+            target = _entry(folder, host, port)
+            if not (_private(target.parent) and _private(target)):
+                continue
+            entry = json.loads(target.read_text())
+            pid, password = int(entry["pid"]), str(entry["password"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid_alive(pid):
+            return password
+    return None
 
 
 def new_password() -> str:

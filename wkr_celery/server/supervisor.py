@@ -124,6 +124,7 @@ class WKRServer:
             configure_stderr()
         extras.refuse_taken_ports(s)  # before anything starts
         self._start_redis()
+        s = self.settings  # with the embedded Redis's password, from here on
         broker = s.connect_broker()
         self.queue = RequestQueue(broker, self.keys)
         self.registry = ServiceRegistry(broker, self.keys)

