@@ -2,7 +2,10 @@
 
 Every child asks the kernel for SIGTERM when its parent dies, so none keeps running
 unsupervised, and every stop is bounded: SIGTERM, wait until a deadline, then SIGKILL. A child
-that dies is restarted after a :class:`Backoff` delay. Every child is started by :func:`spawn`.
+that dies is restarted after a :class:`Backoff` delay. Every child is started by :func:`spawn`,
+leads a process group of its own, and takes that group with it when it exits
+(:func:`finished`); a supervisor that is a container's PID 1 also reaps the orphans the
+container hands it (:func:`reap_orphans`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -25,9 +29,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["Backoff", "die_with_parent", "spawn", "forks", "send", "wait_or_kill", "pid_alive",
-           "port_holder", "private_dir", "owned_temp_dir", "clean_stale_dirs", "on_stop_signals",
-           "OWNER_FILE"]
+__all__ = ["Backoff", "die_with_parent", "spawn", "forks", "send", "wait_or_kill", "finished",
+           "reap_orphans", "pid_alive", "port_holder", "private_dir", "owned_temp_dir",
+           "clean_stale_dirs", "on_stop_signals", "OWNER_FILE"]
 
 log = logging.getLogger("wkr_celery.processes")
 
@@ -36,6 +40,7 @@ _PR_SET_PDEATHSIG = 1
 EXIT_ORPHANED = 75
 #: The pid of the process that made a temporary directory, written inside it.
 OWNER_FILE = "owner.pid"
+_WAIT_SECONDS = 0.02  # how often a stop looks whether a child has exited
 
 
 @dataclass(frozen=True)
@@ -132,9 +137,19 @@ class _Spawner:
         return done.result()
 
 
+#: The children :func:`spawn` started, by pid, while their ``Popen`` lives.
+_spawned: weakref.WeakValueDictionary[int, subprocess.Popen[bytes]] = (
+    weakref.WeakValueDictionary())
+#: Held from a fork until its child is in ``_spawned``, so no reap takes a child of ours.
+_spawning = threading.Lock()
+
+
 def _popen(command: Sequence[str], options: dict[str, Any]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=die_with_parent, **options)
+    with _spawning:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=die_with_parent, **options)
+        _spawned[proc.pid] = proc
+    return proc
 
 
 _spawner: _Spawner | None = None
@@ -142,8 +157,9 @@ _spawner_lock = threading.Lock()
 
 
 def _forget_spawner() -> None:  # a forked child has no copy of the thread, only of the object
-    global _spawner, _spawner_lock
-    _spawner, _spawner_lock = None, threading.Lock()
+    global _spawner, _spawner_lock, _spawning
+    _spawner, _spawner_lock, _spawning = None, threading.Lock(), threading.Lock()
+    _spawned.clear()  # its parent's children, not its own
 
 
 os.register_at_fork(after_in_child=_forget_spawner)
@@ -187,13 +203,84 @@ def send(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
 
 
 def wait_or_kill(proc: subprocess.Popen[bytes], deadline: float, what: str) -> int:
-    """Wait for ``proc`` until ``deadline`` (monotonic); past it, kill it. Returns its exit code."""
+    """Wait for ``proc`` until ``deadline`` (monotonic); past it, kill it. Returns its exit code.
+    Like :func:`finished`, it kills what is left of the child's process group once it exits."""
+    while (code := finished(proc)) is None and time.monotonic() < deadline:
+        time.sleep(_WAIT_SECONDS)
+    if code is not None:
+        return code
+    log.error("%s did not stop in time; killing it", what)
+    proc.kill()
+    deadline = time.monotonic() + 10
+    while (code := finished(proc)) is None and time.monotonic() < deadline:
+        time.sleep(_WAIT_SECONDS)
+    return proc.wait(0.1) if code is None else code
+
+
+def finished(proc: subprocess.Popen[bytes]) -> int | None:
+    """``proc.poll()``, which also ends the processes the child left behind in its process
+    group (a model's helpers: a data loader's workers, a tokenizer's pool, a server it
+    started): killed with SIGKILL, that child cannot end them, and they would outlive it,
+    holding memory and GPU memory its restarted copy needs. Every child :func:`spawn` starts
+    leads a group of its own, so its pid names that group until it is reaped: the group is
+    killed while the exited child still holds its pid (``WNOWAIT``), then the child is reaped.
+    A helper in a session of its own is beyond reach (see :func:`reap_orphans`)."""
+    if proc.returncode is not None:
+        return proc.returncode
     try:
-        return proc.wait(max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        log.error("%s did not stop in time; killing it", what)
-        proc.kill()
-        return proc.wait(10)
+        exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped by someone else: poll() says so
+        return proc.poll()
+    if exited is None:
+        return None
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # nothing left in its group
+        pass
+    return proc.poll()
+
+
+def reap_orphans() -> list[int]:
+    """As PID 1 (a container's entry point: ``docker run`` with no ``--init``), reap the
+    children that exited and that :func:`spawn` did not start; returns their pids.
+
+    PID 1 is the reaper of every orphan in its PID namespace: a helper whose worker was
+    killed, a process a health check left behind. One that exits stays a zombie until its new
+    parent reaps it, and ``subprocess`` reaps only the children it started. The children
+    :func:`spawn` started are left to their ``Popen``, which reads their exit code. Anywhere
+    else this does nothing: there orphans go to init, and an unknown child is someone's
+    ``Popen``, whose exit code a reap here would steal.
+    """
+    if os.getpid() != 1:
+        return []
+    reaped = []
+    with _spawning:
+        own = {pid for pid, proc in list(_spawned.items()) if proc.returncode is None}
+        for pid in _children() - own:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped.append(pid)
+            except ChildProcessError:
+                continue
+    if reaped:
+        log.debug("reaped orphaned process(es) %s", reaped)
+    return reaped
+
+
+def _children() -> set[int]:
+    """This process's children (every thread's), from ``/proc``."""
+    found: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as handle:
+                found.update(int(pid) for pid in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def pid_alive(pid: int) -> bool:

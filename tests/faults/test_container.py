@@ -8,6 +8,7 @@ write is named in one line, not a traceback."""
 
 from __future__ import annotations
 
+import os
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from tests.helpers import free_port, wait_until
 from tests.scripts import script
+from wkr_celery.processes import pid_alive
 
 from .container import Container, unavailable_reason
 
@@ -80,3 +82,29 @@ def test_a_service_with_no_writable_home_serves_and_passes_its_health_check(
     box.signal(signal.SIGTERM)  # docker stop
     assert box.wait(60) == 0, box.output()
     assert "Traceback" not in box.output()
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_killed_by_sigkill_is_restarted_and_leaves_no_helper_and_no_zombie(
+        container: Callable[..., Container]) -> None:
+    """The OOM killer's SIGKILL on a worker with helper processes. Its helper in its process
+    group used to outlive it (holding the memory its restarted copy needs); the one in a
+    session of its own, orphaned to PID 1, stayed a zombie once it exited, as nothing reaped
+    it. Now the group dies with the worker and PID 1 reaps what it inherits."""
+    box = container(script("wkr-serving-start"), "tests.faults.workers.HelperStarter",
+                    env=service_env())
+    wait_until(lambda: healthy(box), 90, interval=0.5, what="the health check to pass")
+    helpers = {name: (pid, parent) for pid, parent, _, name in box.processes()
+               if name in ("tail", "sh")}
+    assert helpers["tail"][1] == helpers["sh"][1], helpers  # both the worker's
+    worker = helpers["tail"][1]
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(helpers["tail"][0]), 30,
+               what="the killed worker's helper in its process group to end")
+    wait_until(lambda: not pid_alive(helpers["sh"][0]), 30, what="the watcher to exit")
+    wait_until(lambda: healthy(box) and not box.zombies(), 60, interval=0.5,
+               what=f"a restarted worker and no zombie; processes: {box.processes()}")
+    assert encode_inside(box, 4) == "8"
+    assert "exited with code -9" in box.output()
+    box.signal(signal.SIGTERM)  # docker stop
+    assert box.wait(60) == 0, box.output()

@@ -8,6 +8,7 @@ raises ``SystemExit`` (which, like any exception, fails that input alone).
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from typing import Any
 
@@ -75,4 +76,18 @@ class SlowLoader(Doubler):
         with open(os.path.join(os.environ["TEST_LOADING_DIR"], str(os.getpid())), "w"):
             pass
         time.sleep(120)
+        return None
+
+
+class HelperStarter(Doubler):
+    """A model with helper processes, as a data loader's workers or a tokenizer's pool are:
+    ``tail -f`` in the worker's own process group, and a watcher (``sh``) in a session of its
+    own, which exits once the worker is gone (an orphan that dies, for its new parent to reap)."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        self.helpers = [
+            subprocess.Popen(["tail", "-f", "/dev/null"]),
+            subprocess.Popen(["sh", "-c", 'while kill -0 "$1" 2>/dev/null; do sleep 0.1; done',
+                              "watcher", str(os.getpid())], start_new_session=True),
+        ]
         return None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..logs import LogRouter
-from ..processes import Backoff, wait_or_kill
+from ..processes import Backoff, finished, wait_or_kill
 from .config import RemoteServer
 from .process import Unit, UnitProcess, spawn
 
@@ -106,7 +106,7 @@ class UnitPool:
         now = time.monotonic()
         for unit in list(self.units):
             proc = unit.process
-            if proc is not None and proc.popen.poll() is not None:
+            if proc is not None and finished(proc.popen) is not None:
                 self._on_exit(unit, proc)
             if unit.process is not None:
                 continue

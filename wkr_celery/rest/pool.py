@@ -16,7 +16,7 @@ from types import FrameType
 
 from ..config import Settings
 from ..logs import configure_stderr
-from ..processes import Backoff, on_stop_signals, send, wait_or_kill
+from ..processes import Backoff, on_stop_signals, reap_orphans, send, wait_or_kill
 from . import extras
 
 __all__ = ["run_pool"]
@@ -46,6 +46,7 @@ def run_pool(settings: Settings, backoff: Backoff | None = None) -> int:
         while not stop_requested:
             time.sleep(_CHECK_SECONDS)
             if not stop_requested:
+                reap_orphans()
                 for side in sides:
                     side.check(backoff, None)
     finally:

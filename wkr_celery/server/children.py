@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..errors import WKRError
 from ..logs import LogRouter
-from ..processes import Backoff
+from ..processes import Backoff, finished
 from ..redis_embedded import EmbeddedRedis
 
 __all__ = ["SideProcess", "WatchedRedis"]
@@ -47,7 +47,7 @@ class SideProcess:
         """Reap it if it died (and schedule the restart); start it when due."""
         now = time.monotonic()
         proc = self.process
-        if proc is not None and proc.poll() is not None:
+        if proc is not None and finished(proc) is not None:
             self.process = None
             if self.pump is not None:
                 self.pump.join(1)

@@ -45,7 +45,9 @@ from ..logs import LogRouter, configure_stderr
 from ..processes import (
     Backoff,
     clean_stale_dirs,
+    finished,
     owned_temp_dir,
+    reap_orphans,
     send,
     spawn,
     wait_or_kill,
@@ -94,10 +96,8 @@ class WKRServer:
         self.worker_class = load_class(path, WKRHardWorker)
         self.keys = ServiceKeys(self.settings.name)
         self.deployed = ""  # names this deploy in its workers: see start(), .info_owner
-        self.workers = [
-            WorkerProcess(index=i, device_id=self.settings.device_for(i))
-            for i in range(self.settings.num_worker)
-        ]
+        self.workers = [WorkerProcess(index=i, device_id=self.settings.device_for(i))
+                        for i in range(self.settings.num_worker)]
         self.redis_servers: list[EmbeddedRedis] = []
         self._redis_watch: list[WatchedRedis] = []
         self.extras: list[SideProcess] = []
@@ -245,6 +245,7 @@ class WKRServer:
         self._stop_requested = True
 
     def _check_children(self) -> None:
+        reap_orphans()  # as a container's PID 1: orphans it was handed
         for watch in self._redis_watch:
             watch.check(self.backoff)
         for side in self.extras:
@@ -252,7 +253,7 @@ class WKRServer:
         now = time.monotonic()
         for slot in list(self.workers):
             proc = slot.process
-            if proc is not None and proc.poll() is not None:
+            if proc is not None and finished(proc) is not None:
                 if slot.retiring:
                     self._retired(slot, proc.returncode)
                     continue
