@@ -22,6 +22,8 @@ import re
 import sys
 from typing import IO
 
+from .processes import writable_dir
+
 __all__ = ["LINE_FORMAT", "LineFormatter", "configure_stderr", "LogRouter", "ErrorsToTerminal"]
 
 LINE_FORMAT = "%(levelname)s %(asctime)s %(processName)s[%(process)d] %(name)s: %(message)s"
@@ -68,7 +70,7 @@ class LogRouter:
     """Writes lines to the rotated ``.log`` / ``.err`` pair of one service."""
 
     def __init__(self, log_dir: str, name: str) -> None:
-        os.makedirs(log_dir, exist_ok=True)
+        writable_dir(log_dir, "-log_dir")
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self.err_path = os.path.join(log_dir, f"{name}.err")
         fmt = logging.Formatter("%(message)s")

@@ -29,8 +29,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .errors import ConfigError
+
 __all__ = ["Backoff", "die_with_parent", "spawn", "forks", "send", "wait_or_kill", "finished",
-           "reap_orphans", "pid_alive", "port_holder", "private_dir", "owned_temp_dir",
+           "reap_orphans", "pid_alive", "port_holder", "private_dir", "writable_dir", "owned_temp_dir",
            "clean_stale_dirs", "on_stop_signals", "OWNER_FILE"]
 
 log = logging.getLogger("wkr_celery.processes")
@@ -327,7 +329,24 @@ def private_dir(path: str) -> str:
     """``path``, made (with its parents) when missing, the last folder readable by this user
     alone (0700): a ``-data_dir`` holds queued inputs and results in Redis's append-only file,
     which Redis writes 0644. A folder that already exists keeps the mode its owner gave it."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    return writable_dir(path, "-data_dir", mode=0o700)
+
+
+def writable_dir(path: str, flag: str, mode: int = 0o777) -> str:
+    """``path``, made (with its parents) when missing; a :class:`~wkr_celery.errors.ConfigError`
+    naming it, ``flag`` and the way out when this user cannot write there, as in a container
+    whose root filesystem is read-only or whose volume belongs to another uid (an ``OSError``
+    deep in a start said neither which setting nor what to do)."""
+    try:
+        os.makedirs(path, mode=mode, exist_ok=True)
+        why = "" if os.access(path, os.W_OK | os.X_OK) else "not writable"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    if why:
+        raise ConfigError(
+            f"{flag} {path} cannot be written by uid {os.getuid()} ({why}); make it writable "
+            "by this user, or mount a writable volume there (in a container with a read-only "
+            "root filesystem)")
     return path
 
 
@@ -335,8 +354,14 @@ def owned_temp_dir(prefix: str) -> str:
     """A new temporary directory holding the creator's pid, so a later start can tell a
     directory whose owner was killed (and remove it) from one in use."""
     clean_stale_dirs(prefix)
-    path = tempfile.mkdtemp(prefix=prefix)
-    Path(path, OWNER_FILE).write_text(str(os.getpid()))
+    try:
+        path = tempfile.mkdtemp(prefix=prefix)
+        Path(path, OWNER_FILE).write_text(str(os.getpid()))
+    except OSError as exc:  # no /tmp, /var/tmp or $TMPDIR this user can write
+        raise ConfigError(
+            f"no writable temporary folder ({exc.strerror or exc}); wkr-celery keeps its run "
+            "files there: mount a tmpfs at /tmp (docker run --tmpfs /tmp, a Kubernetes "
+            "emptyDir) or set TMPDIR to a writable folder") from exc
     return path
 
 
@@ -345,8 +370,12 @@ def clean_stale_dirs(prefix: str) -> list[str]:
     :data:`OWNER_FILE`) is gone; returns the paths removed. A process killed with SIGKILL cannot
     clean up after itself. A directory without an owner file is left alone: nothing says
     whether whoever made it still uses it."""
-    removed = []
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), glob.escape(prefix) + "*")):
+    removed: list[str] = []
+    try:
+        folder = tempfile.gettempdir()
+    except OSError:  # no writable temporary folder: nothing there to clean
+        return removed
+    for path in glob.glob(os.path.join(folder, glob.escape(prefix) + "*")):
         try:
             pid = int(Path(path, OWNER_FILE).read_text().strip())
         except (OSError, ValueError):

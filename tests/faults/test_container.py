@@ -108,3 +108,23 @@ def test_a_worker_killed_by_sigkill_is_restarted_and_leaves_no_helper_and_no_zom
     assert "exited with code -9" in box.output()
     box.signal(signal.SIGTERM)  # docker stop
     assert box.wait(60) == 0, box.output()
+
+
+@pytest.mark.parametrize(("tmpfs", "setting", "said"), [
+    (False, {}, "no writable temporary folder"),
+    (True, {"WKR_LOG_DIR": "/var/log/wkr"}, "-log_dir /var/log/wkr cannot be written by uid"),
+    (True, {"WKR_DATA_DIR": "/srv/wkr-data"}, "-data_dir /srv/wkr-data cannot be written by uid"),
+], ids=["no-tmpfs", "log-dir", "data-dir"])
+def test_a_folder_the_container_cannot_write_is_named_in_one_line(
+        container: Callable[..., Container], tmpfs: bool, setting: dict[str, str],
+        said: str) -> None:
+    """A read-only root filesystem with no tmpfs, or a log or data folder on it: the service
+    used to die with an ``OSError`` traceback; now one line names the folder and the way out,
+    and nothing was started."""
+    box = container(script("wkr-serving-start"), DOUBLER, tmpfs=tmpfs,
+                    env={**service_env(), **setting})
+    assert box.wait(60) != 0
+    output = box.output()
+    assert "Traceback" not in output, output
+    assert f"wkr-serving-start: error: {said}" in output, output
+    assert "mount a" in output.split("error:", 1)[1], output
