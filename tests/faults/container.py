@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -149,3 +150,57 @@ def _stat(pid: int) -> tuple[str, str] | None:
         return None
     name = text[text.index("(") + 1:text.rindex(")")]
     return name, text[text.rindex(")") + 2]
+
+
+class MemoryCgroup:
+    """A memory cgroup of its own with a limit, as ``docker run --memory`` gives a container:
+    cgroup v2 where its memory controller can be delegated to a child, else v1's hierarchy.
+    :attr:`procs` is the file a process writes its pid to in order to join it."""
+
+    def __init__(self, limit: int) -> None:
+        self.path = _new_memory_cgroup(f"wkr-test-{os.getpid()}-{uuid.uuid4().hex[:6]}", limit)
+        self.procs = self.path / "cgroup.procs"
+
+    def close(self) -> None:
+        """Kill whatever is still in it (a test that failed midway), then remove it."""
+        for pid in self.procs.read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_until(lambda: not self.procs.read_text().split(), 15, what="an empty cgroup")
+        self.path.rmdir()
+
+
+def memory_cgroup_unavailable() -> str | None:
+    """Why no memory cgroup with a limit can be made here (so the test skips), or None."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    try:
+        MemoryCgroup(1 << 30).close()
+    except (OSError, ValueError, AssertionError) as exc:
+        return f"no writable cgroup memory controller (v2 or v1) here: {exc}"
+    return None
+
+
+def _new_memory_cgroup(name: str, limit: int) -> Path:
+    own = {c: p for _, c, p in (line.split(":", 2) for line in
+                                 Path("/proc/self/cgroup").read_text().splitlines())}
+    v1 = own.get("memory") or next((p for c, p in own.items() if "memory" in c.split(",")), None)
+    if v1 is not None and Path("/sys/fs/cgroup/memory").is_dir():
+        path = Path("/sys/fs/cgroup/memory", v1.lstrip("/"), name)
+        path.mkdir()
+        (path / "memory.limit_in_bytes").write_text(str(limit))
+        if (path / "memory.memsw.limit_in_bytes").exists():  # no swapping out of the limit
+            (path / "memory.memsw.limit_in_bytes").write_text(str(limit))
+        (path / "memory.swappiness").write_text("0")
+        return path
+    parent = Path("/sys/fs/cgroup", own.get("", "/").lstrip("/"))
+    if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
+        raise OSError(f"{parent} does not delegate the memory controller to its children")
+    path = parent / name
+    path.mkdir()
+    (path / "memory.max").write_text(str(limit))
+    (path / "memory.swap.max").write_text("0")
+    return path

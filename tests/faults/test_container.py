@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, wait_until
-from tests.scripts import script
+from tests.helpers import ROOT, free_port, stop_gracefully, wait_until
+from tests.scripts import script, user_env
+from wkr_celery.client import WKRClient
+from wkr_celery.errors import PoisonInput
 from wkr_celery.processes import pid_alive
 
-from .container import Container, unavailable_reason
+from .container import Container, MemoryCgroup, memory_cgroup_unavailable, unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None,
                                 reason=unavailable_reason() or "")
@@ -128,3 +131,35 @@ def test_a_folder_the_container_cannot_write_is_named_in_one_line(
     assert "Traceback" not in output, output
     assert f"wkr-serving-start: error: {said}" in output, output
     assert "mount a" in output.split("error:", 1)[1], output
+
+
+@pytest.mark.skipif(memory_cgroup_unavailable() is not None,
+                    reason=memory_cgroup_unavailable() or "")
+@pytest.mark.timeout(180)
+def test_a_worker_the_oom_killer_ends_is_said_to_be_out_of_memory(redis_url: str,
+                                                                    tmp_path: Path) -> None:
+    """``docker run --memory``: a batch that takes more than the limit gets its worker killed
+    by the kernel's OOM killer. The log (and the failure recorded for clients) said only
+    "exited with code -9"; now it says it was the OOM killer, and what to change. The service goes on:
+    the input is failed (``-max_attempts 1``), the restarted worker serves the next one."""
+    group, name = MemoryCgroup(400 << 20), f"oom{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "service.log"
+    with open(log, "wb") as out:  # the service joins the cgroup, then runs as typed
+        proc = subprocess.Popen(
+            ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group.procs),
+             script("wkr-serving-start"), "tests.faults.workers.MemoryHog", "-name", name,
+             "-broker_url", redis_url, "-result_url", redis_url, "-max_attempts", "1"],
+            cwd=ROOT, env=user_env(), stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+    try:
+        with WKRClient(name=name, broker_url=redis_url, result_url=redis_url,
+                       connect_timeout=60) as client:
+            assert client.encode(1).result(60) == 2
+            with pytest.raises(PoisonInput):
+                client.encode("hog").result(90)
+            assert client.encode(3).result(60) == 6
+        text = log.read_text(errors="replace")
+        assert "exited with code -9 (SIGKILL from the kernel's OOM killer" in text, text[-3000:]
+    finally:
+        stop_gracefully(proc)
+        group.close()

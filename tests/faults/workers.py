@@ -91,3 +91,15 @@ class HelperStarter(Doubler):
                               "watcher", str(os.getpid())], start_new_session=True),
         ]
         return None
+
+
+class MemoryHog(Doubler):
+    """On the input ``"hog"``, ``predict`` takes memory (64 MB at a time, written) until the
+    kernel's OOM killer ends its process, as a batch too large for a container's limit does."""
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        held = []
+        while "hog" in list(input):
+            held.append(bytearray(64 << 20))
+            held[-1][::4096] = b"x" * len(held[-1][::4096])
+        return super().predict(model, input)

@@ -57,6 +57,7 @@ from ..rest import extras
 from ..worker_class import class_path, load_class
 from .children import SideProcess, WatchedRedis
 from .elastic import Elastic
+from .exits import ExitReasons
 from .hardworker import WKRHardWorker
 from .info_owner import new_deploy
 from .leftovers import fail_queued, unlist_if_unserved, wait_taken
@@ -105,6 +106,7 @@ class WKRServer:
         self.queue: RequestQueue | None = None
         self.registry: ServiceRegistry | None = None
         self.elastic: Elastic | None = None
+        self.exits = ExitReasons()
         # A plain flag, not an Event: the CLI's signal handler sets it, and Event.set() in a
         # handler deadlocks when the signal lands while the main thread holds the Event's own
         # lock inside wait() (seen in CI: a SIGTERM left the service running until killed).
@@ -193,12 +195,10 @@ class WKRServer:
             # One math thread per worker unless the user says otherwise: several workers (plus
             # Redis and clients) each spinning a core-sized BLAS pool oversubscribe the CPU.
             env.setdefault(variable, "1")
-        command = [
-            sys.executable, "-m", "celery", "-A", "wkr_celery", "--quiet", "worker",
-            "--pool", "solo", "--concurrency", "1", "-Q", self.keys.control_queue,
-            "-n", f"wkr.{s.name}.{slot.index}@%h", "--without-gossip", "--without-mingle",
-            "--loglevel", "INFO",
-        ]
+        command = [sys.executable, "-m", "celery", "-A", "wkr_celery", "--quiet", "worker",
+                   "--pool", "solo", "--concurrency", "1", "-Q", self.keys.control_queue,
+                   "-n", f"wkr.{s.name}.{slot.index}@%h", "--without-gossip",
+                   "--without-mingle", "--loglevel", "INFO"]
         piped = self.router is not None
         slot.process = spawn(command, env=env, stdout=subprocess.PIPE if piped else None,
                              stderr=subprocess.STDOUT if piped else None)
@@ -222,9 +222,8 @@ class WKRServer:
                 return
             self._check_children()
             time.sleep(_CHECK_SECONDS)
-        raise ServiceUnavailable(
-            f"service {self.settings.name!r}: workers not ready after {timeout:.0f}s; see the log"
-        )
+        raise ServiceUnavailable(f"service {self.settings.name!r}: workers not ready after "
+                                 f"{timeout:.0f}s; see the log")
 
     def serve_forever(self, on_stop: Callable[[], None] | None = None) -> None:
         """Supervise until :meth:`request_stop` (the CLI's SIGTERM/SIGINT handler), then stop.
@@ -310,18 +309,18 @@ class WKRServer:
             except REDIS_ERRORS as exc:  # the sweep of a live worker requeues them later
                 log.error("could not requeue worker %s's requests now: %s", slot.worker_id, exc)
         slot.clean_up()
+        ended = self.exits.explain(code)  # -9 from the OOM killer says so
         if stopping:
             log.warning("worker %d (%s) exited with code %s while stopping; requeued %d "
-                        "request(s)", slot.index, slot.worker_id, code, requeued)
+                        "request(s)", slot.index, slot.worker_id, ended, requeued)
             return
         slot.restarts += 1
         slot.failures, delay = self.backoff.after_death(slot.failures, lived)
         slot.next_start = time.monotonic() + delay
-        why = (f"failed to start: {failure}" if failure
-               else f"exited with code {code} after {lived:.1f}s")
+        why = f"failed to start: {failure}" if failure else f"exited with code {ended} after {lived:.1f}s"
         self._record_failure(f"worker {slot.index} {why}")
         log.error("worker %d (%s) exited with code %s after %.1fs%s; requeued %d request(s) "
-                  "(%d were in predict); restarting in %.1fs", slot.index, slot.worker_id, code,
+                  "(%d were in predict); restarting in %.1fs", slot.index, slot.worker_id, ended,
                   lived, f"; failed to start: {failure}" if failure else "", requeued, len(blamed), delay)
 
     def _record_failure(self, text: str) -> None:
