@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..logs import LogRouter
-from ..processes import Backoff, finished, wait_or_kill
+from ..processes import Backoff, finished, reap_orphans, wait_or_kill
 from .config import RemoteServer
 from .process import Unit, UnitProcess, spawn
 
@@ -102,7 +102,9 @@ class UnitPool:
     # Supervision --------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Reap exited units, drop retired ones, start those due (called every tick)."""
+        """Reap exited units, drop retired ones, start those due (called every tick); as a
+        container's PID 1, reap the orphans it was handed too."""
+        reap_orphans()
         now = time.monotonic()
         for unit in list(self.units):
             proc = unit.process
