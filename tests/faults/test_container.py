@@ -163,3 +163,22 @@ def test_a_worker_the_oom_killer_ends_is_said_to_be_out_of_memory(redis_url: str
     finally:
         stop_gracefully(proc)
         group.close()
+
+
+@pytest.mark.timeout(120)
+def test_docker_stop_while_the_worker_module_imports_stops_it_at_once(
+        container: Callable[..., Container]) -> None:
+    """``docker stop`` right after ``docker start``, while the supervisor imports the worker's
+    module (``import torch`` takes seconds). PID 1 has no default action for SIGTERM, so one
+    that came before the handler was dropped: the service started and ran on until the grace
+    period ended in SIGKILL. Now the handler is the first thing installed, and the stop is
+    kept: the supervisor exits 0 once the import is done, having started nothing."""
+    mark = "/tmp/importing"
+    box = container(script("wkr-serving-start"), "tests.faults.slow_import.Worker",
+                    env={**service_env(), "TEST_IMPORT_MARK": mark, "TEST_IMPORT_SECONDS": "3"})
+    inside = Path(f"/proc/{box.pid1}/root{mark}")  # the container's tmpfs, seen from here
+    wait_until(inside.exists, 30, what=f"the import to begin; output:\n{box.output()}")
+    box.signal(signal.SIGTERM)
+    assert box.wait(30) == 0, box.output()
+    assert "stopped before it started" in box.output()
+    assert "started Redis" not in box.output()

@@ -26,23 +26,33 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = Settings.from_args(argv)
-        server = WKRServer(settings.worker_class, settings)
-    except WKRError as exc:
-        print(f"wkr-serving-start: error: {exc}", file=sys.stderr)
-        return 2
     signals = {"count": 0}
+    server: WKRServer | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         signals["count"] += 1
+        if server is None:  # still importing the worker's module: nothing started to stop
+            return
         if signals["count"] > 1 and signum == signal.SIGINT:
             for slot in server.workers:
                 if slot.process is not None and slot.process.poll() is None:
                     slot.process.kill()
         server.request_stop()
 
+    # First: as a container's PID 1, a signal that comes before its handler is dropped (PID 1
+    # has no default action), and importing a worker's module (torch) can take seconds, so a
+    # `docker stop` then went unheard until the grace period ran out and SIGKILL came.
     on_stop_signals(on_signal)
+    try:
+        settings = Settings.from_args(argv)
+        server = WKRServer(settings.worker_class, settings)
+    except WKRError as exc:
+        print(f"wkr-serving-start: error: {exc}", file=sys.stderr)
+        return 2
+    if signals["count"]:
+        _tell("wkr-serving-start: stopped before it started (a stop signal came while it "
+              "imported the worker class)")
+        return 0
     log_file = os.path.join(settings.log_dir, settings.name)
     if settings.log_dir:  # the terminal still hears why a worker or a side process died
         logging.getLogger("wkr_celery.server").addHandler(
