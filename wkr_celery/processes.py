@@ -207,6 +207,7 @@ def send(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
 def wait_or_kill(proc: subprocess.Popen[bytes], deadline: float, what: str) -> int:
     """Wait for ``proc`` until ``deadline`` (monotonic); past it, kill it. Returns its exit code.
     Like :func:`finished`, it kills what is left of the child's process group once it exits."""
+    deadline = max(deadline, time.monotonic() + 0.1)  # a late caller still gives it a moment
     while (code := finished(proc)) is None and time.monotonic() < deadline:
         time.sleep(_WAIT_SECONDS)
     if code is not None:
