@@ -106,7 +106,7 @@ class WKRServer:
         self.queue: RequestQueue | None = None
         self.registry: ServiceRegistry | None = None
         self.elastic: Elastic | None = None
-        self.exits = ExitReasons()
+        self._exits = ExitReasons()
         # A plain flag, not an Event: the CLI's signal handler sets it, and Event.set() in a
         # handler deadlocks when the signal lands while the main thread holds the Event's own
         # lock inside wait() (seen in CI: a SIGTERM left the service running until killed).
@@ -309,7 +309,7 @@ class WKRServer:
             except REDIS_ERRORS as exc:  # the sweep of a live worker requeues them later
                 log.error("could not requeue worker %s's requests now: %s", slot.worker_id, exc)
         slot.clean_up()
-        ended = self.exits.explain(code)  # -9 from the OOM killer says so
+        ended = self._exits.explain(code)  # -9 from the OOM killer says so
         if stopping:
             log.warning("worker %d (%s) exited with code %s while stopping; requeued %d "
                         "request(s)", slot.index, slot.worker_id, ended, requeued)
