@@ -182,3 +182,21 @@ def test_docker_stop_while_the_worker_module_imports_stops_it_at_once(
     assert box.wait(30) == 0, box.output()
     assert "stopped before it started" in box.output()
     assert "started Redis" not in box.output()
+
+
+@pytest.mark.timeout(180)
+def test_wkr_serving_terminate_in_the_container_stops_the_service_or_says_why_it_cannot(
+        container: Callable[..., Container]) -> None:
+    """``docker exec … wkr-serving-terminate``: the supervisor is the worker's parent and PID 1.
+    The tool took a parent of pid 1 for init (a worker whose supervisor died) and signalled the
+    worker alone: the supervisor restarted it, and the tool said the service was stopped (or,
+    with ``-force``, "killed"). Now ``-force``, which cannot freeze or kill a PID 1 from inside,
+    says so and touches nothing, and the graceful stop reaches the supervisor."""
+    box = container(script("wkr-serving-start"), DOUBLER, env=service_env())
+    wait_until(lambda: healthy(box), 90, interval=0.5, what="the health check to pass")
+    forced = box.exec([script("wkr-serving-terminate"), "-force"])
+    assert forced.returncode != 0 and "PID 1 of this container" in forced.stderr, forced
+    assert healthy(box) and "exited with code" not in box.output(), box.output()
+    box.exec([script("wkr-serving-terminate")], timeout=90)  # ends with the container
+    assert box.wait(30) == 0, box.output()
+    assert "stopped" in box.output().splitlines()[-1], box.output()

@@ -88,10 +88,22 @@ def find_targets(settings: Settings) -> tuple[dict[int, Target], list[str], list
 def _add(targets: dict[int, Target], service: str, pid: int, worker_id: str) -> None:
     if not procs.alive(pid):
         return
+    supervisor = _supervisor_of(pid) if celery_node(service, worker_id, "") is not None else None
+    top = supervisor or pid
+    targets.setdefault(top, Target(top, supervisor is not None)).workers[pid] = worker_id
+
+
+def _supervisor_of(pid: int) -> int | None:
+    """The ``wkr-serving-start`` that started worker ``pid``, while it is still its parent:
+    the worker's environment names it (``WKR_SUPERVISOR_PID``). Pid 1 is one in a container
+    (its entry point); elsewhere it is the init a worker is handed to when its supervisor
+    died, which the environment tells apart (by the parent's pid alone, the container's
+    supervisor was skipped: only the worker was signalled, and the supervisor restarted it)."""
     parent = procs.parent_pid(pid)
-    supervised = celery_node(service, worker_id, "") is not None and (parent or 0) > 1
-    top = parent if supervised and parent else pid
-    targets.setdefault(top, Target(top, supervised)).workers[pid] = worker_id
+    named = (procs.environ(pid) or {}).get("WKR_SUPERVISOR_PID", "")
+    if not parent or named:
+        return parent if named == str(parent) else None
+    return parent if parent > 1 else None  # an environment this user may not read
 
 
 def _workers_by_environment(settings: Settings) -> Iterator[tuple[int, str]]:
@@ -122,6 +134,11 @@ def terminate_service(
         return _replace(report, problem=(
             f"no process of service {settings.name!r} on {redacted(settings.broker)} found on "
             f"this host{where}"))
+    if force and any(t.supervisor and t.pid == 1 for t in targets.values()):
+        return _replace(report, problem=(
+            "its wkr-serving-start is PID 1 of this container, which no process inside it "
+            "can freeze or kill: stop the container from outside (docker kill, docker stop), "
+            "or leave out -force for a graceful stop (SIGTERM)"))
     if force:
         return _kill(settings, targets, report)
     for target in targets.values():
