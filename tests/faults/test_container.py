@@ -8,9 +8,12 @@ write is named in one line, not a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -200,3 +203,36 @@ def test_wkr_serving_terminate_in_the_container_stops_the_service_or_says_why_it
     box.exec([script("wkr-serving-terminate")], timeout=90)  # ends with the container
     assert box.wait(30) == 0, box.output()
     assert "stopped" in box.output().splitlines()[-1], box.output()
+
+
+@pytest.mark.timeout(120)
+def test_docker_stop_while_the_api_checks_its_broker_stops_it_at_once(
+        container: Callable[..., Container]) -> None:
+    """The compose file's ``api`` service (``wkr-serving-http``) stopped while it still checks
+    its broker at start, here one that accepts connections and never answers. Its SIGTERM
+    handler came only with uvicorn, so as PID 1 it dropped the signal, finished the check
+    (seconds) and served until SIGKILL. Now it exits at once: nothing is started yet."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = threading.Event()
+    held: list[socket.socket] = []
+
+    def hold() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(silent.accept()[0])
+                accepted.set()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        env = {"WKR_NAME": f"c{uuid.uuid4().hex[:8]}", "WKR_HTTP_PORT": str(free_port()),
+               "WKR_BROKER_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0"}
+        box = container(script("wkr-serving-http"), env=env)
+        assert accepted.wait(30), f"the API never reached its broker:\n{box.output()}"
+        box.signal(signal.SIGTERM)
+        assert box.wait(10) == 0, box.output()
+    finally:
+        silent.close()  # its accept() fails: the holder ends
+        holder.join(10)
+        for conn in held:
+            conn.close()

@@ -10,11 +10,14 @@ any that dies (:mod:`.pool`); ``wkr-serving-start -http_port P`` starts them its
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from ..config import Settings
 from ..errors import WKRError
+from ..processes import on_stop_signals
 from .extras import refuse_taken_ports
 
 __all__ = ["main", "settings_from_argv", "API_FLAGS"]
@@ -42,7 +45,19 @@ def settings_from_argv(argv: Sequence[str]) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    # First: as a container's PID 1, a signal that comes before a handler is dropped (PID 1
+    # has no default action), so a `docker stop` during the imports or the broker check
+    # went unheard until SIGKILL. Nothing is started yet, so the stop is an exit; serve() and
+    # run_pool() put their own graceful handlers in place of this one.
+    previous = on_stop_signals(_stop_before_serving)
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    finally:  # a caller in this process (a test) gets its own handlers back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: Sequence[str]) -> int:
     try:
         settings = settings_from_argv(argv)
     except WKRError as exc:
@@ -64,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .process import serve
 
     return serve(settings)
+
+
+def _stop_before_serving(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _warn_without_workers(settings: Settings) -> None:
