@@ -8,7 +8,8 @@ root filesystem read-only and a fresh tmpfs at ``/tmp`` the only place to write 
 exist), as an image built with an arbitrary user, or OpenShift, runs it. The network namespace
 is this machine's: the service still binds loopback only. :meth:`Container.exec` is ``docker
 exec``; :meth:`Container.close` kills PID 1, and the kernel kills everything else in the
-namespace with it.
+namespace with it. :class:`MemoryCgroup` is ``docker run --memory``: a memory cgroup with a
+limit, which a process joins by writing its pid to it.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 tmpfs at /tmp, an unprivileged uid with no home, configured by ``WKR_*`` variables only (see
 :mod:`tests.faults.container`). The service starts with its embedded Redis, the compose file's
 health check (``wkr-serving-check -local -quiet``, run with ``docker exec``) passes, a worker
-killed with SIGKILL (the OOM killer's signal) is restarted and leaves neither its helper
-processes nor zombies, ``docker stop``'s SIGTERM stops it gracefully, and a folder it cannot
-write is named in one line, not a traceback."""
+killed with SIGKILL is restarted and leaves neither its helper processes nor zombies, one the
+OOM killer ends under a memory limit is said to be, ``docker stop``'s SIGTERM stops it
+gracefully (also while it still imports the worker's module, and the ``api`` service while it
+still checks its broker), ``docker exec … wkr-serving-terminate`` reaches the supervisor, and
+a folder it cannot write is named in one line, not a traceback."""
 
 from __future__ import annotations
 
