@@ -203,5 +203,6 @@ def _new_memory_cgroup(name: str, limit: int) -> Path:
     path = parent / name
     path.mkdir()
     (path / "memory.max").write_text(str(limit))
-    (path / "memory.swap.max").write_text("0")
+    if (path / "memory.swap.max").exists():  # no swapping out of the limit
+        (path / "memory.swap.max").write_text("0")
     return path
