@@ -436,7 +436,10 @@ def test_metrics_export_requests_latency_batches_and_worker_statistics(stack: St
 
     def ready() -> dict[str, float] | None:
         samples = scrape()
-        return samples if samples.get("wkr_stat_batchsize_count[]", 0) > 0 else None
+        # Counts come from the totals hash, smallest and largest from the live workers' beats,
+        # which the API caches for half a second: wait for both (CI once scraped in between).
+        seen = samples.get("wkr_stat_batchsize_count[]", 0) > 0
+        return samples if seen and "wkr_stat_batchsize_max[]" in samples else None
 
     samples = wait_until(ready, 10, what="worker statistics in /metrics")
     ok = samples["wkr_http_requests_total[('outcome', 'ok'), ('route', 'POST /encode')]"]
