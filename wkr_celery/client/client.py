@@ -207,23 +207,31 @@ class WKRClient(InputContract):
         self._in_this_process()
         item = self._make(x, timeout, priority)
         future = TaskFuture(item.task_id, replies=self._replies, client=self, request=item)
-        self._replies.expect(item.task_id, future, item.expiry)
-        idle = len(self._replies.pending) == 1  # nothing else in flight: no batch to gather
-        with self._outbox_cond:
-            if not (idle and not self._publishing and not self._outbox):
-                self._outbox.append(item)
-                if not self._publishing:
-                    self._outbox_cond.notify()
-                self._replies.wake_listener()
-                return future
-            self._publishing = True
-        # A lone request is published from the caller's thread: one thread hand-off less on
-        # the latency path. Under load the publisher thread gathers requests instead.
-        self._publish([item], inline=True)
-        with self._outbox_cond:
-            self._publishing = False
-            if self._outbox or self._withdrawn:
-                self._outbox_cond.notify()
+        try:  # free unless raised (zero-cost exceptions since Python 3.11)
+            self._replies.expect(item.task_id, future, item.expiry)
+            idle = len(self._replies.pending) == 1  # nothing else in flight: no batch to gather
+            with self._outbox_cond:
+                if not (idle and not self._publishing and not self._outbox):
+                    self._outbox.append(item)
+                    if not self._publishing:
+                        self._outbox_cond.notify()
+                    self._replies.wake_listener()
+                    return future
+                self._publishing = True
+            # A lone request is published from the caller's thread: one thread hand-off less
+            # on the latency path. Under load the publisher thread gathers requests instead.
+            try:
+                self._publish([item], inline=True)
+            finally:  # even when interrupted: the publisher thread waits while this is set
+                with self._outbox_cond:
+                    self._publishing = False
+                    if self._outbox or self._withdrawn:
+                        self._outbox_cond.notify()
+        except BaseException:
+            # Interrupted (Ctrl+C in a notebook) before the caller got its future: nobody can
+            # wait for this request, so it is withdrawn as a cancel withdraws it, sent or not.
+            future.cancel()
+            raise
         self._replies.wake_listener()  # unless the caller reads its answer first (result())
         return future
 
