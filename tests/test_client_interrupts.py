@@ -82,3 +82,25 @@ def test_ctrl_c_during_a_lone_publish_leaves_the_client_serving_and_withdraws_th
     futures = [client.encode(x) for x in range(20)]  # through the publisher thread too
     assert [f.result(timeout=10) for f in futures] == [2 * x for x in range(20)]
     wait_until(lambda: queued(service) == 0, 10, what="nothing left in the queue")
+
+
+def test_ctrl_c_while_encode_many_waits_withdraws_the_request_it_waited_for_too(
+        make_service, tmp_path) -> None:
+    """Leaving ``encode_many`` early withdraws what it still has out, but the request whose
+    answer it was waiting for had already been taken off its window: interrupted there, that
+    one stayed out, waited for until a worker answered it."""
+    service: Service = make_service(GATE_WORKER, "-batch_size", "1", "-prefetch", "1")
+    gates = Gates(tmp_path)
+    client = service.client()
+    held = client.encode(gates.item("a", 1, open_=False))
+    wait_until(lambda: gates.entered("a"), 30, what="the worker to hold a in predict")
+    stream = client.encode_many([gates.item(f"q{i}", i) for i in range(5)], max_inflight=10)
+    # q0 is buffered by the worker, q1..q4 queued: encode_many then waits for q0's answer.
+    with interrupt_once(lambda: queued(service) == 4, "q1..q4 to be queued"), \
+            pytest.raises(KeyboardInterrupt):
+        list(stream)
+    wait_until(lambda: client.pending == 1, 10, what="all but the held request withdrawn")
+    assert queued(service) == 0
+    gates.open("a")
+    assert int(held.result(timeout=30)) == 2
+    assert client.encode(gates.item("b", 3)).result(timeout=30) == 6

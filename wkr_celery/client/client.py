@@ -265,9 +265,13 @@ class WKRClient(InputContract):
             for x in inputs:  # this class's encode: a subclass's may block (wkr_serving's does)
                 window.append(WKRClient.encode(self, x, timeout=timeout, priority=priority))
                 if len(window) >= max_inflight:
-                    yield window.popleft().result()
+                    y = window[0].result()  # taken off only once read: a Ctrl+C while this
+                    window.popleft()  # waits must withdraw it with the rest
+                    yield y
             while window:
-                yield window.popleft().result()
+                y = window[0].result()
+                window.popleft()
+                yield y
         finally:
             for future in window:
                 future.cancel()
