@@ -3,30 +3,48 @@ the main thread wherever it happens to be, a client's own code included. The cli
 usable afterwards, and what the interrupted caller can no longer wait for is withdrawn.
 
 Each interrupt here is a real SIGINT sent to this process while its main thread is where a
-user's Ctrl+C would find it: blocked in a publish (the broker paused with ``CLIENT PAUSE``), or
-waiting on an answer held in ``predict`` (``GateWorker``).
+user's Ctrl+C would find it: blocked in a publish (the broker paused with ``CLIENT PAUSE``),
+waiting on an answer held in ``predict`` (``GateWorker``), or running a step of one of the
+asyncio client's own tasks on the notebook's event loop (the signal is sent from inside that
+step, so that it lands there every time; a storm of timer interrupts found the same).
+The event loop is run as IPython runs a cell with a top-level ``await``: one loop for the whole
+session, ``run_until_complete`` per cell, a cell's task left pending when interrupted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import redis
 
+from wkr_celery import AsyncWKRClient
+from wkr_celery.client import async_replies
+from wkr_celery.client.protocol import Requests
+
 from .helpers import GATE_WORKER, Gates, Service, queued, wait_until
 
 
 @contextmanager
-def interrupt_once(ready: Callable[[], Any], what: str) -> Iterator[None]:
-    """Send SIGINT to this process (handled by Python's default handler, so the main thread
-    raises ``KeyboardInterrupt``) as soon as ``ready()`` holds, from a thread of its own."""
+def default_sigint() -> Iterator[None]:
+    """SIGINT handled by Python's default handler, as in a notebook kernel running a cell: the
+    main thread raises ``KeyboardInterrupt`` wherever it is."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def interrupt_once(ready: Callable[[], Any], what: str) -> Iterator[None]:
+    """Send SIGINT to this process as soon as ``ready()`` holds, from a thread of its own."""
     failure: list[BaseException] = []
 
     def send() -> None:
@@ -37,12 +55,12 @@ def interrupt_once(ready: Callable[[], Any], what: str) -> Iterator[None]:
         os.kill(os.getpid(), signal.SIGINT)  # interrupts the wait below, or the test's code
 
     sender = threading.Thread(target=send, name="test-interrupt")
-    sender.start()
-    try:
-        yield
-    finally:
-        sender.join(35)
-        signal.signal(signal.SIGINT, previous)
+    with default_sigint():
+        sender.start()
+        try:
+            yield
+        finally:
+            sender.join(35)
     if failure:
         raise failure[0]
 
@@ -104,3 +122,65 @@ def test_ctrl_c_while_encode_many_waits_withdraws_the_request_it_waited_for_too(
     gates.open("a")
     assert int(held.result(timeout=30)) == 2
     assert client.encode(gates.item("b", 3)).result(timeout=30) == 6
+
+
+def _interrupting_once(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``original``, but its first call is interrupted by a SIGINT: the signal is sent from the
+    calling thread, so Python's handler raises ``KeyboardInterrupt`` right there."""
+    calls = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+    return interrupted
+
+
+@pytest.fixture
+def notebook_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop for the whole session, as a notebook kernel keeps."""
+    loop = asyncio.new_event_loop()
+    with default_sigint():
+        yield loop
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+def _async_client(service: Service) -> AsyncWKRClient:
+    return AsyncWKRClient(name=service.name, broker_url=service.broker_url,
+                          result_url=service.result_url, connect_timeout=30)
+
+
+async def _each_of(client: AsyncWKRClient, xs: Iterable[Any]) -> list[Any]:
+    return list(await asyncio.gather(*(client.encode(x) for x in xs)))
+
+
+@pytest.mark.parametrize("where", ["publisher", "listener"])
+def test_ctrl_c_in_an_async_client_task_leaves_the_client_serving_on_the_notebook_loop(
+        make_service, notebook_loop, monkeypatch, where) -> None:
+    """The interrupt landed in a step of the client's publisher (building a round) or listener
+    (reading a popped answer): that task ended with the ``KeyboardInterrupt``, and every later
+    ``await client.encode(x)`` in the notebook waited for ever (here: 20 s, then failed). Now the
+    interrupt still stops the cell, the task runs again, the interrupted round is sent and the
+    popped answer read from its stored result, so the interrupted cell's request is answered
+    too."""
+    service = make_service("tests.workers_for_tests.PoisonWorker")
+    loop = notebook_loop
+    client = _async_client(service)
+    cell = loop.run_until_complete
+    cell(client.connect())
+    if where == "publisher":
+        monkeypatch.setattr(Requests, "publish_call", _interrupting_once(Requests.publish_call))
+    else:
+        monkeypatch.setattr(async_replies, "read_reply",
+                            _interrupting_once(async_replies.read_reply))
+    interrupted = loop.create_task(client.encode(3))
+    with pytest.raises(KeyboardInterrupt):
+        cell(interrupted)
+    try:
+        assert cell(asyncio.wait_for(interrupted, 20)) == 6
+        assert cell(asyncio.wait_for(_each_of(client, range(30)), 20)) == [
+            2 * x for x in range(30)]
+    finally:
+        cell(client.close())

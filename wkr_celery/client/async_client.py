@@ -1,11 +1,12 @@
 """``AsyncWKRClient``: ``await client.encode(x)`` from one event loop, no thread per request.
 
 The same requests as :class:`~.client.WKRClient` (built by :mod:`.protocol`), sent and received
-by tasks on the caller's loop over ``redis.asyncio``: a publisher (here) that sends every
-request queued since its last round trip in one ``PUBLISH`` script call (which enforces the
-queue cap), and a listener (:mod:`.async_replies`) that pops this client's reply list in bulk and
-settles the waiting requests by task id. A waiting request costs a future and, with a timeout,
-a timer on the loop.
+by tasks on the caller's loop over ``redis.asyncio``: a publisher (:mod:`.async_publisher`) that
+sends every request queued since its last round trip in one ``PUBLISH`` script call (which
+enforces the queue cap), and a listener (:mod:`.async_replies`) that pops this client's reply
+list in bulk and settles the waiting requests by task id. A waiting request costs a future and,
+with a timeout, a timer on the loop. A Ctrl+C in a notebook never stops these tasks
+(:mod:`.async_interrupts`).
 
 Cancelling the task that awaits a request withdraws it, and so does ``close()`` for every request
 still pending: one still in this client's outbox is never sent; one in the service's queue is
@@ -15,9 +16,7 @@ already holds is predicted, and its answer dropped when it comes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -26,25 +25,18 @@ from typing import Any
 import redis.asyncio
 
 from .. import scripts
-from ..broker import cap_plan, queue_length_plan, run_async
+from ..broker import queue_length_plan, run_async
 from ..clock import RedisClock
-from ..connections import REDIS_ERRORS, close_async, connect_async
+from ..connections import close_async, connect_async
 from ..errors import InputError, WKRError
 from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from . import async_discovery as discovery
+from .async_interrupts import kept_alive
+from .async_publisher import mend_round, publish_loop, revoke
 from .async_replies import AsyncReplies, Waiting
 from .async_restarts import AsyncRedisWatch
-from .protocol import (
-    FIRST_RETRY,
-    Address,
-    InputContract,
-    Outgoing,
-    Requests,
-    publish_failed,
-    refused_publish,
-    report_withdrawal,
-)
+from .protocol import Address, InputContract, Outgoing, Requests
 from .replies import LISTEN_SECONDS
 from .verdicts import watched
 
@@ -99,6 +91,7 @@ class AsyncWKRClient(InputContract):
         self._replies: AsyncReplies | None = None
         self._outbox: list[Waiting] = []
         self._withdrawn: list[Outgoing] = []
+        self._sending: tuple[list[Waiting], list[Outgoing]] = ([], [])  # the publisher's round
         self._wake: asyncio.Event | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
@@ -168,9 +161,14 @@ class AsyncWKRClient(InputContract):
         self._loop = asyncio.get_running_loop()
         self._replies.start()
         self._wake = asyncio.Event()
-        self._publisher = asyncio.ensure_future(self._publish_loop())
+        self._publisher = kept_alive(lambda: publish_loop(self), mend=lambda: mend_round(self),
+                                     closed=lambda: self._closed, replace=self._new_publisher,
+                                     connections=(broker, results))
         self._requests = Requests(keys, info, reply_to=self.client_id, timeout=self.timeout,
                                   priority=self.priority, clock=self._clock.now)
+
+    def _new_publisher(self, task: asyncio.Task[None]) -> None:
+        self._publisher = task  # the one close() waits for
 
     def _check_loop(self) -> None:
         """I/O tasks run on the loop it connected on: from another, every await waits for ever."""
@@ -263,72 +261,6 @@ class AsyncWKRClient(InputContract):
             self._withdrawn.append(waiting.request)
             self._wake.set()
 
-    # The publisher task -------------------------------------------------------------------
-
-    async def _publish_loop(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._closed:
-                return
-            items = [waiting for waiting in self._outbox if not waiting.withdrawn]
-            self._outbox = []
-            if items:
-                await self._publish(items)
-            if self._withdrawn:
-                withdrawn, self._withdrawn = self._withdrawn, []
-                await self._revoke(withdrawn)
-
-    async def _publish(self, items: list[Waiting]) -> None:
-        """Send ``items`` in one round trip; retried while the broker is away, up to
-        ``connect_timeout``."""
-        assert self._requests is not None and self._replies is not None
-        assert self._broker is not None
-        requests, replies = self._requests, self._replies
-        await discovery.sync_clock(self._clock, self._broker)
-        keys, args = requests.publish_call([w.request for w in items])
-        give_up = time.monotonic() + self._connect_timeout
-        delay = FIRST_RETRY
-        while True:
-            try:
-                accepted = int(await self._publish_script(keys=keys, args=args))
-                break
-            except (*REDIS_ERRORS, redis.RedisError) as exc:
-                away = isinstance(exc, REDIS_ERRORS)  # else refused for good: see WKRClient
-                if not away or self._closed or time.monotonic() >= give_up:
-                    error = publish_failed(self.broker_url, exc)
-                    for waiting in items:
-                        replies.fail(waiting.request.task_id, error)
-                    return
-                if delay == FIRST_RETRY:
-                    refused_publish(len(items), exc, self._connect_timeout)
-                await asyncio.sleep(delay)  # backoff while the broker is away
-                delay = min(delay * 2, 1.0)
-        published = time.monotonic()
-        for waiting in items[:accepted]:
-            waiting.published_at = published
-            if waiting.withdrawn:  # its caller gave up while it was on the way
-                self._withdrawn.append(waiting.request)
-        if accepted < len(items):  # refused at the service's cap: name the one it has now
-            with contextlib.suppress(*REDIS_ERRORS):
-                requests.max_queue = await run_async(
-                    self._broker, cap_plan(requests.keys, requests.max_queue))
-        sent = requests.sent([w.request for w in items], accepted)
-        for request in sent.refused:
-            assert sent.error is not None
-            replies.fail(request.task_id, sent.error)
-
-    async def _revoke(self, requests: list[Outgoing]) -> None:
-        """Take withdrawn requests back from the queue where no worker has fetched them yet."""
-        assert self._broker is not None and self._requests is not None
-        try:
-            removed = await run_async(self._broker, self._requests.withdrawal(requests))
-        except REDIS_ERRORS as exc:  # the answers, if any come, are dropped all the same
-            log.warning("could not revoke %d withdrawn request(s): %s", len(requests), exc)
-            return
-        report_withdrawal(len(requests), removed)
-
     # Status and shutdown ------------------------------------------------------------------
 
     @property
@@ -378,7 +310,7 @@ class AsyncWKRClient(InputContract):
         if self._replies is not None:
             sent = [w.request for w in self._replies.pending.values() if w.published_at is not None]
             if sent:  # withdrawn as WKRClient.close() withdraws: nobody will read their answers
-                await self._revoke(sent)
+                await revoke(self, sent)
             await self._replies.close()
         for connection in (self._results, self._broker):
             if connection is not None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import redis.asyncio
@@ -23,6 +24,7 @@ import redis.asyncio
 from ..broker import run_async, stored_plan
 from ..connections import REDIS_ERRORS
 from ..errors import ServiceUnavailable, WKRError
+from .async_interrupts import kept_alive
 from .async_restarts import AsyncRedisWatch
 from .doubt import Doubt
 from .protocol import Outgoing, deadline_exceeded, read_reply
@@ -77,8 +79,20 @@ class AsyncReplies:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._listen_loop())]
-        self._tasks += [asyncio.ensure_future(self._watch_loop(watch)) for watch in self.watches]
+        """Start the listener and the watches, each kept alive through a Ctrl+C
+        (:mod:`.async_interrupts`); an interrupted listener reads the stored results of what
+        is pending first, as after a lost connection: it may have popped answers unread."""
+        loops: list[Callable[[], Coroutine[Any, Any, None]]] = [self._listen_loop]
+        loops += [partial(self._watch_loop, watch) for watch in self.watches]
+        connections = [self._redis, *(watch.client for watch in self.watches)]
+        self._tasks = []
+        for index, run in enumerate(loops):
+            self._tasks.append(kept_alive(run, mend=self._mend, closed=lambda: self._closed,
+                                          replace=partial(self._tasks.__setitem__, index),
+                                          connections=connections))
+
+    def _mend(self) -> None:
+        self._recover_due = True  # a watch interrupted mid-check gets a needless read: rare
 
     def expect(self, waiting: Waiting) -> None:
         """Register a request about to be sent; its deadline becomes a timer on the loop."""
