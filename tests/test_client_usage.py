@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
+import pickle
 import threading
 import time
 import warnings
@@ -100,3 +101,16 @@ def test_a_client_sent_to_a_spawned_process_says_what_to_do(make_service) -> Non
         with pytest.raises(WKRError, match="make one in that process"):
             child.start()
         assert client.encode(5).result(timeout=30) == 10  # the client is unharmed
+
+
+def test_a_future_sent_to_another_process_says_what_to_send_instead(make_service) -> None:
+    """``pool.map(f, futures)`` or a future put on a ``multiprocessing.Queue`` failed with
+    ``TypeError: cannot pickle '_thread.RLock' object``, naming neither the future nor what to
+    send instead."""
+    service = make_service("tests.workers_for_tests.PoisonWorker")
+    with WKRClient(name=service.name, broker_url=service.broker_url,
+                   result_url=service.result_url, connect_timeout=30) as client:
+        future = client.encode(6)
+        with pytest.raises(WKRError, match=f"send its task_id \\('{future.task_id}'"):
+            pickle.dumps(future)
+        assert future.result(timeout=30) == 12  # the future is unharmed

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import WKRError
 
@@ -57,6 +57,15 @@ class TaskFuture(Future[Any]):
         if self._client is not None and self._request is not None:
             self._client._withdraw(self._request)
         return True
+
+    def __reduce__(self) -> NoReturn:
+        # Sent to another process (a Pool's arguments or results, a queue), pickle failed on
+        # the future's lock: "cannot pickle '_thread.RLock' object", naming neither the
+        # future nor the way out.
+        raise WKRError(f"a TaskFuture cannot be sent to another process (it is settled by the "
+                       f"threads of the client that made it); send its task_id "
+                       f"({self.task_id!r}: AsyncResult(task_id) reads the result in any "
+                       f"process until it expires) or its result()")
 
     def set_result(self, result: Any) -> None:
         self._request = None  # answered: nothing to withdraw, and its body is not kept alive
