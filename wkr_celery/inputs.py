@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .codec import tensor_as_array
 from .errors import InputError, PayloadTooLarge
 from .messages import encode_body
 
@@ -64,12 +65,23 @@ class InputSpec:
 
         A declared shape and dtype bind under both protocols: under ``obj`` an input that is not
         an array is checked as the array it makes (a list of 512 numbers is a ``(512,)`` input),
-        so a worker that declares them never sees an input of another shape in ``predict``.
+        so a worker that declares them never sees an input of another shape in ``predict``. A
+        torch tensor is checked as the numpy array the encoder sends (:func:`tensor_as_array`:
+        detached, on the CPU, bfloat16 widened), exactly as an array: a tensor that needs grad
+        raised torch's ``RuntimeError`` here, and an int64 tensor passed as a list of integers
+        would, then the worker refused the int64 array it got.
         """
+        # A tensor is checked as the array it is sent as; looked for only where an input that
+        # is not an array is checked at all: nothing is added for an array, or with no contract.
         if self.protocol == "npy" and not isinstance(x, np.ndarray):
-            return f"input is {type(x).__name__}; this service (protocol npy) takes numpy arrays"
+            x = tensor_as_array(x)
+            if not isinstance(x, np.ndarray):
+                return (f"input is {type(x).__name__}; this service (protocol npy) takes numpy "
+                        "arrays")
         if self.shape is None and self.dtype is None:
             return None
+        if not isinstance(x, np.ndarray):
+            x = tensor_as_array(x)
         array = x if isinstance(x, np.ndarray) else _as_array(x)
         if array is None:
             return f"input is {type(x).__name__}; this service takes {self.show_contract()}"
