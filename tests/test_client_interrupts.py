@@ -118,7 +118,7 @@ def test_ctrl_c_while_encode_many_waits_withdraws_the_request_it_waited_for_too(
             pytest.raises(KeyboardInterrupt):
         list(stream)
     wait_until(lambda: client.pending == 1, 10, what="all but the held request withdrawn")
-    assert queued(service) == 0
+    wait_until(lambda: queued(service) == 0, 10, what="the publisher thread to take them back")
     gates.open("a")
     assert int(held.result(timeout=30)) == 2
     assert client.encode(gates.item("b", 3)).result(timeout=30) == 6

@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import weakref
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from functools import partial
 from typing import Any
 
 import redis.asyncio
@@ -33,7 +35,7 @@ from ..inputs import InputSpec
 from ..keys import ServiceKeys, priority_step, reply_key
 from . import async_discovery as discovery
 from .async_interrupts import kept_alive
-from .async_publisher import mend_round, publish_loop, revoke
+from .async_publisher import abandon, mend_round, publish_loop, revoke
 from .async_replies import AsyncReplies, Waiting
 from .async_restarts import AsyncRedisWatch
 from .protocol import Address, InputContract, Outgoing, Requests
@@ -94,6 +96,7 @@ class AsyncWKRClient(InputContract):
         self._sending: tuple[list[Waiting], list[Outgoing]] = ([], [])  # the publisher's round
         self._wake: asyncio.Event | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._abandoned: weakref.finalize | None = None  # stops the I/O tasks once collected
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the one its I/O tasks run on
         self._clock = RedisClock()  # deadlines are on the broker's clock; read by sync_clock
@@ -155,32 +158,40 @@ class AsyncWKRClient(InputContract):
         self.name, self.server_config, self.result_url = name, info, result_url
         self._broker, self._results = broker, results
         self._publish_script = broker.register_script(scripts.PUBLISH)
-        self._replies = AsyncReplies(results, self._reply_key, watches, grace=self._grace,
-                                     grace0=await self._grace(),
-                                     outage_limit=self._connect_timeout)
+        visibility = float(info.get("visibility_timeout") or 10.0)
+        grace = partial(discovery.answer_grace, broker, keys, visibility)
+        self._replies = AsyncReplies(results, self._reply_key, watches, grace=grace,
+                                     grace0=await grace(), outage_limit=self._connect_timeout)
+        self._requests = Requests(keys, info, reply_to=self.client_id, timeout=self.timeout,
+                                  priority=self.priority, clock=self._clock.now)
+        self._start_io()
+
+    def _start_io(self) -> None:
+        """Start the I/O tasks on this loop. They hold the client only weakly, so a client
+        nobody references any more (a notebook cell run again, binding its name to a new
+        one) is collected, and its finalizer stops them and closes its connections, as
+        :meth:`close` does; they kept running, with their connections, for as long as the
+        loop did."""
+        assert self._replies is not None and self._broker is not None
+        assert self._results is not None
+        connections = (self._results, self._broker)
         self._loop = asyncio.get_running_loop()
         self._replies.start()
         self._wake = asyncio.Event()
-        self._publisher = kept_alive(lambda: publish_loop(self), mend=lambda: mend_round(self),
-                                     closed=lambda: self._closed, replace=self._new_publisher,
-                                     connections=(broker, results))
-        self._requests = Requests(keys, info, reply_to=self.client_id, timeout=self.timeout,
-                                  priority=self.priority, clock=self._clock.now)
-
-    def _new_publisher(self, task: asyncio.Task[None]) -> None:
-        self._publisher = task  # the one close() waits for
+        me = weakref.ref(self)
+        self._publisher = kept_alive(
+            lambda: publish_loop(me), mend=lambda: _if_alive(me, mend_round),
+            closed=lambda: getattr(me(), "_closed", True),
+            replace=lambda task: _if_alive(me, lambda client: setattr(client, "_publisher", task)),
+            connections=connections)
+        self._abandoned = weakref.finalize(self, abandon, self._loop, self._wake, self._replies,
+                                           connections)
 
     def _check_loop(self) -> None:
         """I/O tasks run on the loop it connected on: from another, every await waits for ever."""
         if asyncio.get_running_loop() is not self._loop:
             raise WKRError("this AsyncWKRClient was connected on another event loop, which runs "
                            "its I/O; make one client per event loop (each asyncio.run is a new one)")
-
-    async def _grace(self) -> float:
-        """How long requests in doubt may go unanswered (:func:`~.async_discovery.answer_grace`)."""
-        assert self._broker is not None and self.name is not None
-        visibility = float(self.server_config.get("visibility_timeout") or 10.0)
-        return await discovery.answer_grace(self._broker, ServiceKeys(self.name), visibility)
 
     # Sending ------------------------------------------------------------------------------
 
@@ -301,6 +312,8 @@ class AsyncWKRClient(InputContract):
                 return
             self._check_loop()
         self._closed = True
+        if self._abandoned is not None:
+            self._abandoned.detach()  # stopped here and now
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._wake is not None:
@@ -330,3 +343,9 @@ async def _each(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any
     else:
         for x in inputs:
             yield x
+
+
+def _if_alive(me: weakref.ref[AsyncWKRClient], do: Callable[[AsyncWKRClient], object]) -> None:
+    client = me()
+    if client is not None:
+        do(client)

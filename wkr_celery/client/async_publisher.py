@@ -13,33 +13,41 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import redis
 
 from ..broker import cap_plan, run_async
-from ..connections import REDIS_ERRORS
+from ..connections import REDIS_ERRORS, close_async
 from . import async_discovery as discovery
-from .async_replies import Waiting
+from .async_replies import AsyncReplies, Waiting
 from .protocol import FIRST_RETRY, Outgoing, publish_failed, refused_publish, report_withdrawal
 
 if TYPE_CHECKING:
     from .async_client import AsyncWKRClient
 
-__all__ = ["mend_round", "publish_loop", "revoke"]
+__all__ = ["abandon", "mend_round", "publish_loop", "revoke"]
 
 log = logging.getLogger("wkr_celery.client")
 
 
-async def publish_loop(client: AsyncWKRClient) -> None:
-    """The publisher task's rounds, until the client closes. A round's requests and withdrawals
-    stay in ``client._sending`` until done, so an interrupted round is sent again
-    (:func:`mend_round`)."""
-    assert client._wake is not None
+async def publish_loop(me: weakref.ref[AsyncWKRClient]) -> None:
+    """The publisher task's rounds, until the client closes or is collected: it is held only
+    while a round runs. A round's requests and withdrawals stay in ``client._sending`` until
+    done, so an interrupted round is sent again (:func:`mend_round`)."""
     while True:
-        await client._wake.wait()
-        client._wake.clear()
-        if client._closed:
+        client = me()
+        if client is None:
+            return
+        wake = client._wake
+        assert wake is not None
+        del client  # not held while waiting
+        await wake.wait()
+        wake.clear()
+        client = me()
+        if client is None or client._closed:
             return
         items = [waiting for waiting in client._outbox if not waiting.withdrawn]
         withdrawn, client._withdrawn = client._withdrawn, []
@@ -114,3 +122,29 @@ async def revoke(client: AsyncWKRClient, requests: list[Outgoing]) -> None:
         log.warning("could not revoke %d withdrawn request(s): %s", len(requests), exc)
         return
     report_withdrawal(len(requests), removed)
+
+
+#: Stops of collected clients under way (the loop keeps only weak references to tasks).
+_ABANDONED: set[asyncio.Task[None]] = set()
+
+
+def abandon(loop: asyncio.AbstractEventLoop, wake: asyncio.Event, replies: AsyncReplies,
+            connections: Sequence[redis.asyncio.Redis]) -> None:
+    """The finalizer of a connected client nobody references any more: on its loop, end the
+    publisher (woken, it finds its client gone), stop the listener and the watches, delete the
+    reply list and close the connections, as ``close()`` does. Nothing when the loop is closed:
+    its tasks and connections went with it."""
+    async def stop() -> None:
+        wake.set()
+        await replies.close()
+        for connection in connections:
+            await close_async(connection)
+
+    def start() -> None:
+        task = loop.create_task(stop())
+        _ABANDONED.add(task)
+        task.add_done_callback(_ABANDONED.discard)
+
+    if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(start)
