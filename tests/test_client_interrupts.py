@@ -184,3 +184,21 @@ def test_ctrl_c_in_an_async_client_task_leaves_the_client_serving_on_the_noteboo
             2 * x for x in range(30)]
     finally:
         cell(client.close())
+
+
+def test_ctrl_c_while_result_waits_leaves_the_future_to_be_waited_for_again(
+        make_service, tmp_path) -> None:
+    """The lone request's caller reads its answer on its own thread and connection: an
+    interrupt there drops that connection (a reply may still come on it), and the answer is
+    read again, by the caller or the listener."""
+    service: Service = make_service(GATE_WORKER, "-batch_size", "1", "-prefetch", "1")
+    gates = Gates(tmp_path)
+    client = service.client()
+    future = client.encode(gates.item("a", 2, open_=False))
+    with interrupt_once(lambda: gates.entered("a"), "the worker to hold a in predict"), \
+            pytest.raises(KeyboardInterrupt):
+        future.result(timeout=60)
+    gates.open("a")
+    assert int(future.result(timeout=30)) == 4
+    assert [int(client.encode(gates.item(f"b{i}", i)).result(timeout=30)) for i in range(3)] \
+        == [0, 2, 4]
