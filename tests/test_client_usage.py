@@ -7,6 +7,8 @@ import asyncio
 import gc
 import multiprocessing
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -156,3 +158,29 @@ def _redis_connections(service: Service) -> int:
     port = urlsplit(service.broker_url).port
     return sum(1 for c in psutil.Process().net_connections("tcp")
                if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+_LEFT_OPEN = """
+import asyncio, sys
+from wkr_celery import AsyncWKRClient
+
+async def main():
+    client = AsyncWKRClient(name=sys.argv[1], broker_url=sys.argv[2], result_url=sys.argv[3])
+    print(await client.encode(21), flush=True)
+
+asyncio.run(main())
+print("exited", flush=True)
+"""
+
+
+def test_a_script_that_leaves_its_async_client_open_exits_at_once(make_service) -> None:
+    """``asyncio.run(main())`` with an ``AsyncWKRClient`` never closed never returned: asyncio.run
+    cancels every task left when ``main`` returns, and the listener's cancel, delivered while it
+    read a ``BLPOP`` reply, was lost inside redis-py, so the listener ran on and the script
+    hung for ever after its last line."""
+    service = make_service("tests.workers_for_tests.PoisonWorker")
+    done = subprocess.run([sys.executable, "-c", _LEFT_OPEN, service.name, service.broker_url,
+                           service.result_url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["42", "exited"]
+    assert "Traceback" not in done.stderr, done.stderr

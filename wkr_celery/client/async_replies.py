@@ -153,7 +153,14 @@ class AsyncReplies:
     async def _listen_loop(self) -> None:
         client, key, watch = self._redis, self._key, self._results
         delay = 0.05
+        task = asyncio.current_task()
         while not self._closed:
+            # A cancel that reaches a BLPOP read can be lost inside redis-py (the read goes on
+            # and returns at its timeout): the loop then ran on, and asyncio.run, which cancels
+            # every task when its main coroutine returns, waited for it for ever (a script that
+            # left its client open never exited). The cancel is still counted on the task.
+            if task is not None and getattr(task, "cancelling", lambda: 0)():
+                raise asyncio.CancelledError
             try:
                 if self._recover_due or watch.changes != self._recovered:
                     await self._recover()
