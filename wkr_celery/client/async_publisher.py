@@ -24,6 +24,7 @@ from ..connections import REDIS_ERRORS, close_async
 from . import async_discovery as discovery
 from .async_replies import AsyncReplies, Waiting
 from .protocol import FIRST_RETRY, Outgoing, publish_failed, refused_publish, report_withdrawal
+from .replies import LISTEN_SECONDS
 
 if TYPE_CHECKING:
     from .async_client import AsyncWKRClient
@@ -44,7 +45,12 @@ async def publish_loop(me: weakref.ref[AsyncWKRClient]) -> None:
         wake = client._wake
         assert wake is not None
         del client  # not held while waiting
-        await wake.wait()
+        if not wake.is_set():
+            heal = asyncio.get_running_loop().call_later(LISTEN_SECONDS, _rewake, wake)
+            try:
+                await wake.wait()
+            finally:
+                heal.cancel()
         wake.clear()
         client = me()
         if client is None or client._closed:
@@ -60,6 +66,15 @@ async def publish_loop(me: weakref.ref[AsyncWKRClient]) -> None:
         if withdrawn:
             await revoke(client, withdrawn)
         client._sending = ([], [])
+
+
+def _rewake(wake: asyncio.Event) -> None:
+    """Wake the publisher even if ``wake`` says it is set: a Ctrl+C inside ``Event.set()``
+    (called by ``encode`` on the caller's task) can leave it set with the publisher not woken,
+    and every later ``set()`` then does nothing: requests piled up in the outbox, never sent.
+    Woken for nothing, the publisher finds nothing to send and waits again."""
+    wake.clear()
+    wake.set()
 
 
 def mend_round(client: AsyncWKRClient) -> None:
