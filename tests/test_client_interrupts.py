@@ -202,3 +202,30 @@ def test_ctrl_c_while_result_waits_leaves_the_future_to_be_waited_for_again(
     assert int(future.result(timeout=30)) == 4
     assert [int(client.encode(gates.item(f"b{i}", i)).result(timeout=30)) for i in range(3)] \
         == [0, 2, 4]
+
+
+def test_ctrl_c_inside_the_publishers_wake_up_leaves_no_request_unsent(
+        make_service, notebook_loop) -> None:
+    """``encode`` wakes the publisher with ``asyncio.Event.set()``; an interrupt between its
+    flag and its waking the waiter left the event set with the publisher asleep, and every
+    later ``set()`` did nothing: no request of that client was ever sent again. The signal is
+    sent where it lands in that window (after the flag is set), from the caller's own task."""
+    service = make_service("tests.workers_for_tests.PoisonWorker")
+    loop, cell = notebook_loop, notebook_loop.run_until_complete
+    client = _async_client(service)
+    cell(client.connect())
+    assert cell(client.encode(1)) == 2
+    wake = client._wake
+    assert wake is not None
+
+    def set_then_interrupted() -> None:
+        del wake.set  # once: the event's own method again
+        wake._value = True  # what Event.set() does first
+        os.kill(os.getpid(), signal.SIGINT)  # raised here: its waiter is never woken
+    wake.set = set_then_interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        cell(loop.create_task(client.encode(2)))
+    try:
+        assert cell(asyncio.wait_for(_each_of(client, [3, 4]), 20)) == [6, 8]
+    finally:
+        cell(client.close())
