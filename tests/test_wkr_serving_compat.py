@@ -13,13 +13,13 @@ import re
 import shutil
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -27,7 +27,7 @@ import wkr_celery.client
 from wkr_celery.errors import DeadlineExceeded, InputError
 
 from .decentral_support import Sink
-from .helpers import ROOT, free_port, stop_gracefully, wait_until
+from .helpers import ROOT, free_port, stop_gracefully, wait_answering, wait_until
 
 DOC = (ROOT / "docs" / "compat.md").read_text()
 EXAMPLES = ROOT / "examples" / "wkr_serving"
@@ -167,16 +167,8 @@ def test_wkr_serving_client_encode_blocks_and_returns_the_result(seed_server: Se
 def test_the_guides_http_port_serves_the_rest_api(seed_server: SeedServer) -> None:
     """The fixture waits for a live worker; the REST API is a process of its own, which may
     come up a moment later (CI once asked before it listened: connection refused)."""
-    url = f"http://127.0.0.1:{seed_server.http_port}/readyz"
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
-    wait_until(ready, 60, interval=0.2, what=f"{url} to answer 200")
+    with httpx.Client(base_url=f"http://127.0.0.1:{seed_server.http_port}", timeout=10) as api:
+        wait_answering(api, "/readyz", 60, what="the guide's REST API to answer /readyz")
 
 
 def test_the_guides_decentralize_example_posts_a_result_for_every_queued_job(

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from celery.worker import state
 
 from ..clock import wall_time
 from ..messages import TASK_NAME
@@ -100,7 +101,5 @@ def count_in_celery(batch: Sequence[Request], outcomes: Sequence[Outcome],
     loop runs no Celery task, so both stayed at zero however many requests a worker served.
     A request fails or succeeds, it was processed, as Celery counts a task that raised.
     """
-    from celery.worker import state  # the worker's own module: set up by the time we serve
-
     state.total_count[TASK_NAME] += len(batch)
     state.all_total_count[0] += len(batch)
