@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -42,17 +43,32 @@ def default_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _main_thread_in(function: str) -> bool:
+    """Whether the main thread is running ``function`` (anywhere down its stack)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
-def interrupt_once(ready: Callable[[], Any], what: str) -> Iterator[None]:
-    """Send SIGINT to this process as soon as ``ready()`` holds, from a thread of its own."""
+def interrupt_once(ready: Callable[[], Any], what: str, inside: str) -> Iterator[None]:
+    """Send SIGINT to this process from a thread of its own, once ``ready()`` holds and the
+    main thread is blocked in the call named ``inside``: a signal sent any earlier could land
+    before the test's ``pytest.raises`` is entered and stop the whole pytest process (it did,
+    once, in CI). Without both, no signal: the call then fails the test on its own."""
     failure: list[BaseException] = []
 
     def send() -> None:
         try:
-            wait_until(ready, 30, what=what)
+            wait_until(lambda: _main_thread_in(inside) and ready(), 30,
+                       what=f"{what}, the main thread in {inside}()")
         except AssertionError as exc:
             failure.append(exc)
-        os.kill(os.getpid(), signal.SIGINT)  # interrupts the wait below, or the test's code
+            return
+        os.kill(os.getpid(), signal.SIGINT)  # interrupts the main thread in that call
 
     sender = threading.Thread(target=send, name="test-interrupt")
     with default_sigint():
@@ -89,7 +105,8 @@ def test_ctrl_c_during_a_lone_publish_leaves_the_client_serving_and_withdraws_th
     broker = redis.Redis.from_url(service.broker_url)
     try:
         broker.client_pause(3000, all=False)  # writes (scripts too) wait for 3 s
-        with interrupt_once(_publish_blocked(broker, client), "the publish to be paused"), \
+        with interrupt_once(_publish_blocked(broker, client), "the publish to be paused",
+                            inside="encode"), \
                 pytest.raises(KeyboardInterrupt):
             client.encode(2)
         broker.execute_command("CLIENT", "UNPAUSE")
@@ -114,7 +131,8 @@ def test_ctrl_c_while_encode_many_waits_withdraws_the_request_it_waited_for_too(
     wait_until(lambda: gates.entered("a"), 30, what="the worker to hold a in predict")
     stream = client.encode_many([gates.item(f"q{i}", i) for i in range(5)], max_inflight=10)
     # q0 is buffered by the worker, q1..q4 queued: encode_many then waits for q0's answer.
-    with interrupt_once(lambda: queued(service) == 4, "q1..q4 to be queued"), \
+    with interrupt_once(lambda: queued(service) == 4, "q1..q4 to be queued",
+                        inside="encode_many"), \
             pytest.raises(KeyboardInterrupt):
         list(stream)
     wait_until(lambda: client.pending == 1, 10, what="all but the held request withdrawn")
@@ -195,7 +213,8 @@ def test_ctrl_c_while_result_waits_leaves_the_future_to_be_waited_for_again(
     gates = Gates(tmp_path)
     client = service.client()
     future = client.encode(gates.item("a", 2, open_=False))
-    with interrupt_once(lambda: gates.entered("a"), "the worker to hold a in predict"), \
+    with interrupt_once(lambda: gates.entered("a"), "the worker to hold a in predict",
+                        inside="result"), \
             pytest.raises(KeyboardInterrupt):
         future.result(timeout=60)
     gates.open("a")

@@ -70,7 +70,9 @@ def test_a_lone_callers_wait_ends_on_its_timeout_a_cancel_and_close(
 
 def test_a_lone_callers_deadline_fails_it_and_answers_for_others_still_arrive(
         make_service, tmp_path: Path) -> None:
-    service = make_service(GATE_WORKER, "-batch_size", "1", "-num_worker", "2")
+    # Both workers up: a second still starting leaves ``other`` to the first one's prefetch,
+    # behind the held request it waits on (CI once timed out so).
+    service = make_service(GATE_WORKER, "-batch_size", "1", "-num_worker", "2", wait=2)
     client = service.client()
     late = client.encode({"gate": str(tmp_path / "late"), "value": [1]}, timeout=0.5)
     with pytest.raises(DeadlineExceeded):

@@ -137,7 +137,7 @@ def test_a_worker_on_another_host_counts_by_heartbeat_but_not_for_a_local_probe(
 def test_terminate_stops_a_service_by_name_gracefully(
     make_service: Callable[..., Service],
 ) -> None:
-    service = make_service("workers.echo.Worker", "-num_worker", "2")
+    service = make_service("workers.echo.Worker", "-num_worker", "2", wait=2)
     worker_pids = [w["pid"] for w in service.live_workers().values()]
     stopped = tool("terminate", *where(service))
     assert stopped.returncode == 0, stopped.stderr
