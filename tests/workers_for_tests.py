@@ -237,3 +237,18 @@ class ThreadKeepingWorker(WKRHardWorker):
 
     def predict(self, model: Any, input: Any) -> list[Any]:
         return [x * 2 for x in input]
+
+
+class LoggingTakeoverWorker(PoisonWorker):
+    """A model that sets up logging its own way in ``get_model``, as model code often does:
+    ``basicConfig(force=True)`` (root's handlers replaced, its level raised to WARNING), then
+    ``dictConfig`` (every logger it does not name disabled). It logs a WARNING of its own."""
+
+    def get_model(self, envs: Any, model_dir: str, model_name: str, tmp_dir: str) -> Any:
+        import logging.config
+
+        logging.basicConfig(force=True, level=logging.WARNING,
+                            format="%(levelname)s:%(name)s:%(message)s")
+        logging.config.dictConfig({"version": 1, "root": {"level": "WARNING"}})
+        logging.getLogger("my_model").warning("my model's own setup is done")
+        return None

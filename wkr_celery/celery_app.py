@@ -25,7 +25,7 @@ from .config import Settings
 from .connections import REDIS_ERRORS, without_credentials
 from .errors import ConfigError
 from .keys import ServiceKeys
-from .logs import configure_stderr
+from .logs import configure_stderr, keep_own_logs
 from .messages import TASK_NAME
 from .result_store import not_where_it_stores, result_url_from
 
@@ -165,7 +165,9 @@ def producer_backend(settings: Settings) -> str:
 def _setup_logging(loglevel: Any = logging.INFO, **_: Any) -> None:
     """Plain level-first lines on stderr: the supervisor routes them to .log and .err."""
     level = loglevel if isinstance(loglevel, int) else logging.getLevelName(str(loglevel).upper())
-    configure_stderr(level if isinstance(level, int) else logging.INFO)
+    level = level if isinstance(level, int) else logging.INFO
+    configure_stderr(level)
+    keep_own_logs(level)  # a model's own logging setup must not swallow or misroute ours
     reconnects = logging.getLogger(_CELERY_RECONNECTS)
     if not any(isinstance(f, _ConnectionErrorOnOneLine) for f in reconnects.filters):
         reconnects.addFilter(_ConnectionErrorOnOneLine())

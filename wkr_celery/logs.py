@@ -24,13 +24,17 @@ from typing import IO
 
 from .processes import writable_dir
 
-__all__ = ["LINE_FORMAT", "LineFormatter", "configure_stderr", "LogRouter", "ErrorsToTerminal"]
+__all__ = ["LINE_FORMAT", "LineFormatter", "configure_stderr", "keep_own_logs", "LogRouter",
+           "ErrorsToTerminal"]
 
 LINE_FORMAT = "%(levelname)s %(asctime)s %(processName)s[%(process)d] %(name)s: %(message)s"
 _LEVELS = {name: getattr(logging, name) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 #: C0 controls but tab and newline, DEL, C1 controls (CSI, NEL) and Unicode line separators.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 _FORGED_HEAD = re.compile(rf"\n(?=(?:{'|'.join(_LEVELS)}) )")
+#: Loggers a worker process writes itself (:func:`keep_own_logs`): ours, and Celery's.
+_OWN_LOGGERS = ("wkr_celery", "celery")
+_own_level: int | None = None  # set once this process is a worker whose logging is ours
 _MAX_BYTES = 50 * 1024 * 1024
 _BACKUPS = 5
 
@@ -64,6 +68,40 @@ def configure_stderr(level: int = logging.INFO) -> None:
     handler.setFormatter(LineFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class _OwnLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """The stderr handler :func:`keep_own_logs` puts on our loggers, found again by its class."""
+
+
+def keep_own_logs(level: int | None = None) -> None:
+    """In a worker process, our loggers (and Celery's) write their lines themselves, not
+    through the root logger, and stay enabled.
+
+    The user's model runs in the worker process, and model code configures logging. A
+    ``logging.basicConfig(force=True)`` replaced the root's handlers: the worker's lines lost the
+    level name the supervisor routes them by (its errors no longer reached ``.err``), and a
+    root level of WARNING hid its INFO lines. ``logging.config.dictConfig`` disables every
+    existing logger it does not name. Called with the level when the worker sets up its
+    logging, and again without one after ``get_model`` (undoing a ``dictConfig`` there); a
+    no-op in a process that never set it up, such as a test runner's."""
+    global _own_level
+    if level is not None:
+        _own_level = level
+    if _own_level is None:
+        return
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.partition(".")[0] in _OWN_LOGGERS:
+            logger.disabled = False
+    for name in _OWN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.disabled, logger.propagate = False, False
+        if level is not None:
+            logger.setLevel(level)
+        if not any(isinstance(handler, _OwnLines) for handler in logger.handlers):
+            handler = _OwnLines(sys.stderr)
+            handler.setFormatter(LineFormatter())
+            logger.addHandler(handler)
 
 
 class LogRouter:

@@ -34,6 +34,7 @@ from ..errors import (
     RequestFailed,
 )
 from ..inputs import InputSpec
+from ..logs import keep_own_logs
 from .hardworker import WKRHardWorker
 from .request import Outcome, Request
 
@@ -66,6 +67,7 @@ class ModelRunner:
         self.model = self.worker.get_model(
             envs, self.settings.model_dir, self.settings.model_name, tmp_dir
         )
+        keep_own_logs()  # get_model may have disabled our loggers (logging.config.dictConfig)
 
     def run(self, batch: Sequence[Request]) -> list[Outcome]:
         """One outcome per request, in order; never raises for a request's sake."""
