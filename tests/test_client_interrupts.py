@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from wkr_celery import AsyncWKRClient
-from wkr_celery.client import async_replies
+from wkr_celery.client import async_interrupts, async_replies
 from wkr_celery.client.protocol import Requests
 
 from .helpers import GATE_WORKER, Gates, Service, queued, wait_until
@@ -248,3 +248,59 @@ def test_ctrl_c_inside_the_publishers_wake_up_leaves_no_request_unsent(
         assert cell(asyncio.wait_for(_each_of(client, [3, 4]), 20)) == [6, 8]
     finally:
         cell(client.close())
+
+
+def _left_held_by_an_interrupt(lock: asyncio.Lock) -> None:
+    """The next ``lock.release()`` is interrupted as it starts, by a real SIGINT: the lock stays
+    held with nobody to release it, as when a Ctrl+C lands in ``asyncio.Lock``'s own code under
+    redis-py's ``async with pool._lock`` (the storm's wedge)."""
+    def interrupted() -> None:
+        del lock.release  # type: ignore[method-assign]  # once
+        os.kill(os.getpid(), signal.SIGINT)
+    lock.release = interrupted  # type: ignore[method-assign]
+
+
+def test_ctrl_c_inside_redis_pys_pool_lock_leaves_the_client_serving(
+        make_service, notebook_loop) -> None:
+    """redis-py's asyncio pool guards its lists with an ``asyncio.Lock``; a Ctrl+C inside that
+    lock's release left it held for ever, and the publisher started again after the interrupt
+    waited on it for its first command: no request of that client was sent again (here: the
+    cell waited 20 s, then failed). The task started again now takes new pools."""
+    service = make_service("tests.workers_for_tests.PoisonWorker")
+    loop, cell = notebook_loop, notebook_loop.run_until_complete
+    client = _async_client(service)
+    cell(client.connect())
+    assert cell(client.encode(1)) == 2
+    assert client._broker is not None
+    lock = client._broker.connection_pool._lock
+    _left_held_by_an_interrupt(lock)
+    with pytest.raises(KeyboardInterrupt):
+        cell(loop.create_task(client.encode(2)))
+    assert lock.locked()
+    try:
+        assert cell(asyncio.wait_for(_each_of(client, [3, 4]), 20)) == [6, 8]
+    finally:
+        cell(asyncio.wait_for(client.close(), 30))
+
+
+def test_a_pool_lock_left_held_outside_the_clients_tasks_is_outlived_within_the_round_bound(
+        make_service, notebook_loop, monkeypatch) -> None:
+    """An interrupt in another task (a cell's own ``server_status``, say) can leave a pool's
+    lock held too, and then the client's listener waits on it without having been interrupted
+    itself. A round of the listener, publisher or a watch that overruns its bound
+    (``connect_timeout`` plus :data:`ROUND_MARGIN`) is ended and started again on new pools,
+    as after an interrupt: answers come again after at most that bound."""
+    monkeypatch.setattr(async_interrupts, "ROUND_MARGIN", 3.0)
+    service = make_service("tests.workers_for_tests.PoisonWorker")
+    cell = notebook_loop.run_until_complete
+    client = AsyncWKRClient(name=service.name, broker_url=service.broker_url,
+                            result_url=service.result_url, connect_timeout=2)
+    cell(client.connect())
+    assert cell(client.encode(1)) == 2
+    for redis_ in (client._broker, client._results):
+        assert redis_ is not None
+        cell(redis_.connection_pool._lock.acquire())  # held by nobody from now on
+    try:
+        assert cell(asyncio.wait_for(_each_of(client, [3, 4]), 20)) == [6, 8]
+    finally:
+        cell(asyncio.wait_for(client.close(), 30))

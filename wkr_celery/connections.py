@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import weakref
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
@@ -28,7 +29,7 @@ from . import redis_passwords
 from .errors import ConfigError
 
 __all__ = [
-    "connect", "connect_async", "close_async", "is_sentinel", "redacted", "explain", "with_tls_defaults",
+    "connect", "connect_async", "close_async", "renew_pool", "is_sentinel", "redacted", "explain", "with_tls_defaults",
     "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
     "check_url", "with_local_password", "LocalPassword", "RedisRefused",
 ]
@@ -214,10 +215,48 @@ def connect_async(url: str, *, blocking_timeout: float = 0.0, decode: bool = Fal
     return redis.asyncio.Redis.from_url(url, **options, **_local_credentials(url))
 
 
+#: Pools a client had before :func:`renew_pool` gave it new ones: their connections still in
+#: use are closed with the client, by :func:`close_async`.
+_RETIRED: weakref.WeakKeyDictionary[redis.asyncio.Redis, list[Any]] = weakref.WeakKeyDictionary()
+
+
+async def renew_pool(client: redis.asyncio.Redis) -> None:
+    """Give ``client`` a new connection pool made as its own was. A Ctrl+C inside the pool's
+    ``asyncio.Lock`` (in a notebook, the interrupt lands wherever the loop is) can leave the
+    lock held with nobody to release it, or a waiter never woken: every later command waits on
+    it for ever, and closing connections frees no lock. The old pool's idle connections are
+    closed now; those still in use go back to it, and are closed at the next renewal or with
+    the client."""
+    old = client.connection_pool
+    kwargs = {k: v for k, v in old.connection_kwargs.items() if k != "connection_pool"}
+    kwargs.update(connection_class=old.connection_class, max_connections=old.max_connections)
+    if isinstance(old, redis.asyncio.sentinel.SentinelConnectionPool):
+        new = type(old)(old.service_name, old.sentinel_manager, is_master=old.is_master,
+                        check_connection=old.check_connection, **kwargs)
+    else:
+        new = type(old)(**kwargs)
+    client.connection_pool = new
+    retired = _RETIRED.setdefault(client, [])
+    retired.append(old)
+    for pool in list(retired):
+        try:
+            await pool.disconnect(inuse_connections=False)
+        except REDIS_ERRORS:
+            pass
+        if not pool._in_use_connections:  # nothing will come back to it
+            retired.remove(pool)
+
+
 async def close_async(client: redis.asyncio.Redis) -> None:
     """Close a :func:`connect_async` client, and its connections to the sentinels that found
-    its master (``aclose`` alone leaves those open)."""
+    its master (``aclose`` alone leaves those open), and the pools it had before
+    :func:`renew_pool`."""
     await client.aclose()
+    for pool in _RETIRED.pop(client, []):
+        try:
+            await pool.disconnect()
+        except REDIS_ERRORS:
+            pass
     manager = getattr(client.connection_pool, "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):
         await sentinel.aclose()

@@ -22,6 +22,7 @@ import redis
 from ..broker import cap_plan, run_async
 from ..connections import REDIS_ERRORS, close_async
 from . import async_discovery as discovery
+from .async_interrupts import bounded, round_limit
 from .async_replies import AsyncReplies, Waiting
 from .protocol import FIRST_RETRY, Outgoing, publish_failed, refused_publish, report_withdrawal
 from .replies import LISTEN_SECONDS
@@ -37,7 +38,8 @@ log = logging.getLogger("wkr_celery.client")
 async def publish_loop(me: weakref.ref[AsyncWKRClient]) -> None:
     """The publisher task's rounds, until the client closes or is collected: it is held only
     while a round runs. A round's requests and withdrawals stay in ``client._sending`` until
-    done, so an interrupted round is sent again (:func:`mend_round`)."""
+    done, so an interrupted round is sent again (:func:`mend_round`); a round is bounded
+    (:func:`~.async_interrupts.bounded`)."""
     while True:
         client = me()
         if client is None:
@@ -55,17 +57,22 @@ async def publish_loop(me: weakref.ref[AsyncWKRClient]) -> None:
         client = me()
         if client is None or client._closed:
             return
-        items = [waiting for waiting in client._outbox if not waiting.withdrawn]
-        withdrawn, client._withdrawn = client._withdrawn, []
-        client._outbox = []
-        client._sending = (items, withdrawn)
-        if items:
-            await _publish(client, items)
-        withdrawn += client._withdrawn  # sent while its caller gave up
-        client._withdrawn = []
-        if withdrawn:
-            await revoke(client, withdrawn)
-        client._sending = ([], [])
+        with bounded(round_limit(client._connect_timeout)):
+            await _round(client)
+
+
+async def _round(client: AsyncWKRClient) -> None:
+    items = [waiting for waiting in client._outbox if not waiting.withdrawn]
+    withdrawn, client._withdrawn = client._withdrawn, []
+    client._outbox = []
+    client._sending = (items, withdrawn)
+    if items:
+        await _publish(client, items)
+    withdrawn += client._withdrawn  # sent while its caller gave up
+    client._withdrawn = []
+    if withdrawn:
+        await revoke(client, withdrawn)
+    client._sending = ([], [])
 
 
 def _rewake(wake: asyncio.Event) -> None:

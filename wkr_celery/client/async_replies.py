@@ -24,7 +24,7 @@ import redis.asyncio
 from ..broker import run_async, stored_plan
 from ..connections import REDIS_ERRORS
 from ..errors import ServiceUnavailable, WKRError
-from .async_interrupts import kept_alive
+from .async_interrupts import bounded, kept_alive, round_limit
 from .async_restarts import AsyncRedisWatch
 from .doubt import Doubt
 from .protocol import Outgoing, deadline_exceeded, read_reply
@@ -151,9 +151,9 @@ class AsyncReplies:
     # The listener task: the result Redis ----------------------------------------------------
 
     async def _listen_loop(self) -> None:
-        client, key, watch = self._redis, self._key, self._results
         delay = 0.05
         task = asyncio.current_task()
+        limit = round_limit(self._outage_limit)
         while not self._closed:
             # A cancel that reaches a BLPOP read can be lost inside redis-py (the read goes on
             # and returns at its timeout): the loop then ran on, and asyncio.run, which cancels
@@ -161,33 +161,39 @@ class AsyncReplies:
             # left its client open never exited). The cancel is still counted on the task.
             if task is not None and getattr(task, "cancelling", lambda: 0)():
                 raise asyncio.CancelledError
-            try:
-                if self._recover_due or watch.changes != self._recovered:
-                    await self._recover()
-                first = await client.blpop([key], timeout=LISTEN_SECONDS)
-                watch.reached()
-                if first is None:
-                    continue
-                self._resolve(first[1])
-                # The rest only when more requests are out (one at a time, nothing to drain).
-                rest = (await client.lpop(key, _DRAIN) or []) if self.pending else []
-            except REDIS_ERRORS as exc:
-                if self._closed:
-                    return
-                watch.failed(exc)  # logged once per outage, not once per retry
-                self._recover_due = True
-                await self._pause(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            except redis.RedisError as exc:  # refused for good: see Replies._listen_once
-                self._fail_all(ServiceUnavailable(
-                    f"could not read answers from {watch.name}: {exc}"),
-                    "answers cannot be read", quiet=False)
-                await self._pause(LISTEN_SECONDS)
-                continue
-            delay = 0.05
-            for data in rest:
-                self._resolve(data)
+            with bounded(limit):
+                delay = await self._listen_once(delay)
+
+    async def _listen_once(self, delay: float) -> float:
+        """One pop of answers (the stored results first when due); returns the pause before
+        the next try, doubled after each failure while the result Redis is away."""
+        client, key, watch = self._redis, self._key, self._results
+        try:
+            if self._recover_due or watch.changes != self._recovered:
+                await self._recover()
+            first = await client.blpop([key], timeout=LISTEN_SECONDS)
+            watch.reached()
+            if first is None:
+                return delay
+            self._resolve(first[1])
+            # The rest only when more requests are out (one at a time, nothing to drain).
+            rest = (await client.lpop(key, _DRAIN) or []) if self.pending else []
+        except REDIS_ERRORS as exc:
+            if self._closed:
+                return delay
+            watch.failed(exc)  # logged once per outage, not once per retry
+            self._recover_due = True
+            await self._pause(delay)
+            return min(delay * 2, 1.0)
+        except redis.RedisError as exc:  # refused for good: see Replies._listen_once
+            self._fail_all(ServiceUnavailable(
+                f"could not read answers from {watch.name}: {exc}"),
+                "answers cannot be read", quiet=False)
+            await self._pause(LISTEN_SECONDS)
+            return delay
+        for data in rest:
+            self._resolve(data)
+        return 0.05
 
     def _fail_all(self, error: WKRError, why: str, *, quiet: bool) -> None:
         """:meth:`Replies._fail_all <.replies.Replies._fail_all>`: no answer can reach this
@@ -218,9 +224,11 @@ class AsyncReplies:
 
     async def _watch_loop(self, watch: AsyncRedisWatch) -> None:
         judge = Judge(watch, self._outage_limit)
+        limit = round_limit(self._outage_limit)
         while not await self._pause(LISTEN_SECONDS):
-            for verdict in judge.after_check(await watch.check(), time.monotonic()):
-                await self._carry_out(verdict)
+            with bounded(limit):
+                for verdict in judge.after_check(await watch.check(), time.monotonic()):
+                    await self._carry_out(verdict)
             lost = self._doubt.due()
             failed = sum(self.fail(task_id, error) for task_id, error in lost.items())
             if failed:
