@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -283,24 +284,24 @@ def test_ctrl_c_inside_redis_pys_pool_lock_leaves_the_client_serving(
         cell(asyncio.wait_for(client.close(), 30))
 
 
-def test_a_pool_lock_left_held_outside_the_clients_tasks_is_outlived_within_the_round_bound(
-        make_service, notebook_loop, monkeypatch) -> None:
+def test_a_pool_lock_left_held_outside_the_clients_tasks_is_outlived_within_seconds(
+        make_service, notebook_loop) -> None:
     """An interrupt in another task (a cell's own ``server_status``, say) can leave a pool's
-    lock held too, and then the client's listener waits on it without having been interrupted
-    itself. A round of the listener, publisher or a watch that overruns its bound
-    (``connect_timeout`` plus :data:`ROUND_MARGIN`) is ended and started again on new pools,
-    as after an interrupt: answers come again after at most that bound."""
-    monkeypatch.setattr(async_interrupts, "ROUND_MARGIN", 3.0)
+    lock held too, and then the client's listener and publisher wait on it without having
+    been interrupted themselves (here: the cell waited 20 s, then failed). A round of theirs
+    found waiting on a lock for :data:`LOCK_CHECK` seconds, and on the same wait a second
+    later, is ended and started again on new pools, as after an interrupt."""
     service = make_service("tests.workers_for_tests.PoisonWorker")
     cell = notebook_loop.run_until_complete
-    client = AsyncWKRClient(name=service.name, broker_url=service.broker_url,
-                            result_url=service.result_url, connect_timeout=2)
+    client = _async_client(service)
     cell(client.connect())
     assert cell(client.encode(1)) == 2
     for redis_ in (client._broker, client._results):
         assert redis_ is not None
         cell(redis_.connection_pool._lock.acquire())  # held by nobody from now on
     try:
+        started = time.monotonic()
         assert cell(asyncio.wait_for(_each_of(client, [3, 4]), 20)) == [6, 8]
+        assert time.monotonic() - started < 2 * async_interrupts.LOCK_CHECK + 3
     finally:
         cell(asyncio.wait_for(client.close(), 30))

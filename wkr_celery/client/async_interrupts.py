@@ -19,8 +19,8 @@ frees no lock.
 
 An interrupt can wedge a pool from a task that is not one of these (a cell's own command), and
 a task of the client can be left waiting on a lock another one wedged: so each round of these
-tasks is bounded (:func:`bounded`, one timer per round), and one that overruns is ended and
-started again as after an interrupt, on new pools. A task that ends on any other exception is
+tasks is watched (:func:`bounded`, one timer per round), and one found waiting on a lock for
+good is ended and started again as after an interrupt, on new pools. A task that ends on any other exception is
 logged and started again a second later, so no failure of one round leaves the client deaf for
 good. ``asyncio.run`` itself turns the first Ctrl+C into a cancellation of its main task, which
 never reaches these tasks.
@@ -39,46 +39,75 @@ import redis.asyncio
 
 from ..connections import renew_pool
 
-__all__ = ["bounded", "kept_alive", "round_limit"]
+__all__ = ["bounded", "kept_alive"]
 
 log = logging.getLogger("wkr_celery.client")
 
 _INTERRUPTS = (KeyboardInterrupt, SystemExit)
 #: Seconds before a task that ended on an error (not an interrupt) is started again.
 RESTART_DELAY = 1.0
-#: Seconds a round of a client's task may take beyond its ``connect_timeout`` before it counts
-#: as wedged: past the longest a round can take against a Redis that is away (redis-py's own
-#: retries of a connect or a read that times out included).
-ROUND_MARGIN = 60.0
+#: Seconds after which a round of a client's task still running is looked at (and every so
+#: often after that): waiting on an ``asyncio.Lock`` that long, and still on the same wait
+#: :data:`LOCK_RECHECK` seconds later, it counts as wedged. redis-py holds its pool lock for
+#: no await of its own; a round waiting on a socket is left alone, its reads and connects
+#: have their own timeouts (a slow round cut short would be sent again, and again).
+LOCK_CHECK = 5.0
+LOCK_RECHECK = 1.0
 
 #: Tasks :func:`bounded` ended: started again as after an interrupt.
 _OVERRAN: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
 
-def round_limit(connect_timeout: float) -> float:
-    """The bound of one round of a client's task whose ``connect_timeout`` this is."""
-    return connect_timeout + ROUND_MARGIN
-
-
 @contextmanager
-def bounded(seconds: float) -> Iterator[None]:
-    """Cancel the current task if the block takes over ``seconds``, and mark it to be started
-    again (:func:`kept_alive`): a round that waits on a lock an interrupt left held would wait
-    for ever, and nothing else can tell it apart from a slow one."""
+def bounded() -> Iterator[None]:
+    """Watch the current task while the block runs (one timer): found waiting on a lock for
+    good (:data:`LOCK_CHECK`), it is cancelled and marked to be started again on new pools
+    (:func:`kept_alive`): a lock an interrupt left held is released by nobody."""
     task = asyncio.current_task()
     assert task is not None
-    timer = task.get_loop().call_later(seconds, _overran, task, seconds)
+    watch = _LockWatch(task)
     try:
         yield
     finally:
-        timer.cancel()
+        watch.timer.cancel()
 
 
-def _overran(task: asyncio.Task[Any], seconds: float) -> None:
-    log.warning("a round of %s took over %.0fs (left waiting by an interrupt?); starting it "
-                "again with new connection pools", task.get_name(), seconds)
-    _OVERRAN.add(task)
-    task.cancel()
+class _LockWatch:
+    """The timer of one :func:`bounded` block, and the lock wait it saw last."""
+
+    __slots__ = ("task", "timer", "seen")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.seen: object = None
+        self.timer = task.get_loop().call_later(LOCK_CHECK, self.check)
+
+    def check(self) -> None:
+        waiting = _lock_wait(self.task)
+        if waiting is not None and waiting is self.seen:
+            log.warning("%s waited over %.0fs on a lock (left held by an interrupt?); starting "
+                        "it again with new connection pools", self.task.get_name(), LOCK_CHECK)
+            _OVERRAN.add(self.task)
+            self.task.cancel()
+            return
+        self.seen = waiting
+        again = LOCK_RECHECK if waiting is not None else LOCK_CHECK
+        self.timer = self.task.get_loop().call_later(again, self.check)
+
+
+def _lock_wait(task: asyncio.Task[Any]) -> object:
+    """The waiter future ``task`` awaits in an ``acquire`` of :mod:`asyncio.locks` (a
+    ``Lock``, ``Semaphore``, ``Condition``), or None: its chain of awaiting coroutines,
+    followed to the innermost. Not ``Event.wait``: the client's own events are woken on time
+    (the publisher's also by a timer), and on Python 3.12 ``wait_for`` awaits one directly."""
+    coro: Any = task.get_coro()
+    while getattr(coro, "cr_await", None) is not None and hasattr(coro.cr_await, "cr_frame"):
+        coro = coro.cr_await
+    frame = getattr(coro, "cr_frame", None)
+    if (frame is None or frame.f_code.co_filename != asyncio.locks.__file__
+            or frame.f_code.co_name != "acquire"):
+        return None
+    return coro.cr_await
 
 
 def kept_alive(run: Callable[[], Coroutine[Any, Any, None]], *, mend: Callable[[], None],

@@ -22,7 +22,7 @@ import redis
 from ..broker import cap_plan, run_async
 from ..connections import REDIS_ERRORS, close_async
 from . import async_discovery as discovery
-from .async_interrupts import bounded, round_limit
+from .async_interrupts import bounded
 from .async_replies import AsyncReplies, Waiting
 from .protocol import FIRST_RETRY, Outgoing, publish_failed, refused_publish, report_withdrawal
 from .replies import LISTEN_SECONDS
@@ -38,8 +38,8 @@ log = logging.getLogger("wkr_celery.client")
 async def publish_loop(me: weakref.ref[AsyncWKRClient]) -> None:
     """The publisher task's rounds, until the client closes or is collected: it is held only
     while a round runs. A round's requests and withdrawals stay in ``client._sending`` until
-    done, so an interrupted round is sent again (:func:`mend_round`); a round is bounded
-    (:func:`~.async_interrupts.bounded`)."""
+    done, so an interrupted round is sent again (:func:`mend_round`); a round is watched
+    for a wedged lock (:func:`~.async_interrupts.bounded`)."""
     while True:
         client = me()
         if client is None:
@@ -57,7 +57,7 @@ async def publish_loop(me: weakref.ref[AsyncWKRClient]) -> None:
         client = me()
         if client is None or client._closed:
             return
-        with bounded(round_limit(client._connect_timeout)):
+        with bounded():
             await _round(client)
 
 

@@ -24,7 +24,7 @@ import redis.asyncio
 from ..broker import run_async, stored_plan
 from ..connections import REDIS_ERRORS
 from ..errors import ServiceUnavailable, WKRError
-from .async_interrupts import bounded, kept_alive, round_limit
+from .async_interrupts import bounded, kept_alive
 from .async_restarts import AsyncRedisWatch
 from .doubt import Doubt
 from .protocol import Outgoing, deadline_exceeded, read_reply
@@ -153,7 +153,6 @@ class AsyncReplies:
     async def _listen_loop(self) -> None:
         delay = 0.05
         task = asyncio.current_task()
-        limit = round_limit(self._outage_limit)
         while not self._closed:
             # A cancel that reaches a BLPOP read can be lost inside redis-py (the read goes on
             # and returns at its timeout): the loop then ran on, and asyncio.run, which cancels
@@ -161,7 +160,7 @@ class AsyncReplies:
             # left its client open never exited). The cancel is still counted on the task.
             if task is not None and getattr(task, "cancelling", lambda: 0)():
                 raise asyncio.CancelledError
-            with bounded(limit):
+            with bounded():
                 delay = await self._listen_once(delay)
 
     async def _listen_once(self, delay: float) -> float:
@@ -224,9 +223,8 @@ class AsyncReplies:
 
     async def _watch_loop(self, watch: AsyncRedisWatch) -> None:
         judge = Judge(watch, self._outage_limit)
-        limit = round_limit(self._outage_limit)
         while not await self._pause(LISTEN_SECONDS):
-            with bounded(limit):
+            with bounded():
                 for verdict in judge.after_check(await watch.check(), time.monotonic()):
                     await self._carry_out(verdict)
             lost = self._doubt.due()
