@@ -29,8 +29,8 @@ from . import redis_passwords
 from .errors import ConfigError
 
 __all__ = [
-    "connect", "connect_async", "close_async", "renew_pool", "is_sentinel", "redacted", "explain", "with_tls_defaults",
-    "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
+    "connect", "connect_async", "close_async", "renew_pool", "is_sentinel", "redacted",
+    "explain", "with_tls_defaults", "without_credentials", "REDIS_ERRORS", "URL_SCHEMES", "redis_url",
     "check_url", "with_local_password", "LocalPassword", "RedisRefused",
 ]
 

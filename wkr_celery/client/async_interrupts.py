@@ -20,10 +20,10 @@ frees no lock.
 An interrupt can wedge a pool from a task that is not one of these (a cell's own command), and
 a task of the client can be left waiting on a lock another one wedged: so each round of these
 tasks is watched (:func:`bounded`, one timer per round), and one found waiting on a lock for
-good is ended and started again as after an interrupt, on new pools. A task that ends on any other exception is
-logged and started again a second later, so no failure of one round leaves the client deaf for
-good. ``asyncio.run`` itself turns the first Ctrl+C into a cancellation of its main task, which
-never reaches these tasks.
+good is ended and started again as after an interrupt, on new pools. A task that ends on any
+other exception is logged and started again a second later, so no failure of one round leaves
+the client deaf for good. ``asyncio.run`` itself turns the first Ctrl+C into a cancellation
+of its main task, which never reaches these tasks.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ _INTERRUPTS = (KeyboardInterrupt, SystemExit)
 RESTART_DELAY = 1.0
 #: Seconds after which a round of a client's task still running is looked at (and every so
 #: often after that): waiting on an ``asyncio.Lock`` that long, and still on the same wait
-#: :data:`LOCK_RECHECK` seconds later, it counts as wedged. redis-py holds its pool lock for
-#: no await of its own; a round waiting on a socket is left alone, its reads and connects
-#: have their own timeouts (a slow round cut short would be sent again, and again).
+#: :data:`LOCK_RECHECK` seconds later, it counts as wedged: redis-py holds its pool lock for
+#: moments (while it moves a connection between its lists). A round waiting on a socket is
+#: left alone: its reads and connects have their own timeouts, and a slow round cut short
+#: would be sent again, and cut again (seen with a bound on whole rounds).
 LOCK_CHECK = 5.0
 LOCK_RECHECK = 1.0
 
