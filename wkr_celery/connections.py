@@ -230,6 +230,7 @@ async def renew_pool(client: redis.asyncio.Redis) -> None:
     old = client.connection_pool
     kwargs = {k: v for k, v in old.connection_kwargs.items() if k != "connection_pool"}
     kwargs.update(connection_class=old.connection_class, max_connections=old.max_connections)
+    new: redis.asyncio.ConnectionPool
     if isinstance(old, redis.asyncio.sentinel.SentinelConnectionPool):
         new = type(old)(old.service_name, old.sentinel_manager, is_master=old.is_master,
                         check_connection=old.check_connection, **kwargs)
