@@ -147,8 +147,8 @@ def _settled(loop: asyncio.AbstractEventLoop, client: AsyncWKRClient, service: A
         for task in asyncio.all_tasks():
             if task is not asyncio.current_task() and "_gather" in repr(task.get_coro()):
                 task.cancel()
-        # Not ``client.pending``: an interrupt inside ``_send`` (between registering a
-        # request and queueing it) leaves an entry nobody waits for, never sent.
+        # Not ``client.pending``: what the check needs is nothing left to send (and an
+        # interrupt inside ``_send`` left an entry there that was never sent, until fixed).
         while client._outbox or client._sending[0] or queued(service):
             await asyncio.sleep(0.5)
 

@@ -302,3 +302,31 @@ def test_a_pool_lock_left_held_outside_the_clients_tasks_is_outlived_within_seco
         assert cell(asyncio.wait_for(_each_of(client, [3, 4]), 20)) == [6, 8]
     finally:
         cell(asyncio.wait_for(client.close(), 30))
+
+
+def test_ctrl_c_between_registering_a_request_and_queueing_it_leaves_nothing_pending(
+        make_service, notebook_loop, monkeypatch) -> None:
+    """An interrupt in ``AsyncWKRClient._send`` after the request was registered as pending
+    and before it was queued for the publisher: it was never sent, nobody could wait for it,
+    and it stayed in ``pending`` for good (found by the storm)."""
+    service = make_service("tests.workers_for_tests.PoisonWorker")
+    loop, cell = notebook_loop, notebook_loop.run_until_complete
+    client = _async_client(service)
+    cell(client.connect())
+    expect = async_replies.AsyncReplies.expect
+    calls = []
+
+    def expect_then_interrupted(self: Any, waiting: Any) -> None:
+        expect(self, waiting)
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # raised here, after the registration
+    monkeypatch.setattr(async_replies.AsyncReplies, "expect", expect_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cell(loop.create_task(client.encode(2)))
+    try:
+        assert client.pending == 0
+        assert cell(asyncio.wait_for(_each_of(client, [3, 4]), 20)) == [6, 8]
+        assert client.pending == 0
+    finally:
+        cell(client.close())

@@ -247,8 +247,12 @@ class AsyncWKRClient(InputContract):
                 raise
             request = self._requests.make(x, timeout=timeout, priority=priority)
         waiting = Waiting(request, asyncio.get_running_loop().create_future())
-        self._replies.expect(waiting)
-        self._outbox.append(waiting)
+        try:
+            self._replies.expect(waiting)
+            self._outbox.append(waiting)
+        except BaseException:  # a Ctrl+C between the two: never sent, and nobody can wait
+            self._replies.forget(request.task_id)  # for it; left, it was pending for ever
+            raise
         self._wake.set()
         return waiting
 
