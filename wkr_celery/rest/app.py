@@ -94,12 +94,18 @@ class _CountRequests:
             await self.app(scope, receive, send)
             return
         status = 500
-        started = False
+        started = counted = False
 
         async def send_counted(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, counted
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
+            elif (message["type"] == "http.response.body" and not message.get("more_body")
+                  and not counted):
+                # Counted before the answer's end leaves: a caller holding its answer finds it
+                # counted, even if this process is killed the next moment (CI lost one so).
+                counted = True
+                self._count(scope, status)
             await send(message)
 
         try:
@@ -112,14 +118,16 @@ class _CountRequests:
             await response(scope, receive, send)
         except Exception as exc:
             if started:  # the answer is on its way; nothing better can be sent now
-                self._count(scope, status)
+                if not counted:
+                    self._count(scope, status)
                 raise
             # Answered here rather than by the server-error layer, which would re-raise and
             # make uvicorn drop the keep-alive connection the client goes on to reuse.
             response = internal_error(Request(scope), exc)
             status = response.status_code
             await response(scope, receive, send)
-        self._count(scope, status)  # not when cancelled (the client went away)
+        if not counted:  # not when cancelled before its answer's end (the client went away)
+            self._count(scope, status)
 
     def _count(self, scope: Scope, status: int) -> None:
         path = getattr(scope.get("route"), "path", None) or "unmatched"
