@@ -258,10 +258,17 @@ def test_version_mismatch_is_refused_unless_checks_are_off(poison_service: Servi
         client.close()
 
 
+@pytest.mark.parametrize("worker", ["PoisonWorker", "LoggingTakeoverWorker"])
 def test_log_dir_gets_info_in_log_and_errors_with_traceback_in_err(make_service,
-                                                                   tmp_path: Path) -> None:
+                                                                   tmp_path: Path,
+                                                                   worker: str) -> None:
+    """Also when the model sets up logging its own way in ``get_model``
+    (``LoggingTakeoverWorker``: ``basicConfig(force=True)`` at WARNING, then ``dictConfig``).
+    That replaced the root logger's handlers the worker's lines went through: its errors came
+    in the root's format, which the supervisor does not route by (never in ``.err``), and the
+    raised root level hid its INFO lines (``serving``)."""
     log_dir = tmp_path / "logs"
-    service = make_service("tests.workers_for_tests.PoisonWorker", "-log_dir", str(log_dir))
+    service = make_service(f"tests.workers_for_tests.{worker}", "-log_dir", str(log_dir))
     client = service.client()
     with pytest.raises(PredictError):
         client.encode("poison").result(timeout=30)
@@ -271,8 +278,11 @@ def test_log_dir_gets_info_in_log_and_errors_with_traceback_in_err(make_service,
                what="the error in .err")
     err = err_file.read_text()
     assert "Traceback" in err and "ValueError" in err
-    assert "serving" in log_file.read_text()
+    log = log_file.read_text()
+    assert "serving" in log, log[-3000:]  # an INFO line, logged after get_model
     assert "started Redis" not in err
+    if worker == "LoggingTakeoverWorker":
+        assert "my model's own setup is done" in log  # the model's own lines reach it too
 
 
 def test_graceful_stop_gives_buffered_requests_back_and_loses_nothing(
