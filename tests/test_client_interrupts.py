@@ -142,16 +142,21 @@ def test_ctrl_c_while_encode_many_waits_withdraws_the_request_it_waited_for_too(
     assert client.encode(gates.item("b", 3)).result(timeout=30) == 6
 
 
-def _interrupting_once(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``original``, but its first call is interrupted by a SIGINT: the signal is sent from the
-    calling thread, so Python's handler raises ``KeyboardInterrupt`` right there."""
+def _interrupting_once(original: Callable[..., Any], *, after: bool = False
+                       ) -> Callable[..., Any]:
+    """``original``, but its first call is interrupted by a SIGINT, before it runs (or, with
+    ``after``, once it has run): the signal is sent from the calling thread, so Python's
+    handler raises ``KeyboardInterrupt`` right there."""
     calls = []
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) == 1 and not after:
             os.kill(os.getpid(), signal.SIGINT)
-        return original(*args, **kwargs)
+        result = original(*args, **kwargs)
+        if len(calls) == 1 and after:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
     return interrupted
 
 
@@ -313,15 +318,8 @@ def test_ctrl_c_between_registering_a_request_and_queueing_it_leaves_nothing_pen
     loop, cell = notebook_loop, notebook_loop.run_until_complete
     client = _async_client(service)
     cell(client.connect())
-    expect = async_replies.AsyncReplies.expect
-    calls = []
-
-    def expect_then_interrupted(self: Any, waiting: Any) -> None:
-        expect(self, waiting)
-        calls.append(1)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # raised here, after the registration
-    monkeypatch.setattr(async_replies.AsyncReplies, "expect", expect_then_interrupted)
+    monkeypatch.setattr(async_replies.AsyncReplies, "expect",
+                        _interrupting_once(async_replies.AsyncReplies.expect, after=True))
     with pytest.raises(KeyboardInterrupt):
         cell(loop.create_task(client.encode(2)))
     try:
