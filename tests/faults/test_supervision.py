@@ -96,37 +96,48 @@ def test_redis_killed_without_aof_tells_every_waiting_caller_request_lost(
     assert service.client().encode(21).result(timeout=30) == 42
 
 
-def _run_dirs(name: str) -> list[str]:
-    return glob.glob(os.path.join(tempfile.gettempdir(), f"wkr-{name}-*"))
+def _run_dirs(service: TerminalService) -> list[str]:
+    return glob.glob(os.path.join(service.env["TMPDIR"], f"wkr-{service.name}-*"))
 
 
 def _redis_dirs(service: TerminalService) -> list[str]:
     return [path for port in (service.port_in, service.port_out)
-            for path in glob.glob(os.path.join(tempfile.gettempdir(), f"wkr-redis-{port}-*"))]
+            for path in glob.glob(os.path.join(service.env["TMPDIR"], f"wkr-redis-{port}-*"))]
+
+
+@pytest.fixture
+def private_tmp() -> Iterator[str]:
+    """A temporary folder of the test's own, short enough for Unix socket paths. Every embedded
+    Redis start sweeps the dead owners' ``wkr-redis-*`` folders of its temporary folder, so in
+    the shared one a test running beside this one could clean the killed run's folders before
+    this test looks for them, and the test would prove nothing of its own start."""
+    folder = tempfile.mkdtemp(prefix="wkrt-")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.timeout(120)
 def test_redis_dies_with_a_killed_supervisor_and_the_next_start_cleans_up(
-    services: list[TerminalService], tmp_path: Path
+    services: list[TerminalService], tmp_path: Path, private_tmp: str
 ) -> None:
-    service = _service(services, tmp_path, SLOW)
+    service = _service(services, tmp_path, SLOW, env={"TMPDIR": private_tmp})
     first = service.start()
     redis_pids = (service.pids(REDIS_PID.format(port=service.port_in))
                   + service.pids(REDIS_PID.format(port=service.port_out)))
-    assert len(redis_pids) == 2 and _run_dirs(service.name)
+    assert len(redis_pids) == 2 and _run_dirs(service)
     os.kill(first.proc.pid, signal.SIGKILL)
     wait_until(lambda: not any(pid_alive(p) for p in redis_pids), 15,
                what="the embedded Redis servers to exit with their supervisor")
     left = _redis_dirs(service)
-    assert _run_dirs(service.name) and len(left) == 2, "nothing to clean; the test proves less"
+    assert _run_dirs(service) and len(left) == 2, "nothing to clean; the test proves less"
 
     service.start()  # the same command again: fresh Redis servers of its own
     assert "reusing" not in service.log()
-    assert len(_run_dirs(service.name)) == 1, _run_dirs(service.name)
+    assert len(_run_dirs(service)) == 1, _run_dirs(service)
     assert not set(left) & set(_redis_dirs(service)), "the killed run's Redis dirs stayed"
     assert service.client().encode(4).result(timeout=30) == 8
     service.close()
-    assert _run_dirs(service.name) == [] and _redis_dirs(service) == []
+    assert _run_dirs(service) == [] and _redis_dirs(service) == []
     assert not service.redis_answers(service.port_in)
 
 
