@@ -2,17 +2,19 @@
 
 The suite's own venv has the newest of each. The lane, the connection pools and the asyncio
 client reach into redis-py, which has changed under us: before 5.3 its
-``ConnectionPool.get_connection`` required a command name, and every worker died at its first
-fetch on redis-py 5.0-5.2 (what Celery 5.5, which our pins allow, installs with). So this test
-makes a venv of its own, installs the package there with the lowest version each of those three
-pins allows (read from ``pyproject.toml``, so it follows the pins), serves the quickstart's worker
-from it the way the README says (activate, then ``wkr-serving-start`` from the repository root),
-asks it from both clients, and stops it with Ctrl+C through its terminal.
+``ConnectionPool.get_connection`` required a command name (every worker died at its first fetch
+on redis-py 5.0-5.2), and before 6.0 its health check recursed without end on a refused PING.
+So this test makes a venv of its own, installs the package there (with its test extras) with the
+lowest version each of those three pins allows (read from ``pyproject.toml``, so it follows the
+pins), serves the quickstart's worker from it the way the README says (activate, then
+``wkr-serving-start`` from the repository root), asks it from both clients, and stops it with
+Ctrl+C through its terminal; then it runs the suite's tests of a refusing Redis in that venv.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,6 +33,15 @@ from .helpers import ROOT, free_port, wait_until
 
 #: The pins whose floor is installed: the packages whose behaviour and internals we rely on.
 FLOORED = ("redis", "celery", "kombu")
+
+#: The suite's tests of a Redis that refuses commands (a wrong or missing password, MISCONF,
+#: READONLY, BUSY). redis-py before 6.0 recursed without end when the PING of its health check was
+#: refused: the client said "RecursionError" instead of naming the refusal, and workers crashed.
+REFUSALS = (
+    "tests/faults/test_security.py::"
+    "test_redis_requirepass_works_end_to_end_and_a_wrong_password_is_refused_clearly",
+    "tests/faults/test_redis_refuses_writes.py",
+)
 
 #: Run by the floor venv's Python (from a folder of its own, so it imports the installed
 #: package, not the checkout): answers from both clients, and the versions it ran with.
@@ -82,7 +93,8 @@ def floor_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pins = floors()
     done = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(source),
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+         f"{source}[test]",
          *(f"{name}=={version}" for name, version in pins.items())],
         capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"pip install failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
@@ -119,3 +131,16 @@ def test_the_lowest_pinned_redis_celery_and_kombu_serve_both_clients_and_stop_on
         assert service.ctrl_c() == 0, service.output[-3000:]
     finally:
         service.close()
+
+
+@pytest.mark.timeout(900)
+def test_the_suites_refusal_tests_pass_with_the_lowest_pinned_redis_celery_and_kombu(
+        floor_venv: tuple[Path, dict[str, str]]) -> None:
+    """The same tests as the suite's own run, by the floor venv's pytest, from the repository
+    root; the services they start are the floor venv's ``wkr-serving-start``."""
+    venv, _ = floor_venv
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+         *REFUSALS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-2000:]}"

@@ -22,7 +22,6 @@ never wrong, only slower.
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -38,13 +37,6 @@ from ..connections import REDIS_ERRORS, RedisRefused
 from ..processes import forks
 
 __all__ = ["Lane"]
-
-#: redis-py before 5.3 requires a command name for ``ConnectionPool.get_connection`` (and does
-#: nothing with it); 5.3 made it optional and warns when one is given.
-_GET_CONNECTION_ARGS: tuple[str, ...] = (
-    ("_",) if inspect.signature(redis.ConnectionPool.get_connection)
-    .parameters["command_name"].default is inspect.Parameter.empty else ()
-)
 
 try:  # the marker redis-py's hiredis parser gives its reader for "no whole reply yet"
     from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
@@ -110,8 +102,7 @@ class Lane:
             if self._forks != forks():  # a forked child: the socket is the parent's
                 self._connection, self._forks = None, forks()
             if self._connection is None:
-                self._connection = self.client.connection_pool.get_connection(
-                    *_GET_CONNECTION_ARGS)
+                self._connection = self.client.connection_pool.get_connection()
             return self._connection
         except (redis.RedisError, OSError):
             self._lock.release()
