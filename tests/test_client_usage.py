@@ -19,16 +19,36 @@ import psutil
 import pytest
 import redis
 
-from wkr_celery import AsyncWKRClient, WKRClient, WKRError
+from wkr_celery import AsyncWKRClient, ServiceUnavailable, WKRClient, WKRError
 from wkr_celery.keys import reply_key
 
-from .helpers import Service, wait_until
+from .helpers import Service, free_port, wait_until
 
 
 def _async_client(service: Service, **kwargs: Any) -> AsyncWKRClient:
     kwargs.setdefault("connect_timeout", 30.0)
     return AsyncWKRClient(name=service.name, broker_url=service.broker_url,
                           result_url=service.result_url, **kwargs)
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["no name", "named"])
+def test_both_clients_wait_connect_timeout_for_a_broker_not_up_yet(named: bool) -> None:
+    """A client made before its service (a script and a service started together) waits for
+    the broker up to ``connect_timeout``, given the service's name or not, then says what it
+    tried. Given a name, both clients once gave up at the first refused connection: they came
+    through only when the service won the race (redis-py's own reconnect retries)."""
+    kwargs: dict[str, Any] = {"name": "later"} if named else {}
+    port_in, port_out = free_port(), free_port()  # nothing listens there
+    said = r"not reachable.*start the service there with wkr-serving-start \(tried for 1s\)"
+    with pytest.raises(ServiceUnavailable, match=said):
+        WKRClient(port=port_in, port_out=port_out, connect_timeout=1, **kwargs)
+
+    async def ask() -> None:
+        async with AsyncWKRClient(port=port_in, port_out=port_out, connect_timeout=1,
+                                  **kwargs) as client:
+            await client.encode(1)
+    with pytest.raises(ServiceUnavailable, match=said):
+        asyncio.run(ask())
 
 
 def test_an_async_client_used_on_another_event_loop_says_so_at_once(make_service) -> None:

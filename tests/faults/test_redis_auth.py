@@ -7,6 +7,7 @@ Runs ``wkr-serving-start`` in a terminal as typed, on embedded Redis ports of it
 from __future__ import annotations
 
 import os
+import select
 import socket
 import stat
 import subprocess
@@ -72,14 +73,41 @@ def _as_another_user(*argv: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30, cwd="/")
 
 
-def _shell_client(port_in: int, port_out: int, name: str) -> subprocess.Popen[str]:
-    """A new Python process of this user, told only the address and the service's name."""
-    code = ("from wkr_celery.client import WKRClient\n"
-            f"with WKRClient(port={port_in}, port_out={port_out}, name={name!r},"
-            " connect_timeout=60) as c:\n"
-            "    print(c.encode(21).result(timeout=30))\n")
+#: What a new Python process of this user runs, told only the address and the service's name;
+#: it says "asking" when it has imported the package and is about to make its client.
+SYNC_CLIENT = """
+from wkr_celery.client import WKRClient
+print("asking", flush=True)
+with WKRClient(port={port_in}, port_out={port_out}, name={name!r}, connect_timeout=60) as c:
+    print(c.encode(21).result(timeout=30))
+"""
+ASYNC_CLIENT = """
+import asyncio
+from wkr_celery.client import AsyncWKRClient
+async def main():
+    print("asking", flush=True)
+    async with AsyncWKRClient(port={port_in}, port_out={port_out}, name={name!r},
+                              connect_timeout=60) as c:
+        print(await c.encode(21))
+asyncio.run(main())
+"""
+
+
+def _shell_client(port_in: int, port_out: int, name: str, code: str = SYNC_CLIENT
+                  ) -> subprocess.Popen[str]:
+    code = code.format(port_in=port_in, port_out=port_out, name=name)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT.parent, env=user_env())
+
+
+def _asking(client: subprocess.Popen[str]) -> None:
+    """Wait until ``client`` is about to make its client (or has failed: then say why)."""
+    assert client.stdout is not None
+    ready, _, _ = select.select([client.stdout], [], [], 60)
+    line = client.stdout.readline() if ready else ""
+    if line.strip() != "asking":
+        client.kill()
+        raise AssertionError(f"the client never asked: {line!r} {client.communicate()[1][-3000:]}")
 
 
 def _answer(client: subprocess.Popen[str]) -> str:
@@ -89,7 +117,7 @@ def _answer(client: subprocess.Popen[str]) -> str:
         client.kill()
         out, err = client.communicate(timeout=10)
     assert client.returncode == 0, err[-3000:]
-    return out.strip()
+    return out.strip().splitlines()[-1]
 
 
 def _client_from_the_shell(port_in: int, port_out: int, name: str) -> str:
@@ -123,10 +151,14 @@ def test_a_client_of_the_same_user_needs_only_the_address(
 ) -> None:
     service = TerminalService(tmp_path, DOUBLER)
     services.append(service)
-    # Started before the service: it looks the password up again as it retries.
-    early = _shell_client(service.port_in, service.port_out, service.name)
+    # Asking before the service starts (nothing listens on its ports yet), given its name: each
+    # client waits for the broker, and looks the password up again as it retries.
+    early = [_shell_client(service.port_in, service.port_out, service.name, code)
+             for code in (SYNC_CLIENT, ASYNC_CLIENT)]
+    for client in early:
+        _asking(client)
     service.start()
-    assert _answer(early) == "42"
+    assert [_answer(client) for client in early] == ["42", "42"]
     assert _client_from_the_shell(service.port_in, service.port_out, service.name) == "42"
     check = subprocess.run(
         [script("wkr-serving-check"), "-name", service.name, "-port_in", str(service.port_in),

@@ -131,12 +131,12 @@ class AsyncWKRClient(InputContract):
                 name = await discovery.find_service(broker, self.broker_url,
                                                     self._connect_timeout)
             keys = ServiceKeys(name)
-            await discovery.sync_clock(self._clock, broker)
-            info = await discovery.read_info(broker, keys, self.broker_url,
-                                             self._ignore_all_checks)
-            if not self._ignore_all_checks:
+            if self._ignore_all_checks:
+                info = await discovery.read_info(broker, keys)
+            else:  # a broker not up yet is waited for too, as find_service does without a name
                 info = await discovery.wait_until_serving(
                     broker, keys, self.broker_url, self._connect_timeout, self._check_version)
+            await discovery.sync_clock(self._clock, broker)
             # It may ask Redis (a mapped port?), with the blocking client: not on the loop.
             result_url = await asyncio.to_thread(self._address.result_url, info, name)
             results = connect_async(result_url, blocking_timeout=LISTEN_SECONDS,

@@ -77,27 +77,29 @@ async def name_without_checks(client: redis.asyncio.Redis, broker_url: str) -> s
         return "default"
 
 
-async def read_info(client: redis.asyncio.Redis, keys: ServiceKeys, broker_url: str,
-                    ignore_errors: bool) -> dict[str, str]:
-    """The service info hash; empty when Redis is unreachable and checks are off."""
+async def read_info(client: redis.asyncio.Redis, keys: ServiceKeys) -> dict[str, str]:
+    """The service info hash, for a client with ``ignore_all_checks``: empty when Redis is
+    unreachable (a checking client waits for it with :func:`wait_until_serving`)."""
     try:
         return await info_of(client, keys)
-    except REDIS_ERRORS as exc:
-        if ignore_errors:
-            return {}
-        raise unreachable("broker", broker_url, exc) from exc
+    except REDIS_ERRORS:
+        return {}
 
 
 async def wait_until_serving(client: redis.asyncio.Redis, keys: ServiceKeys, broker_url: str,
                              timeout: float, check_version: bool) -> dict[str, str]:
-    """Wait for a live worker of the service; returns its info after the version check."""
+    """Wait for a live worker of the service; returns its info after the version check. A
+    broker that does not answer yet is waited for as long."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             live = await live_workers(client, keys)
             info = await info_of(client, keys)
         except REDIS_ERRORS as exc:
-            raise ServiceUnavailable(f"Redis not reachable: {exc}") from exc
+            if time.monotonic() >= deadline:
+                raise broker_unreachable(broker_url, timeout, exc) from exc
+            await asyncio.sleep(0.1)
+            continue
         if live and info:
             return checked_version(info, keys.name, check_version)
         if time.monotonic() >= deadline:

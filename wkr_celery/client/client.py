@@ -168,11 +168,12 @@ class WKRClient(InputContract):
         self.keys = ServiceKeys(self.name)
         self._queue = RequestQueue(self._broker_redis, self.keys)
         self._registry = ServiceRegistry(self._broker_redis, self.keys)
-        self._clock.sync_if_due()
-        self.server_config = read_info(self._registry, self.broker_url, ignore_all_checks)
-        if not ignore_all_checks:
+        if ignore_all_checks:
+            self.server_config = read_info(self._registry)
+        else:  # a broker not up yet is waited for too, as find_service does without a name
             self.server_config = wait_until_serving(
                 self._registry, self.broker_url, connect_timeout, check_version)
+        self._clock.sync_if_due()
         self.result_url = address.result_url(self.server_config, self.name)
         self._result_redis = connect(self.result_url, blocking_timeout=LISTEN_SECONDS,
                                      sentinel_master=sentinel_master)

@@ -62,19 +62,20 @@ def name_without_checks(client: redis.Redis, broker_url: str) -> str:
         return "default"
 
 
-def read_info(registry: ServiceRegistry, broker_url: str, ignore_errors: bool) -> dict[str, str]:
-    """The service info hash; empty when Redis is unreachable and checks are off."""
+def read_info(registry: ServiceRegistry) -> dict[str, str]:
+    """The service info hash, for a client with ``ignore_all_checks``: empty when Redis is
+    unreachable (a checking client waits for it with :func:`wait_until_serving`)."""
     try:
         return registry.info()
-    except REDIS_ERRORS as exc:
-        if ignore_errors:
-            return {}
-        raise unreachable("broker", broker_url, exc) from exc
+    except REDIS_ERRORS:
+        return {}
 
 
 def wait_until_serving(registry: ServiceRegistry, broker_url: str, timeout: float, check_version: bool
                        ) -> dict[str, str]:
-    """Wait for a live worker of the service; returns its info after the version check."""
+    """Wait for a live worker of the service; returns its info after the version check. A
+    broker that does not answer yet is waited for as long (a client started before its
+    service, or a broker restarting)."""
     name = registry.keys.name
     deadline = time.monotonic() + timeout
     while True:
@@ -82,7 +83,10 @@ def wait_until_serving(registry: ServiceRegistry, broker_url: str, timeout: floa
             live = registry.live_workers()
             info = registry.info()
         except REDIS_ERRORS as exc:
-            raise ServiceUnavailable(f"Redis not reachable: {exc}") from exc
+            if time.monotonic() >= deadline:
+                raise broker_unreachable(broker_url, timeout, exc) from exc
+            time.sleep(0.1)
+            continue
         if live and info:  # info is rewritten by the workers after Redis restarts empty
             break
         if time.monotonic() >= deadline:
