@@ -57,8 +57,9 @@ async def find_service(client: redis.asyncio.Redis, broker_url: str, timeout: fl
         try:
             liveness = await run_async(client, live_services_plan())
         except REDIS_ERRORS as exc:
-            if time.monotonic() >= deadline:
-                raise broker_unreachable(broker_url, timeout, exc) from exc
+            failed = broker_unreachable(broker_url, timeout, exc, deadline)
+            if failed is not None:
+                raise failed from exc
             await asyncio.sleep(0.1)
             continue
         name = pick_service(liveness, broker_url, last_try=time.monotonic() >= deadline)
@@ -96,8 +97,9 @@ async def wait_until_serving(client: redis.asyncio.Redis, keys: ServiceKeys, bro
             live = await live_workers(client, keys)
             info = await info_of(client, keys)
         except REDIS_ERRORS as exc:
-            if time.monotonic() >= deadline:
-                raise broker_unreachable(broker_url, timeout, exc) from exc
+            failed = broker_unreachable(broker_url, timeout, exc, deadline)
+            if failed is not None:
+                raise failed from exc
             await asyncio.sleep(0.1)
             continue
         if live and info:

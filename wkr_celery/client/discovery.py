@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import redis
 
@@ -39,8 +40,9 @@ def find_service(client: redis.Redis, broker_url: str, timeout: float) -> str:
         try:
             liveness = run(client, live_services_plan())
         except REDIS_ERRORS as exc:
-            if time.monotonic() >= deadline:
-                raise broker_unreachable(broker_url, timeout, exc) from exc
+            failed = broker_unreachable(broker_url, timeout, exc, deadline)
+            if failed is not None:
+                raise failed from exc
             time.sleep(0.1)
             continue
         name = pick_service(liveness, broker_url, last_try=time.monotonic() >= deadline)
@@ -83,8 +85,9 @@ def wait_until_serving(registry: ServiceRegistry, broker_url: str, timeout: floa
             live = registry.live_workers()
             info = registry.info()
         except REDIS_ERRORS as exc:
-            if time.monotonic() >= deadline:
-                raise broker_unreachable(broker_url, timeout, exc) from exc
+            failed = broker_unreachable(broker_url, timeout, exc, deadline)
+            if failed is not None:
+                raise failed from exc
             time.sleep(0.1)
             continue
         if live and info:  # info is rewritten by the workers after Redis restarts empty
@@ -128,7 +131,15 @@ def pick_service(liveness: Mapping[str, bool], broker_url: str, *, last_try: boo
     return None
 
 
-def broker_unreachable(broker_url: str, timeout: float, exc: BaseException) -> ServiceUnavailable:
+def broker_unreachable(broker_url: str, timeout: float, exc: BaseException, deadline: float
+                       ) -> ServiceUnavailable | None:
+    """The error for a broker that did not answer, or ``None`` to ask again: past the
+    ``deadline``; at once when Redis refused credentials the URL itself carries, which asking
+    again cannot cure (a local embedded Redis's password, looked up on each try, may appear)."""
+    if isinstance(exc, redis.AuthenticationError) and "@" in urlsplit(broker_url).netloc:
+        return unreachable("broker", broker_url, exc)
+    if time.monotonic() < deadline:
+        return None
     said = explain(exc)
     if said.startswith("not reachable"):  # nothing answers there: say what to check
         said += "; check ip and port, or start the service there with wkr-serving-start"
