@@ -30,8 +30,8 @@ from ..errors import ServiceUnavailable
 from ..keys import ServiceKeys
 from .discovery import (
     POLL_SECONDS,
-    broker_unreachable,
     checked_version,
+    give_up_on_broker,
     no_live_worker,
     no_service,
     pick_service,
@@ -57,7 +57,7 @@ async def find_service(client: redis.asyncio.Redis, broker_url: str, timeout: fl
         try:
             liveness = await run_async(client, live_services_plan())
         except REDIS_ERRORS as exc:
-            failed = broker_unreachable(broker_url, timeout, exc, deadline)
+            failed = give_up_on_broker(broker_url, timeout, exc, deadline)
             if failed is not None:
                 raise failed from exc
             await asyncio.sleep(0.1)
@@ -97,7 +97,7 @@ async def wait_until_serving(client: redis.asyncio.Redis, keys: ServiceKeys, bro
             live = await live_workers(client, keys)
             info = await info_of(client, keys)
         except REDIS_ERRORS as exc:
-            failed = broker_unreachable(broker_url, timeout, exc, deadline)
+            failed = give_up_on_broker(broker_url, timeout, exc, deadline)
             if failed is not None:
                 raise failed from exc
             await asyncio.sleep(0.1)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_reachable", "find_service", "name_without_checks", "read_info", "wait_until_serving",
-    "pick_service", "broker_unreachable", "no_service", "no_live_worker", "checked_version",
+    "pick_service", "give_up_on_broker", "no_service", "no_live_worker", "checked_version",
     "unreachable", "contract_changed", "POLL_SECONDS",
 ]
 
@@ -40,7 +40,7 @@ def find_service(client: redis.Redis, broker_url: str, timeout: float) -> str:
         try:
             liveness = run(client, live_services_plan())
         except REDIS_ERRORS as exc:
-            failed = broker_unreachable(broker_url, timeout, exc, deadline)
+            failed = give_up_on_broker(broker_url, timeout, exc, deadline)
             if failed is not None:
                 raise failed from exc
             time.sleep(0.1)
@@ -85,7 +85,7 @@ def wait_until_serving(registry: ServiceRegistry, broker_url: str, timeout: floa
             live = registry.live_workers()
             info = registry.info()
         except REDIS_ERRORS as exc:
-            failed = broker_unreachable(broker_url, timeout, exc, deadline)
+            failed = give_up_on_broker(broker_url, timeout, exc, deadline)
             if failed is not None:
                 raise failed from exc
             time.sleep(0.1)
@@ -131,7 +131,7 @@ def pick_service(liveness: Mapping[str, bool], broker_url: str, *, last_try: boo
     return None
 
 
-def broker_unreachable(broker_url: str, timeout: float, exc: BaseException, deadline: float
+def give_up_on_broker(broker_url: str, timeout: float, exc: BaseException, deadline: float
                        ) -> ServiceUnavailable | None:
     """The error for a broker that did not answer, or ``None`` to ask again: past the
     ``deadline``; at once when Redis refused credentials the URL itself carries, which asking
