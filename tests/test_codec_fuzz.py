@@ -145,6 +145,24 @@ def test_valid_arrays_round_trip_in_native_byte_order() -> None:
     assert codec.loads(codec.dumps(3 - 1j)) == 3 - 1j
 
 
+def test_arrays_are_written_in_msgpack_numpys_own_bytes() -> None:
+    # codec builds msgpack-numpy's map itself (its checks for object and structured dtypes
+    # are codec's refusals): a consumer reading with msgpack-numpy sees exactly its format.
+    import msgpack_numpy
+
+    base = np.arange(24, dtype="<f8").reshape(4, 6)
+    arrays = [base, base[:, ::2], base.T, base[1], np.array(1.5, "<f4"),
+              np.zeros((0, 3), "<i4"), np.arange(5).astype(">i2"), np.array([b"ab", b"c"]),
+              np.array(["x", "yz"]), np.array([True, False]), np.arange(3, dtype="<c8")]
+    for array in arrays:
+        ours = codec.dumps({"v": array, "s": array.dtype.type(1)})
+        theirs = msgpack.packb({"v": array, "s": array.dtype.type(1)},
+                               default=msgpack_numpy.encode, use_bin_type=True)
+        assert ours == theirs, array
+        back = msgpack.unpackb(ours, object_hook=msgpack_numpy.decode, raw=False)["v"]
+        assert back.shape == array.shape and (back == array).all()
+
+
 def test_encoding_refuses_what_decoding_would_refuse() -> None:
     for array in (np.array([object()]), np.zeros(2, dtype=[("a", "<f4")])):
         with pytest.raises(TypeError, match="not accepted by the decoder"):

@@ -4,6 +4,7 @@ every message: ``messages.parse_request``, beside Celery's kombu envelope on the
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import msgpack
 import numpy as np
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_codec_fuzz import POISON_NO_KIND, POISON_STRUCTURED, assert_safe, mutated
-from wkr_celery import envelope
+from wkr_celery import codec, envelope
 from wkr_celery.errors import DecodeError, RequestTooLarge
 from wkr_celery.messages import build_request, encode_body, parse_request
 
@@ -94,6 +95,37 @@ def test_a_malformed_compact_envelope_is_refused_naming_the_problem(
 
 def test_read_alone_refuses_an_array_of_another_length() -> None:
     assert "array of 6" in str(envelope.read(fields(1, "t", "c", None, 0)).problem)
+
+
+@pytest.mark.parametrize(("record", "words"), [
+    ([1, [2]], "not lists"),
+    ([1, [[], []]], "not lists"),
+    ([1, {}], "not maps"),
+    ([1, {"k": 1}], "max_map_len"),
+    ([1, 2, 3, 4, 5, 6, 7], "max_array_len"),
+    (5, "not an array"),
+])
+def test_a_record_with_anything_but_six_scalars_is_refused(record: object, words: str) -> None:
+    with pytest.raises(DecodeError, match=words):
+        codec.loads_record(msgpack.packb(record, use_bin_type=True), 6)
+
+
+@pytest.mark.timeout(30)
+def test_a_record_of_millions_of_values_is_refused_at_the_first_one() -> None:
+    # The envelope is read without a count of values (loads_record), so nothing may build
+    # more than the record's own fields: a list of a million empty maps (16 MB as dicts)
+    # or of lists stops at its first.
+    for value in ({}, []):
+        body = msgpack.packb([[value] * 1_000_000] * 2, use_bin_type=True)
+        raw = b"\x96" + body[1:]  # an envelope's first byte over a two-list array
+        tracemalloc.start()
+        try:
+            request = parse_request(raw)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert isinstance(request.error, DecodeError) and "not msgpack" in str(request.error)
+        assert peak < len(raw), (value, peak)
 
 
 def check(message: bytes) -> str:

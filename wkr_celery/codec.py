@@ -40,8 +40,8 @@ import numpy as np
 
 from .errors import DecodeError
 
-__all__ = ["CONTENT_TYPE", "MAX_VALUES", "SERIALIZER", "dumps", "loads", "register_serializer",
-           "safe_dtype", "tensor_as_array"]
+__all__ = ["CONTENT_TYPE", "MAX_VALUES", "SERIALIZER", "dumps", "loads", "loads_record",
+           "register_serializer", "safe_dtype", "tensor_as_array"]
 
 SERIALIZER = "wkr-msgpack"
 CONTENT_TYPE = "application/x-wkr-msgpack"
@@ -52,6 +52,7 @@ _TYPE_TEXT = re.compile(r"([<>|=])([biufcSU])([0-9]{1,10})")
 _NUMERIC_SIZES = {"b": (1,), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": (2, 4, 8),
                   "c": (8, 16)}
 _MAX_NDIM = 32
+_MAX_SIZE = 2**62  # one dimension's size: past it, counts overflow numpy's index type
 _MAX_CODE_POINT = 0x10FFFF
 _MAX_COMPLEX_TEXT = 200
 #: Most values a request may hold (every list, map, scalar and array counts one; map keys and
@@ -60,7 +61,13 @@ MAX_VALUES = 1_000_000
 
 
 def _encode_hook(obj: Any) -> Any:
-    if isinstance(obj, (np.ndarray, np.generic)):
+    if isinstance(obj, np.ndarray):
+        # msgpack-numpy's map for an array, built here: the same bytes, without its checks for
+        # object and structured dtypes (_decodable refuses those) or its flags lookup by name.
+        _decodable(obj.dtype)
+        return {b"nd": True, b"type": obj.dtype.str, b"kind": b"", b"shape": obj.shape,
+                b"data": obj.data if obj.flags.c_contiguous else obj.tobytes()}
+    if isinstance(obj, np.generic):
         _decodable(obj.dtype)
     elif (array := tensor_as_array(obj)) is not obj:
         return _encode_hook(array)
@@ -145,12 +152,16 @@ def _checked_dtype(spelling: str) -> np.dtype[Any]:
     return dtype
 
 
-def _shape_of(shape: Any) -> tuple[int, ...]:
+def _shape_of(shape: Any) -> tuple[tuple[int, ...], int]:
+    """The shape a wire list names, and how many items it holds."""
     if not isinstance(shape, (list, tuple)) or len(shape) > _MAX_NDIM:
         raise DecodeError(f"array shape {shape!r} must be a list of at most {_MAX_NDIM} sizes")
-    if not all(type(d) is int and 0 <= d < 2**62 for d in shape):
-        raise DecodeError(f"array shape {list(shape)!r} must hold sizes from 0 up")
-    return tuple(shape)
+    count = 1
+    for size in shape:
+        if type(size) is not int or not 0 <= size < _MAX_SIZE:
+            raise DecodeError(f"array shape {list(shape)!r} must hold sizes from 0 up")
+        count *= size
+    return tuple(shape), count
 
 
 def _native(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -173,32 +184,47 @@ def _check_text(array: np.ndarray[Any, Any]) -> None:
 def _array(obj: dict[Any, Any]) -> Any:
     """An array (``nd: True``) or numpy scalar (``nd: False``) built from a checked map."""
     kind = obj.get(b"kind", b"")
-    if kind not in (b"", ""):
+    if kind != b"" and kind != "":
         what = {b"O": "object arrays (pickled)", b"V": "structured arrays"}.get(
             kind if isinstance(kind, bytes) else b"", f"array kind {kind!r}")
         raise DecodeError(f"{what} are not accepted; send a plain numeric, bytes or str array")
     data = obj.get(b"data")
     if not isinstance(data, bytes):
         raise DecodeError("array map has no data bytes")
-    dtype = safe_dtype(obj.get(b"type"))
-    if obj[b"nd"] is True:
-        shape = _shape_of(obj.get(b"shape"))
-        count = 1
-        for size in shape:
-            count *= size
-    elif obj[b"nd"] is False:
+    dtype = _dtype_of(obj.get(b"type"))
+    nd = obj[b"nd"]
+    if nd is True:
+        shape, count = _shape_of(obj.get(b"shape"))
+    elif nd is False:
         shape, count = (), 1
     else:
-        raise DecodeError(f"array map has nd={obj[b'nd']!r}; it must be true or false")
+        raise DecodeError(f"array map has nd={nd!r}; it must be true or false")
     if count * dtype.itemsize != len(data):
         raise DecodeError(f"array of shape {shape} and dtype {dtype.str} needs "
                           f"{count * dtype.itemsize} bytes, the message holds {len(data)}")
-    try:
-        array = _native(np.frombuffer(data, dtype=dtype).reshape(shape))
+    try:  # a read-only view of the message's bytes, as np.frombuffer gives, in one call
+        array: np.ndarray[Any, Any] = np.ndarray(shape, dtype, data)
     except ValueError as exc:  # e.g. (0, 2**61, 2**61): no bytes, yet numpy cannot index it
         raise DecodeError(f"array of shape {shape} cannot be built: {exc}") from None
-    _check_text(array)
-    return array if obj[b"nd"] is True else array[()]
+    if not dtype.isnative:
+        array = _native(array)
+    if dtype.kind == "U":
+        _check_text(array)
+    return array if nd is True else array[()]
+
+
+def _dtype_of(spelling: Any) -> np.dtype[Any]:
+    """:func:`safe_dtype`, remembered per wire spelling: one dict lookup per array decoded."""
+    try:
+        return _ACCEPTED[spelling]
+    except (KeyError, TypeError):  # TypeError: a spelling that is a list or map (refused below)
+        dtype = safe_dtype(spelling)
+    if len(_ACCEPTED) < 256:  # a service sees a handful (str and bytes sizes vary)
+        _ACCEPTED[spelling] = dtype
+    return dtype
+
+
+_ACCEPTED: dict[Any, np.dtype[Any]] = {}
 
 
 def _complex(obj: dict[Any, Any]) -> Any:
@@ -301,6 +327,48 @@ def loads(data: bytes | bytearray | memoryview, *, max_values: int | None = None
         raise
     except Exception as exc:  # msgpack's, numpy's or a hashing error: all mean "malformed"
         raise DecodeError(f"malformed msgpack ({type(exc).__name__}: {exc})") from None
+
+
+def loads_record(data: bytes | bytearray | memoryview, fields: int) -> list[Any]:
+    """Decode a flat record: one msgpack array of at most ``fields`` scalars (numbers, str,
+    bin, nil, booleans); anything else is ``DecodeError``.
+
+    The compact envelope is read this way on every request. No value is counted: a list or
+    map anywhere inside is refused as soon as it is built (a record holds none), and no list
+    may be longer than ``fields``, so hostile bytes build at most ``fields`` values before the
+    refusal, which :func:`loads` with ``max_values`` ensures by counting every value.
+    """
+    try:
+        value = msgpack.unpackb(data, list_hook=_OnlyList(), object_hook=_refuse_map,
+                                ext_hook=_refuse_ext, raw=False, max_array_len=fields,
+                                max_map_len=0)
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack's own refusals, bad UTF-8, extra bytes: malformed
+        raise DecodeError(f"malformed msgpack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, list):
+        raise DecodeError(f"msgpack holds a {type(value).__name__}, not an array")
+    return value
+
+
+class _OnlyList:
+    """The list hook of :func:`loads_record`: the record itself is the one list it may see
+    (lists are handed over as they close, innermost first, so a nested one comes first)."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        if self.seen:
+            raise DecodeError("a record's values must be scalars, not lists")
+        self.seen = True
+        return items
+
+
+def _refuse_map(obj: dict[Any, Any]) -> Any:
+    raise DecodeError("a record's values must be scalars, not maps")
 
 
 def register_serializer() -> None:

@@ -17,14 +17,14 @@ the order), and ``body``: the protocol-2 body ``[[input], {}, embed]`` encoded b
 base64).
 
 A worker tells the two formats apart by the first byte: a msgpack array of six is ``0x96``,
-and a kombu envelope is a JSON object, ``{``. Both are decoded with :func:`codec.loads`, the one
-safe decoder.
+and a kombu envelope is a JSON object, ``{``. The envelope is decoded with
+:func:`codec.loads_record` (a flat record: no list or map inside it is built), its body with
+:func:`codec.loads`, the decoder every reader uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -52,8 +52,7 @@ def is_compact(raw: bytes | str) -> bool:
     return isinstance(raw, bytes) and raw[:1] == b"\x96"
 
 
-@dataclass(frozen=True, slots=True)
-class Compact:
+class Compact(NamedTuple):
     """A compact envelope's fields; ``problem`` says why it cannot be served (else ``None``).
 
     ``task_id`` is kept whenever it could be read, so a bad message still gets a failure
@@ -71,10 +70,10 @@ class Compact:
 def read(raw: bytes) -> Compact:
     """The fields of a compact envelope; never raises (a bad one comes back with ``problem``)."""
     try:
-        fields = codec.loads(raw, max_values=_FIELDS + 1)  # the array and its six fields
+        fields = codec.loads_record(raw, _FIELDS)
     except DecodeError as exc:
         return _bad(None, f"compact envelope is not msgpack: {exc}")
-    if not isinstance(fields, list) or len(fields) != _FIELDS:
+    if len(fields) != _FIELDS:
         return _bad(None, f"compact envelope must be an array of {_FIELDS} fields")
     version, task_id, client_id, deadline, priority, body = fields
     if not isinstance(task_id, str) or not 0 < len(task_id) <= _MAX_TASK_ID:

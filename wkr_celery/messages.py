@@ -21,9 +21,8 @@ import binascii
 import json
 import numbers
 import socket
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pybase64
@@ -122,8 +121,7 @@ def encode_body(payload: Any) -> bytes:
     return codec.dumps([[payload], {}, _EMBED])
 
 
-@dataclass(frozen=True)
-class DecodedRequest:
+class DecodedRequest(NamedTuple):
     """What a worker needs of one message; ``error`` is set when the input cannot be used."""
 
     task_id: str | None
