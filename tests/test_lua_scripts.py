@@ -267,6 +267,24 @@ def test_publish_pushes_in_order_and_nudges_idle_workers_only_for_other_lists(
         "a non-empty arrivals list has no worker blocked on it: no second nudge")
 
 
+def test_publish_pushes_runs_longer_than_one_lpush_takes_in_order_and_to_their_lists(
+        redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
+    # Each run of messages for one list goes out in LPUSHes of at most 1,000 (Lua's unpack
+    # limit is 8,000 values); 8,500 + 3 + 1,200 crosses both a slice and a list boundary.
+    plan = [(1, f"n{i}".encode()) for i in range(8500)] + [
+        (0, f"h{i}".encode()) for i in range(3)] + [(1, f"m{i}".encode()) for i in range(1200)]
+    args: list[object] = [0]
+    for index, message in plan:
+        args += [index, message]
+    publish_keys = [*keys.queues, keys.info, keys.totals]
+    assert script("publish")(keys=publish_keys, args=args) == len(plan)
+    for index in (0, 1):
+        oldest_first = redis_client.lrange(keys.queues[index], 0, -1)[::-1]
+        assert oldest_first == [m for i, m in plan if i == index]
+    capped = script("publish")(keys=publish_keys, args=[9703 + 999] + args[1:2003])
+    assert capped == 999  # 9,703 waiting, room for 999 of the 1,001 sent
+
+
 def test_publish_refuses_the_tail_past_the_cap_and_counts_what_it_refused(
         redis_client: redis.Redis, keys: ServiceKeys, script: Callable[[str], Script]) -> None:
     redis_client.lpush(keys.queues[1], b"waiting")

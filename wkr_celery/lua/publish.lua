@@ -34,12 +34,25 @@ if cap > 0 then
   room = cap - waiting
   if room < 0 then room = 0 end
 end
-local accepted = 0
+-- One LPUSH per run of messages bound for the same list (all of them, in the common case),
+-- in slices: unpack() of more than LUAI_MAXCSTACK (8000) values fails.
+local SLICE = 1000
+local accepted, run, run_list = 0, {}, nil
+local function push_run()
+  for i = 1, #run, SLICE do
+    on_key('LPUSH', run_list, unpack(run, i, math.min(i + SLICE - 1, #run)))
+  end
+  run = {}
+end
 for j = first_item, #ARGV, 2 do
   if room >= 0 and accepted >= room then break end
-  on_key('LPUSH', KEYS[first_queue + tonumber(ARGV[j])], ARGV[j + 1])
+  local list = KEYS[first_queue + tonumber(ARGV[j])]
+  if list ~= run_list and #run > 0 then push_run() end
+  run_list = list
+  run[#run + 1] = ARGV[j + 1]
   accepted = accepted + 1
 end
+if #run > 0 then push_run() end
 if accepted > 0 then nudge(arrivals) end
 local refused = (#ARGV - first_item + 1) / 2 - accepted
 -- pcall: a totals key someone spoiled costs the count, never the publish
