@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from wkr_celery import codec
 from wkr_celery.errors import DecodeError
-from wkr_celery.messages import encode_body
+from wkr_celery.messages import encode_body, encode_meta, encode_success, success_meta
 
 SAFE_KINDS = set("biufcSU")
 FUZZ_INPUTS = 120_000
@@ -145,22 +145,43 @@ def test_valid_arrays_round_trip_in_native_byte_order() -> None:
     assert codec.loads(codec.dumps(3 - 1j)) == 3 - 1j
 
 
+#: Celery protocol 2's third body field, as every body carries it.
+CELERY_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_BASE = np.arange(24, dtype="<f8").reshape(4, 6)
+#: Arrays of every layout and kind an encoder meets: strided, transposed, a row, 0-d, empty,
+#: big-endian, bytes, str, bool, complex, and data past a bin8's and a bin16's size.
+ARRAYS = [_BASE, _BASE[:, ::2], _BASE.T, _BASE[1], np.array(1.5, "<f4"), np.zeros((0, 3), "<i4"),
+          np.arange(5).astype(">i2"), np.array([b"ab", b"c"]), np.array(["x", "yz"]),
+          np.array([True, False]), np.arange(3, dtype="<c8"), np.arange(300, dtype="u1"),
+          np.arange(70_000, dtype="u1")]
+
+
 def test_arrays_are_written_in_msgpack_numpys_own_bytes() -> None:
     # codec builds msgpack-numpy's map itself (its checks for object and structured dtypes
     # are codec's refusals): a consumer reading with msgpack-numpy sees exactly its format.
     import msgpack_numpy
 
-    base = np.arange(24, dtype="<f8").reshape(4, 6)
-    arrays = [base, base[:, ::2], base.T, base[1], np.array(1.5, "<f4"),
-              np.zeros((0, 3), "<i4"), np.arange(5).astype(">i2"), np.array([b"ab", b"c"]),
-              np.array(["x", "yz"]), np.array([True, False]), np.arange(3, dtype="<c8")]
-    for array in arrays:
+    for array in ARRAYS:
         ours = codec.dumps({"v": array, "s": array.dtype.type(1)})
         theirs = msgpack.packb({"v": array, "s": array.dtype.type(1)},
                                default=msgpack_numpy.encode, use_bin_type=True)
         assert ours == theirs, array
         back = msgpack.unpackb(ours, object_hook=msgpack_numpy.decode, raw=False)["v"]
         assert back.shape == array.shape and (back == array).all()
+
+
+def test_the_bodies_and_results_built_around_an_array_are_the_generic_encoders_bytes() -> None:
+    # encode_body and encode_success write an array between bytes they remember (per dtype
+    # and shape, per date): what they write must be what the generic encoder writes.
+    for array in ARRAYS:
+        assert encode_body(array) == codec.dumps([[array], {}, CELERY_EMBED]), array
+        for task_id in ("t", "x" * 40, "\u00e9" * 200):  # fixstr, str8, str16 headers
+            for date in ("2026-12-01T00:00:00+00:00", "2026-12-01T00:00:01.5+00:00"):
+                assert encode_success(task_id, array, date) == encode_meta(
+                    success_meta(task_id, array, date)), (array, task_id)
+    assert codec.loads(encode_success("t", ARRAYS[0], "d"))["result"].shape == (4, 6)
+    with pytest.raises(TypeError, match="not accepted by the decoder"):
+        codec.dumps_array(np.array([object()]))
 
 
 def test_encoding_refuses_what_decoding_would_refuse() -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PredictError, RequestFailed, ResultTooLarge
-from ..messages import encode_meta, failure_meta, success_meta
+from ..messages import encode_meta, encode_success, failure_meta
 
 log = logging.getLogger("wkr_celery.serving")
 
@@ -52,7 +52,7 @@ class Outcome:
         """
         if self.error is None:
             try:
-                stored = encode_meta(success_meta(task_id, self.value, date))
+                stored = encode_success(task_id, self.value, date)
             except Exception as exc:  # whatever the user's object raises: its caller's failure
                 error: RequestFailed = PredictError(
                     f"predict returned a {type(self.value).__name__} result that cannot be "
