@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -105,6 +106,40 @@ def test_every_request_is_answered_once_in_caller_order_in_bounded_batches_with_
                 assert isinstance(outcome.error, PredictError), "only the bad input fails"
             else:
                 assert outcome.error is None and outcome.value == request.payload
+
+
+class StackedEcho(Echo):
+    """Echoes the rows of the one array each ``predict`` gets, and notes what it got."""
+
+    def __init__(self) -> None:
+        self.calls: list[np.ndarray] = []
+
+    def predict(self, model: Any, input: Any) -> list[Any]:
+        self.calls.append(input)
+        return list(input)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from([(3,), (2, 2), (), (0,), (3, 1)]),
+                          st.sampled_from(["<f4", "<i4", "<f8", "|u1"])), min_size=1, max_size=12))
+def test_npy_batches_stack_each_shape_and_dtype_apart_and_answer_each_input_its_own_row(
+        kinds: list[tuple[tuple[int, ...], str]]) -> None:
+    # With no declared shape or dtype, one batch may mix them: predict gets one stacked array
+    # per shape and dtype, whose row i is input i of that group.
+    worker = StackedEcho()
+    runner = ModelRunner(worker, Settings(protocol="npy"), -1)
+    payloads = [(np.arange(int(np.prod(shape))) + i).astype(dtype).reshape(shape)
+                for i, (shape, dtype) in enumerate(kinds)]
+    batch = [Request(i, b"", 0, f"t{i}", "c", None, x, None, 0.0)
+             for i, x in enumerate(payloads)]
+    outcomes = runner.run(batch)
+    assert len(worker.calls) == len({(x.shape, x.dtype) for x in payloads})
+    for stacked in worker.calls:
+        group = [x for x in payloads if (x.shape, x.dtype) == (stacked.shape[1:], stacked.dtype)]
+        assert stacked.shape == (len(group), *group[0].shape) and stacked.flags.c_contiguous
+    for x, outcome in zip(payloads, outcomes, strict=True):
+        assert outcome.error is None
+        assert outcome.value.dtype == x.dtype and np.array_equal(outcome.value, x)
 
 
 # Variable-size inputs: batch_key / batch_cost / -max_batch_cost ------------------------------
