@@ -39,7 +39,7 @@ def test_a_client_import_loads_the_client_and_nothing_of_the_server() -> None:
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=60, check=True).stdout.split()
     assert loaded == sorted(f"wkr_celery{m}" for m in (
-        "", ".broker", ".broker.lane", ".broker.plan", ".broker.queue", ".broker.registry",
+        "", ".array_maps", ".broker", ".broker.lane", ".broker.plan", ".broker.queue", ".broker.registry",
         ".broker.results", ".client",
         ".client.client", ".client.discovery", ".client.doubt", ".client.futures",
         ".client.protocol", ".client.publisher", ".client.replies", ".client.restarts",
