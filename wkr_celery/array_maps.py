@@ -213,10 +213,9 @@ def dumps_array(array: np.ndarray[Any, Any]) -> bytes:
     key = (array.dtype, array.shape)
     head = _ARRAY_HEADS.get(key)
     if head is None:
-        writable_dtype(array.dtype)
-        empty = msgpack.packb({b"nd": True, b"type": array.dtype.str, b"kind": b"",
-                               b"shape": array.shape, b"data": b""}, use_bin_type=True)
-        head = empty[:-2] + _bin_header(array.nbytes)  # the empty bin's header, replaced
+        fields = array_map(array)
+        fields[b"data"] = b""  # the map's last field: packed, its header is the last 2 bytes
+        head = msgpack.packb(fields, use_bin_type=True)[:-2] + _bin_header(array.nbytes)
         if len(_ARRAY_HEADS) < 256:
             _ARRAY_HEADS[key] = head
     return head + (array.data if array.flags.c_contiguous else array.tobytes())

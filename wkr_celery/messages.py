@@ -304,21 +304,27 @@ _BODY_TAIL = codec.dumps({}) + codec.dumps(_EMBED)
 
 def encode_success(task_id: str, result: Any, date_done: str) -> bytes:
     """``encode_meta(success_meta(...))``, the same bytes; an array result (the common case: a
-    row of the batch's output) is written by :func:`codec.dumps_array` between a fixed head and
-    a tail remembered per ``date_done`` (one per batch), with no dict built or walked."""
+    row of the batch's output) is written by :func:`codec.dumps_array` between the meta's own
+    bytes, remembered per ``date_done`` (one per batch), with no dict built or walked."""
     if type(result) is not np.ndarray:
         return encode_meta(success_meta(task_id, result, date_done))
-    date, tail = _success_tail[0]
+    date, head, tail = _success_parts[0]
     if date != date_done:
-        tail = codec.dumps({"traceback": None, "children": [], "date_done": date_done,
-                            "task_id": ""})[1:-1]  # no map header, no empty task id
-        _success_tail[0] = (date_done, tail)  # one tuple: another thread reads it whole
-    return b"".join((_SUCCESS_HEAD, codec.dumps_array(result), tail, codec.dumps(task_id)))
+        head, tail = _around_result(date_done)
+        _success_parts[0] = (date_done, head, tail)  # one tuple: another thread reads it whole
+    return b"".join((head, codec.dumps_array(result), tail, codec.dumps(task_id)))
 
 
-#: A map of six's header, then "status": "SUCCESS", "result": (success_meta's order).
-_SUCCESS_HEAD = b"\x86" + b"".join(map(codec.dumps, ("status", "SUCCESS", "result")))
-_success_tail: list[tuple[str, bytes]] = [("", b"")]
+def _around_result(date_done: str) -> tuple[bytes, bytes]:
+    """:func:`success_meta`'s bytes before its result, and after it up to its task id's value
+    (the last field), cut from the meta of a nil result and an empty task id."""
+    packed = encode_meta(success_meta("", None, date_done))
+    cut = packed.index(_RESULT_KEY) + len(_RESULT_KEY)
+    return packed[:cut], packed[cut + 1:-1]  # without the nil result and the empty task id
+
+
+_RESULT_KEY = codec.dumps("result")
+_success_parts: list[tuple[str, bytes, bytes]] = [("", b"", b"")]
 
 
 def failure_meta(task_id: str, error: Exception, traceback: str | None,
