@@ -8,7 +8,6 @@ import pickle
 import re
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import wait
@@ -143,16 +142,16 @@ def test_wrong_number_of_results_fails_every_caller_in_that_batch(make_service) 
     client = service.client()
     # Eight requests sent at once usually share a batch, but on two busy cores each can reach
     # the worker alone (CI saw all eight answered singly): send rounds until one has shared.
-    deadline = time.monotonic() + 60
-    while True:
+
+    def broken_contracts() -> list[BaseException]:
         futures = [client.encode(i) for i in range(8)]
         wait(futures, timeout=30)
         errors = [f.exception() for f in futures]
-        contract = [e for e in errors if isinstance(e, BatchContractError)]
-        assert all(e is None or isinstance(e, BatchContractError) for e in errors)
-        if contract or time.monotonic() > deadline:
-            break
-    assert contract, f"a batch of several inputs should break the contract: {errors}"
+        assert all(e is None or isinstance(e, BatchContractError) for e in errors), errors
+        return [e for e in errors if isinstance(e, BatchContractError)]
+
+    contract = wait_until(broken_contracts, 60,
+                          what="a batch of several inputs to break the contract")
     assert "one result per input" in str(contract[0])
 
 
