@@ -29,9 +29,10 @@ PREFIX = "BENCH "
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat`` fields 14, 15)."""
-    with open(f"/proc/{pid}/stat") as handle:
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat`` fields 14, 15),
+    or of its thread ``tid`` alone (``/proc/<pid>/task/<tid>/stat``)."""
+    with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as handle:
         text = handle.read()
     fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces; field 3 is fields[0]
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
