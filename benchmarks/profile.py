@@ -16,11 +16,12 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from .cli import WORKERS
 from .model import prepare
-from .scenarios import Pool, Run
-from .systems import CLASSES, SYSTEMS, free_port
+from .scenarios import Run, started
+from .systems import SYSTEMS
 
 
 def top(collapsed: Path, count: int) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
@@ -43,6 +44,38 @@ def top(collapsed: Path, count: int) -> tuple[int, list[tuple[str, float]], list
             [(f, n * pct) for f, n in incl.most_common(count)])
 
 
+def record(run: Run, targets: list[tuple[str, int]],
+           args: argparse.Namespace) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
+    """Drive a stream while ``py-spy`` records each of ``targets`` (name, pid): the stream's
+    figures, and where each profile was written."""
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def drive() -> None:
+        result.update(run.drive(args.inflight, count=args.requests))
+        done.set()
+
+    threading.Thread(target=drive, daemon=True).start()
+    spies: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
+    try:
+        for name, pid in targets:
+            path = args.out / f"{args.system}-{args.workload}-{name.split('-')[0]}-{pid}.txt"
+            spies.append((name, path, subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--duration", str(args.seconds),
+                 "--format", "raw", "--rate", "200", "--nonblocking", "--output", str(path),
+                 *(["--gil"] if args.gil else [])],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        for _, _, spy in spies:
+            spy.wait(args.seconds + 60)
+        done.wait(600)
+    finally:
+        for _, _, spy in spies:
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait(10)
+    return result, [(name, path) for name, path, _ in spies]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
     p.add_argument("--system", choices=SYSTEMS, default="wkr")
@@ -57,66 +90,32 @@ def main() -> int:
     args = p.parse_args()
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
-    from wkr_celery.redis_embedded import EmbeddedRedis
-
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="wkr-profile-"))
-    server = EmbeddedRedis(free_port()).start()
     prepare([args.workload], work)
-    system = CLASSES[args.system](args.workload, WORKERS[args.workload], 32, server.url, work)
-    spies: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
-    client = None
     try:
-        system.start(timeout=90)
-        client = system.client()
-        run = Run(client, Pool.make(workload=args.workload), 30.0)
-        run.drive(64, count=500)
-        targets = [("client", os.getpid())] + [(f"worker-{pid}", pid)
-                                               for pid in system.worker_pids()]
-        done = threading.Event()
-        result: dict[str, object] = {}
-
-        def drive() -> None:
-            result.update(run.drive(args.inflight, count=args.requests))
-            done.set()
-
-        driver = threading.Thread(target=drive, daemon=True)
-        driver.start()
-        for name, pid in targets:
-            path = args.out / f"{args.system}-{args.workload}-{name.split('-')[0]}-{pid}.txt"
-            spies.append((name, path, subprocess.Popen(
-                ["py-spy", "record", "--pid", str(pid), "--duration", str(args.seconds),
-                 "--format", "raw", "--rate", "200", "--nonblocking", "--output", str(path),
-                 *(["--gil"] if args.gil else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
-        for _, _, spy in spies:
-            spy.wait(args.seconds + 60)
-        done.wait(600)
-        print(f"{args.system} / {args.workload}: {result.get('throughput', 0):.0f} inputs/s "
-              f"while profiled ({args.inflight} in flight), wrong {result.get('wrong')}, "
-              f"missing {result.get('missing')}")
-        for name, path, _ in spies:
-            if not path.exists():
-                print(f"\n{name}: no profile (py-spy failed)")
-                continue
-            samples, own, incl = top(path, args.top)
-            kind = "holding the GIL" if args.gil else "threads not idle"
-            print(f"\n== {name}: {samples} samples ({kind}) — own time ==")
-            for frame, share in own:
-                print(f"  {share:5.1f}%  {frame}")
-            print(f"-- {name}: inclusive --")
-            for frame, share in incl:
-                print(f"  {share:5.1f}%  {frame}")
+        with started(args.system, args.workload, WORKERS[args.workload], work,
+                     warmup=500) as (_, system, run):
+            targets = [("client", os.getpid())] + [(f"worker-{pid}", pid)
+                                                   for pid in system.worker_pids()]
+            result, profiles = record(run, targets, args)
     finally:
-        for _, _, spy in spies:
-            if spy.poll() is None:
-                spy.kill()
-                spy.wait(10)
-        if client is not None:
-            client.close()
-        system.stop()
-        server.stop()
         shutil.rmtree(work, ignore_errors=True)
+    print(f"{args.system} / {args.workload}: {result.get('throughput', 0):.0f} inputs/s "
+          f"while profiled ({args.inflight} in flight), wrong {result.get('wrong')}, "
+          f"missing {result.get('missing')}")
+    for name, path in profiles:
+        if not path.exists():
+            print(f"\n{name}: no profile (py-spy failed)")
+            continue
+        samples, own, incl = top(path, args.top)
+        kind = "holding the GIL" if args.gil else "threads not idle"
+        print(f"\n== {name}: {samples} samples ({kind}) — own time ==")
+        for frame, share in own:
+            print(f"  {share:5.1f}%  {frame}")
+        print(f"-- {name}: inclusive --")
+        for frame, share in incl:
+            print(f"  {share:5.1f}%  {frame}")
     return 0
 
 

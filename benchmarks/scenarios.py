@@ -12,16 +12,21 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from workers.linear import make_weights
 
 from .model import TorchNet, read_stats
-from .systems import Client
+from .systems import CLASSES, Client, System, free_port
+
+if TYPE_CHECKING:
+    from wkr_celery.redis_embedded import EmbeddedRedis
 
 ATOL = 1e-4
 MAX_ERRORS = 3  # after this many failed results a scenario stops: it has failed anyway
@@ -201,3 +206,27 @@ def sweep(run: Run, points: list[int], duration: float) -> list[dict[str, Any]]:
                      **percentiles(latencies), "wrong": result["wrong"],
                      "missing": result["missing"], "errors": result["errors"]})
     return rows
+
+
+@contextmanager
+def started(key: str, workload: str, workers: int, work: Path,
+            warmup: int) -> Iterator[tuple[EmbeddedRedis, System, Run]]:
+    """System ``key`` on a fresh embedded Redis, its client warmed up by ``warmup`` requests;
+    all of it stopped on the way out. (``benchmarks.pairs`` keeps its own copy: it must run
+    against older trees, which may not have this.)"""
+    from wkr_celery.redis_embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(free_port()).start()
+    system = CLASSES[key](workload, workers, 32, server.url, work)
+    client = None
+    try:
+        system.start(timeout=90)
+        client = system.client()
+        run = Run(client, Pool.make(workload=workload), 30.0)
+        run.drive(64, count=warmup)
+        yield server, system, run
+    finally:
+        if client is not None:
+            client.close()
+        system.stop()
+        server.stop()

@@ -20,8 +20,8 @@ from pathlib import Path
 from .cli import WORKERS
 from .clients import cpu_seconds
 from .model import prepare
-from .scenarios import Pool, Run
-from .systems import CLASSES, SYSTEMS, free_port
+from .scenarios import started
+from .systems import SYSTEMS
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
@@ -45,45 +45,33 @@ Row = tuple[str, float, float | None]
 
 def measure(key: str, workload: str, requests: int, inflight: int) -> tuple[float, list[Row]]:
     """One stream of system ``key``: its inputs/s, and a :data:`Row` per thread and process."""
-    from wkr_celery.redis_embedded import EmbeddedRedis
-
     work = Path(tempfile.mkdtemp(prefix="wkr-threads-"))
-    server = EmbeddedRedis(free_port()).start()
-    system = CLASSES[key](workload, WORKERS[workload], 32, server.url, work)
-    client = None
     try:
-        system.start(timeout=90)
-        client = system.client()
-        run = Run(client, Pool.make(workload=workload), 30.0)
-        run.drive(64, count=1000)
-        processes = {"client, all threads": os.getpid(), "redis": server.pid or 0}
-        processes.update({f"worker {i}": pid for i, pid in enumerate(system.worker_pids())})
-        names = {t.native_id: t.name for t in threading.enumerate()}
-        before = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
-        result = run.drive(inflight, count=requests)
-        after = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
-        if result["wrong"] or result["missing"]:
-            raise SystemExit(f"{key}: {result['wrong']} wrong, {result['missing']} missing "
-                             f"answers: {result['errors'][:3]}")
-        names.update({t.native_id: t.name for t in threading.enumerate()})
-        per_request = 1e6 / requests
-        rows: list[Row] = []
-        for tid, (seconds, switches) in sorted(after[0].items()):
-            was_seconds, was_switches = before[0].get(tid, (0.0, 0))
-            if (seconds - was_seconds) * per_request >= 0.1:  # idle threads (timers) left out
-                rows.append(("client " + names.get(tid, f"thread {tid} (not a Python thread)"),
-                             (seconds - was_seconds) * per_request,
-                             (switches - was_switches) / requests))
-        totals: list[Row] = [
-            (what, (after[1][what] - before[1][what]) * per_request, None) for what in processes]
-        rows += [*totals, ("all processes", sum(row[1] for row in totals), None)]
-        return result["throughput"], rows
+        with started(key, workload, WORKERS[workload], work, warmup=1000) as (server, system, run):
+            processes = {"client, all threads": os.getpid(), "redis": server.pid or 0}
+            processes.update({f"worker {i}": pid for i, pid in enumerate(system.worker_pids())})
+            names = {t.native_id: t.name for t in threading.enumerate()}
+            before = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
+            result = run.drive(inflight, count=requests)
+            after = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
     finally:
-        if client is not None:
-            client.close()
-        system.stop()
-        server.stop()
         shutil.rmtree(work, ignore_errors=True)
+    if result["wrong"] or result["missing"]:
+        raise SystemExit(f"{key}: {result['wrong']} wrong, {result['missing']} missing "
+                         f"answers: {result['errors'][:3]}")
+    names.update({t.native_id: t.name for t in threading.enumerate()})
+    per_request = 1e6 / requests
+    rows: list[Row] = []
+    for tid, (seconds, switches) in sorted(after[0].items()):
+        was_seconds, was_switches = before[0].get(tid, (0.0, 0))
+        if (seconds - was_seconds) * per_request >= 0.1:  # idle threads (timers) left out
+            rows.append(("client " + names.get(tid, f"thread {tid} (not a Python thread)"),
+                         (seconds - was_seconds) * per_request,
+                         (switches - was_switches) / requests))
+    totals: list[Row] = [
+        (what, (after[1][what] - before[1][what]) * per_request, None) for what in processes]
+    return result["throughput"], [*rows, *totals,
+                                  ("all processes", sum(row[1] for row in totals), None)]
 
 
 def main(argv: list[str] | None = None) -> int:
