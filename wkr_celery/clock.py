@@ -84,10 +84,6 @@ class RedisClock:
         except (redis.RedisError, OSError) as exc:
             log.debug("could not read the Redis clock: %s", exc)
 
-    @property
-    def synced(self) -> bool:
-        return self._base is not None
-
     def now(self) -> float:
         """Redis's time now; this host's own clock until Redis has been reached once."""
         if self._base is None:

@@ -99,11 +99,6 @@ class RedisState:
             self.changes += 1
         log.warning("%s is reachable again after %.1fs", self.name, time.monotonic() - began)
 
-    def down_for(self, now: float) -> float:
-        """Seconds the current outage has lasted; 0 while reachable."""
-        began = self.down_since
-        return 0.0 if began is None else now - began
-
     def saw(self, run_id: str) -> bool:
         """A check reached the server, which says it is run ``run_id``: True when that is a new
         run of a server seen before (a restart; the first run seen is not one)."""

@@ -19,7 +19,6 @@ from typing import IO, Any
 
 from .. import processes
 from ..child_env import build_child_env
-from ..clock import wall_time
 from ..logs import LogRouter
 from .config import RemoteServer
 
@@ -36,7 +35,6 @@ class UnitProcess:
                  pump: threading.Thread | None) -> None:
         self.popen = popen
         self.started = time.monotonic()
-        self.started_at = wall_time()
         self.ready = threading.Event()
         self.off = False
         self.calls = 0
