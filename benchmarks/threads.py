@@ -50,7 +50,7 @@ def measure(key: str, workload: str, requests: int, inflight: int) -> tuple[floa
         with started(key, workload, WORKERS[workload], work, warmup=1000) as (server, system, run):
             processes = {"client, all threads": os.getpid(), "redis": server.pid or 0}
             processes.update({f"worker {i}": pid for i, pid in enumerate(system.worker_pids())})
-            names = {t.native_id: t.name for t in threading.enumerate()}
+            names = {t.native_id: t.name for t in threading.enumerate()}  # its threads run by now
             before = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
             result = run.drive(inflight, count=requests)
             after = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
@@ -59,7 +59,6 @@ def measure(key: str, workload: str, requests: int, inflight: int) -> tuple[floa
     if result["wrong"] or result["missing"]:
         raise SystemExit(f"{key}: {result['wrong']} wrong, {result['missing']} missing "
                          f"answers: {result['errors'][:3]}")
-    names.update({t.native_id: t.name for t in threading.enumerate()})
     per_request = 1e6 / requests
     rows: list[Row] = []
     for tid, (seconds, switches) in sorted(after[0].items()):
