@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -43,19 +42,17 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
 Row = tuple[str, float, float | None]
 
 
-def measure(key: str, workload: str, requests: int, inflight: int) -> tuple[float, list[Row]]:
-    """One stream of system ``key``: its inputs/s, and a :data:`Row` per thread and process."""
-    work = Path(tempfile.mkdtemp(prefix="wkr-threads-"))
-    try:
-        with started(key, workload, WORKERS[workload], work, warmup=1000) as (server, system, run):
-            processes = {"client, all threads": os.getpid(), "redis": server.pid or 0}
-            processes.update({f"worker {i}": pid for i, pid in enumerate(system.worker_pids())})
-            names = {t.native_id: t.name for t in threading.enumerate()}  # its threads run by now
-            before = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
-            result = run.drive(inflight, count=requests)
-            after = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def measure(key: str, workload: str, requests: int, inflight: int,
+            work: Path) -> tuple[float, list[Row]]:
+    """One stream of system ``key`` (its files in ``work``): its inputs/s, and a :data:`Row` per
+    thread and process."""
+    with started(key, workload, WORKERS[workload], work, warmup=1000) as (server, system, run):
+        processes = {"client, all threads": os.getpid(), "redis": server.pid or 0}
+        processes.update({f"worker {i}": pid for i, pid in enumerate(system.worker_pids())})
+        names = {t.native_id: t.name for t in threading.enumerate()}  # its threads run by now
+        before = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
+        result = run.drive(inflight, count=requests)
+        after = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
     if result["wrong"] or result["missing"]:
         raise SystemExit(f"{key}: {result['wrong']} wrong, {result['missing']} missing "
                          f"answers: {result['errors'][:3]}")
@@ -87,15 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:
         p.error(f"unknown system(s) {', '.join(unknown)}; pick from {', '.join(SYSTEMS)}")
-    prepare([args.workload], Path(tempfile.mkdtemp(prefix="wkr-threads-model-")))
-    for round_ in range(1, args.rounds + 1):
-        for key in systems:
-            throughput, rows = measure(key, args.workload, args.requests, args.inflight)
-            print(f"round {round_}, {key} / {args.workload}, {args.inflight} in flight: "
-                  f"{throughput:,.0f} inputs/s; CPU µs per request:")
-            for what, value, switches in rows:
-                counted = "" if switches is None else f"  ({switches:.2f} context switches)"
-                print(f"  {what:32s} {value:7.1f}{counted}")
+    with tempfile.TemporaryDirectory(prefix="wkr-threads-") as tmp:
+        prepare([args.workload], Path(tmp))
+        for round_ in range(1, args.rounds + 1):
+            for key in systems:
+                throughput, rows = measure(key, args.workload, args.requests, args.inflight,
+                                           Path(tempfile.mkdtemp(dir=tmp)))
+                print(f"round {round_}, {key} / {args.workload}, {args.inflight} in flight: "
+                      f"{throughput:,.0f} inputs/s; CPU µs per request:")
+                for what, value, switches in rows:
+                    counted = "" if switches is None else f"  ({switches:.2f} context switches)"
+                    print(f"  {what:32s} {value:7.1f}{counted}")
     return 0
 
 
