@@ -223,28 +223,3 @@ def test_medians_of_an_even_number_of_runs_keep_each_setting_as_it_was() -> None
     assert merged == {"workers": 1, "capacity": 200.0, "wrong": 1}
     assert type(merged["workers"]) is int
 
-
-def test_cpu_per_thread_names_each_client_thread_and_sums_every_process() -> None:
-    """``python -m benchmarks.threads`` as docs/performance.md has it typed, from the checkout,
-    one short round of each system."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.threads", "--systems",
-                           "wkr,coalesce", "--requests", "10000"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rounds: dict[str, dict[str, float]] = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("round 1, "):
-            system = line.split()[2]
-            rounds[system] = {"inputs/s": float(line.split(": ")[1].split()[0].replace(",", ""))}
-        else:
-            what, _, value = line.split("  (")[0].strip().rpartition(" ")
-            rounds[system][what.strip()] = float(value)
-    assert set(rounds) == {"wkr", "coalesce"}, proc.stdout
-    for rows in rounds.values():
-        assert rows["inputs/s"] > 0, proc.stdout
-        assert rows["client MainThread"] > 0 and rows["worker 0"] > 0, proc.stdout
-        processes = rows["client, all threads"] + rows["worker 0"] + rows["redis"]
-        assert abs(rows["all processes"] - processes) < 0.2, proc.stdout
-    # The listener's share is the larger of the two helper threads': 10 ms CPU clock ticks
-    # over this short stream could read none for the publisher's.
-    assert rounds["wkr"]["client wkr-client-listen"] > 0, proc.stdout

@@ -69,6 +69,8 @@ RECEIVER = RunBy("tests/test_decentral_example.py::"
 ELASTIC = RunBy(f"{HERE}::test_the_elastic_command_serves_and_reports_its_worker_range")
 BENCH_HELP = RunBy(f"{HERE}::test_the_benchmark_help_runs_as_written")
 QUICK_BENCH = "tests/test_benchmark.py::test_quick_benchmark_exits_zero_and_prints_the_table"
+CPU_PER_THREAD = RunBy(f"{HERE}::test_cpu_per_thread_names_each_client_thread_and_sums_every_"
+                       "process")
 CLIENTS_HTTP_BENCH = ("tests/test_benchmark.py::"
                       "test_many_clients_report_capacity_and_cpu_per_request_per_process_kind and "
                       "test_http_scenario_measures_every_endpoint_with_wrk (tiny counts)")
@@ -215,6 +217,9 @@ COVERAGE: dict[str, RunBy | CannotRun] = {
     "python -m benchmarks.profile --system wkr --workload tiny --inflight 256 --seconds 10 --gil":
         CannotRun("a 10 s profile of a service under full load, minutes on 2 cores",
                   QUICK_BENCH),
+    "python -m benchmarks.threads": CPU_PER_THREAD,
+    "python -m benchmarks.threads --rounds 3": CannotRun(
+        "three rounds of the same, about two minutes of every core", CPU_PER_THREAD.test),
     # docs/production.md
     "cd examples && wkr-decentral-make decentralize.ProcessingModel -port 21324 -port_out 21326 "
     "-http_port 8900 -num_client 24 -remote_servers \"[[10.40.34.16, 8068, 8069], "
@@ -510,6 +515,32 @@ def test_the_production_commands_run_as_written(session: Session) -> None:
     session.run(_by(commands, "wkr-decentral-make"))
     script = (root / "examples" / "run_script.sh").read_text()
     assert "decentralize.ProcessingModel" in script and "edge" in script
+
+
+def test_cpu_per_thread_names_each_client_thread_and_sums_every_process(
+    session: Session,
+) -> None:
+    """``python -m benchmarks.threads`` as docs/performance.md has it (and the README names it):
+    one round of wkr-celery and of the coalescing loop."""
+    (command,) = commands_run_by(CPU_PER_THREAD.test)
+    printed = session.run(command, timeout=240)
+    rounds: dict[str, dict[str, float]] = {}
+    for line in printed.splitlines():
+        if line.startswith("round 1, "):
+            system = line.split()[2]
+            rounds[system] = {"inputs/s": float(line.split(": ")[1].split()[0].replace(",", ""))}
+        elif line.startswith("  "):
+            what, _, value = line.split("  (")[0].strip().rpartition(" ")
+            rounds[system][what.strip()] = float(value)
+    assert set(rounds) == {"wkr", "coalesce"}, printed
+    for rows in rounds.values():
+        assert rows["inputs/s"] > 0, printed
+        assert rows["client MainThread"] > 0 and rows["worker 0"] > 0, printed
+        processes = rows["client, all threads"] + rows["worker 0"] + rows["redis"]
+        assert abs(rows["all processes"] - processes) < 0.2, printed
+    # The listener's share is the larger of the two helper threads': 10 ms CPU clock ticks
+    # over a short stream could read none for the publisher's.
+    assert rounds["wkr"]["client wkr-client-listen"] > 0, printed
 
 
 def test_the_benchmark_help_runs_as_written(session: Session) -> None:
