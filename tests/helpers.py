@@ -178,12 +178,14 @@ class Service:
         return int(self.proc.returncode)
 
 
-def queued(service: Service) -> int:
-    """Requests waiting in the service's lists (not those a worker holds)."""
+def queued(service: Service, suspects: bool = True) -> int:
+    """Requests waiting in the service's lists (not those a worker holds); without
+    ``suspects``, only the queue lists: what ``publish.lua`` counts against ``-max_queue``."""
     keys = ServiceKeys(service.name)
+    lists = (*keys.queues, keys.suspect) if suspects else keys.queues
     client = redis.Redis.from_url(service.broker_url)
     try:
-        return sum(int(client.llen(name)) for name in (*keys.queues, keys.suspect))
+        return sum(int(client.llen(name)) for name in lists)
     finally:
         client.close()
 

@@ -222,4 +222,3 @@ def test_medians_of_an_even_number_of_runs_keep_each_setting_as_it_was() -> None
                             {"workers": 1, "capacity": 300.0, "wrong": 0}])
     assert merged == {"workers": 1, "capacity": 200.0, "wrong": 1}
     assert type(merged["workers"]) is int
-

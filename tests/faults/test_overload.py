@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import Service, late_request_is_dropped_before_predict, wait_answering, wait_until
+from tests.helpers import (
+    Service,
+    late_request_is_dropped_before_predict,
+    queued,
+    wait_answering,
+    wait_until,
+)
 from wkr_celery.errors import ServiceOverloaded
 
 
@@ -145,7 +151,7 @@ def test_a_full_queue_is_counted_as_overloaded_in_metrics_not_as_an_outage(
 
             def at_cap() -> bool:
                 backlog.append(client.encode(len(backlog), timeout=60))
-                return _capped_length(service) >= 2
+                return queued(service, suspects=False) >= 2
 
             wait_until(at_cap, 10, what="the queue at its cap")
             answer = api.post("/encode", json={"id": 1, "data": 1})
@@ -158,11 +164,6 @@ def test_a_full_queue_is_counted_as_overloaded_in_metrics_not_as_an_outage(
         wait(backlog, timeout=60)
     assert 'wkr_http_requests_total{outcome="overloaded",route="POST /encode"} 1.0' in metrics, (
         [line for line in metrics.splitlines() if line.startswith("wkr_http_requests_total")])
-
-
-def _capped_length(service: Service) -> int:
-    """Messages on the service's queue lists: what ``publish.lua`` counts against the cap."""
-    return sum(int(service.queue.client.llen(name)) for name in service.queue.keys.queues)
 
 
 def _broker_state(service: Service) -> str:
