@@ -178,12 +178,15 @@ def test_docker_stop_while_the_worker_module_imports_stops_it_at_once(
     that came before the handler was dropped: the service started and ran on until the grace
     period ended in SIGKILL. Now the handler is the first thing installed, and the stop is
     kept: the supervisor exits 0 once the import is done, having started nothing."""
-    mark = "/tmp/importing"
+    mark, release = "/tmp/importing", "/tmp/import-may-end"
     box = container(script("wkr-serving-start"), "tests.faults.slow_import.Worker",
-                    env={**service_env(), "TEST_IMPORT_MARK": mark, "TEST_IMPORT_SECONDS": "3"})
-    inside = Path(f"/proc/{box.pid1}/root{mark}")  # the container's tmpfs, seen from here
-    wait_until(inside.exists, 30, what=f"the import to begin; output:\n{box.output()}")
+                    env={**service_env(), "TEST_IMPORT_MARK": mark, "TEST_IMPORT_RELEASE": release})
+    inside = Path(f"/proc/{box.pid1}/root")  # the container's tmpfs, seen from here
+    wait_until(Path(f"{inside}{mark}").exists, 30,
+               what=f"the import to begin; output:\n{box.output()}")
     box.signal(signal.SIGTERM)
+    # Only now may the import end: the signal is pending before the module can see the file.
+    Path(f"{inside}{release}").touch()
     assert box.wait(30) == 0, box.output()
     assert "stopped before it started" in box.output()
     assert "started Redis" not in box.output()
