@@ -37,6 +37,11 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
     return figures
 
 
+def process_cpu(processes: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each named process so far."""
+    return {name: cpu_seconds(pid) for name, pid in processes.items()}
+
+
 #: What was measured, its CPU µs per request, and its context switches per request (counted for
 #: each client thread; ``None`` for whole processes).
 Row = tuple[str, float, float | None]
@@ -50,22 +55,22 @@ def measure(key: str, workload: str, requests: int, inflight: int,
         processes = {"client, all threads": os.getpid(), "redis": server.pid or 0}
         processes.update({f"worker {i}": pid for i, pid in enumerate(system.worker_pids())})
         names = {t.native_id: t.name for t in threading.enumerate()}  # its threads run by now
-        before = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
+        threads_before, before = thread_cpu(os.getpid()), process_cpu(processes)
         result = run.drive(inflight, count=requests)
-        after = thread_cpu(os.getpid()), {k: cpu_seconds(p) for k, p in processes.items()}
+        threads_after, after = thread_cpu(os.getpid()), process_cpu(processes)
     if result["wrong"] or result["missing"]:
         raise SystemExit(f"{key}: {result['wrong']} wrong, {result['missing']} missing "
                          f"answers: {result['errors'][:3]}")
     per_request = 1e6 / requests
     rows: list[Row] = []
-    for tid, (seconds, switches) in sorted(after[0].items()):
-        was_seconds, was_switches = before[0].get(tid, (0.0, 0))
+    for tid, (seconds, switches) in sorted(threads_after.items()):
+        was_seconds, was_switches = threads_before.get(tid, (0.0, 0))
         if (seconds - was_seconds) * per_request >= 0.1:  # idle threads (timers) left out
             rows.append(("client " + names.get(tid, f"thread {tid} (not a Python thread)"),
                          (seconds - was_seconds) * per_request,
                          (switches - was_switches) / requests))
     totals: list[Row] = [
-        (what, (after[1][what] - before[1][what]) * per_request, None) for what in processes]
+        (what, (after[what] - before[what]) * per_request, None) for what in processes]
     return result["throughput"], [*rows, *totals,
                                   ("all processes", sum(row[1] for row in totals), None)]
 
